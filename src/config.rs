@@ -1,0 +1,572 @@
+//! Pool configuration: one builder, every default in one place, validation with clear errors.
+//!
+//! ```
+//! use std::time::Duration;
+//! use redis_guard::Config;
+//!
+//! let config = Config::builder("redis://:secret@127.0.0.1:6379/0")
+//!     .name("cache")
+//!     .max_size(16)
+//!     .checkout_timeout(Duration::from_millis(500))
+//!     .build()
+//!     .expect("valid configuration");
+//! assert_eq!(config.name(), "cache");
+//! // The password never leaves the config in clear text.
+//! assert_eq!(config.redacted_url(), "redis://:***@127.0.0.1:6379/0");
+//! assert!(!format!("{config:?}").contains("secret"));
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+
+/// Every default, each with the reason for its value.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// The `pool` label value when none is given.
+    pub const NAME: &str = "default";
+    /// bb8-redis's default, so a service moving over keeps its connection footprint.
+    pub const MAX_SIZE: u32 = 10;
+    /// One warm connection, so the first request after start-up or an idle spell pays no connect.
+    pub const MIN_IDLE: u32 = 1;
+    /// The whole budget of one checkout, retries and validation included. bb8's 30 s default
+    /// turns an outage into 30 s hangs; a cache lookup that cannot get a connection in 1 s
+    /// should fail and let the caller degrade.
+    pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// TCP connect plus the AUTH/SELECT handshake. Redis on a LAN answers in milliseconds;
+    /// a SYN that goes unanswered for a second is an outage, not latency.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// The longest a single command may take. Cache commands take microseconds; a reply later
+    /// than this means a frozen socket or a stuck server. Raise it for blocking commands.
+    pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+    /// The PING that proves an idle connection alive. A loopback or LAN PING takes well under
+    /// a millisecond, so 250 ms only ever fires on a dead or frozen socket.
+    pub const VALIDATION_TIMEOUT: Duration = Duration::from_millis(250);
+    /// A connection that completed a command this recently is handed out without a PING
+    /// (HikariCP's `aliveBypassWindowMs`): on a busy pool validation then costs nothing.
+    pub const VALIDATION_BYPASS: Duration = Duration::from_millis(500);
+    /// Idle connections are closed after this. Below the 4-minute idle cut-off of Azure's load
+    /// balancers and the 350 s of AWS NLB, the shortest common middlebox timeouts.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
+    /// Connections are renewed after this, so a failover, a DNS change or a server-side leak is
+    /// picked up without a restart.
+    pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+    /// Each connection's lifetime is shortened by a random share up to this, so a fleet started
+    /// together does not reconnect in lockstep.
+    pub const LIFETIME_JITTER: f64 = 0.05;
+    /// TCP keepalive as go-redis and redis-py set it: the first probe after 30 s of silence,
+    /// then every 5 s, 3 probes. Set per socket, so Windows' 2-hour registry default is moot.
+    pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+    /// See [`KEEPALIVE_IDLE`].
+    pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+    /// See [`KEEPALIVE_IDLE`].
+    pub const KEEPALIVE_RETRIES: u32 = 3;
+    /// Linux `TCP_USER_TIMEOUT`: idle + interval x probes, so the kernel gives up on unacked
+    /// data at the same moment keepalive would have declared the peer dead.
+    pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(45);
+}
+
+/// How [`RedisGuard::connect`](crate::RedisGuard::connect) behaves when Redis cannot be
+/// reached at start-up.
+///
+/// ```
+/// use std::time::Duration;
+/// use redis_guard::{Config, StartupMode};
+///
+/// let config = Config::builder("redis://127.0.0.1:6379")
+///     .startup(StartupMode::WaitFor(Duration::from_secs(5)))
+///     .build()
+///     .unwrap();
+/// assert_eq!(config.startup(), StartupMode::WaitFor(Duration::from_secs(5)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartupMode {
+    /// Return at once and connect in the background: the service starts serving, and the pool
+    /// fills as soon as Redis answers.
+    #[default]
+    Lazy,
+    /// Retry with backoff until one connection succeeds or the duration runs out.
+    WaitFor(Duration),
+    /// Make one connection attempt and fail if it does not succeed.
+    FailFast,
+}
+
+/// A configuration that failed validation. The message says what to change.
+///
+/// ```
+/// use redis_guard::{Config, ConfigError};
+///
+/// let err = Config::builder("redis://127.0.0.1").max_size(2).min_idle(3).build().unwrap_err();
+/// assert!(matches!(err, ConfigError::Invalid { .. }));
+/// assert!(err.to_string().contains("min_idle (3) exceeds max_size (2)"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The Redis URL could not be used. The URL itself is never repeated: it may hold a password.
+    #[error("invalid Redis URL: {reason}")]
+    InvalidUrl {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A setting has a value the pool cannot work with.
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid {
+        /// The builder method or environment variable to fix.
+        setting: &'static str,
+        /// What is wrong and what would work.
+        reason: String,
+    },
+}
+
+/// TCP keepalive probes for each pooled socket.
+///
+/// ```
+/// use std::time::Duration;
+/// use redis_guard::config::Keepalive;
+///
+/// let keepalive = Keepalive { idle: Duration::from_secs(60), ..Keepalive::default() };
+/// assert_eq!(keepalive.retries, 3);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Silence before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the kernel closes the socket.
+    pub retries: u32,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            idle: defaults::KEEPALIVE_IDLE,
+            interval: defaults::KEEPALIVE_INTERVAL,
+            retries: defaults::KEEPALIVE_RETRIES,
+        }
+    }
+}
+
+/// A validated pool configuration. Build one with [`Config::builder`] or [`Config::from_env`].
+///
+/// `Debug` and [`Config::redacted_url`] never show the password.
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) connection: ConnectionInfo,
+    pub(crate) redacted_url: String,
+    pub(crate) name: String,
+    pub(crate) max_size: u32,
+    pub(crate) min_idle: u32,
+    pub(crate) checkout_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_timeout: Duration,
+    pub(crate) validation_timeout: Duration,
+    pub(crate) validation_bypass: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_lifetime: Option<Duration>,
+    pub(crate) lifetime_jitter: f64,
+    pub(crate) keepalive: Option<Keepalive>,
+    pub(crate) tcp_user_timeout: Option<Duration>,
+    pub(crate) startup: StartupMode,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("url", &self.redacted_url)
+            .field("name", &self.name)
+            .field("max_size", &self.max_size)
+            .field("min_idle", &self.min_idle)
+            .field("checkout_timeout", &self.checkout_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("validation_timeout", &self.validation_timeout)
+            .field("validation_bypass", &self.validation_bypass)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("lifetime_jitter", &self.lifetime_jitter)
+            .field("keepalive", &self.keepalive)
+            .field("tcp_user_timeout", &self.tcp_user_timeout)
+            .field("startup", &self.startup)
+            .finish()
+    }
+}
+
+macro_rules! getters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
+        $( $(#[$doc])* pub fn $name(&self) -> $ty { self.$name } )*
+    };
+}
+
+impl Config {
+    /// Starts a builder for the Redis at `url` (`redis://[user][:password@]host[:port][/db]`
+    /// or `redis+unix:///path`). Every other setting has a default from [`defaults`].
+    pub fn builder(url: impl Into<String>) -> ConfigBuilder {
+        ConfigBuilder::new(url.into())
+    }
+
+    /// Reads the configuration from the environment: `REDIS_URL` (required) and the optional
+    /// `REDIS_GUARD_POOL_NAME`, `REDIS_GUARD_MAX_SIZE`, `REDIS_GUARD_MIN_IDLE`, and the
+    /// durations in milliseconds `REDIS_GUARD_CHECKOUT_TIMEOUT_MS`,
+    /// `REDIS_GUARD_CONNECT_TIMEOUT_MS`, `REDIS_GUARD_RESPONSE_TIMEOUT_MS`,
+    /// `REDIS_GUARD_VALIDATION_TIMEOUT_MS`, `REDIS_GUARD_VALIDATION_BYPASS_MS`.
+    ///
+    /// ```no_run
+    /// let config = redis_guard::Config::from_env()?;
+    /// # Ok::<(), redis_guard::ConfigError>(())
+    /// ```
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// [`Config::from_env`] over any key lookup, so it can be tested without touching the
+    /// process environment.
+    pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let url = get("REDIS_URL").ok_or(ConfigError::Invalid {
+            setting: "REDIS_URL",
+            reason: "not set; set it to redis://host:port".into(),
+        })?;
+        let mut builder = Config::builder(url);
+        if let Some(name) = get("REDIS_GUARD_POOL_NAME") {
+            builder = builder.name(name);
+        }
+        let number = |key: &'static str| -> Result<Option<u64>, ConfigError> {
+            get(key)
+                .map(|raw| {
+                    raw.trim().parse::<u64>().map_err(|_| ConfigError::Invalid {
+                        setting: key,
+                        reason: format!("{raw:?} is not a whole number"),
+                    })
+                })
+                .transpose()
+        };
+        let count = |key: &'static str| -> Result<Option<u32>, ConfigError> {
+            number(key)?
+                .map(|n| {
+                    u32::try_from(n).map_err(|_| ConfigError::Invalid {
+                        setting: key,
+                        reason: format!("{n} is too large"),
+                    })
+                })
+                .transpose()
+        };
+        if let Some(n) = count("REDIS_GUARD_MAX_SIZE")? {
+            builder = builder.max_size(n);
+        }
+        if let Some(n) = count("REDIS_GUARD_MIN_IDLE")? {
+            builder = builder.min_idle(n);
+        }
+        let millis = |key| Ok::<_, ConfigError>(number(key)?.map(Duration::from_millis));
+        if let Some(d) = millis("REDIS_GUARD_CHECKOUT_TIMEOUT_MS")? {
+            builder = builder.checkout_timeout(d);
+        }
+        if let Some(d) = millis("REDIS_GUARD_CONNECT_TIMEOUT_MS")? {
+            builder = builder.connect_timeout(d);
+        }
+        if let Some(d) = millis("REDIS_GUARD_RESPONSE_TIMEOUT_MS")? {
+            builder = builder.response_timeout(d);
+        }
+        if let Some(d) = millis("REDIS_GUARD_VALIDATION_TIMEOUT_MS")? {
+            builder = builder.validation_timeout(d);
+        }
+        if let Some(d) = millis("REDIS_GUARD_VALIDATION_BYPASS_MS")? {
+            builder = builder.validation_bypass(d);
+        }
+        builder.build()
+    }
+
+    /// The Redis URL with any password replaced by `***`: safe to log.
+    pub fn redacted_url(&self) -> &str {
+        &self.redacted_url
+    }
+
+    /// The pool's name: the `pool` label on every metric and the check name in `/readyz`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    getters! {
+        /// Most connections the pool holds.
+        max_size: u32;
+        /// Idle connections the pool keeps open when it can.
+        min_idle: u32;
+        /// Budget for one whole checkout, validation and retries included.
+        checkout_timeout: Duration;
+        /// Budget for one connect: TCP plus the Redis handshake.
+        connect_timeout: Duration;
+        /// Longest wait for one command's reply.
+        response_timeout: Duration;
+        /// Longest wait for the validation PING.
+        validation_timeout: Duration;
+        /// A connection that completed a command within this window is not PINGed at checkout.
+        validation_bypass: Duration;
+        /// Idle connections are closed after this; `None` keeps them.
+        idle_timeout: Option<Duration>;
+        /// Connections are renewed after at most this; `None` keeps them.
+        max_lifetime: Option<Duration>;
+        /// TCP keepalive for each socket; `None` leaves the system default.
+        keepalive: Option<Keepalive>;
+        /// Linux `TCP_USER_TIMEOUT`; `None` leaves the system default. Ignored elsewhere.
+        tcp_user_timeout: Option<Duration>;
+        /// What start-up does when Redis is unreachable.
+        startup: StartupMode;
+    }
+}
+
+/// Builds a [`Config`]; [`ConfigBuilder::build`] validates every setting.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = redis_guard::Config::builder("redis://127.0.0.1:6379")
+///     .validation_bypass(Duration::ZERO) // PING every checkout
+///     .idle_timeout(None)
+///     .build()
+///     .unwrap();
+/// assert_eq!(config.idle_timeout(), None);
+/// ```
+#[derive(Clone)]
+pub struct ConfigBuilder {
+    url: String,
+    config: ConfigDraft,
+}
+
+impl fmt::Debug for ConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigBuilder")
+            .field("url", &redact_url(&self.url))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The settings before validation; `Config` minus what is derived from the URL.
+#[derive(Clone)]
+struct ConfigDraft {
+    name: String,
+    max_size: u32,
+    min_idle: u32,
+    checkout_timeout: Duration,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    validation_timeout: Duration,
+    validation_bypass: Duration,
+    idle_timeout: Option<Duration>,
+    max_lifetime: Option<Duration>,
+    lifetime_jitter: f64,
+    keepalive: Option<Keepalive>,
+    tcp_user_timeout: Option<Duration>,
+    startup: StartupMode,
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $arg:ty;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, value: $arg) -> Self {
+                self.config.$name = value.into();
+                self
+            }
+        )*
+    };
+}
+
+impl ConfigBuilder {
+    fn new(url: String) -> Self {
+        Self {
+            url,
+            config: ConfigDraft {
+                name: defaults::NAME.to_owned(),
+                max_size: defaults::MAX_SIZE,
+                min_idle: defaults::MIN_IDLE,
+                checkout_timeout: defaults::CHECKOUT_TIMEOUT,
+                connect_timeout: defaults::CONNECT_TIMEOUT,
+                response_timeout: defaults::RESPONSE_TIMEOUT,
+                validation_timeout: defaults::VALIDATION_TIMEOUT,
+                validation_bypass: defaults::VALIDATION_BYPASS,
+                idle_timeout: Some(defaults::IDLE_TIMEOUT),
+                max_lifetime: Some(defaults::MAX_LIFETIME),
+                lifetime_jitter: defaults::LIFETIME_JITTER,
+                keepalive: Some(Keepalive::default()),
+                tcp_user_timeout: Some(defaults::TCP_USER_TIMEOUT),
+                startup: StartupMode::default(),
+            },
+        }
+    }
+
+    setters! {
+        /// The pool's name, used as the `pool` metric label and the readiness check name.
+        name: impl Into<String>;
+        /// Most connections the pool holds (at least 1).
+        max_size: u32;
+        /// Idle connections kept open when possible (at most `max_size`).
+        min_idle: u32;
+        /// Budget for one whole checkout, validation and retries included.
+        checkout_timeout: Duration;
+        /// Budget for one connect: TCP plus the Redis handshake.
+        connect_timeout: Duration;
+        /// Longest wait for one command's reply.
+        response_timeout: Duration;
+        /// Longest wait for the validation PING (shorter than the checkout budget).
+        validation_timeout: Duration;
+        /// Skip the PING for connections that completed a command this recently;
+        /// `Duration::ZERO` PINGs on every checkout.
+        validation_bypass: Duration;
+        /// Close idle connections after this; `None` keeps them open.
+        idle_timeout: impl Into<Option<Duration>>;
+        /// Renew connections after at most this; `None` keeps them.
+        max_lifetime: impl Into<Option<Duration>>;
+        /// Shorten each lifetime by a random share up to this fraction (0.0 to 0.5).
+        lifetime_jitter: f64;
+        /// TCP keepalive per socket; `None` leaves the system default.
+        keepalive: impl Into<Option<Keepalive>>;
+        /// Linux `TCP_USER_TIMEOUT`; `None` leaves the system default.
+        tcp_user_timeout: impl Into<Option<Duration>>;
+        /// What start-up does when Redis is unreachable.
+        startup: StartupMode;
+    }
+
+    /// Validates every setting and returns the [`Config`], or the first problem found.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let connection = parse_url(&self.url)?;
+        let c = self.config;
+        let invalid = |setting, reason: String| Err(ConfigError::Invalid { setting, reason });
+        if c.name.is_empty() || c.name.chars().any(|ch| ch.is_control()) {
+            return invalid("name", "must be non-empty printable text".into());
+        }
+        if c.max_size == 0 {
+            return invalid("max_size", "must be at least 1".into());
+        }
+        if c.min_idle > c.max_size {
+            return invalid(
+                "min_idle",
+                format!(
+                    "min_idle ({}) exceeds max_size ({}); lower min_idle or raise max_size",
+                    c.min_idle, c.max_size
+                ),
+            );
+        }
+        for (setting, value) in [
+            ("checkout_timeout", c.checkout_timeout),
+            ("connect_timeout", c.connect_timeout),
+            ("response_timeout", c.response_timeout),
+            ("validation_timeout", c.validation_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(setting, "must be greater than zero".into());
+            }
+        }
+        if c.validation_timeout >= c.checkout_timeout {
+            return invalid(
+                "validation_timeout",
+                format!(
+                    "{:?} leaves nothing of the checkout budget ({:?}) to replace a dead \
+                     connection; make it shorter than checkout_timeout",
+                    c.validation_timeout, c.checkout_timeout
+                ),
+            );
+        }
+        for (setting, value) in [("idle_timeout", c.idle_timeout), ("max_lifetime", c.max_lifetime)]
+        {
+            if value.is_some_and(|d| d.is_zero()) {
+                return invalid(setting, "must be greater than zero, or None to disable".into());
+            }
+        }
+        if !(0.0..=0.5).contains(&c.lifetime_jitter) {
+            return invalid(
+                "lifetime_jitter",
+                format!("{} is outside 0.0 to 0.5", c.lifetime_jitter),
+            );
+        }
+        if let Some(k) = c.keepalive {
+            if k.idle.is_zero() || k.interval.is_zero() || k.retries == 0 {
+                return invalid("keepalive", "idle, interval and retries must be non-zero".into());
+            }
+        }
+        if c.tcp_user_timeout.is_some_and(|d| d.is_zero()) {
+            return invalid("tcp_user_timeout", "must be greater than zero, or None".into());
+        }
+        if let StartupMode::WaitFor(d) = c.startup {
+            if d.is_zero() {
+                return invalid("startup", "WaitFor needs a non-zero duration".into());
+            }
+        }
+        Ok(Config {
+            redacted_url: redact_url(&self.url),
+            connection,
+            name: c.name,
+            max_size: c.max_size,
+            min_idle: c.min_idle,
+            checkout_timeout: c.checkout_timeout,
+            connect_timeout: c.connect_timeout,
+            response_timeout: c.response_timeout,
+            validation_timeout: c.validation_timeout,
+            validation_bypass: c.validation_bypass,
+            idle_timeout: c.idle_timeout,
+            max_lifetime: c.max_lifetime,
+            lifetime_jitter: c.lifetime_jitter,
+            keepalive: c.keepalive,
+            tcp_user_timeout: c.tcp_user_timeout,
+            startup: c.startup,
+        })
+    }
+}
+
+fn parse_url(raw: &str) -> Result<ConnectionInfo, ConfigError> {
+    let bad = |reason: &str| ConfigError::InvalidUrl {
+        reason: reason.to_owned(),
+    };
+    let parsed = url::Url::parse(raw.trim()).map_err(|e| ConfigError::InvalidUrl {
+        reason: format!("{e}; expected redis://[user][:password@]host[:port][/db]"),
+    })?;
+    match parsed.scheme() {
+        "redis" | "redis+unix" | "unix" => {}
+        "rediss" => {
+            return Err(bad(
+                "TLS (rediss://) is not supported yet; terminate TLS in a sidecar or use redis://",
+            ));
+        }
+        other => {
+            return Err(ConfigError::InvalidUrl {
+                reason: format!("scheme {other:?} is not redis:// or redis+unix://"),
+            });
+        }
+    }
+    if parsed.scheme() == "redis" && parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad("no host; expected redis://host:port"));
+    }
+    let info = parsed
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| ConfigError::InvalidUrl {
+            // redis-rs details name the part at fault, never the whole URL.
+            reason: e.detail().unwrap_or("not a Redis URL").to_owned(),
+        })?;
+    if let ConnectionAddr::TcpTls { .. } = info.addr() {
+        return Err(bad("TLS is not supported yet"));
+    }
+    Ok(info)
+}
+
+/// Returns `url` with its password replaced by `***`, for logs, errors and metrics.
+/// A string that does not parse as a URL is replaced whole: it might be a secret.
+///
+/// ```
+/// use redis_guard::config::redact_url;
+/// assert_eq!(redact_url("redis://user:pa55@host:6379"), "redis://user:***@host:6379");
+/// assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+/// assert_eq!(redact_url("not a url pa55"), "<unparseable URL>");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url.trim()) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                // Cannot fail: a URL that has a password has a host to hold it.
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparseable URL>".to_owned(),
+    }
+}

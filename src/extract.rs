@@ -1,0 +1,121 @@
+//! axum extractors: [`Redis`] (a checked-out, validated connection) and [`RedisGuard`] (the
+//! pool handle), with their rejections.
+
+use std::ops::{Deref, DerefMut};
+
+use axum::extract::FromRequestParts;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use http::request::Parts;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use crate::error::{Error, problem_response};
+use crate::pool::{PooledConnection, RedisGuard};
+
+/// A validated Redis connection for one handler, checked out when the handler is called and
+/// returned when it finishes. Use it with [`redis::AsyncCommands`].
+///
+/// Rejects with [`RedisRejection`]: `503` with `Retry-After` when Redis cannot be reached
+/// within the checkout budget, `500` when [`RedisGuardLayer`](crate::RedisGuardLayer) is
+/// missing.
+///
+/// ```
+/// use redis::AsyncCommands;
+/// use redis_guard::Redis;
+///
+/// async fn handler(mut redis: Redis) -> Result<String, redis_guard::Error> {
+///     let value: Option<String> = redis.get("key").await?;
+///     Ok(value.unwrap_or_default())
+/// }
+/// # let _ = axum::routing::get(handler);
+/// ```
+#[derive(Debug)]
+pub struct Redis(pub PooledConnection);
+
+impl Deref for Redis {
+    type Target = PooledConnection;
+    fn deref(&self) -> &PooledConnection {
+        &self.0
+    }
+}
+
+impl DerefMut for Redis {
+    fn deref_mut(&mut self) -> &mut PooledConnection {
+        &mut self.0
+    }
+}
+
+impl ConnectionLike for Redis {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+/// Why [`Redis`] or [`RedisGuard`] could not be extracted.
+///
+/// ```
+/// use axum::response::IntoResponse;
+/// let response = redis_guard::RedisRejection::MissingLayer.into_response();
+/// assert_eq!(response.status(), 500);
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisRejection {
+    /// The route is not wrapped in [`RedisGuardLayer`](crate::RedisGuardLayer): a wiring bug.
+    #[error("no RedisGuard in the request: wrap the router in RedisGuardLayer")]
+    MissingLayer,
+    /// No healthy connection could be checked out.
+    #[error(transparent)]
+    Checkout(#[from] Error),
+}
+
+impl IntoResponse for RedisRejection {
+    fn into_response(self) -> Response {
+        match self {
+            RedisRejection::MissingLayer => {
+                tracing::error!("{self}");
+                problem_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "RedisGuardLayer is not installed on this route",
+                    None,
+                )
+            }
+            RedisRejection::Checkout(error) => error.into_response(),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RedisGuard {
+    type Rejection = RedisRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<RedisGuard>()
+            .cloned()
+            .ok_or(RedisRejection::MissingLayer)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Redis {
+    type Rejection = RedisRejection;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let guard = RedisGuard::from_request_parts(parts, state).await?;
+        Ok(Redis(guard.get().await?))
+    }
+}

@@ -1,0 +1,86 @@
+//! # redis-guard
+//!
+//! Keeps an axum or Tower service talking to Redis through network faults.
+//!
+//! Pooled Redis sockets die in ways a client does not notice: a firewall or NAT forgets an idle
+//! flow, a managed Redis resets connections, a server restarts. redis-guard wraps a
+//! [bb8](https://docs.rs/bb8) pool of redis-rs connections so that a handler never receives a
+//! dead one:
+//!
+//! - **Zero-round-trip health.** The pool owns each socket and notices EOF and resets as they
+//!   happen, so a connection killed while idle is evicted before anyone checks it out.
+//! - **Validation on checkout.** A connection that has not completed a command recently is
+//!   PINGed (with a short timeout) before it is handed out; a recently used one is not, so a
+//!   busy pool pays nothing.
+//! - **Replacement within one budget.** A dead connection is evicted and another one found
+//!   within [`Config::checkout_timeout`]; the caller only sees an error when none can be had,
+//!   and that error names the pool's state and the last connect error.
+//! - **Hygiene.** Explicit connect and response timeouts, TCP keepalive and
+//!   `TCP_USER_TIMEOUT` per socket, jittered lifetimes, and connections carrying session state
+//!   (`MULTI`, `SELECT`, ...) never reused.
+//! - **Metrics** through the [`metrics`](https://docs.rs/metrics) facade ([`mod@metrics`]), and
+//!   a `/metrics` route with the `prometheus` feature.
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use redis::AsyncCommands;
+//! use redis_guard::{Config, Redis, RedisGuard, RedisGuardLayer};
+//!
+//! async fn visits(mut redis: Redis) -> Result<String, redis_guard::Error> {
+//!     let n: i64 = redis.incr("visits", 1).await?;
+//!     Ok(n.to_string())
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let config = Config::builder("redis://127.0.0.1:6379").name("cache").build()?;
+//!     let guard = RedisGuard::connect(config).await?;
+//!     let app = Router::new()
+//!         .route("/visits", get(visits))
+//!         .layer(RedisGuardLayer::new(guard));
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Where things are
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`config`] | [`Config`], its builder and defaults, URL redaction |
+//! | `pool` | [`RedisGuard`], checkout and validation |
+//! | `connection` | [`GuardConnection`], command outcomes and session state |
+//! | `manager` | [`GuardManager`], bb8's connect and `has_broken` |
+//! | `layer`, `extract` | [`RedisGuardLayer`], the [`Redis`] extractor, [`RedisRejection`] |
+//! | [`mod@metrics`] | the metric contract |
+//! | `prometheus` | (feature `prometheus`) the `/metrics` route |
+//! | `testkit` | (feature `testkit`) a real `redis-server` and a fault-injecting proxy |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs, missing_debug_implementations)]
+
+pub mod config;
+mod connection;
+mod error;
+mod extract;
+mod layer;
+mod manager;
+pub mod metrics;
+mod pool;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
+mod shared;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+mod transport;
+
+#[doc(inline)]
+pub use config::{Config, ConfigBuilder, ConfigError, StartupMode};
+pub use connection::GuardConnection;
+pub use error::{Error, PoolState};
+pub use extract::{Redis, RedisRejection};
+pub use layer::{RedisGuardLayer, RedisGuardService};
+pub use manager::GuardManager;
+pub use pool::{PooledConnection, RedisGuard};
+/// The redis-rs version redis-guard is built on, for `AsyncCommands` and friends.
+pub use redis;

@@ -1,0 +1,258 @@
+//! The metric contract: names, labels and the handles the pool records through.
+//!
+//! Every series goes through the [`metrics`] facade, so the application's recorder (the
+//! `prometheus` feature's, axum-prometheus', an OpenTelemetry bridge) receives them; every
+//! series carries a `pool` label. Handles are registered once per pool, when the pool is
+//! created: **install your recorder before calling
+//! [`RedisGuard::connect`](crate::RedisGuard::connect)**, or the series go nowhere.
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `redis_guard_pool_connections` | gauge | `state`=`idle`\|`in_use` |
+//! | `redis_guard_pool_max_connections` | gauge | |
+//! | `redis_guard_pool_pending_checkouts` | gauge | |
+//! | `redis_guard_checkouts_total` | counter | `result`=`ok`\|`timeout`\|`rejected` |
+//! | `redis_guard_checkout_duration_seconds` | histogram | |
+//! | `redis_guard_validations_total` | counter | `result`=`passed`\|`failed`\|`skipped` |
+//! | `redis_guard_stale_evictions_total` | counter | `reason` (see [`EvictionReason`]) |
+//! | `redis_guard_connections_created_total` | counter | |
+//! | `redis_guard_reconnects_total` | counter | |
+//! | `redis_guard_connect_errors_total` | counter | `kind`=`refused`\|`timeout`\|`auth`\|`other` |
+//!
+//! ```
+//! // The names are public constants, for dashboards and tests.
+//! assert_eq!(redis_guard::metrics::CHECKOUTS_TOTAL, "redis_guard_checkouts_total");
+//! ```
+
+use metrics::{Counter, Gauge, Histogram, Unit};
+
+/// `redis_guard_pool_connections{state}`: live connections, idle or in use.
+pub const POOL_CONNECTIONS: &str = "redis_guard_pool_connections";
+/// `redis_guard_pool_max_connections`: the configured maximum.
+pub const POOL_MAX_CONNECTIONS: &str = "redis_guard_pool_max_connections";
+/// `redis_guard_pool_pending_checkouts`: callers waiting for a connection.
+pub const POOL_PENDING_CHECKOUTS: &str = "redis_guard_pool_pending_checkouts";
+/// `redis_guard_checkouts_total{result}`: checkouts by outcome.
+pub const CHECKOUTS_TOTAL: &str = "redis_guard_checkouts_total";
+/// `redis_guard_checkout_duration_seconds`: time to hand out a validated connection.
+pub const CHECKOUT_DURATION_SECONDS: &str = "redis_guard_checkout_duration_seconds";
+/// `redis_guard_validations_total{result}`: checkout validations.
+pub const VALIDATIONS_TOTAL: &str = "redis_guard_validations_total";
+/// `redis_guard_stale_evictions_total{reason}`: connections evicted as stale or unusable.
+pub const STALE_EVICTIONS_TOTAL: &str = "redis_guard_stale_evictions_total";
+/// `redis_guard_connections_created_total`: successful connects.
+pub const CONNECTIONS_CREATED_TOTAL: &str = "redis_guard_connections_created_total";
+/// `redis_guard_reconnects_total`: connects that replaced a lost or evicted connection.
+pub const RECONNECTS_TOTAL: &str = "redis_guard_reconnects_total";
+/// `redis_guard_connect_errors_total{kind}`: failed connects.
+pub const CONNECT_ERRORS_TOTAL: &str = "redis_guard_connect_errors_total";
+
+/// Histogram buckets for [`CHECKOUT_DURATION_SECONDS`], in seconds: from 50 µs (a hot
+/// checkout, or a loopback PING) to 5 s. Configure your recorder with these; the `prometheus`
+/// feature does.
+pub const CHECKOUT_DURATION_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
+];
+
+/// Why a connection was evicted: the `reason` label of [`STALE_EVICTIONS_TOTAL`].
+///
+/// ```
+/// use redis_guard::metrics::EvictionReason;
+/// assert_eq!(EvictionReason::Broken.as_label(), "broken");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EvictionReason {
+    /// The checkout PING failed or timed out.
+    ValidationFailed,
+    /// The socket was found closed (EOF, reset) without a round trip.
+    Broken,
+    /// A command failed with an I/O error or timed out while the connection was in use.
+    IoError,
+    /// The connection sat idle longer than the idle timeout.
+    IdleTimeout,
+    /// The connection outlived its (jittered) maximum lifetime.
+    MaxLifetime,
+    /// The connection was returned with session state a next user must not inherit: an open
+    /// `MULTI` or `WATCH`, a `SELECT`ed database, a subscription.
+    Dirty,
+}
+
+impl EvictionReason {
+    /// Every reason, in label order.
+    pub const ALL: [EvictionReason; 6] = [
+        EvictionReason::ValidationFailed,
+        EvictionReason::Broken,
+        EvictionReason::IoError,
+        EvictionReason::IdleTimeout,
+        EvictionReason::MaxLifetime,
+        EvictionReason::Dirty,
+    ];
+
+    /// The label value.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            EvictionReason::ValidationFailed => "validation_failed",
+            EvictionReason::Broken => "broken",
+            EvictionReason::IoError => "io_error",
+            EvictionReason::IdleTimeout => "idle_timeout",
+            EvictionReason::MaxLifetime => "max_lifetime",
+            EvictionReason::Dirty => "dirty",
+        }
+    }
+}
+
+/// Why a connect failed: the `kind` label of [`CONNECT_ERRORS_TOTAL`].
+///
+/// ```
+/// use redis_guard::metrics::ConnectErrorKind;
+/// assert_eq!(ConnectErrorKind::Refused.as_label(), "refused");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectErrorKind {
+    /// Nothing listens there (Redis down, wrong port), or the connection was reset at once.
+    Refused,
+    /// No answer within the connect timeout.
+    Timeout,
+    /// Redis refused the credentials.
+    Auth,
+    /// Anything else: DNS, protocol, configuration.
+    Other,
+}
+
+impl ConnectErrorKind {
+    const ALL: [ConnectErrorKind; 4] = [
+        ConnectErrorKind::Refused,
+        ConnectErrorKind::Timeout,
+        ConnectErrorKind::Auth,
+        ConnectErrorKind::Other,
+    ];
+
+    /// The label value.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            ConnectErrorKind::Refused => "refused",
+            ConnectErrorKind::Timeout => "timeout",
+            ConnectErrorKind::Auth => "auth",
+            ConnectErrorKind::Other => "other",
+        }
+    }
+}
+
+/// The outcome of one checkout: the `result` label of [`CHECKOUTS_TOTAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CheckoutResult {
+    Ok,
+    Timeout,
+    Rejected,
+}
+
+/// The outcome of one validation: the `result` label of [`VALIDATIONS_TOTAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ValidationResult {
+    Passed,
+    Failed,
+    Skipped,
+}
+
+/// One pool's registered handles: recording is an atomic add, no label lookup on the hot path.
+#[derive(Debug)]
+pub(crate) struct PoolMetrics {
+    idle: Gauge,
+    in_use: Gauge,
+    max: Gauge,
+    pending: Gauge,
+    checkouts: [Counter; 3],
+    checkout_duration: Histogram,
+    validations: [Counter; 3],
+    evictions: [Counter; EvictionReason::ALL.len()],
+    created: Counter,
+    reconnects: Counter,
+    connect_errors: [Counter; 4],
+}
+
+impl PoolMetrics {
+    pub(crate) fn register(pool: &str) -> Self {
+        describe();
+        let pool = pool.to_owned();
+        let counter = |name: &'static str, label: &'static str, value: &'static str| {
+            metrics::counter!(name, "pool" => pool.clone(), label => value)
+        };
+        Self {
+            idle: metrics::gauge!(POOL_CONNECTIONS, "pool" => pool.clone(), "state" => "idle"),
+            in_use: metrics::gauge!(POOL_CONNECTIONS, "pool" => pool.clone(), "state" => "in_use"),
+            max: metrics::gauge!(POOL_MAX_CONNECTIONS, "pool" => pool.clone()),
+            pending: metrics::gauge!(POOL_PENDING_CHECKOUTS, "pool" => pool.clone()),
+            checkouts: ["ok", "timeout", "rejected"]
+                .map(|result| counter(CHECKOUTS_TOTAL, "result", result)),
+            checkout_duration: metrics::histogram!(CHECKOUT_DURATION_SECONDS, "pool" => pool.clone()),
+            validations: ["passed", "failed", "skipped"]
+                .map(|result| counter(VALIDATIONS_TOTAL, "result", result)),
+            evictions: EvictionReason::ALL
+                .map(|reason| counter(STALE_EVICTIONS_TOTAL, "reason", reason.as_label())),
+            created: metrics::counter!(CONNECTIONS_CREATED_TOTAL, "pool" => pool.clone()),
+            reconnects: metrics::counter!(RECONNECTS_TOTAL, "pool" => pool.clone()),
+            connect_errors: ConnectErrorKind::ALL
+                .map(|kind| counter(CONNECT_ERRORS_TOTAL, "kind", kind.as_label())),
+        }
+    }
+
+    pub(crate) fn set_pool_state(&self, idle: u32, in_use: u32, max: u32, pending: usize) {
+        self.idle.set(idle);
+        self.in_use.set(in_use);
+        self.max.set(max);
+        self.pending.set(pending as f64);
+    }
+
+    pub(crate) fn checkout(&self, result: CheckoutResult, seconds: Option<f64>) {
+        self.checkouts[result as usize].increment(1);
+        if let Some(seconds) = seconds {
+            self.checkout_duration.record(seconds);
+        }
+    }
+
+    pub(crate) fn validation(&self, result: ValidationResult) {
+        self.validations[result as usize].increment(1);
+    }
+
+    pub(crate) fn eviction(&self, reason: EvictionReason) {
+        let index = EvictionReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("ALL lists every reason");
+        self.evictions[index].increment(1);
+    }
+
+    pub(crate) fn connection_created(&self, replaced_a_lost_one: bool) {
+        self.created.increment(1);
+        if replaced_a_lost_one {
+            self.reconnects.increment(1);
+        }
+    }
+
+    pub(crate) fn connect_error(&self, kind: ConnectErrorKind) {
+        self.connect_errors[kind as usize].increment(1);
+    }
+}
+
+/// HELP texts; the facade keeps the first description of each name, so repeating it per pool
+/// is harmless.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(POOL_CONNECTIONS, "Live Redis connections, by state.");
+    describe_gauge!(POOL_MAX_CONNECTIONS, "Configured maximum of Redis connections.");
+    describe_gauge!(POOL_PENDING_CHECKOUTS, "Callers waiting for a Redis connection.");
+    describe_counter!(CHECKOUTS_TOTAL, "Redis connection checkouts, by result.");
+    describe_histogram!(
+        CHECKOUT_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to hand out a validated Redis connection."
+    );
+    describe_counter!(VALIDATIONS_TOTAL, "Checkout validations, by result.");
+    describe_counter!(STALE_EVICTIONS_TOTAL, "Stale or unusable connections evicted, by reason.");
+    describe_counter!(CONNECTIONS_CREATED_TOTAL, "Successful Redis connects.");
+    describe_counter!(RECONNECTS_TOTAL, "Connects that replaced a lost or evicted connection.");
+    describe_counter!(CONNECT_ERRORS_TOTAL, "Failed Redis connects, by kind.");
+}

@@ -1,0 +1,316 @@
+//! [`RedisGuard`]: the pool handle, and checkout with validation.
+//!
+//! A checkout runs under one budget (`checkout_timeout`), retries included:
+//!
+//! 1. take an idle connection from bb8 (or wait for one);
+//! 2. a connection whose socket is known closed, or that outlived its lifetime, is evicted at
+//!    no round trip, and the loop takes another;
+//! 3. one that completed a command within `validation_bypass` is handed out as is;
+//! 4. any other is PINGed under `validation_timeout`; if that fails it is evicted and the loop
+//!    takes another.
+//!
+//! The caller sees a failure only when no healthy connection could be had within the budget,
+//! and then the error names the pool's state and the last connect error.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionLike;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+use tokio::task::AbortHandle;
+use tracing::Instrument;
+
+use crate::config::{Config, StartupMode};
+use crate::connection::{GuardConnection, Verdict};
+use crate::error::{Error, PoolState};
+use crate::manager::GuardManager;
+use crate::metrics::{CheckoutResult, EvictionReason, ValidationResult};
+use crate::shared::Shared;
+
+/// How often the pool gauges are sampled.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+/// bb8's reaper runs at this rate unless the idle timeout asks for a finer one.
+const MAX_REAPER_RATE: Duration = Duration::from_secs(30);
+/// Backoff between start-up connect attempts in [`StartupMode::WaitFor`].
+const STARTUP_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const STARTUP_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A health-checked pool of Redis connections: cheap to clone, one per Redis instance.
+///
+/// ```no_run
+/// use redis::AsyncCommands;
+/// use redis_guard::{Config, RedisGuard};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let guard = RedisGuard::connect(Config::builder("redis://127.0.0.1:6379").build()?).await?;
+/// let mut conn = guard.get().await?;
+/// let visits: i64 = conn.incr("visits", 1).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisGuard {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: bb8::Pool<GuardManager>,
+    shared: Arc<Shared>,
+    upkeep: AbortHandle,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.mark_closing();
+        self.upkeep.abort();
+    }
+}
+
+impl fmt::Debug for RedisGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisGuard")
+            .field("name", &self.name())
+            .field("url", &self.config().redacted_url())
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl RedisGuard {
+    /// Creates the pool. What happens when Redis is unreachable depends on
+    /// [`Config::startup`]: [`StartupMode::Lazy`] returns at once and connects in the
+    /// background; the other modes return [`Error::Unavailable`] if no connection succeeds.
+    ///
+    /// Must run inside a Tokio runtime. Install your metrics recorder before this call.
+    pub async fn connect(config: Config) -> Result<RedisGuard, Error> {
+        let startup = config.startup;
+        let shared = Arc::new(Shared::new(config));
+        let config = &shared.config;
+        let reaper_rate = config
+            .idle_timeout
+            .map_or(MAX_REAPER_RATE, |idle| (idle / 2).min(MAX_REAPER_RATE))
+            .max(Duration::from_millis(10));
+        let pool = bb8::Pool::builder()
+            .max_size(config.max_size)
+            .min_idle((config.min_idle > 0).then_some(config.min_idle))
+            // Validation is ours: it skips the PING for recently used connections.
+            .test_on_check_out(false)
+            .connection_timeout(config.checkout_timeout)
+            .idle_timeout(config.idle_timeout)
+            // Lifetimes are ours too: jittered per connection, checked at checkout and return.
+            .max_lifetime(None)
+            // One attempt per replenish: bb8's retry loop would run one per missing connection.
+            .retry_connection(false)
+            // The most recently used connection first: it is the one most likely inside the
+            // validation bypass window, and the rest age out under the idle timeout.
+            .queue_strategy(bb8::QueueStrategy::Lifo)
+            .reaper_rate(reaper_rate)
+            .error_sink(Box::new(bb8::NopErrorSink))
+            .build_unchecked(GuardManager::new(shared.clone()));
+
+        let upkeep = tokio::spawn(sample_gauges(shared.clone(), pool.clone()));
+        let guard = RedisGuard {
+            inner: Arc::new(Inner {
+                pool,
+                shared,
+                upkeep: upkeep.abort_handle(),
+            }),
+        };
+        tracing::info!(pool = %guard.name(), url = %guard.config().redacted_url(), ?startup, "redis pool created");
+        match startup {
+            StartupMode::Lazy => {}
+            StartupMode::FailFast => guard.connect_once_or_fail(Duration::ZERO).await?,
+            StartupMode::WaitFor(limit) => guard.connect_once_or_fail(limit).await?,
+        }
+        Ok(guard)
+    }
+
+    /// Connects until one connection is in the pool, retrying with jittered exponential backoff
+    /// for at most `limit`.
+    async fn connect_once_or_fail(&self, limit: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + limit;
+        let mut backoff = STARTUP_BACKOFF_MIN;
+        loop {
+            match self.inner.pool.dedicated_connection().await {
+                Ok(conn) => {
+                    // A full pool (other connects won the race) simply drops this one.
+                    let _ = self.inner.pool.add(conn);
+                    return Ok(());
+                }
+                Err(e) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(Error::Unavailable {
+                            pool: self.name().to_owned(),
+                            reason: format!("no connection at start-up: {e}"),
+                            retry_after: STARTUP_BACKOFF_MAX,
+                        });
+                    }
+                    let pause = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
+                    tokio::time::sleep(pause.min(deadline - now)).await;
+                    backoff = (backoff * 2).min(STARTUP_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Checks out a validated connection within the checkout budget.
+    ///
+    /// Dead, stale or unanswering connections met on the way are evicted and replaced without
+    /// the caller seeing them. Fails with [`Error::Timeout`] when the budget runs out.
+    pub async fn get(&self) -> Result<PooledConnection, Error> {
+        let span = tracing::debug_span!("redis_guard.checkout", pool = %self.name());
+        self.checkout().instrument(span).await
+    }
+
+    async fn checkout(&self) -> Result<PooledConnection, Error> {
+        let shared = &self.inner.shared;
+        let config = &shared.config;
+        let started = Instant::now();
+        let deadline = started + config.checkout_timeout;
+        let _waiting = shared.wait();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let mut conn = match tokio::time::timeout(remaining, self.inner.pool.get_owned()).await
+            {
+                Ok(Ok(conn)) => conn,
+                // bb8 reports connect failures to its error sink and only ever times out here.
+                Ok(Err(_)) | Err(_) => return Err(self.timed_out(started)),
+            };
+            match conn.verdict(Instant::now()) {
+                Verdict::Evict(reason) => conn.evict(reason),
+                Verdict::Fresh => {
+                    shared.metrics.validation(ValidationResult::Skipped);
+                    return Ok(self.handed_out(conn, started));
+                }
+                Verdict::Validate => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match conn.validate(config.validation_timeout.min(remaining)).await {
+                        Ok(()) => {
+                            shared.metrics.validation(ValidationResult::Passed);
+                            return Ok(self.handed_out(conn, started));
+                        }
+                        Err(reason) => {
+                            shared.metrics.validation(ValidationResult::Failed);
+                            tracing::debug!(connection_id = conn.connection_id(), %reason, "validation failed");
+                            conn.evict(EvictionReason::ValidationFailed);
+                        }
+                    }
+                }
+            }
+            // Dropping the evicted connection returns it to bb8, which closes it, frees its
+            // slot and starts a replacement.
+        }
+    }
+
+    fn handed_out(
+        &self,
+        conn: bb8::PooledConnection<'static, GuardManager>,
+        started: Instant,
+    ) -> PooledConnection {
+        self.inner
+            .shared
+            .metrics
+            .checkout(CheckoutResult::Ok, Some(started.elapsed().as_secs_f64()));
+        PooledConnection { conn }
+    }
+
+    fn timed_out(&self, started: Instant) -> Error {
+        let shared = &self.inner.shared;
+        shared.metrics.checkout(CheckoutResult::Timeout, None);
+        let error = Error::Timeout {
+            pool: self.name().to_owned(),
+            waited: started.elapsed(),
+            state: self.state(),
+            last_connect_error: shared.last_connect_error(),
+        };
+        tracing::warn!(%error, "redis checkout timed out");
+        error
+    }
+
+    /// The pool's name (its `pool` metric label).
+    pub fn name(&self) -> &str {
+        self.inner.shared.config.name()
+    }
+
+    /// The configuration the pool was built with.
+    pub fn config(&self) -> &Config {
+        &self.inner.shared.config
+    }
+
+    /// A consistent snapshot of the pool.
+    pub fn state(&self) -> PoolState {
+        pool_state(&self.inner.pool, &self.inner.shared)
+    }
+}
+
+fn pool_state(pool: &bb8::Pool<GuardManager>, shared: &Shared) -> PoolState {
+    let state = pool.state();
+    PoolState {
+        connections: state.connections,
+        idle: state.idle_connections,
+        in_use: state.connections.saturating_sub(state.idle_connections),
+        max_size: shared.config.max_size,
+        waiting: shared.waiting(),
+    }
+}
+
+/// Samples the pool gauges from one snapshot; aborted when the guard is dropped.
+async fn sample_gauges(shared: Arc<Shared>, pool: bb8::Pool<GuardManager>) {
+    let mut tick = tokio::time::interval(GAUGE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let s = pool_state(&pool, &shared);
+        shared
+            .metrics
+            .set_pool_state(s.idle, s.in_use, s.max_size, s.waiting);
+    }
+}
+
+/// A checked-out connection; back to the pool on drop.
+///
+/// Implements [`ConnectionLike`], so every [`redis::AsyncCommands`] method works on it, and
+/// derefs to [`GuardConnection`].
+pub struct PooledConnection {
+    conn: bb8::PooledConnection<'static, GuardManager>,
+}
+
+impl fmt::Debug for PooledConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.conn, f)
+    }
+}
+
+impl Deref for PooledConnection {
+    type Target = GuardConnection;
+    fn deref(&self) -> &GuardConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for PooledConnection {
+    fn deref_mut(&mut self) -> &mut GuardConnection {
+        &mut self.conn
+    }
+}
+
+impl ConnectionLike for PooledConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.conn.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.conn.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}

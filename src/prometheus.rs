@@ -1,0 +1,103 @@
+//! A ready `/metrics` route (feature `prometheus`), backed by metrics-exporter-prometheus.
+//!
+//! ```no_run
+//! use axum::Router;
+//! use redis_guard::prometheus::PrometheusMetrics;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // Before RedisGuard::connect, so the pool registers its series with this recorder.
+//! let metrics = PrometheusMetrics::install()?;
+//! let app: Router = Router::new().merge(metrics.router());
+//! # Ok(()) }
+//! ```
+//!
+//! An application that already has a recorder (axum-prometheus, an OpenTelemetry bridge)
+//! keeps it: [`PrometheusMetrics::install`] then fails with
+//! [`InstallError::RecorderAlreadySet`], and redis-guard's series go to that recorder.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use http::header;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::metrics::{CHECKOUT_DURATION_BUCKETS, CHECKOUT_DURATION_SECONDS};
+
+/// How often histogram upkeep runs; the exporter's own default.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static INSTALLED: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Why the Prometheus recorder could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstallError {
+    /// Another metrics recorder is installed; it receives redis-guard's series. Serve
+    /// `/metrics` from it.
+    #[error(
+        "a metrics recorder is already installed; it receives redis-guard's series, serve /metrics from it"
+    )]
+    RecorderAlreadySet,
+    /// The exporter rejected its configuration.
+    #[error("prometheus exporter: {0}")]
+    Build(String),
+}
+
+/// The installed Prometheus recorder: render it, or serve it at `/metrics`.
+#[derive(Debug, Clone)]
+pub struct PrometheusMetrics {
+    handle: PrometheusHandle,
+}
+
+impl PrometheusMetrics {
+    /// Installs the Prometheus recorder as the global `metrics` recorder, with real histogram
+    /// buckets for checkout latency, and starts its upkeep on the current Tokio runtime.
+    /// Calling it again returns the same recorder.
+    pub fn install() -> Result<PrometheusMetrics, InstallError> {
+        if let Some(handle) = INSTALLED.get() {
+            return Ok(PrometheusMetrics {
+                handle: handle.clone(),
+            });
+        }
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(CHECKOUT_DURATION_SECONDS.to_owned()),
+                CHECKOUT_DURATION_BUCKETS,
+            )
+            .map_err(|e| InstallError::Build(e.to_string()))?
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).map_err(|_| InstallError::RecorderAlreadySet)?;
+        let handle = INSTALLED.get_or_init(|| handle).clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let upkeep = handle.clone();
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+        }
+        Ok(PrometheusMetrics { handle })
+    }
+
+    /// The current metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// A router serving `GET /metrics`; merge it into the application's.
+    pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
+        let handle = self.handle.clone();
+        Router::new().route(
+            "/metrics",
+            get(move || {
+                let body = handle.render();
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
+            }),
+        )
+    }
+}

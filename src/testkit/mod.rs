@@ -1,0 +1,24 @@
+//! Real parts for tests (feature `testkit`): a [`RedisServer`] process on a free loopback port
+//! and a [`FaultProxy`] that resets, freezes, refuses and delays connections.
+//!
+//! They are what redis-guard's own tests use, and they work the same in yours: every fault is
+//! real (a killed process, a reset socket, a silent socket), not a mock.
+//!
+//! ```no_run
+//! use redis_guard::testkit::{FaultProxy, RedisServer};
+//! use redis_guard::{Config, RedisGuard};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = RedisServer::start()?;
+//! let proxy = FaultProxy::start(server.addr()).await?;
+//! let guard = RedisGuard::connect(Config::builder(proxy.url()).build()?).await?;
+//! proxy.reset_all();
+//! let _conn = guard.get().await?; // a fresh connection, not the reset one
+//! # Ok(()) }
+//! ```
+
+mod proxy;
+mod server;
+
+pub use proxy::{FaultProxy, ProxyMode};
+pub use server::RedisServer;

@@ -1,0 +1,226 @@
+//! [`RedisServer`]: a real `redis-server` process on a free loopback port.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a started server may take to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopped server may take to exit.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Fresh ports tried when another process takes the one picked.
+const PORT_ATTEMPTS: usize = 5;
+
+/// A `redis-server` owned by a test: started on a free loopback port, with no persistence,
+/// and killed when dropped.
+///
+/// ```no_run
+/// use redis_guard::testkit::RedisServer;
+///
+/// let mut server = RedisServer::start().expect("redis-server is installed");
+/// let url = server.url(); // redis://127.0.0.1:<port>
+/// server.restart().unwrap(); // same port, empty data set
+/// server.stop();
+/// server.start_again().unwrap();
+/// ```
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server with the default settings.
+    pub fn start() -> io::Result<RedisServer> {
+        Self::start_with_args(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments, such as
+    /// `["--requirepass", "secret"]`.
+    ///
+    /// Fails with a message naming the package to install when `redis-server` is missing.
+    pub fn start_with_args(args: &[&str]) -> io::Result<RedisServer> {
+        ensure_installed()?;
+        let dir = tempfile::Builder::new().prefix("redis-guard-").tempdir()?;
+        let mut server = RedisServer {
+            port: 0,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            dir,
+            child: None,
+        };
+        let mut last_error = None;
+        for _ in 0..PORT_ATTEMPTS {
+            server.port = free_port()?;
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                // The port was taken between picking and binding: pick another.
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.expect("at least one attempt"))
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The loopback port the server listens on, also after a restart.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// Stops the server gracefully (SIGTERM) and waits for it to exit. Clients see their
+    /// connections closed (EOF).
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            // std can only SIGKILL; SIGTERM is a graceful shutdown, as an orchestrated restart.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+        self.reap();
+    }
+
+    /// Kills the server (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+        }
+        self.reap();
+    }
+
+    /// Starts the server again on the same port, after [`stop`](Self::stop) or
+    /// [`kill`](Self::kill).
+    pub fn start_again(&mut self) -> io::Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        self.spawn()
+    }
+
+    /// Stops and starts the server on the same port.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// Runs one command on a fresh admin connection, e.g.
+    /// `server.command(&["CLIENT", "KILL", "TYPE", "normal"])`.
+    pub fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut conn)
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        let log = self.dir.path().join("redis.log");
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = command.spawn()?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Err(io::Error::other(format!(
+                    "redis-server on port {} exited with {status}; log: {}",
+                    self.port,
+                    read_tail(&log)
+                )));
+            }
+            if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(100)).is_ok() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("redis-server on port {} not ready after {READY_TIMEOUT:?}", self.port),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn reap(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// The server's data and log directory.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn ensure_installed() -> io::Result<()> {
+    match Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "redis-server is not installed or not on PATH: install it \
+             (Debian/Ubuntu: `apt-get install redis-server`) or run `make test`, which does",
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+fn read_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}

@@ -1,0 +1,256 @@
+//! Opening the socket under a pooled connection, and watching it.
+//!
+//! redis-rs hides its socket inside `MultiplexedConnection`, so a pool cannot ask it whether the
+//! peer has gone. We open the socket ourselves (with keepalive, `TCP_NODELAY` and
+//! `TCP_USER_TIMEOUT` set per socket) and wrap it in a [`TrackedStream`] that records EOF and
+//! I/O errors as the connection's driver reads. The driver reads even while the connection is
+//! idle, so a server restart, `CLIENT KILL`, a server `timeout` or a reset is on record before
+//! the next checkout, at no round trip.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::config::Config;
+
+/// Why a socket stopped being usable, as seen from below the Redis protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum LinkState {
+    Open = 0,
+    /// The peer closed the connection (FIN): restart, `CLIENT KILL`, server `timeout`.
+    Eof = 1,
+    /// A read or write failed: reset by peer, broken pipe, `TCP_USER_TIMEOUT`, keepalive.
+    Failed = 2,
+    /// The connection's driver task ended (it does so after either of the above, or on a
+    /// protocol error).
+    DriverEnded = 3,
+}
+
+/// The health of one socket, written by the driver task and read at checkout.
+#[derive(Debug, Default)]
+pub(crate) struct LinkHealth(AtomicU8);
+
+impl LinkHealth {
+    pub(crate) fn state(&self) -> LinkState {
+        match self.0.load(Ordering::Acquire) {
+            0 => LinkState::Open,
+            1 => LinkState::Eof,
+            2 => LinkState::Failed,
+            _ => LinkState::DriverEnded,
+        }
+    }
+
+    /// Records the first reason the link closed; later ones add nothing.
+    pub(crate) fn close(&self, state: LinkState) {
+        let _ = self.0.compare_exchange(
+            LinkState::Open as u8,
+            state as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.state() == LinkState::Open
+    }
+}
+
+/// A second handle on a connection's socket, to ask the kernel whether the peer has closed it.
+///
+/// The driver task may not have run since an RST or FIN arrived; a non-blocking `MSG_PEEK`
+/// of one byte sees it anyway, costs one system call and consumes nothing. Owning a duplicate
+/// descriptor (not the raw number) means the answer is always about this socket, even after
+/// the driver has closed its own.
+#[derive(Debug)]
+pub(crate) struct PeerProbe(socket2::Socket);
+
+impl PeerProbe {
+    pub(crate) fn new<'s, S>(socket: &'s S) -> io::Result<Self>
+    where
+        SockRef<'s>: From<&'s S>,
+    {
+        SockRef::from(socket).try_clone().map(PeerProbe)
+    }
+
+    /// Whether the peer closed (EOF) or reset the socket. Unread data is not a close: it may
+    /// be a late reply the driver has yet to read.
+    pub(crate) fn peer_closed(&self) -> bool {
+        let mut byte = [std::mem::MaybeUninit::uninit(); 1];
+        match self.0.peek(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ),
+        }
+    }
+}
+
+/// A stream that reports EOF and I/O errors to a shared [`LinkHealth`].
+#[derive(Debug)]
+pub(crate) struct TrackedStream<S> {
+    inner: S,
+    health: Arc<LinkHealth>,
+}
+
+impl<S> TrackedStream<S> {
+    pub(crate) fn new(inner: S, health: Arc<LinkHealth>) -> Self {
+        Self { inner, health }
+    }
+
+    fn note<T>(&self, result: &Poll<io::Result<T>>) {
+        if let Poll::Ready(Err(_)) = result {
+            self.health.close(LinkState::Failed);
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for TrackedStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.note(&result);
+        if let Poll::Ready(Ok(())) = result {
+            if buf.filled().len() == before && buf.remaining() > 0 {
+                self.health.close(LinkState::Eof);
+            }
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(&result);
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(&result);
+        result
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Opens a TCP connection to the first address of `host:port` that accepts, with the
+/// socket options from `config`. The caller bounds the whole attempt with the connect timeout.
+pub(crate) async fn connect_tcp(host: &str, port: u16, config: &Config) -> io::Result<TcpStream> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_nodelay(true)?;
+        apply_socket_options(&SockRef::from(&socket), config)?;
+        match socket.connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, format!("{host} resolved to no address"))
+    }))
+}
+
+fn apply_socket_options(socket: &SockRef<'_>, config: &Config) -> io::Result<()> {
+    if let Some(k) = config.keepalive {
+        let keepalive = TcpKeepalive::new().with_time(k.idle).with_interval(k.interval);
+        #[cfg(not(windows))]
+        let keepalive = keepalive.with_retries(k.retries);
+        socket.set_keepalive(true)?;
+        socket.set_tcp_keepalive(&keepalive)?;
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Some(timeout) = config.tcp_user_timeout {
+        socket.set_tcp_user_timeout(Some(timeout))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn peer_close_is_recorded_as_eof() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let health = Arc::new(LinkHealth::default());
+        let mut stream = TrackedStream::new(client, health.clone());
+        server.write_all(b"+PONG\r\n").await.unwrap();
+        let mut buf = [0u8; 7];
+        stream.read_exact(&mut buf).await.unwrap();
+        assert!(health.is_open(), "data is not a close");
+        drop(server);
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(health.state(), LinkState::Eof);
+    }
+
+    #[test]
+    fn first_close_reason_wins() {
+        let health = LinkHealth::default();
+        health.close(LinkState::Failed);
+        health.close(LinkState::DriverEnded);
+        assert_eq!(health.state(), LinkState::Failed);
+    }
+
+    #[tokio::test]
+    async fn probe_sees_a_reset_before_anyone_reads() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let probe = PeerProbe::new(&client).unwrap();
+        assert!(!probe.peer_closed(), "an open, silent socket is not closed");
+        server.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(server);
+        let mut closed = false;
+        for _ in 0..1000 {
+            closed = probe.peer_closed();
+            if closed {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(closed);
+    }
+
+    #[tokio::test]
+    async fn socket_options_are_applied() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config = Config::builder("redis://127.0.0.1").build().unwrap();
+        let stream = connect_tcp("127.0.0.1", port, &config).await.unwrap();
+        let sock = SockRef::from(&stream);
+        assert!(stream.nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(sock.tcp_keepalive_time().unwrap(), config.keepalive.unwrap().idle);
+            assert_eq!(sock.tcp_keepalive_retries().unwrap(), 3);
+            assert_eq!(sock.tcp_user_timeout().unwrap(), config.tcp_user_timeout);
+        }
+    }
+}

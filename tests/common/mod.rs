@@ -1,0 +1,184 @@
+//! Fixtures shared by the integration tests: a router over a guarded pool, a bounded load
+//! driver, and metric readings from the real Prometheus recorder.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Query;
+use axum::http::{Request, StatusCode};
+use axum::routing::get;
+use http_body_util::BodyExt;
+use redis_guard::prometheus::PrometheusMetrics;
+use redis_guard::{Config, ConfigBuilder, Redis, RedisGuard, RedisGuardLayer};
+use tower::ServiceExt;
+
+/// Every test's own bound: no test waits on anything for longer.
+pub const TEST_DEADLINE: Duration = Duration::from_secs(60);
+
+static NONCE: AtomicU64 = AtomicU64::new(0);
+
+/// A value no other request in this process uses.
+pub fn unique_value() -> String {
+    format!(
+        "v{}-{}",
+        std::process::id(),
+        NONCE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The Prometheus recorder, installed once per test binary before any pool is created.
+pub fn metrics() -> PrometheusMetrics {
+    PrometheusMetrics::install().expect("no other recorder in the tests")
+}
+
+/// Reads one series of pool `pool` from the recorder; 0 when absent.
+pub fn metric(name: &str, pool: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = metrics().render();
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            series.split('{').next() == Some(name)
+                && series.contains(&format!("pool=\"{pool}\""))
+                && labels
+                    .iter()
+                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, value)| value.parse::<f64>().expect("numeric sample"))
+        .sum()
+}
+
+pub fn evictions(pool: &str, reason: &str) -> f64 {
+    metric(
+        "redis_guard_stale_evictions_total",
+        pool,
+        &[("reason", reason)],
+    )
+}
+
+pub fn validations(pool: &str, result: &str) -> f64 {
+    metric("redis_guard_validations_total", pool, &[("result", result)])
+}
+
+/// A config for `url` named `pool`, as the tests use it.
+pub fn config(url: &str, pool: &str) -> ConfigBuilder {
+    metrics();
+    Config::builder(url).name(pool).max_size(8).min_idle(0)
+}
+
+pub async fn guard(builder: ConfigBuilder) -> RedisGuard {
+    RedisGuard::connect(builder.build().expect("valid test config"))
+        .await
+        .expect("lazy start-up never fails")
+}
+
+#[derive(serde::Deserialize)]
+pub struct EchoQuery {
+    pub value: String,
+}
+
+/// `GET /echo?value=v`: ECHOes `v` through Redis and answers 200 with the reply, or 500
+/// `mismatch` if Redis answered something else. `GET /hold?ms=n` holds a connection.
+pub fn router(guard: RedisGuard) -> Router {
+    Router::new()
+        .route("/echo", get(echo))
+        .route("/hold", get(hold))
+        .layer(RedisGuardLayer::new(guard))
+}
+
+async fn echo(mut redis: Redis, Query(q): Query<EchoQuery>) -> (StatusCode, String) {
+    let reply: Result<String, _> = redis::cmd("ECHO").arg(&q.value).query_async(&mut redis).await;
+    match reply {
+        Ok(reply) if reply == q.value => (StatusCode::OK, reply),
+        Ok(other) => (StatusCode::INTERNAL_SERVER_ERROR, format!("mismatch: {other}")),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct HoldQuery {
+    pub ms: u64,
+}
+
+async fn hold(redis: Redis, Query(q): Query<HoldQuery>) -> StatusCode {
+    tokio::time::sleep(Duration::from_millis(q.ms)).await;
+    drop(redis);
+    StatusCode::OK
+}
+
+/// One response: status, body, and how long it took.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: StatusCode,
+    pub body: String,
+    pub elapsed: Duration,
+}
+
+pub async fn call(app: &Router, uri: &str) -> Outcome {
+    let started = Instant::now();
+    let response = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .expect("router is infallible");
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Outcome {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Sends `total` echo requests, `concurrency` at a time, each with a unique value.
+pub async fn drive_echo(app: &Router, total: usize, concurrency: usize) -> Vec<Outcome> {
+    let next = Arc::new(AtomicU64::new(0));
+    let workers = (0..concurrency).map(|_| {
+        let app = app.clone();
+        let next = next.clone();
+        tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            while (next.fetch_add(1, Ordering::Relaxed) as usize) < total {
+                let value = unique_value();
+                outcomes.push(call(&app, &format!("/echo?value={value}")).await);
+            }
+            outcomes
+        })
+    });
+    let all = tokio::time::timeout(TEST_DEADLINE, futures_join(workers.collect()))
+        .await
+        .expect("load finished within the test deadline");
+    all.into_iter().flatten().collect()
+}
+
+async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.expect("worker panicked"));
+    }
+    out
+}
+
+/// The failures among `outcomes`, for assertion messages.
+pub fn failures(outcomes: &[Outcome]) -> Vec<&Outcome> {
+    outcomes
+        .iter()
+        .filter(|o| o.status != StatusCode::OK)
+        .collect()
+}
+
+/// Waits until `condition` holds, checking every 5 ms for at most `limit`.
+pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    condition()
+}

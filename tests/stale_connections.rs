@@ -1,0 +1,109 @@
+//! F1-F4: connections that died while idle are evicted and replaced before any handler sees
+//! them. Each test warms a pool, injects one real fault while it is idle, then sends 1,000
+//! requests at concurrency 8 and requires every one to succeed.
+#![cfg(all(feature = "testkit", feature = "prometheus"))]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use redis_guard::RedisGuard;
+use redis_guard::testkit::{FaultProxy, RedisServer};
+
+const REQUESTS: usize = 1_000;
+const CONCURRENCY: usize = 8;
+
+/// Fills the pool: 8 connections, all idle afterwards.
+async fn warm(guard: &RedisGuard) -> u32 {
+    let app = router(guard.clone());
+    let outcomes = drive_echo(&app, 200, CONCURRENCY).await;
+    assert!(failures(&outcomes).is_empty(), "warm-up failed: {:?}", failures(&outcomes));
+    let state = guard.state();
+    assert_eq!(state.in_use, 0);
+    state.connections
+}
+
+/// Sends the load and asserts that nothing failed and that the dead connections were found
+/// without a round trip (no failed validation) and counted under `reason`.
+async fn assert_no_request_fails(guard: &RedisGuard, pool: &str, reason: &str, dead: u32) {
+    let app = router(guard.clone());
+    let outcomes = drive_echo(&app, REQUESTS, CONCURRENCY).await;
+    assert_eq!(outcomes.len(), REQUESTS);
+    let failed = failures(&outcomes);
+    assert!(failed.is_empty(), "{} of {REQUESTS} failed, first: {:?}", failed.len(), failed.first());
+    let evicted = evictions(pool, reason);
+    assert!(
+        evicted >= 1.0 && evicted <= f64::from(dead),
+        "{evicted} evictions for {reason}, {dead} connections were dead"
+    );
+    assert_eq!(validations(pool, "failed"), 0.0, "dead sockets were noticed without a PING");
+    assert!(metric("redis_guard_reconnects_total", pool, &[]) >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f1_server_restart_while_idle_fails_no_request() {
+    let mut server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "f1")).await;
+    let dead = warm(&guard).await;
+    server.restart().unwrap();
+    assert_no_request_fails(&guard, "f1", "broken", dead).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f2_client_kill_of_every_connection_fails_no_request() {
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "f2")).await;
+    let dead = warm(&guard).await;
+    let killed = server.command(&["CLIENT", "KILL", "TYPE", "normal"]).unwrap();
+    assert_eq!(killed, redis::Value::Int(i64::from(dead)));
+    assert_no_request_fails(&guard, "f2", "broken", dead).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f3_server_idle_timeout_closing_connections_fails_no_request() {
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "f3")).await;
+    let dead = warm(&guard).await;
+    server.command(&["CONFIG", "SET", "timeout", "1"]).unwrap();
+    let pool_clients_gone = eventually(Duration::from_secs(10), || {
+        let Ok(redis::Value::BulkString(list)) = server.command(&["CLIENT", "LIST", "TYPE", "normal"]) else {
+            return false;
+        };
+        // Only the admin connection asking is left.
+        String::from_utf8_lossy(&list).lines().count() == 1
+    })
+    .await;
+    assert!(pool_clients_gone, "redis closed the idle pool connections");
+    server.command(&["CONFIG", "SET", "timeout", "0"]).unwrap();
+    assert_no_request_fails(&guard, "f3", "broken", dead).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f4_connection_reset_by_peer_fails_no_request() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let guard = guard(config(&proxy.url(), "f4")).await;
+    let dead = warm(&guard).await;
+    assert_eq!(proxy.reset_all().await, dead as usize);
+    assert_no_request_fails(&guard, "f4", "broken", dead).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_killed_while_checked_out_is_not_returned_to_the_pool() {
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "has_broken").max_size(1)).await;
+    let mut conn = guard.get().await.unwrap();
+    let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await.unwrap();
+    let first = conn.connection_id();
+    server.command(&["CLIENT", "KILL", "ID", &id.to_string()]).unwrap();
+    // No command is sent on `conn`: the driver's read of the EOF is all that marks it.
+    assert!(eventually(Duration::from_secs(5), || !conn.is_open()).await);
+    drop(conn);
+    assert_eq!(evictions("has_broken", "broken"), 1.0);
+    let state = guard.state();
+    assert_eq!(state.idle, 0, "the dead connection is not idle in the pool");
+    let replacement = guard.get().await.unwrap();
+    assert_ne!(replacement.connection_id(), first);
+    assert_eq!(validations("has_broken", "passed") + validations("has_broken", "failed"), 0.0);
+}
