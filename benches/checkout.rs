@@ -1,1 +1,123 @@
-fn main() {}
+//! Hot-checkout latency: redis-guard (validation on) next to bb8-redis with and without its
+//! PING-on-checkout, against one real redis-server, in the same run.
+//!
+//! `make bench` (or `cargo bench --all-features --bench checkout`) prints a markdown table.
+
+use std::time::{Duration, Instant};
+
+use bb8_redis::RedisConnectionManager;
+use redis_guard::testkit::RedisServer;
+use redis_guard::{Config, RedisGuard};
+
+const WARMUP: usize = 2_000;
+const SAMPLES: usize = 50_000;
+
+struct Row {
+    name: &'static str,
+    p50: Duration,
+    p99: Duration,
+    mean: Duration,
+}
+
+fn summarize(name: &'static str, mut samples: Vec<Duration>) -> Row {
+    samples.sort();
+    let total: Duration = samples.iter().sum();
+    Row {
+        name,
+        p50: samples[samples.len() / 2],
+        p99: samples[samples.len() * 99 / 100],
+        mean: total / samples.len() as u32,
+    }
+}
+
+async fn measure<F, Fut>(mut checkout: F) -> Vec<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..WARMUP {
+        checkout().await;
+    }
+    let mut samples = Vec::with_capacity(SAMPLES);
+    for _ in 0..SAMPLES {
+        let started = Instant::now();
+        checkout().await;
+        samples.push(started.elapsed());
+    }
+    samples
+}
+
+/// Uses the connection once, as a request would, so it stays inside the bypass window: a
+/// hot connection is one that was just used.
+async fn use_guard(guard: &RedisGuard) {
+    let mut conn = guard.get().await.expect("checkout");
+    let _: () = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .expect("ping");
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = RedisServer::start().expect("redis-server");
+    let rows = runtime.block_on(async {
+        let guard =
+            RedisGuard::connect(Config::builder(server.url()).name("bench").build().unwrap())
+                .await
+                .unwrap();
+        use_guard(&guard).await;
+        // Interleave a use so the window is always fresh: time only the checkout.
+        let mut guard_samples = Vec::with_capacity(SAMPLES);
+        for i in 0..(WARMUP + SAMPLES) {
+            use_guard(&guard).await;
+            let started = Instant::now();
+            let conn = guard.get().await.expect("checkout");
+            let elapsed = started.elapsed();
+            drop(conn);
+            if i >= WARMUP {
+                guard_samples.push(elapsed);
+            }
+        }
+
+        let mut rows = vec![summarize("redis-guard (validation on, hot)", guard_samples)];
+        for (name, test) in [
+            ("bb8-redis test_on_check_out=true (PING)", true),
+            ("bb8-redis test_on_check_out=false", false),
+        ] {
+            let manager = RedisConnectionManager::new(server.url()).unwrap();
+            let pool = bb8::Pool::builder()
+                .max_size(10)
+                .test_on_check_out(test)
+                .build(manager)
+                .await
+                .unwrap();
+            let samples = measure(|| async {
+                let conn = pool.get().await.expect("checkout");
+                drop(conn);
+            })
+            .await;
+            rows.push(summarize(name, samples));
+        }
+        rows
+    });
+
+    println!(
+        "\n### Hot checkout latency ({SAMPLES} checkouts each, one task, loopback redis-server)\n"
+    );
+    println!("| pool | p50 | p99 | mean | p50 vs bb8 with PING |");
+    println!("|---|---|---|---|---|");
+    let baseline = rows[1].p50.as_secs_f64();
+    for row in &rows {
+        println!(
+            "| {} | {:.2} µs | {:.2} µs | {:.2} µs | {:.3}x |",
+            row.name,
+            row.p50.as_secs_f64() * 1e6,
+            row.p99.as_secs_f64() * 1e6,
+            row.mean.as_secs_f64() * 1e6,
+            row.p50.as_secs_f64() / baseline,
+        );
+    }
+}

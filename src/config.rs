@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
+use crate::breaker::BreakerPolicy;
+
 /// Every default, each with the reason for its value.
 pub mod defaults {
     use std::time::Duration;
@@ -66,6 +68,13 @@ pub mod defaults {
     /// Linux `TCP_USER_TIMEOUT`: idle + interval x probes, so the kernel gives up on unacked
     /// data at the same moment keepalive would have declared the peer dead.
     pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(45);
+    /// While Redis is healthy the prober PINGs through the pool this often: readiness is never
+    /// older than this, at one command per second per pod.
+    pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+    /// While Redis is down the prober reconnects after this, doubling per failure (jittered)...
+    pub const PROBE_BACKOFF_MIN: Duration = Duration::from_millis(100);
+    /// ...up to this, so recovery is noticed within about a second of Redis returning.
+    pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(1);
 }
 
 /// How [`RedisGuard::connect`](crate::RedisGuard::connect) behaves when Redis cannot be
@@ -171,6 +180,10 @@ pub struct Config {
     pub(crate) keepalive: Option<Keepalive>,
     pub(crate) tcp_user_timeout: Option<Duration>,
     pub(crate) startup: StartupMode,
+    pub(crate) breaker: BreakerPolicy,
+    pub(crate) probe_interval: Duration,
+    pub(crate) probe_backoff_min: Duration,
+    pub(crate) probe_backoff_max: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -191,6 +204,10 @@ impl fmt::Debug for Config {
             .field("keepalive", &self.keepalive)
             .field("tcp_user_timeout", &self.tcp_user_timeout)
             .field("startup", &self.startup)
+            .field("breaker", &self.breaker)
+            .field("probe_interval", &self.probe_interval)
+            .field("probe_backoff_min", &self.probe_backoff_min)
+            .field("probe_backoff_max", &self.probe_backoff_max)
             .finish()
     }
 }
@@ -313,6 +330,14 @@ impl Config {
         tcp_user_timeout: Option<Duration>;
         /// What start-up does when Redis is unreachable.
         startup: StartupMode;
+        /// When the circuit breaker trips and how it recovers.
+        breaker: BreakerPolicy;
+        /// How often the prober checks a healthy Redis.
+        probe_interval: Duration;
+        /// The prober's first reconnect delay while Redis is down.
+        probe_backoff_min: Duration;
+        /// The prober's longest reconnect delay while Redis is down.
+        probe_backoff_max: Duration;
     }
 }
 
@@ -358,6 +383,10 @@ struct ConfigDraft {
     keepalive: Option<Keepalive>,
     tcp_user_timeout: Option<Duration>,
     startup: StartupMode,
+    breaker: BreakerPolicy,
+    probe_interval: Duration,
+    probe_backoff_min: Duration,
+    probe_backoff_max: Duration,
 }
 
 macro_rules! setters {
@@ -391,6 +420,10 @@ impl ConfigBuilder {
                 keepalive: Some(Keepalive::default()),
                 tcp_user_timeout: Some(defaults::TCP_USER_TIMEOUT),
                 startup: StartupMode::default(),
+                breaker: BreakerPolicy::default(),
+                probe_interval: defaults::PROBE_INTERVAL,
+                probe_backoff_min: defaults::PROBE_BACKOFF_MIN,
+                probe_backoff_max: defaults::PROBE_BACKOFF_MAX,
             },
         }
     }
@@ -425,6 +458,14 @@ impl ConfigBuilder {
         tcp_user_timeout: impl Into<Option<Duration>>;
         /// What start-up does when Redis is unreachable.
         startup: StartupMode;
+        /// When the circuit breaker trips and how it recovers.
+        breaker: BreakerPolicy;
+        /// How often the prober checks a healthy Redis.
+        probe_interval: Duration;
+        /// The prober's first reconnect delay while Redis is down (doubles per failure).
+        probe_backoff_min: Duration;
+        /// The prober's longest reconnect delay while Redis is down.
+        probe_backoff_max: Duration;
     }
 
     /// Validates every setting and returns the [`Config`], or the first problem found.
@@ -467,10 +508,15 @@ impl ConfigBuilder {
                 ),
             );
         }
-        for (setting, value) in [("idle_timeout", c.idle_timeout), ("max_lifetime", c.max_lifetime)]
-        {
+        for (setting, value) in [
+            ("idle_timeout", c.idle_timeout),
+            ("max_lifetime", c.max_lifetime),
+        ] {
             if value.is_some_and(|d| d.is_zero()) {
-                return invalid(setting, "must be greater than zero, or None to disable".into());
+                return invalid(
+                    setting,
+                    "must be greater than zero, or None to disable".into(),
+                );
             }
         }
         if !(0.0..=0.5).contains(&c.lifetime_jitter) {
@@ -479,18 +525,60 @@ impl ConfigBuilder {
                 format!("{} is outside 0.0 to 0.5", c.lifetime_jitter),
             );
         }
-        if let Some(k) = c.keepalive {
-            if k.idle.is_zero() || k.interval.is_zero() || k.retries == 0 {
-                return invalid("keepalive", "idle, interval and retries must be non-zero".into());
-            }
+        if let Some(k) = c.keepalive
+            && (k.idle.is_zero() || k.interval.is_zero() || k.retries == 0)
+        {
+            return invalid(
+                "keepalive",
+                "idle, interval and retries must be non-zero".into(),
+            );
         }
         if c.tcp_user_timeout.is_some_and(|d| d.is_zero()) {
-            return invalid("tcp_user_timeout", "must be greater than zero, or None".into());
+            return invalid(
+                "tcp_user_timeout",
+                "must be greater than zero, or None".into(),
+            );
         }
-        if let StartupMode::WaitFor(d) = c.startup {
-            if d.is_zero() {
-                return invalid("startup", "WaitFor needs a non-zero duration".into());
+        if let StartupMode::WaitFor(d) = c.startup
+            && d.is_zero()
+        {
+            return invalid("startup", "WaitFor needs a non-zero duration".into());
+        }
+        let b = c.breaker;
+        if b.consecutive_failures == 0 || b.min_calls == 0 || b.trial_successes == 0 {
+            return invalid(
+                "breaker",
+                "consecutive_failures, min_calls and trial_successes must be at least 1".into(),
+            );
+        }
+        if b.trial_concurrency == 0 {
+            return invalid("breaker", "trial_concurrency must be at least 1".into());
+        }
+        if !(b.failure_rate > 0.0 && b.failure_rate <= 1.0) || b.window.is_zero() {
+            return invalid(
+                "breaker",
+                format!(
+                    "failure_rate {} must be in (0, 1] and window non-zero",
+                    b.failure_rate
+                ),
+            );
+        }
+        for (setting, value) in [
+            ("probe_interval", c.probe_interval),
+            ("probe_backoff_min", c.probe_backoff_min),
+        ] {
+            if value.is_zero() {
+                return invalid(setting, "must be greater than zero".into());
             }
+        }
+        if c.probe_backoff_max < c.probe_backoff_min {
+            return invalid(
+                "probe_backoff_max",
+                format!(
+                    "{:?} is below probe_backoff_min ({:?})",
+                    c.probe_backoff_max, c.probe_backoff_min
+                ),
+            );
         }
         Ok(Config {
             redacted_url: redact_url(&self.url),
@@ -509,6 +597,10 @@ impl ConfigBuilder {
             keepalive: c.keepalive,
             tcp_user_timeout: c.tcp_user_timeout,
             startup: c.startup,
+            breaker: c.breaker,
+            probe_interval: c.probe_interval,
+            probe_backoff_min: c.probe_backoff_min,
+            probe_backoff_max: c.probe_backoff_max,
         })
     }
 }
@@ -568,5 +660,195 @@ pub fn redact_url(url: &str) -> String {
             parsed.to_string()
         }
         Err(_) => "<unparseable URL>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "s3cr3t-pa55";
+
+    fn error_of(builder: ConfigBuilder) -> String {
+        builder.build().expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn every_bad_setting_says_what_to_fix() {
+        let url = "redis://127.0.0.1";
+        let cases: Vec<(ConfigBuilder, &str)> = vec![
+            (
+                Config::builder(url).max_size(0),
+                "invalid setting max_size: must be at least 1",
+            ),
+            (
+                Config::builder(url).max_size(4).min_idle(5),
+                "min_idle (5) exceeds max_size (4); lower min_idle or raise max_size",
+            ),
+            (
+                Config::builder(url).checkout_timeout(Duration::ZERO),
+                "invalid setting checkout_timeout: must be greater than zero",
+            ),
+            (
+                Config::builder(url).connect_timeout(Duration::ZERO),
+                "invalid setting connect_timeout: must be greater than zero",
+            ),
+            (
+                Config::builder(url).response_timeout(Duration::ZERO),
+                "invalid setting response_timeout: must be greater than zero",
+            ),
+            (
+                Config::builder(url).validation_timeout(Duration::from_secs(2)),
+                "make it shorter than checkout_timeout",
+            ),
+            (
+                Config::builder(url).idle_timeout(Duration::ZERO),
+                "idle_timeout: must be greater than zero, or None to disable",
+            ),
+            (
+                Config::builder(url).max_lifetime(Duration::ZERO),
+                "max_lifetime: must be greater than zero, or None to disable",
+            ),
+            (
+                Config::builder(url).lifetime_jitter(0.9),
+                "0.9 is outside 0.0 to 0.5",
+            ),
+            (
+                Config::builder(url).keepalive(Keepalive {
+                    retries: 0,
+                    ..Keepalive::default()
+                }),
+                "idle, interval and retries must be non-zero",
+            ),
+            (Config::builder(url).name(""), "name: must be non-empty"),
+            (
+                Config::builder(url).startup(StartupMode::WaitFor(Duration::ZERO)),
+                "WaitFor needs a non-zero duration",
+            ),
+            (
+                Config::builder(url).breaker(BreakerPolicy {
+                    failure_rate: 1.5,
+                    ..BreakerPolicy::default()
+                }),
+                "failure_rate 1.5 must be in (0, 1]",
+            ),
+            (
+                Config::builder(url).breaker(BreakerPolicy {
+                    consecutive_failures: 0,
+                    ..BreakerPolicy::default()
+                }),
+                "consecutive_failures, min_calls and trial_successes must be at least 1",
+            ),
+            (
+                Config::builder(url).probe_backoff_max(Duration::from_millis(10)),
+                "is below probe_backoff_min",
+            ),
+        ];
+        for (builder, expected) in cases {
+            let message = error_of(builder);
+            assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+        }
+    }
+
+    #[test]
+    fn bad_urls_are_rejected_without_repeating_them() {
+        let cases = [
+            (
+                format!("localhost:{SECRET}"),
+                "scheme \"localhost\" is not redis://",
+            ),
+            (
+                format!("http://u:{SECRET}@host"),
+                "is not redis:// or redis+unix://",
+            ),
+            (
+                format!("rediss://u:{SECRET}@host"),
+                "TLS (rediss://) is not supported yet",
+            ),
+            (format!("redis://:{SECRET}@"), "invalid Redis URL"),
+            (format!("not a url {SECRET}"), "expected redis://"),
+            ("redis://host:99999".to_owned(), "invalid Redis URL"),
+        ];
+        for (url, expected) in cases {
+            let message = error_of(Config::builder(url.clone()));
+            assert!(
+                message.contains(expected),
+                "{url}: {message:?} lacks {expected:?}"
+            );
+            assert!(!message.contains(SECRET), "{message:?} leaks the password");
+        }
+    }
+
+    #[test]
+    fn password_never_appears_in_debug_or_redacted_url() {
+        let url = format!("redis://user:{SECRET}@10.0.0.1:6380/2");
+        let builder = Config::builder(url.clone());
+        assert!(!format!("{builder:?}").contains(SECRET));
+        let config = builder.build().unwrap();
+        assert_eq!(config.redacted_url(), "redis://user:***@10.0.0.1:6380/2");
+        assert!(!format!("{config:?}").contains(SECRET));
+        assert!(!format!("{config:#?}").contains(SECRET));
+        // The password still reaches the handshake.
+        assert_eq!(config.connection.redis_settings().password(), Some(SECRET));
+        assert_eq!(config.connection.redis_settings().db(), 2);
+    }
+
+    #[test]
+    fn from_env_reads_every_variable_and_names_the_bad_one() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |key: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let config = Config::from_lookup(env(&[
+            ("REDIS_URL", "redis://127.0.0.1:7000"),
+            ("REDIS_GUARD_POOL_NAME", "sessions"),
+            ("REDIS_GUARD_MAX_SIZE", "32"),
+            ("REDIS_GUARD_MIN_IDLE", "4"),
+            ("REDIS_GUARD_CHECKOUT_TIMEOUT_MS", "2000"),
+            ("REDIS_GUARD_CONNECT_TIMEOUT_MS", "300"),
+            ("REDIS_GUARD_RESPONSE_TIMEOUT_MS", "700"),
+            ("REDIS_GUARD_VALIDATION_TIMEOUT_MS", "100"),
+            ("REDIS_GUARD_VALIDATION_BYPASS_MS", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(config.name(), "sessions");
+        assert_eq!((config.max_size(), config.min_idle()), (32, 4));
+        assert_eq!(config.checkout_timeout(), Duration::from_secs(2));
+        assert_eq!(config.connect_timeout(), Duration::from_millis(300));
+        assert_eq!(config.response_timeout(), Duration::from_millis(700));
+        assert_eq!(config.validation_timeout(), Duration::from_millis(100));
+        assert_eq!(config.validation_bypass(), Duration::ZERO);
+
+        let missing = Config::from_lookup(env(&[])).unwrap_err().to_string();
+        assert_eq!(
+            missing,
+            "invalid setting REDIS_URL: not set; set it to redis://host:port"
+        );
+        let bad = Config::from_lookup(env(&[
+            ("REDIS_URL", "redis://127.0.0.1"),
+            ("REDIS_GUARD_MAX_SIZE", "ten"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            bad,
+            "invalid setting REDIS_GUARD_MAX_SIZE: \"ten\" is not a whole number"
+        );
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = Config::builder("redis://127.0.0.1").build().unwrap();
+        assert_eq!(config.name(), defaults::NAME);
+        assert_eq!(config.max_size(), defaults::MAX_SIZE);
+        assert_eq!(config.checkout_timeout(), defaults::CHECKOUT_TIMEOUT);
+        assert_eq!(config.validation_bypass(), defaults::VALIDATION_BYPASS);
+        assert_eq!(config.idle_timeout(), Some(defaults::IDLE_TIMEOUT));
+        assert_eq!(config.startup(), StartupMode::Lazy);
+        assert_eq!(config.keepalive(), Some(Keepalive::default()));
     }
 }

@@ -291,10 +291,19 @@ impl SessionState {
                 exit.watch = true;
             } else if is("RESET") {
                 exit.all = true;
-            } else if ["SELECT", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR", "HELLO"]
-                .iter()
-                .any(|w| is(w))
-                || ["AUTH", "READONLY", "READWRITE", "SWAPDB"].iter().any(|w| is(w))
+            } else if [
+                "SELECT",
+                "SUBSCRIBE",
+                "PSUBSCRIBE",
+                "SSUBSCRIBE",
+                "MONITOR",
+                "HELLO",
+            ]
+            .iter()
+            .any(|w| is(w))
+                || ["AUTH", "READONLY", "READWRITE", "SWAPDB"]
+                    .iter()
+                    .any(|w| is(w))
                 || (is("CLIENT")
                     && args.next().is_some_and(|sub| {
                         ["REPLY", "TRACKING", "SETNAME", "NO-EVICT", "NO-TOUCH"]

@@ -130,7 +130,13 @@ impl IntoResponse for Error {
             }
             Error::Redis(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Redis command failed"),
         };
-        tracing::warn!(error = %self, status = status.as_u16(), "redis request failed");
+        // Refusals come by the thousand during an outage; the breaker's transitions already
+        // say why at warn level.
+        if let Error::Unavailable { .. } = self {
+            tracing::debug!(error = %self, "redis request refused");
+        } else {
+            tracing::warn!(error = %self, status = status.as_u16(), "redis request failed");
+        }
         let retry_after = self.retry_after();
         problem_response(status, title, retry_after)
     }

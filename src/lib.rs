@@ -59,6 +59,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod breaker;
 pub mod config;
 mod connection;
 mod error;
@@ -67,6 +68,7 @@ mod layer;
 mod manager;
 pub mod metrics;
 mod pool;
+mod probe;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 mod shared;
@@ -74,6 +76,7 @@ mod shared;
 pub mod testkit;
 mod transport;
 
+pub use breaker::{BreakerPolicy, BreakerState};
 #[doc(inline)]
 pub use config::{Config, ConfigBuilder, ConfigError, StartupMode};
 pub use connection::GuardConnection;

@@ -11,13 +11,16 @@
 //! | `redis_guard_pool_connections` | gauge | `state`=`idle`\|`in_use` |
 //! | `redis_guard_pool_max_connections` | gauge | |
 //! | `redis_guard_pool_pending_checkouts` | gauge | |
-//! | `redis_guard_checkouts_total` | counter | `result`=`ok`\|`timeout`\|`rejected` |
+//! | `redis_guard_checkouts_total` | counter | `result`=`ok`\|`timeout`\|`rejected`\|`error` |
 //! | `redis_guard_checkout_duration_seconds` | histogram | |
 //! | `redis_guard_validations_total` | counter | `result`=`passed`\|`failed`\|`skipped` |
 //! | `redis_guard_stale_evictions_total` | counter | `reason` (see [`EvictionReason`]) |
 //! | `redis_guard_connections_created_total` | counter | |
 //! | `redis_guard_reconnects_total` | counter | |
 //! | `redis_guard_connect_errors_total` | counter | `kind`=`refused`\|`timeout`\|`auth`\|`other` |
+//! | `redis_guard_breaker_state` | gauge | | 0 closed, 1 half-open, 2 open |
+//! | `redis_guard_breaker_transitions_total` | counter | `to`=`open`\|`half_open`\|`closed` |
+//! | `redis_guard_ready` | gauge | | 1 when the pool is ready |
 //!
 //! ```
 //! // The names are public constants, for dashboards and tests.
@@ -25,6 +28,8 @@
 //! ```
 
 use metrics::{Counter, Gauge, Histogram, Unit};
+
+use crate::breaker::BreakerState;
 
 /// `redis_guard_pool_connections{state}`: live connections, idle or in use.
 pub const POOL_CONNECTIONS: &str = "redis_guard_pool_connections";
@@ -46,6 +51,12 @@ pub const CONNECTIONS_CREATED_TOTAL: &str = "redis_guard_connections_created_tot
 pub const RECONNECTS_TOTAL: &str = "redis_guard_reconnects_total";
 /// `redis_guard_connect_errors_total{kind}`: failed connects.
 pub const CONNECT_ERRORS_TOTAL: &str = "redis_guard_connect_errors_total";
+/// `redis_guard_breaker_state`: 0 closed, 1 half-open, 2 open.
+pub const BREAKER_STATE: &str = "redis_guard_breaker_state";
+/// `redis_guard_breaker_transitions_total{to}`: breaker transitions.
+pub const BREAKER_TRANSITIONS_TOTAL: &str = "redis_guard_breaker_transitions_total";
+/// `redis_guard_ready`: 1 when the pool is ready to serve.
+pub const READY: &str = "redis_guard_ready";
 
 /// Histogram buckets for [`CHECKOUT_DURATION_SECONDS`], in seconds: from 50 µs (a hot
 /// checkout, or a loopback PING) to 5 s. Configure your recorder with these; the `prometheus`
@@ -146,7 +157,10 @@ impl ConnectErrorKind {
 pub(crate) enum CheckoutResult {
     Ok,
     Timeout,
+    /// Refused at once: the breaker is open.
     Rejected,
+    /// Failed fast: the pool had no connection and a connect attempt failed.
+    Error,
 }
 
 /// The outcome of one validation: the `result` label of [`VALIDATIONS_TOTAL`].
@@ -164,28 +178,29 @@ pub(crate) struct PoolMetrics {
     in_use: Gauge,
     max: Gauge,
     pending: Gauge,
-    checkouts: [Counter; 3],
+    checkouts: [Counter; 4],
     checkout_duration: Histogram,
     validations: [Counter; 3],
     evictions: [Counter; EvictionReason::ALL.len()],
     created: Counter,
     reconnects: Counter,
     connect_errors: [Counter; 4],
+    breaker_state: Gauge,
+    breaker_transitions: [Counter; 3],
+    ready: Gauge,
 }
 
 impl PoolMetrics {
     pub(crate) fn register(pool: &str) -> Self {
         describe();
         let pool = pool.to_owned();
-        let counter = |name: &'static str, label: &'static str, value: &'static str| {
-            metrics::counter!(name, "pool" => pool.clone(), label => value)
-        };
+        let counter = |name: &'static str, label: &'static str, value: &'static str| metrics::counter!(name, "pool" => pool.clone(), label => value);
         Self {
             idle: metrics::gauge!(POOL_CONNECTIONS, "pool" => pool.clone(), "state" => "idle"),
             in_use: metrics::gauge!(POOL_CONNECTIONS, "pool" => pool.clone(), "state" => "in_use"),
             max: metrics::gauge!(POOL_MAX_CONNECTIONS, "pool" => pool.clone()),
             pending: metrics::gauge!(POOL_PENDING_CHECKOUTS, "pool" => pool.clone()),
-            checkouts: ["ok", "timeout", "rejected"]
+            checkouts: ["ok", "timeout", "rejected", "error"]
                 .map(|result| counter(CHECKOUTS_TOTAL, "result", result)),
             checkout_duration: metrics::histogram!(CHECKOUT_DURATION_SECONDS, "pool" => pool.clone()),
             validations: ["passed", "failed", "skipped"]
@@ -196,6 +211,10 @@ impl PoolMetrics {
             reconnects: metrics::counter!(RECONNECTS_TOTAL, "pool" => pool.clone()),
             connect_errors: ConnectErrorKind::ALL
                 .map(|kind| counter(CONNECT_ERRORS_TOTAL, "kind", kind.as_label())),
+            breaker_state: metrics::gauge!(BREAKER_STATE, "pool" => pool.clone()),
+            breaker_transitions: BREAKER_STATES
+                .map(|state| counter(BREAKER_TRANSITIONS_TOTAL, "to", state.as_label())),
+            ready: metrics::gauge!(READY, "pool" => pool.clone()),
         }
     }
 
@@ -235,15 +254,41 @@ impl PoolMetrics {
     pub(crate) fn connect_error(&self, kind: ConnectErrorKind) {
         self.connect_errors[kind as usize].increment(1);
     }
+
+    /// Sets the breaker and readiness gauges; counts a transition into `state` if `transition`.
+    pub(crate) fn breaker(&self, state: BreakerState, transition: bool) {
+        if transition {
+            self.breaker_transitions[state as usize].increment(1);
+        }
+        self.breaker_state.set(state.as_gauge());
+        self.ready.set(if state == BreakerState::Closed {
+            1.0
+        } else {
+            0.0
+        });
+    }
 }
+
+/// Indexed by `BreakerState as usize`.
+const BREAKER_STATES: [BreakerState; 3] = [
+    BreakerState::Closed,
+    BreakerState::HalfOpen,
+    BreakerState::Open,
+];
 
 /// HELP texts; the facade keeps the first description of each name, so repeating it per pool
 /// is harmless.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!(POOL_CONNECTIONS, "Live Redis connections, by state.");
-    describe_gauge!(POOL_MAX_CONNECTIONS, "Configured maximum of Redis connections.");
-    describe_gauge!(POOL_PENDING_CHECKOUTS, "Callers waiting for a Redis connection.");
+    describe_gauge!(
+        POOL_MAX_CONNECTIONS,
+        "Configured maximum of Redis connections."
+    );
+    describe_gauge!(
+        POOL_PENDING_CHECKOUTS,
+        "Callers waiting for a Redis connection."
+    );
     describe_counter!(CHECKOUTS_TOTAL, "Redis connection checkouts, by result.");
     describe_histogram!(
         CHECKOUT_DURATION_SECONDS,
@@ -251,8 +296,23 @@ fn describe() {
         "Time to hand out a validated Redis connection."
     );
     describe_counter!(VALIDATIONS_TOTAL, "Checkout validations, by result.");
-    describe_counter!(STALE_EVICTIONS_TOTAL, "Stale or unusable connections evicted, by reason.");
+    describe_counter!(
+        STALE_EVICTIONS_TOTAL,
+        "Stale or unusable connections evicted, by reason."
+    );
     describe_counter!(CONNECTIONS_CREATED_TOTAL, "Successful Redis connects.");
-    describe_counter!(RECONNECTS_TOTAL, "Connects that replaced a lost or evicted connection.");
+    describe_counter!(
+        RECONNECTS_TOTAL,
+        "Connects that replaced a lost or evicted connection."
+    );
     describe_counter!(CONNECT_ERRORS_TOTAL, "Failed Redis connects, by kind.");
+    describe_gauge!(
+        BREAKER_STATE,
+        "Circuit breaker state: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        BREAKER_TRANSITIONS_TOTAL,
+        "Circuit breaker transitions, by target state."
+    );
+    describe_gauge!(READY, "1 when the Redis pool is ready to serve, else 0.");
 }

@@ -22,20 +22,27 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
+use crate::breaker::BreakerState;
 use crate::config::{Config, StartupMode};
 use crate::connection::{GuardConnection, Verdict};
 use crate::error::{Error, PoolState};
 use crate::manager::GuardManager;
 use crate::metrics::{CheckoutResult, EvictionReason, ValidationResult};
+use crate::probe;
 use crate::shared::Shared;
 
 /// How often the pool gauges are sampled.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 /// bb8's reaper runs at this rate unless the idle timeout asks for a finer one.
 const MAX_REAPER_RATE: Duration = Duration::from_secs(30);
-/// Backoff between start-up connect attempts in [`StartupMode::WaitFor`].
-const STARTUP_BACKOFF_MIN: Duration = Duration::from_millis(100);
-const STARTUP_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Why a checkout is made: requests are admitted by the breaker and counted in the checkout
+/// metrics; the prober's are neither, and report their outcome themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    Request,
+    Probe,
+}
 
 /// A health-checked pool of Redis connections: cheap to clone, one per Redis instance.
 ///
@@ -54,16 +61,20 @@ pub struct RedisGuard {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     pool: bb8::Pool<GuardManager>,
     shared: Arc<Shared>,
-    upkeep: AbortHandle,
+    /// The gauge sampler and the prober; they stop with the guard.
+    tasks: std::sync::Mutex<Vec<AbortHandle>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.shared.mark_closing();
-        self.upkeep.abort();
+        let tasks = self.tasks.get_mut().unwrap_or_else(|e| e.into_inner());
+        for task in tasks.drain(..) {
+            task.abort();
+        }
     }
 }
 
@@ -109,33 +120,56 @@ impl RedisGuard {
             .error_sink(Box::new(bb8::NopErrorSink))
             .build_unchecked(GuardManager::new(shared.clone()));
 
-        let upkeep = tokio::spawn(sample_gauges(shared.clone(), pool.clone()));
-        let guard = RedisGuard {
-            inner: Arc::new(Inner {
-                pool,
-                shared,
-                upkeep: upkeep.abort_handle(),
-            }),
-        };
+        let sampler = tokio::spawn(sample_gauges(shared.clone(), pool.clone())).abort_handle();
+        let inner = Arc::new(Inner {
+            pool,
+            shared: shared.clone(),
+            tasks: std::sync::Mutex::new(vec![sampler]),
+        });
+        let guard = RedisGuard { inner };
         tracing::info!(pool = %guard.name(), url = %guard.config().redacted_url(), ?startup, "redis pool created");
         match startup {
             StartupMode::Lazy => {}
             StartupMode::FailFast => guard.connect_once_or_fail(Duration::ZERO).await?,
             StartupMode::WaitFor(limit) => guard.connect_once_or_fail(limit).await?,
         }
+        // Started after the start-up connect, so that is the only connect attempt until then;
+        // it stops when it can no longer upgrade its weak reference to the guard.
+        let prober = tokio::spawn(probe::run(Arc::downgrade(&guard.inner), shared));
+        guard
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(prober.abort_handle());
         Ok(guard)
+    }
+
+    pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<RedisGuard> {
+        weak.upgrade().map(|inner| RedisGuard { inner })
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    pub(crate) fn pool(&self) -> &bb8::Pool<GuardManager> {
+        &self.inner.pool
     }
 
     /// Connects until one connection is in the pool, retrying with jittered exponential backoff
     /// for at most `limit`.
     async fn connect_once_or_fail(&self, limit: Duration) -> Result<(), Error> {
+        let config = self.config();
         let deadline = Instant::now() + limit;
-        let mut backoff = STARTUP_BACKOFF_MIN;
+        let mut backoff = config.probe_backoff_min;
         loop {
             match self.inner.pool.dedicated_connection().await {
                 Ok(conn) => {
-                    // A full pool (other connects won the race) simply drops this one.
+                    // A full pool (the prober won the race) simply drops this one.
                     let _ = self.inner.pool.add(conn);
+                    let shared = &self.inner.shared;
+                    shared.on_transition(shared.breaker.close());
                     return Ok(());
                 }
                 Err(e) => {
@@ -144,12 +178,12 @@ impl RedisGuard {
                         return Err(Error::Unavailable {
                             pool: self.name().to_owned(),
                             reason: format!("no connection at start-up: {e}"),
-                            retry_after: STARTUP_BACKOFF_MAX,
+                            retry_after: config.probe_backoff_max,
                         });
                     }
                     let pause = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
                     tokio::time::sleep(pause.min(deadline - now)).await;
-                    backoff = (backoff * 2).min(STARTUP_BACKOFF_MAX);
+                    backoff = (backoff * 2).min(config.probe_backoff_max);
                 }
             }
         }
@@ -159,37 +193,91 @@ impl RedisGuard {
     ///
     /// Dead, stale or unanswering connections met on the way are evicted and replaced without
     /// the caller seeing them. Fails with [`Error::Timeout`] when the budget runs out.
+    ///
+    /// While the circuit breaker is open it fails at once with [`Error::Unavailable`], and so it
+    /// does when the pool has no connection left and a connect attempt just failed: waiting
+    /// out the budget would only hide the cause.
     pub async fn get(&self) -> Result<PooledConnection, Error> {
         let span = tracing::debug_span!("redis_guard.checkout", pool = %self.name());
-        self.checkout().instrument(span).await
+        self.checkout(Purpose::Request).instrument(span).await
     }
 
-    async fn checkout(&self) -> Result<PooledConnection, Error> {
+    pub(crate) async fn checkout(&self, purpose: Purpose) -> Result<PooledConnection, Error> {
+        let shared = &self.inner.shared;
+        let _admission = match purpose {
+            Purpose::Probe => None,
+            Purpose::Request => match shared.breaker.admit() {
+                Some(admission) => Some(admission),
+                None => return Err(self.rejected()),
+            },
+        };
+        let started = Instant::now();
+        let result = self.checkout_within_budget(started).await;
+        if purpose == Purpose::Request {
+            let elapsed = started.elapsed().as_secs_f64();
+            match &result {
+                Ok(_) => {
+                    shared.metrics.checkout(CheckoutResult::Ok, Some(elapsed));
+                    shared.record_success();
+                }
+                Err(error) => {
+                    let (outcome, saturated) = match error {
+                        Error::Timeout { state, .. } => {
+                            (CheckoutResult::Timeout, state.in_use >= state.max_size)
+                        }
+                        _ => (CheckoutResult::Error, false),
+                    };
+                    shared.metrics.checkout(outcome, None);
+                    // Every connection busy is load, not an outage: opening the breaker (and
+                    // failing readiness) then would shed a healthy pod under load.
+                    if !saturated {
+                        shared.record_failure();
+                    }
+                    tracing::warn!(%error, "redis checkout failed");
+                }
+            }
+        }
+        result
+    }
+
+    async fn checkout_within_budget(&self, started: Instant) -> Result<PooledConnection, Error> {
         let shared = &self.inner.shared;
         let config = &shared.config;
-        let started = Instant::now();
         let deadline = started + config.checkout_timeout;
         let _waiting = shared.wait();
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let mut conn = match tokio::time::timeout(remaining, self.inner.pool.get_owned()).await
-            {
-                Ok(Ok(conn)) => conn,
-                // bb8 reports connect failures to its error sink and only ever times out here.
-                Ok(Err(_)) | Err(_) => return Err(self.timed_out(started)),
+            let connect_failed = shared.connect_failed.notified();
+            let mut conn = tokio::select! {
+                biased;
+                got = tokio::time::timeout(remaining, self.inner.pool.get_owned()) => match got {
+                    Ok(Ok(conn)) => conn,
+                    // bb8 reports connect failures to its error sink and only ever times out.
+                    Ok(Err(_)) | Err(_) => return Err(self.timed_out(started)),
+                },
+                // Nothing to wait for: no connection exists and the one being opened failed.
+                () = connect_failed, if self.inner.pool.state().connections == 0 => {
+                    return Err(self.unavailable(format!(
+                        "cannot connect: {}",
+                        shared.last_connect_error().unwrap_or_default()
+                    )));
+                }
             };
             match conn.verdict(Instant::now()) {
                 Verdict::Evict(reason) => conn.evict(reason),
                 Verdict::Fresh => {
                     shared.metrics.validation(ValidationResult::Skipped);
-                    return Ok(self.handed_out(conn, started));
+                    return Ok(PooledConnection { conn });
                 }
                 Verdict::Validate => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    match conn.validate(config.validation_timeout.min(remaining)).await {
+                    match conn
+                        .validate(config.validation_timeout.min(remaining))
+                        .await
+                    {
                         Ok(()) => {
                             shared.metrics.validation(ValidationResult::Passed);
-                            return Ok(self.handed_out(conn, started));
+                            return Ok(PooledConnection { conn });
                         }
                         Err(reason) => {
                             shared.metrics.validation(ValidationResult::Failed);
@@ -204,29 +292,59 @@ impl RedisGuard {
         }
     }
 
-    fn handed_out(
-        &self,
-        conn: bb8::PooledConnection<'static, GuardManager>,
-        started: Instant,
-    ) -> PooledConnection {
-        self.inner
-            .shared
-            .metrics
-            .checkout(CheckoutResult::Ok, Some(started.elapsed().as_secs_f64()));
-        PooledConnection { conn }
-    }
-
     fn timed_out(&self, started: Instant) -> Error {
-        let shared = &self.inner.shared;
-        shared.metrics.checkout(CheckoutResult::Timeout, None);
-        let error = Error::Timeout {
+        Error::Timeout {
             pool: self.name().to_owned(),
             waited: started.elapsed(),
             state: self.state(),
-            last_connect_error: shared.last_connect_error(),
+            last_connect_error: self.inner.shared.last_connect_error(),
+        }
+    }
+
+    /// Refused by the open breaker: counted, not logged (there may be thousands a second).
+    fn rejected(&self) -> Error {
+        let shared = &self.inner.shared;
+        shared.metrics.checkout(CheckoutResult::Rejected, None);
+        let cause = shared
+            .last_connect_error()
+            .map_or_else(String::new, |e| format!("; last connect error: {e}"));
+        let state = match shared.breaker.state() {
+            BreakerState::HalfOpen => "half-open, trial calls in flight",
+            _ => "open",
         };
-        tracing::warn!(%error, "redis checkout timed out");
-        error
+        self.unavailable(format!("circuit breaker {state}{cause}"))
+    }
+
+    fn unavailable(&self, reason: String) -> Error {
+        Error::Unavailable {
+            pool: self.name().to_owned(),
+            reason,
+            retry_after: self.retry_after(),
+        }
+    }
+
+    /// When a refused caller should try again: the prober's next attempt, at least 1 s.
+    pub fn retry_after(&self) -> Duration {
+        self.inner
+            .shared
+            .until_next_probe()
+            .max(Duration::from_secs(1))
+    }
+
+    /// The circuit breaker's state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.shared.breaker.state()
+    }
+
+    /// Whether the pool is ready to serve: Redis answers and the breaker is closed. Kept
+    /// fresh by the prober; reading it costs no Redis traffic.
+    pub fn is_ready(&self) -> bool {
+        self.breaker_state() == BreakerState::Closed
+    }
+
+    /// Whether requests would be let through now (the breaker is not refusing them).
+    pub fn admits_requests(&self) -> bool {
+        self.inner.shared.breaker.admit().is_some()
     }
 
     /// The pool's name (its `pool` metric label).

@@ -15,7 +15,7 @@
 //! keeps it: [`PrometheusMetrics::install`] then fails with
 //! [`InstallError::RecorderAlreadySet`], and redis-guard's series go to that recorder.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -29,6 +29,8 @@ use crate::metrics::{CHECKOUT_DURATION_BUCKETS, CHECKOUT_DURATION_SECONDS};
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 static INSTALLED: OnceLock<PrometheusHandle> = OnceLock::new();
+/// Serialises installation: two callers racing must both get the one recorder.
+static INSTALLING: Mutex<()> = Mutex::new(());
 
 /// Why the Prometheus recorder could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,7 @@ impl PrometheusMetrics {
     /// buckets for checkout latency, and starts its upkeep on the current Tokio runtime.
     /// Calling it again returns the same recorder.
     pub fn install() -> Result<PrometheusMetrics, InstallError> {
+        let _installing = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(handle) = INSTALLED.get() {
             return Ok(PrometheusMetrics {
                 handle: handle.clone(),

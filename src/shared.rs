@@ -1,16 +1,41 @@
 //! State shared by a pool's handle, its connection manager and its connections: the one place
 //! where outcomes are recorded, so metrics and diagnostics never disagree.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
+
+use crate::breaker::{Breaker, BreakerState, Transition};
 use crate::config::Config;
 use crate::metrics::{ConnectErrorKind, EvictionReason, PoolMetrics};
+
+/// Instants as numbers, so they fit in atomics.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+pub(crate) fn to_nanos(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
+}
+
+pub(crate) fn from_nanos(nanos: u64) -> Instant {
+    epoch() + Duration::from_nanos(nanos)
+}
 
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) metrics: PoolMetrics,
+    pub(crate) breaker: Breaker,
+    /// Wakes the prober when the breaker opens, so recovery starts at once.
+    pub(crate) breaker_opened: Notify,
+    /// Wakes checkouts waiting on an empty pool when a connect fails: nothing will come.
+    pub(crate) connect_failed: Notify,
+    /// When the prober will next try, for `Retry-After`.
+    next_probe_at: AtomicU64,
     /// The last connect failure, redacted, for checkout-timeout errors; cleared by a success.
     last_connect_error: Mutex<Option<String>>,
     /// Evictions not yet made good by a new connection: the next connects are reconnects.
@@ -24,9 +49,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A pool starts with its breaker open: not ready until a connect proves Redis there.
     pub(crate) fn new(config: Config) -> Self {
+        let metrics = PoolMetrics::register(config.name());
+        metrics.breaker(BreakerState::Open, false);
         Self {
-            metrics: PoolMetrics::register(config.name()),
+            metrics,
+            breaker: Breaker::new(config.breaker, BreakerState::Open),
+            breaker_opened: Notify::new(),
+            connect_failed: Notify::new(),
+            next_probe_at: AtomicU64::new(0),
             config,
             last_connect_error: Mutex::new(None),
             replacement_debt: AtomicU64::new(0),
@@ -47,12 +79,66 @@ impl Shared {
         tracing::debug!(pool = %self.config.name(), connection_id, reason = reason.as_label(), "evicting redis connection");
         self.metrics.eviction(reason);
         self.replacement_debt.fetch_add(1, Ordering::AcqRel);
+        if reason == EvictionReason::IoError {
+            self.record_failure();
+        }
+    }
+
+    /// An infrastructure failure: for the breaker.
+    pub(crate) fn record_failure(&self) {
+        self.on_transition(self.breaker.record_failure(Instant::now()));
+    }
+
+    /// A call that reached Redis: for the breaker.
+    pub(crate) fn record_success(&self) {
+        self.on_transition(self.breaker.record_success(Instant::now()));
+    }
+
+    /// Logs and counts a breaker transition, and wakes the prober when the breaker opens.
+    pub(crate) fn on_transition(&self, transition: Transition) {
+        let Some((from, to)) = transition else { return };
+        let pool = self.config.name();
+        match to {
+            BreakerState::Open => {
+                let cause = self.last_connect_error();
+                tracing::warn!(
+                    pool,
+                    from = from.as_label(),
+                    cause = cause.as_deref().unwrap_or("failures"),
+                    "redis circuit breaker open: refusing dependent requests"
+                );
+                self.breaker_opened.notify_one();
+            }
+            BreakerState::HalfOpen => {
+                tracing::info!(pool, "redis answered the prober: circuit breaker half-open")
+            }
+            BreakerState::Closed => {
+                tracing::info!(
+                    pool,
+                    from = from.as_label(),
+                    "redis circuit breaker closed: serving"
+                )
+            }
+        }
+        self.metrics.breaker(to, true);
+    }
+
+    pub(crate) fn set_next_probe(&self, at: Instant) {
+        self.next_probe_at.store(to_nanos(at), Ordering::Release);
+    }
+
+    /// Time until the prober's next attempt.
+    pub(crate) fn until_next_probe(&self) -> Duration {
+        from_nanos(self.next_probe_at.load(Ordering::Acquire))
+            .saturating_duration_since(Instant::now())
     }
 
     pub(crate) fn record_connected(&self, connection_id: u64) {
         let replaced = self
             .replacement_debt
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| debt.checked_sub(1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
+                debt.checked_sub(1)
+            })
             .is_ok();
         self.metrics.connection_created(replaced);
         *self.lock_last_error() = None;
@@ -64,6 +150,8 @@ impl Shared {
         self.metrics.connect_error(kind);
         tracing::warn!(pool = %self.config.name(), kind = kind.as_label(), error = %message, "redis connect failed");
         *self.lock_last_error() = Some(message);
+        self.record_failure();
+        self.connect_failed.notify_waiters();
     }
 
     pub(crate) fn last_connect_error(&self) -> Option<String> {

@@ -122,10 +122,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for TrackedStream<S> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         self.note(&result);
-        if let Poll::Ready(Ok(())) = result {
-            if buf.filled().len() == before && buf.remaining() > 0 {
-                self.health.close(LinkState::Eof);
-            }
+        if let Poll::Ready(Ok(())) = result
+            && buf.filled().len() == before
+            && buf.remaining() > 0
+        {
+            self.health.close(LinkState::Eof);
         }
         result
     }
@@ -171,13 +172,18 @@ pub(crate) async fn connect_tcp(host: &str, port: u16, config: &Config) -> io::R
         }
     }
     Err(last_error.unwrap_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, format!("{host} resolved to no address"))
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} resolved to no address"),
+        )
     }))
 }
 
 fn apply_socket_options(socket: &SockRef<'_>, config: &Config) -> io::Result<()> {
     if let Some(k) = config.keepalive {
-        let keepalive = TcpKeepalive::new().with_time(k.idle).with_interval(k.interval);
+        let keepalive = TcpKeepalive::new()
+            .with_time(k.idle)
+            .with_interval(k.interval);
         #[cfg(not(windows))]
         let keepalive = keepalive.with_retries(k.retries);
         socket.set_keepalive(true)?;
@@ -220,11 +226,15 @@ mod tests {
     #[tokio::test]
     async fn probe_sees_a_reset_before_anyone_reads() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let probe = PeerProbe::new(&client).unwrap();
         assert!(!probe.peer_closed(), "an open, silent socket is not closed");
-        server.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        SockRef::from(&server)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
         drop(server);
         let mut closed = false;
         for _ in 0..1000 {
@@ -248,7 +258,10 @@ mod tests {
         assert!(sock.keepalive().unwrap());
         #[cfg(target_os = "linux")]
         {
-            assert_eq!(sock.tcp_keepalive_time().unwrap(), config.keepalive.unwrap().idle);
+            assert_eq!(
+                sock.tcp_keepalive_time().unwrap(),
+                config.keepalive.unwrap().idle
+            );
             assert_eq!(sock.tcp_keepalive_retries().unwrap(), 3);
             assert_eq!(sock.tcp_user_timeout().unwrap(), config.tcp_user_timeout);
         }

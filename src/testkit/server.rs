@@ -165,7 +165,10 @@ impl RedisServer {
                 let _ = child.wait();
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("redis-server on port {} not ready after {READY_TIMEOUT:?}", self.port),
+                    format!(
+                        "redis-server on port {} not ready after {READY_TIMEOUT:?}",
+                        self.port
+                    ),
                 ));
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -216,7 +219,9 @@ fn ensure_installed() -> io::Result<()> {
 }
 
 fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 fn read_tail(path: &std::path::Path) -> String {

@@ -30,8 +30,17 @@ pub fn unique_value() -> String {
     )
 }
 
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 /// The Prometheus recorder, installed once per test binary before any pool is created.
 pub fn metrics() -> PrometheusMetrics {
+    init_tracing();
     PrometheusMetrics::install().expect("no other recorder in the tests")
 }
 
@@ -70,7 +79,18 @@ pub fn config(url: &str, pool: &str) -> ConfigBuilder {
     Config::builder(url).name(pool).max_size(8).min_idle(0)
 }
 
+/// A lazily started guard, once it is ready (Redis reachable, breaker closed).
 pub async fn guard(builder: ConfigBuilder) -> RedisGuard {
+    let guard = unready_guard(builder).await;
+    assert!(
+        eventually(Duration::from_secs(5), || guard.is_ready()).await,
+        "pool ready within 5 s"
+    );
+    guard
+}
+
+/// A lazily started guard, as it is the moment `connect` returns.
+pub async fn unready_guard(builder: ConfigBuilder) -> RedisGuard {
     RedisGuard::connect(builder.build().expect("valid test config"))
         .await
         .expect("lazy start-up never fails")
@@ -91,10 +111,16 @@ pub fn router(guard: RedisGuard) -> Router {
 }
 
 async fn echo(mut redis: Redis, Query(q): Query<EchoQuery>) -> (StatusCode, String) {
-    let reply: Result<String, _> = redis::cmd("ECHO").arg(&q.value).query_async(&mut redis).await;
+    let reply: Result<String, _> = redis::cmd("ECHO")
+        .arg(&q.value)
+        .query_async(&mut redis)
+        .await;
     match reply {
         Ok(reply) if reply == q.value => (StatusCode::OK, reply),
-        Ok(other) => (StatusCode::INTERNAL_SERVER_ERROR, format!("mismatch: {other}")),
+        Ok(other) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("mismatch: {other}"),
+        ),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -114,6 +140,7 @@ async fn hold(redis: Redis, Query(q): Query<HoldQuery>) -> StatusCode {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub status: StatusCode,
+    pub retry_after: Option<String>,
     pub body: String,
     pub elapsed: Duration,
 }
@@ -126,9 +153,14 @@ pub async fn call(app: &Router, uri: &str) -> Outcome {
         .await
         .expect("router is infallible");
     let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
     let body = response.into_body().collect().await.unwrap().to_bytes();
     Outcome {
         status,
+        retry_after,
         body: String::from_utf8_lossy(&body).into_owned(),
         elapsed: started.elapsed(),
     }

@@ -1,0 +1,221 @@
+//! F8 and F9: cancellation and exhaustion under load.
+#![cfg(all(feature = "testkit", feature = "prometheus"))]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Query;
+use axum::http::StatusCode;
+use axum::routing::get;
+use common::*;
+use redis_guard::testkit::{FaultProxy, ProxyMode, RedisServer};
+use redis_guard::{Redis, RedisGuardLayer};
+
+#[derive(serde::Deserialize)]
+struct Value {
+    value: String,
+}
+
+/// A hand-written transaction, three round trips long, so that cancellation lands inside it:
+/// a connection returned inside MULTI would answer the next user's commands with QUEUED.
+async fn transaction(mut redis: Redis, Query(q): Query<Value>) -> (StatusCode, String) {
+    let key = format!("tx:{}", q.value);
+    let steps: redis::RedisResult<redis::Value> = async {
+        redis::cmd("MULTI").query_async::<()>(&mut redis).await?;
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(&q.value)
+            .query_async::<()>(&mut redis)
+            .await?;
+        redis::cmd("GET")
+            .arg(&key)
+            .query_async::<()>(&mut redis)
+            .await?;
+        redis::cmd("EXEC").query_async(&mut redis).await
+    }
+    .await;
+    match steps {
+        Ok(redis::Value::Array(replies))
+            if replies.get(1) == Some(&redis::Value::BulkString(q.value.clone().into_bytes())) =>
+        {
+            (StatusCode::OK, q.value)
+        }
+        Ok(other) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("mismatch: {other:?}"),
+        ),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("mismatch: {e}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f8_cancelled_requests_cause_no_cross_talk_and_leak_no_connection() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    // Every reply takes a millisecond, so cancellations land mid-command.
+    proxy.set_mode(ProxyMode::Delay(Duration::from_millis(1)));
+    let guard = guard(config(&proxy.url(), "f8").max_size(4)).await;
+    let app: Router = router(guard.clone()).merge(
+        Router::new()
+            .route("/tx", get(transaction))
+            .layer(RedisGuardLayer::new(guard.clone())),
+    );
+
+    const REQUESTS: u64 = 2_000;
+    let next = Arc::new(AtomicU64::new(0));
+    let (completed, cancelled, crossed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+    );
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let (app, next) = (app.clone(), next.clone());
+            let (completed, cancelled, crossed) =
+                (completed.clone(), cancelled.clone(), crossed.clone());
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < REQUESTS {
+                    let value = unique_value();
+                    let path = if fastrand::bool() { "echo" } else { "tx" };
+                    let deadline = Duration::from_micros(fastrand::u64(0..30_000));
+                    let uri = format!("/{path}?value={value}");
+                    match tokio::time::timeout(deadline, call(&app, &uri)).await {
+                        Err(_) => cancelled.fetch_add(1, Ordering::Relaxed),
+                        Ok(outcome)
+                            if outcome.status == StatusCode::OK && outcome.body == value =>
+                        {
+                            completed.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Ok(outcome) => {
+                            crossed.lock().unwrap().push(outcome);
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    tokio::time::timeout(TEST_DEADLINE, async {
+        for worker in workers {
+            worker.await.unwrap();
+        }
+    })
+    .await
+    .expect("load finished");
+
+    let crossed = std::mem::take(&mut *crossed.lock().unwrap());
+    assert!(
+        crossed.is_empty(),
+        "{} requests got another's reply or failed: {:?}",
+        crossed.len(),
+        crossed.first()
+    );
+    let (completed, cancelled) = (
+        completed.load(Ordering::Relaxed),
+        cancelled.load(Ordering::Relaxed),
+    );
+    assert!(
+        completed >= 200 && cancelled >= 200,
+        "completed {completed}, cancelled {cancelled}"
+    );
+    assert!(
+        evictions("f8", "dirty") >= 1.0,
+        "transactions cut short were evicted"
+    );
+
+    // Every slot comes back: nothing in use, nobody waiting, and the whole pool can be held.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let s = guard.state();
+            s.in_use == 0 && s.waiting == 0 && s.idle == s.connections
+        })
+        .await,
+        "pool settled: {}",
+        guard.state()
+    );
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(guard.get().await.expect("a free slot"));
+    }
+    assert_eq!(guard.state().in_use, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f9_exhausted_pool_waits_a_bounded_time_then_names_its_state() {
+    let server = RedisServer::start().unwrap();
+    let budget = Duration::from_millis(300);
+    let guard = guard(
+        config(&server.url(), "f9")
+            .max_size(4)
+            .checkout_timeout(budget)
+            .validation_timeout(Duration::from_millis(100)),
+    )
+    .await;
+    let app = router(guard.clone());
+
+    // 10x more concurrent requests than connections, each holding its connection 200 ms.
+    let calls: Vec<_> = (0..40)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { call(&app, "/hold?ms=200").await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for c in calls {
+        outcomes.push(c.await.unwrap());
+    }
+    let ok = outcomes
+        .iter()
+        .filter(|o| o.status == StatusCode::OK)
+        .count();
+    let refused: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.status != StatusCode::OK)
+        .collect();
+    assert!((4..=12).contains(&ok), "{ok} requests got a connection");
+    for o in &refused {
+        assert_eq!(o.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(o.retry_after.as_deref(), Some("1"));
+        assert!(o.body.contains("timed out"), "{}", o.body);
+        assert!(
+            o.elapsed < budget + Duration::from_millis(250),
+            "waited {:?}",
+            o.elapsed
+        );
+    }
+
+    // The error a caller sees names the pool's state.
+    let held: Vec<_> = futures_all(&guard, 4).await;
+    let err = guard.get().await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("4 connections (0 idle, 4 in use) of at most 4, 1 waiting"),
+        "{message}"
+    );
+    assert!(message.contains("last connect error: none"), "{message}");
+    drop(held);
+
+    // Afterwards the pool is consistent and serves normally.
+    let state = guard.state();
+    assert_eq!(
+        (state.in_use, state.waiting, state.idle),
+        (0, 0, state.connections)
+    );
+    let outcomes = drive_echo(&app, 100, 8).await;
+    assert!(failures(&outcomes).is_empty());
+}
+
+async fn futures_all(
+    guard: &redis_guard::RedisGuard,
+    n: usize,
+) -> Vec<redis_guard::PooledConnection> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(guard.get().await.unwrap());
+    }
+    held
+}
