@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use redis::AsyncCommands;
 use redis_guard::prometheus::PrometheusMetrics;
 use redis_guard::testkit::RedisServer;
-use redis_guard::{Config, Redis, RedisGuard, RedisGuardLayer};
+use redis_guard::{Config, Health, Redis, RedisGuard, RedisGuardLayer, RequireRedis};
 use serde_json::{Value, json};
 use tracing_subscriber::EnvFilter;
 
@@ -53,7 +53,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let app = Router::new()
         .route("/visits", get(visits))
+        // While Redis is down, /visits answers 503 at once instead of waiting on timeouts.
+        .route_layer(RequireRedis::new(guard.clone()))
         .layer(RedisGuardLayer::new(guard.clone()))
+        .merge(Health::new().require(guard.clone()).router())
         .merge(metrics.router());
 
     let addr: SocketAddr = std::env::var("LISTEN_ADDR")
@@ -67,6 +70,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         guard.config().redacted_url()
     );
     println!("  curl http://{addr}/visits");
+    println!("  curl http://{addr}/readyz?verbose");
+    println!("  curl http://{addr}/livez");
     println!("  curl http://{addr}/metrics");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

@@ -64,6 +64,24 @@ impl fmt::Debug for GuardConnection {
     }
 }
 
+/// Why a validation PING did not prove the connection alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ValidationFailure {
+    /// No reply in time: a frozen (half-open) socket, whose siblings may be frozen too.
+    TimedOut(Duration),
+    /// An error or a wrong reply.
+    Failed(String),
+}
+
+impl fmt::Display for ValidationFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValidationFailure::TimedOut(after) => write!(f, "no PING reply within {after:?}"),
+            ValidationFailure::Failed(reason) => f.write_str(reason),
+        }
+    }
+}
+
 /// What a checkout must do with an idle connection before handing it out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -131,8 +149,13 @@ impl GuardConnection {
         }
     }
 
+    /// When the connection last completed a command (or was opened).
+    pub(crate) fn last_success(&self) -> Instant {
+        self.last_success
+    }
+
     /// PINGs with a payload unique to this attempt, so a stale reply cannot pass for the answer.
-    pub(crate) async fn validate(&mut self, timeout: Duration) -> Result<(), String> {
+    pub(crate) async fn validate(&mut self, timeout: Duration) -> Result<(), ValidationFailure> {
         self.validations += 1;
         let nonce = format!("redis-guard:{}:{}", self.id, self.validations);
         let ping = redis::cmd("PING").arg(&nonce).to_owned();
@@ -141,9 +164,11 @@ impl GuardConnection {
                 self.last_success = Instant::now();
                 Ok(())
             }
-            Ok(Ok(other)) => Err(format!("unexpected PING reply {other:?}")),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no PING reply within {timeout:?}")),
+            Ok(Ok(other)) => Err(ValidationFailure::Failed(format!(
+                "unexpected PING reply {other:?}"
+            ))),
+            Ok(Err(e)) => Err(ValidationFailure::Failed(e.to_string())),
+            Err(_) => Err(ValidationFailure::TimedOut(timeout)),
         }
     }
 

@@ -28,7 +28,7 @@ use crate::pool::{PooledConnection, RedisGuard};
 ///     let value: Option<String> = redis.get("key").await?;
 ///     Ok(value.unwrap_or_default())
 /// }
-/// # let _ = axum::routing::get(handler);
+/// let app: axum::Router = axum::Router::new().route("/key", axum::routing::get(handler));
 /// ```
 #[derive(Debug)]
 pub struct Redis(pub PooledConnection);

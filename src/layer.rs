@@ -18,8 +18,11 @@
 //! # Ok(()) }
 //! ```
 
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use axum::response::{IntoResponse, Response};
 use http::Request;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -74,5 +77,125 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         request.extensions_mut().insert(self.guard.clone());
         self.inner.call(request)
+    }
+}
+
+/// A route layer for handlers that cannot work without Redis: while the pool's circuit
+/// breaker is open it answers `503 Service Unavailable` at once, with `Retry-After` (seconds
+/// until the prober's next attempt, at least 1) and an `application/problem+json` body, and
+/// the handler is not called.
+///
+/// The [`Redis`](crate::Redis) extractor refuses the same way; this layer also covers handlers
+/// that reach Redis some other way, and skips reading the request body.
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use redis_guard::{RedisGuard, RedisGuardLayer, RequireRedis};
+///
+/// # fn demo(guard: RedisGuard) {
+/// let app: Router = Router::new()
+///     .route("/cart", get(|| async { "from redis" }))
+///     .route_layer(RequireRedis::new(guard.clone()))
+///     .route("/about", get(|| async { "works without redis" }))
+///     .layer(RedisGuardLayer::new(guard));
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RequireRedis {
+    guard: RedisGuard,
+}
+
+impl RequireRedis {
+    /// Refuses requests while `guard`'s breaker is open.
+    pub fn new(guard: RedisGuard) -> Self {
+        Self { guard }
+    }
+}
+
+impl<S> Layer<S> for RequireRedis {
+    type Service = RequireRedisService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireRedisService {
+            inner,
+            guard: self.guard.clone(),
+        }
+    }
+}
+
+/// The service made by [`RequireRedis`].
+#[derive(Debug, Clone)]
+pub struct RequireRedisService<S> {
+    inner: S,
+    guard: RedisGuard,
+}
+
+impl<S, B> Service<Request<B>> for RequireRedisService<S>
+where
+    S: Service<Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = RequireRedisFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match self.guard.refusal() {
+            Some(error) => RequireRedisFuture::refused(error.into_response()),
+            None => RequireRedisFuture::called(self.inner.call(request)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`RequireRedisService`].
+    #[derive(Debug)]
+    pub struct RequireRedisFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KindProjection]
+    #[derive(Debug)]
+    enum Kind<F> {
+        Called { #[pin] future: F },
+        Refused { response: Option<Response> },
+    }
+}
+
+impl<F> RequireRedisFuture<F> {
+    fn called(future: F) -> Self {
+        Self {
+            kind: Kind::Called { future },
+        }
+    }
+
+    fn refused(response: Response) -> Self {
+        Self {
+            kind: Kind::Refused {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<F, E> Future for RequireRedisFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProjection::Called { future } => future.poll(cx),
+            KindProjection::Refused { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+        }
     }
 }

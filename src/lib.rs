@@ -64,6 +64,7 @@ pub mod config;
 mod connection;
 mod error;
 mod extract;
+mod health;
 mod layer;
 mod manager;
 pub mod metrics;
@@ -82,7 +83,10 @@ pub use config::{Config, ConfigBuilder, ConfigError, StartupMode};
 pub use connection::GuardConnection;
 pub use error::{Error, PoolState};
 pub use extract::{Redis, RedisRejection};
-pub use layer::{RedisGuardLayer, RedisGuardService};
+pub use health::Health;
+pub use layer::{
+    RedisGuardLayer, RedisGuardService, RequireRedis, RequireRedisFuture, RequireRedisService,
+};
 pub use manager::GuardManager;
 pub use pool::{PooledConnection, RedisGuard};
 /// The redis-rs version redis-guard is built on, for `AsyncCommands` and friends.

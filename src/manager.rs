@@ -117,7 +117,9 @@ impl bb8::ManageConnection for GuardManager {
     async fn is_valid(&self, conn: &mut GuardConnection) -> Result<(), RedisError> {
         conn.validate(self.shared.config.validation_timeout)
             .await
-            .map_err(|reason| RedisError::from((ErrorKind::Io, "validation failed", reason)))
+            .map_err(|reason| {
+                RedisError::from((ErrorKind::Io, "validation failed", reason.to_string()))
+            })
     }
 
     fn has_broken(&self, conn: &mut GuardConnection) -> bool {

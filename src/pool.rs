@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::breaker::BreakerState;
 use crate::config::{Config, StartupMode};
-use crate::connection::{GuardConnection, Verdict};
+use crate::connection::{GuardConnection, ValidationFailure, Verdict};
 use crate::error::{Error, PoolState};
 use crate::manager::GuardManager;
 use crate::metrics::{CheckoutResult, EvictionReason, ValidationResult};
@@ -269,6 +269,12 @@ impl RedisGuard {
                     shared.metrics.validation(ValidationResult::Skipped);
                     return Ok(PooledConnection { conn });
                 }
+                // Another connection of this age froze: validate this one off the caller's
+                // path and look for a fresh one rather than wait out another timeout.
+                Verdict::Validate if shared.is_suspect(conn.last_success()) => {
+                    tokio::spawn(validate_in_background(conn, self.inner.shared.clone()));
+                    continue;
+                }
                 Verdict::Validate => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     match conn
@@ -279,9 +285,12 @@ impl RedisGuard {
                             shared.metrics.validation(ValidationResult::Passed);
                             return Ok(PooledConnection { conn });
                         }
-                        Err(reason) => {
+                        Err(failure) => {
                             shared.metrics.validation(ValidationResult::Failed);
-                            tracing::debug!(connection_id = conn.connection_id(), %reason, "validation failed");
+                            tracing::debug!(connection_id = conn.connection_id(), %failure, "validation failed");
+                            if let ValidationFailure::TimedOut(_) = failure {
+                                shared.suspect_connections_idle_since(Instant::now());
+                            }
                             conn.evict(EvictionReason::ValidationFailed);
                         }
                     }
@@ -342,9 +351,10 @@ impl RedisGuard {
         self.breaker_state() == BreakerState::Closed
     }
 
-    /// Whether requests would be let through now (the breaker is not refusing them).
-    pub fn admits_requests(&self) -> bool {
-        self.inner.shared.breaker.admit().is_some()
+    /// The error a dependent request gets right now, if the breaker is open: what
+    /// [`RequireRedis`](crate::RequireRedis) answers with.
+    pub fn refusal(&self) -> Option<Error> {
+        (self.breaker_state() == BreakerState::Open).then(|| self.rejected())
     }
 
     /// The pool's name (its `pool` metric label).
@@ -360,6 +370,23 @@ impl RedisGuard {
     /// A consistent snapshot of the pool.
     pub fn state(&self) -> PoolState {
         pool_state(&self.inner.pool, &self.inner.shared)
+    }
+}
+
+/// Validates a suspect connection while the caller moves on: a live one goes back to the
+/// pool, a frozen one is evicted. It holds its pool slot meanwhile, for at most the validation
+/// timeout.
+async fn validate_in_background(
+    mut conn: bb8::PooledConnection<'static, GuardManager>,
+    shared: Arc<Shared>,
+) {
+    match conn.validate(shared.config.validation_timeout).await {
+        Ok(()) => shared.metrics.validation(ValidationResult::Passed),
+        Err(failure) => {
+            shared.metrics.validation(ValidationResult::Failed);
+            tracing::debug!(connection_id = conn.connection_id(), %failure, "suspect connection failed validation");
+            conn.evict(EvictionReason::ValidationFailed);
+        }
     }
 }
 

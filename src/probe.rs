@@ -92,8 +92,8 @@ impl RedisGuard {
                 shared.record_success();
                 true
             }
-            Err(reason) => {
-                tracing::debug!(pool = %shared.config.name(), %reason, "probe failed");
+            Err(failure) => {
+                tracing::debug!(pool = %shared.config.name(), %failure, "probe failed");
                 conn.evict(crate::metrics::EvictionReason::ValidationFailed);
                 shared.record_failure();
                 false

@@ -36,6 +36,9 @@ pub(crate) struct Shared {
     pub(crate) connect_failed: Notify,
     /// When the prober will next try, for `Retry-After`.
     next_probe_at: AtomicU64,
+    /// When a validation last timed out (0: never). Idle connections not used since are
+    /// suspected of being frozen the same way, and validated off the caller's path.
+    suspect_before: AtomicU64,
     /// The last connect failure, redacted, for checkout-timeout errors; cleared by a success.
     last_connect_error: Mutex<Option<String>>,
     /// Evictions not yet made good by a new connection: the next connects are reconnects.
@@ -59,6 +62,7 @@ impl Shared {
             breaker_opened: Notify::new(),
             connect_failed: Notify::new(),
             next_probe_at: AtomicU64::new(0),
+            suspect_before: AtomicU64::new(0),
             config,
             last_connect_error: Mutex::new(None),
             replacement_debt: AtomicU64::new(0),
@@ -121,6 +125,18 @@ impl Shared {
             }
         }
         self.metrics.breaker(to, true);
+    }
+
+    /// A validation timed out: suspect every connection not proven alive since `now`.
+    pub(crate) fn suspect_connections_idle_since(&self, now: Instant) {
+        self.suspect_before
+            .store(to_nanos(now).max(1), Ordering::Release);
+    }
+
+    /// Whether a connection last proven alive at `last_success` is suspected frozen.
+    pub(crate) fn is_suspect(&self, last_success: Instant) -> bool {
+        let before = self.suspect_before.load(Ordering::Acquire);
+        before != 0 && last_success < from_nanos(before)
     }
 
     pub(crate) fn set_next_probe(&self, at: Instant) {

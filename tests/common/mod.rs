@@ -13,7 +13,9 @@ use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use http_body_util::BodyExt;
 use redis_guard::prometheus::PrometheusMetrics;
-use redis_guard::{Config, ConfigBuilder, Redis, RedisGuard, RedisGuardLayer};
+use redis_guard::{
+    Config, ConfigBuilder, Health, Redis, RedisGuard, RedisGuardLayer, RequireRedis,
+};
 use tower::ServiceExt;
 
 /// Every test's own bound: no test waits on anything for longer.
@@ -110,6 +112,17 @@ pub fn router(guard: RedisGuard) -> Router {
         .layer(RedisGuardLayer::new(guard))
 }
 
+/// The routes of [`router`] behind `RequireRedis`, with `/livez` and `/readyz` beside them,
+/// as a service would mount them.
+pub fn service(guard: RedisGuard) -> Router {
+    Router::new()
+        .route("/echo", get(echo))
+        .route("/hold", get(hold))
+        .route_layer(RequireRedis::new(guard.clone()))
+        .layer(RedisGuardLayer::new(guard.clone()))
+        .merge(Health::new().require(guard).router())
+}
+
 async fn echo(mut redis: Redis, Query(q): Query<EchoQuery>) -> (StatusCode, String) {
     let reply: Result<String, _> = redis::cmd("ECHO")
         .arg(&q.value)
@@ -146,10 +159,14 @@ pub struct Outcome {
 }
 
 pub async fn call(app: &Router, uri: &str) -> Outcome {
+    call_with(app, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+pub async fn call_with(app: &Router, request: Request<Body>) -> Outcome {
     let started = Instant::now();
     let response = app
         .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .oneshot(request)
         .await
         .expect("router is infallible");
     let status = response.status();
@@ -177,6 +194,8 @@ pub async fn drive_echo(app: &Router, total: usize, concurrency: usize) -> Vec<O
             while (next.fetch_add(1, Ordering::Relaxed) as usize) < total {
                 let value = unique_value();
                 outcomes.push(call(&app, &format!("/echo?value={value}")).await);
+                // As a client waiting on its socket would: refusals complete without a yield.
+                tokio::task::yield_now().await;
             }
             outcomes
         })
