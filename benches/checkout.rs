@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bb8_redis::RedisConnectionManager;
 use redis_guard::testkit::RedisServer;
-use redis_guard::{Config, RedisGuard};
+use redis_guard::{Config, RedisGuard, StartupMode};
 
 const WARMUP: usize = 2_000;
 const SAMPLES: usize = 50_000;
@@ -30,31 +30,30 @@ fn summarize(name: &'static str, mut samples: Vec<Duration>) -> Row {
     }
 }
 
-async fn measure<F, Fut>(mut checkout: F) -> Vec<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for _ in 0..WARMUP {
-        checkout().await;
-    }
-    let mut samples = Vec::with_capacity(SAMPLES);
-    for _ in 0..SAMPLES {
-        let started = Instant::now();
-        checkout().await;
-        samples.push(started.elapsed());
-    }
-    samples
-}
-
-/// Uses the connection once, as a request would, so it stays inside the bypass window: a
-/// hot connection is one that was just used.
-async fn use_guard(guard: &RedisGuard) {
-    let mut conn = guard.get().await.expect("checkout");
-    let _: () = redis::cmd("PING")
-        .query_async(&mut conn)
-        .await
-        .expect("ping");
+/// Times `SAMPLES` checkouts of a hot connection: before each, a connection is checked out and
+/// used for a PING, as the previous request would have, so every contender hands out a
+/// connection used a moment ago and pays the same cache effects. Only the checkout is timed.
+macro_rules! measure_hot_checkout {
+    ($get:expr) => {{
+        let mut samples = Vec::with_capacity(SAMPLES);
+        for i in 0..(WARMUP + SAMPLES) {
+            {
+                let mut conn = $get.await.expect("checkout");
+                let _: () = redis::cmd("PING")
+                    .query_async(&mut *conn)
+                    .await
+                    .expect("ping");
+            }
+            let started = Instant::now();
+            let conn = $get.await.expect("checkout");
+            let elapsed = started.elapsed();
+            drop(conn);
+            if i >= WARMUP {
+                samples.push(elapsed);
+            }
+        }
+        samples
+    }};
 }
 
 fn main() {
@@ -64,24 +63,13 @@ fn main() {
         .expect("runtime");
     let server = RedisServer::start().expect("redis-server");
     let rows = runtime.block_on(async {
-        let guard =
-            RedisGuard::connect(Config::builder(server.url()).name("bench").build().unwrap())
-                .await
-                .unwrap();
-        use_guard(&guard).await;
-        // Interleave a use so the window is always fresh: time only the checkout.
-        let mut guard_samples = Vec::with_capacity(SAMPLES);
-        for i in 0..(WARMUP + SAMPLES) {
-            use_guard(&guard).await;
-            let started = Instant::now();
-            let conn = guard.get().await.expect("checkout");
-            let elapsed = started.elapsed();
-            drop(conn);
-            if i >= WARMUP {
-                guard_samples.push(elapsed);
-            }
-        }
-
+        let config = Config::builder(server.url())
+            .name("bench")
+            .startup(StartupMode::WaitFor(Duration::from_secs(5)))
+            .build()
+            .unwrap();
+        let guard = RedisGuard::connect(config).await.unwrap();
+        let guard_samples = measure_hot_checkout!(guard.get());
         let mut rows = vec![summarize("redis-guard (validation on, hot)", guard_samples)];
         for (name, test) in [
             ("bb8-redis test_on_check_out=true (PING)", true),
@@ -94,11 +82,7 @@ fn main() {
                 .build(manager)
                 .await
                 .unwrap();
-            let samples = measure(|| async {
-                let conn = pool.get().await.expect("checkout");
-                drop(conn);
-            })
-            .await;
+            let samples = measure_hot_checkout!(pool.get());
             rows.push(summarize(name, samples));
         }
         rows

@@ -255,12 +255,15 @@ impl RedisGuard {
                     // bb8 reports connect failures to its error sink and only ever times out.
                     Ok(Err(_)) | Err(_) => return Err(self.timed_out(started)),
                 },
-                // Nothing to wait for: no connection exists and the one being opened failed.
-                () = connect_failed, if self.inner.pool.state().connections == 0 => {
-                    return Err(self.unavailable(format!(
-                        "cannot connect: {}",
-                        shared.last_connect_error().unwrap_or_default()
-                    )));
+                () = connect_failed => {
+                    // Nothing to wait for: no connection exists and the one being opened failed.
+                    if self.inner.pool.state().connections == 0 {
+                        return Err(self.unavailable(format!(
+                            "cannot connect: {}",
+                            shared.last_connect_error().unwrap_or_default()
+                        )));
+                    }
+                    continue;
                 }
             };
             match conn.verdict(Instant::now()) {
