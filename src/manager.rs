@@ -90,11 +90,9 @@ impl GuardManager {
     }
 }
 
-impl bb8::ManageConnection for GuardManager {
-    type Connection = GuardConnection;
-    type Error = RedisError;
-
-    async fn connect(&self) -> Result<GuardConnection, RedisError> {
+impl GuardManager {
+    /// Connects now, whatever happened before: the prober's and start-up's way in.
+    pub(crate) async fn connect_now(&self) -> Result<GuardConnection, RedisError> {
         let id = self.shared.next_connection_id();
         let timeout = self.shared.config.connect_timeout;
         let result = match tokio::time::timeout(timeout, self.open(id)).await {
@@ -112,6 +110,25 @@ impl bb8::ManageConnection for GuardManager {
                 .record_connect_error(classify_connect_error(e), e.to_string()),
         }
         result
+    }
+}
+
+impl bb8::ManageConnection for GuardManager {
+    type Connection = GuardConnection;
+    type Error = RedisError;
+
+    /// bb8's connects (replenishing, or for a waiting checkout) hold back for a moment after a
+    /// failure: they answer with that failure instead of hammering a Redis that just refused.
+    async fn connect(&self) -> Result<GuardConnection, RedisError> {
+        if let Some(cause) = self.shared.recent_connect_failure() {
+            self.shared.connect_failed.notify_waiters();
+            return Err(RedisError::from((
+                ErrorKind::Io,
+                "not reconnecting yet after a failed connect",
+                cause,
+            )));
+        }
+        self.connect_now().await
     }
 
     async fn is_valid(&self, conn: &mut GuardConnection) -> Result<(), RedisError> {

@@ -63,6 +63,8 @@ pub struct RedisGuard {
 
 pub(crate) struct Inner {
     pool: bb8::Pool<GuardManager>,
+    /// The pool's manager, for connects that must not wait (start-up, the prober).
+    manager: GuardManager,
     shared: Arc<Shared>,
     /// The gauge sampler and the prober; they stop with the guard.
     tasks: std::sync::Mutex<Vec<AbortHandle>>,
@@ -119,10 +121,12 @@ impl RedisGuard {
             .reaper_rate(reaper_rate)
             .error_sink(Box::new(bb8::NopErrorSink))
             .build_unchecked(GuardManager::new(shared.clone()));
+        let manager = GuardManager::new(shared.clone());
 
         let sampler = tokio::spawn(sample_gauges(shared.clone(), pool.clone())).abort_handle();
         let inner = Arc::new(Inner {
             pool,
+            manager,
             shared: shared.clone(),
             tasks: std::sync::Mutex::new(vec![sampler]),
         });
@@ -157,6 +161,10 @@ impl RedisGuard {
         &self.inner.pool
     }
 
+    pub(crate) fn manager(&self) -> &GuardManager {
+        &self.inner.manager
+    }
+
     /// Connects until one connection is in the pool, retrying with jittered exponential backoff
     /// for at most `limit`.
     async fn connect_once_or_fail(&self, limit: Duration) -> Result<(), Error> {
@@ -164,7 +172,7 @@ impl RedisGuard {
         let deadline = Instant::now() + limit;
         let mut backoff = config.probe_backoff_min;
         loop {
-            match self.inner.pool.dedicated_connection().await {
+            match self.inner.manager.connect_now().await {
                 Ok(conn) => {
                     // A full pool (the prober won the race) simply drops this one.
                     let _ = self.inner.pool.add(conn);

@@ -64,7 +64,7 @@ impl RedisGuard {
     /// While open: one fresh connection, proven with a PING, handed to the pool.
     async fn probe_by_connecting(&self) -> bool {
         let shared = self.shared();
-        let Ok(mut conn) = self.pool().dedicated_connection().await else {
+        let Ok(mut conn) = self.manager().connect_now().await else {
             return false;
         };
         if conn

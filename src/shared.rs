@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     suspect_before: AtomicU64,
     /// The last connect failure, redacted, for checkout-timeout errors; cleared by a success.
     last_connect_error: Mutex<Option<String>>,
+    /// When a connect last failed (0: not since the last success).
+    last_connect_failure: AtomicU64,
     /// Evictions not yet made good by a new connection: the next connects are reconnects.
     replacement_debt: AtomicU64,
     next_connection_id: AtomicU64,
@@ -65,6 +67,7 @@ impl Shared {
             suspect_before: AtomicU64::new(0),
             config,
             last_connect_error: Mutex::new(None),
+            last_connect_failure: AtomicU64::new(0),
             replacement_debt: AtomicU64::new(0),
             next_connection_id: AtomicU64::new(1),
             waiting: AtomicUsize::new(0),
@@ -158,6 +161,7 @@ impl Shared {
             .is_ok();
         self.metrics.connection_created(replaced);
         *self.lock_last_error() = None;
+        self.last_connect_failure.store(0, Ordering::Release);
         tracing::debug!(pool = %self.config.name(), connection_id, replaced, "redis connection established");
     }
 
@@ -166,8 +170,22 @@ impl Shared {
         self.metrics.connect_error(kind);
         tracing::warn!(pool = %self.config.name(), kind = kind.as_label(), error = %message, "redis connect failed");
         *self.lock_last_error() = Some(message);
+        self.last_connect_failure
+            .store(to_nanos(Instant::now()).max(1), Ordering::Release);
         self.record_failure();
         self.connect_failed.notify_waiters();
+    }
+
+    /// The last connect error, if a connect failed less than `probe_backoff_min` ago: the pool
+    /// does not try again that soon, so a burst of checkouts against a dead Redis does not
+    /// become a burst of connects. The prober is not held back.
+    pub(crate) fn recent_connect_failure(&self) -> Option<String> {
+        let at = self.last_connect_failure.load(Ordering::Acquire);
+        if at == 0 || from_nanos(at).elapsed() >= self.config.probe_backoff_min {
+            return None;
+        }
+        // A failure without a recorded message is impossible; be safe all the same.
+        Some(self.last_connect_error().unwrap_or_default())
     }
 
     pub(crate) fn last_connect_error(&self) -> Option<String> {
