@@ -30,4 +30,4 @@ lint: deps
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --all-features
 
 bench: deps
-	$(CARGO) bench --all-features --bench checkout
+	$(CARGO) bench --all-features
