@@ -7,8 +7,6 @@ use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::request::Parts;
-use redis::aio::ConnectionLike;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::error::{Error, problem_response};
 use crate::pool::{PooledConnection, RedisGuard};
@@ -46,24 +44,7 @@ impl DerefMut for Redis {
     }
 }
 
-impl ConnectionLike for Redis {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        self.0.req_packed_command(cmd)
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        self.0.req_packed_commands(pipeline, offset, count)
-    }
-
-    fn get_db(&self) -> i64 {
-        self.0.get_db()
-    }
-}
+crate::connection::delegate_connection_like!(Redis, 0);
 
 /// Why [`Redis`] or [`RedisGuard`] could not be extracted.
 ///

@@ -17,8 +17,6 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionLike;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
@@ -427,7 +425,7 @@ async fn sample_gauges(shared: Arc<Shared>, pool: bb8::Pool<GuardManager>) {
 
 /// A checked-out connection; back to the pool on drop.
 ///
-/// Implements [`ConnectionLike`], so every [`redis::AsyncCommands`] method works on it, and
+/// Implements [`ConnectionLike`](redis::aio::ConnectionLike), so every [`redis::AsyncCommands`] method works on it, and
 /// derefs to [`GuardConnection`].
 pub struct PooledConnection {
     conn: bb8::PooledConnection<'static, GuardManager>,
@@ -452,21 +450,4 @@ impl DerefMut for PooledConnection {
     }
 }
 
-impl ConnectionLike for PooledConnection {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        self.conn.req_packed_command(cmd)
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        self.conn.req_packed_commands(pipeline, offset, count)
-    }
-
-    fn get_db(&self) -> i64 {
-        self.conn.get_db()
-    }
-}
+crate::connection::delegate_connection_like!(PooledConnection, conn);
