@@ -130,12 +130,10 @@ impl IntoResponse for Error {
             }
             Error::Redis(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Redis command failed"),
         };
-        // Refusals come by the thousand during an outage; the breaker's transitions already
-        // say why at warn level.
-        if let Error::Unavailable { .. } = self {
-            tracing::debug!(error = %self, "redis request refused");
-        } else {
-            tracing::warn!(error = %self, status = status.as_u16(), "redis request failed");
+        // Checkout failures are logged by the pool, and refusals come by the thousand during
+        // an outage (the breaker's transitions say why); command failures are logged here.
+        if let Error::Redis(e) = &self {
+            tracing::warn!(error = %e, status = status.as_u16(), "redis command failed");
         }
         let retry_after = self.retry_after();
         problem_response(status, title, retry_after)

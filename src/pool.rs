@@ -97,6 +97,7 @@ impl RedisGuard {
     pub async fn connect(config: Config) -> Result<RedisGuard, Error> {
         let startup = config.startup;
         let shared = Arc::new(Shared::new(config));
+        let manager = GuardManager::new(shared.clone());
         let config = &shared.config;
         let reaper_rate = config
             .idle_timeout
@@ -118,8 +119,7 @@ impl RedisGuard {
             .queue_strategy(bb8::QueueStrategy::Lifo)
             .reaper_rate(reaper_rate)
             .error_sink(Box::new(bb8::NopErrorSink))
-            .build_unchecked(GuardManager::new(shared.clone()));
-        let manager = GuardManager::new(shared.clone());
+            .build_unchecked(manager.clone());
 
         let sampler = tokio::spawn(sample_gauges(shared.clone(), pool.clone())).abort_handle();
         let inner = Arc::new(Inner {
