@@ -1,18 +1,22 @@
 # Two commands for a newcomer on Debian/Ubuntu:
 #   make demo   runs the demo service (http://127.0.0.1:3000/visits)
-#   make test   runs every test: unit, integration (real redis-server), doc tests, all features
-# Each installs what it needs first.
+#   make test   runs every test: unit, integration (real redis-server), doc tests, all features,
+#               and the end-to-end check of metrics, dashboard and alerts with a real Prometheus
+# Each installs what it needs first (system packages need root or sudo).
 
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo test lint bench deps
+.PHONY: demo test e2e lint bench deps e2e-deps
+
+# RUNLEVEL=1 keeps Debian from starting the packages' system services: the tests start their own.
+APT_INSTALL = $(SUDO) env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
 deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 		echo "installing redis-server from the system packages"; \
-		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
+		$(SUDO) apt-get update -qq && $(APT_INSTALL) redis-server; }
 	@command -v $(CARGO) >/dev/null 2>&1 || { \
 		echo "installing the Rust toolchain with rustup"; \
 		$(SUDO) apt-get install -y -qq curl build-essential && \
@@ -23,6 +27,18 @@ demo: deps
 
 test: deps
 	$(CARGO) test --all-features
+	$(MAKE) e2e
+
+e2e-deps:
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1 || { \
+		echo "installing prometheus and python3 from the system packages"; \
+		$(SUDO) apt-get update -qq && $(APT_INSTALL) prometheus python3; }
+
+# The metric contract, the Grafana dashboard and the alert rules against a real Prometheus.
+e2e: deps e2e-deps
+	promtool check rules grafana/alerts.yml
+	$(CARGO) build --all-features --example server
+	python3 e2e/prometheus.py
 
 lint: deps
 	$(CARGO) fmt --all -- --check
