@@ -251,6 +251,14 @@ impl RedisGuard {
         let config = &shared.config;
         let deadline = started + config.checkout_timeout;
         let _waiting = shared.wait();
+        let permit = tokio::time::timeout(
+            config.checkout_timeout,
+            shared.checkout_permits.clone().acquire_owned(),
+        )
+        .await;
+        let Ok(Ok(permit)) = permit else {
+            return Err(self.timed_out(started));
+        };
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let connect_failed = shared.connect_failed.notified();
@@ -276,7 +284,10 @@ impl RedisGuard {
                 Verdict::Evict(reason) => conn.evict(reason),
                 Verdict::Fresh => {
                     shared.metrics.validation(ValidationResult::Skipped);
-                    return Ok(PooledConnection { conn });
+                    return Ok(PooledConnection {
+                        conn,
+                        _permit: permit,
+                    });
                 }
                 // Another connection of this age froze: validate this one off the caller's
                 // path and look for a fresh one rather than wait out another timeout.
@@ -292,7 +303,10 @@ impl RedisGuard {
                     {
                         Ok(()) => {
                             shared.metrics.validation(ValidationResult::Passed);
-                            return Ok(PooledConnection { conn });
+                            return Ok(PooledConnection {
+                                conn,
+                                _permit: permit,
+                            });
                         }
                         Err(failure) => {
                             shared.metrics.validation(ValidationResult::Failed);
@@ -429,6 +443,9 @@ async fn sample_gauges(shared: Arc<Shared>, pool: bb8::Pool<GuardManager>) {
 /// derefs to [`GuardConnection`].
 pub struct PooledConnection {
     conn: bb8::PooledConnection<'static, GuardManager>,
+    /// Released after the connection went back to bb8 (fields drop in order), so the next
+    /// caller in line finds it there.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl fmt::Debug for PooledConnection {

@@ -219,3 +219,53 @@ async fn futures_all(
     }
     held
 }
+
+/// Overload: 128 callers on 4 connections, each holding its connection for a command. Callers
+/// are served in turn, so none waits out the checkout budget while others are served over and
+/// over (bb8 alone lets newcomers barge past sleeping waiters).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overloaded_pool_serves_callers_in_turn_so_none_times_out() {
+    let server = RedisServer::start().unwrap();
+    // A short budget: served in turn, each caller waits about 128 / 4 short commands.
+    let budget = Duration::from_millis(100);
+    let guard = guard(
+        config(&server.url(), "fair")
+            .max_size(4)
+            .checkout_timeout(budget)
+            .validation_timeout(Duration::from_millis(50)),
+    )
+    .await;
+    let tasks: Vec<_> = (0..128)
+        .map(|_| {
+            let guard = guard.clone();
+            tokio::spawn(async move {
+                let mut worst = Duration::ZERO;
+                for _ in 0..20 {
+                    let started = std::time::Instant::now();
+                    let mut conn = guard.get().await.expect("no checkout times out");
+                    worst = worst.max(started.elapsed());
+                    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+                }
+                worst
+            })
+        })
+        .collect();
+    let mut worst = Duration::ZERO;
+    for task in tasks {
+        worst = worst.max(
+            tokio::time::timeout(TEST_DEADLINE, task)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    eprintln!("fair queue: worst checkout wait {worst:?} for 128 callers on 4 connections");
+    assert_eq!(
+        metric(
+            "redis_guard_checkouts_total",
+            "fair",
+            &[("result", "timeout")]
+        ),
+        0.0
+    );
+}

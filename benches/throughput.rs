@@ -1,0 +1,325 @@
+//! GET throughput and latency at several concurrencies, and an axum handler over loopback HTTP:
+//! redis-guard next to bb8-redis, deadpool-redis, redis-rs `ConnectionManager` and
+//! `redis-benchmark`, against one real redis-server, in the same run. Prints markdown tables.
+//!
+//! `cargo bench --all-features --bench throughput` (about a minute).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use bb8_redis::RedisConnectionManager;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use redis_guard::testkit::RedisServer;
+use redis_guard::{Config, Redis, RedisGuard, RedisGuardLayer, StartupMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const POOL_SIZE: u32 = 16;
+const WARMUP: Duration = Duration::from_millis(300);
+const RUN: Duration = Duration::from_millis(1500);
+const KEY: &str = "bench:key";
+
+#[derive(Clone)]
+enum Contender {
+    Guard(RedisGuard),
+    Bb8(bb8::Pool<RedisConnectionManager>),
+    Deadpool(deadpool_redis::Pool),
+    Manager(ConnectionManager),
+}
+
+impl Contender {
+    async fn get(&self) {
+        let value: Option<String> = match self {
+            Contender::Guard(guard) => guard.get().await.unwrap().get(KEY).await,
+            Contender::Bb8(pool) => pool.get().await.unwrap().get(KEY).await,
+            Contender::Deadpool(pool) => pool.get().await.unwrap().get(KEY).await,
+            Contender::Manager(manager) => manager.clone().get(KEY).await,
+        }
+        .expect("GET");
+        assert!(value.is_some());
+    }
+}
+
+struct Measured {
+    ops_per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    /// The longest single operation: under overload an unfair queue shows here, where a
+    /// percentile hides the few callers it starved.
+    max: Duration,
+}
+
+/// `concurrency` tasks call `op` in a loop; latencies after the warm-up are kept.
+async fn run_load<F, Fut>(concurrency: usize, op: F) -> Measured
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (op, stop) = (op.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let at = Instant::now();
+                    op().await;
+                    if at >= started + WARMUP {
+                        latencies.push(at.elapsed());
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    tokio::time::sleep(WARMUP + RUN).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort();
+    Measured {
+        ops_per_sec: all.len() as f64 / RUN.as_secs_f64(),
+        p50: all[all.len() / 2],
+        p99: all[all.len() * 99 / 100],
+        max: *all.last().unwrap(),
+    }
+}
+
+/// `redis-benchmark -t get` at the same concurrency: the physical reference.
+fn redis_benchmark(port: u16, concurrency: usize) -> Measured {
+    let output = std::process::Command::new("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "get",
+            "--csv",
+        ])
+        .args(["-c", &concurrency.to_string(), "-n", "100000"])
+        .output()
+        .expect("redis-benchmark (package redis-tools)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("\"GET\""))
+        .expect("a GET row");
+    let cols: Vec<f64> = row
+        .split(',')
+        .skip(1)
+        .map(|c| c.trim_matches('"').parse().unwrap())
+        .collect();
+    Measured {
+        ops_per_sec: cols[0],
+        p50: Duration::from_secs_f64(cols[3] / 1000.0),
+        p99: Duration::from_secs_f64(cols[5] / 1000.0),
+        max: Duration::from_secs_f64(cols[6] / 1000.0),
+    }
+}
+
+async fn guard(url: &str) -> RedisGuard {
+    let config = Config::builder(url)
+        .name("throughput")
+        .max_size(POOL_SIZE)
+        .startup(StartupMode::WaitFor(Duration::from_secs(5)))
+        .build()
+        .unwrap();
+    RedisGuard::connect(config).await.unwrap()
+}
+
+async fn bb8_pool(url: &str, test_on_check_out: bool) -> bb8::Pool<RedisConnectionManager> {
+    bb8::Pool::builder()
+        .max_size(POOL_SIZE)
+        .test_on_check_out(test_on_check_out)
+        .build(RedisConnectionManager::new(url).unwrap())
+        .await
+        .unwrap()
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+/// One keep-alive HTTP/1.1 connection sending `GET path` and reading the response whole.
+struct HttpClient {
+    stream: tokio::net::TcpStream,
+    request: Vec<u8>,
+    buffer: Vec<u8>,
+}
+
+impl HttpClient {
+    async fn connect(addr: std::net::SocketAddr, path: &str) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes();
+        Self {
+            stream,
+            request,
+            buffer: Vec::with_capacity(1024),
+        }
+    }
+
+    async fn call(&mut self) {
+        self.stream.write_all(&self.request).await.unwrap();
+        self.buffer.clear();
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = self.stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "server closed the connection");
+            self.buffer.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&self.buffer);
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                let length: usize = text[..head_end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .expect("content-length")
+                    .parse()
+                    .unwrap();
+                if self.buffer.len() >= head_end + 4 + length {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn guard_handler(mut redis: Redis) -> String {
+    redis.get(KEY).await.unwrap()
+}
+
+async fn bb8_handler(State(pool): State<bb8::Pool<RedisConnectionManager>>) -> String {
+    pool.get().await.unwrap().get(KEY).await.unwrap()
+}
+
+async fn http_load(addr: std::net::SocketAddr, path: &'static str, concurrency: usize) -> Measured {
+    let clients: Vec<_> =
+        futures_join((0..concurrency).map(|_| HttpClient::connect(addr, path))).await;
+    let clients: Vec<_> = clients
+        .into_iter()
+        .map(|c| Arc::new(tokio::sync::Mutex::new(c)))
+        .collect();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    run_load(concurrency, move || {
+        let client = clients[next.fetch_add(1, Ordering::Relaxed) % clients.len()].clone();
+        async move { client.lock().await.call().await }
+    })
+    .await
+}
+
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    for f in futures {
+        out.push(f.await);
+    }
+    out
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = RedisServer::start().expect("redis-server");
+    let url = server.url();
+    server.command(&["SET", KEY, "value"]).unwrap();
+
+    runtime.block_on(async {
+        let contenders: Vec<(&str, Contender)> = vec![
+            ("redis-guard (validation on)", Contender::Guard(guard(&url).await)),
+            ("bb8-redis, PING on checkout (default)", Contender::Bb8(bb8_pool(&url, true).await)),
+            ("bb8-redis, no check", Contender::Bb8(bb8_pool(&url, false).await)),
+            (
+                "deadpool-redis",
+                Contender::Deadpool({
+                    let mut config = deadpool_redis::Config::from_url(url.clone());
+                    config.pool = Some(deadpool_redis::PoolConfig::new(POOL_SIZE as usize));
+                    config.create_pool(Some(deadpool_redis::Runtime::Tokio1)).unwrap()
+                }),
+            ),
+            (
+                "redis-rs ConnectionManager (1 multiplexed connection)",
+                Contender::Manager(
+                    ConnectionManager::new(redis::Client::open(url.clone()).unwrap())
+                        .await
+                        .unwrap(),
+                ),
+            ),
+        ];
+
+        println!("\n### GET throughput, pool of {POOL_SIZE}, loopback redis-server, 2 cores shared by client and server\n");
+        for concurrency in [1usize, 32, 128] {
+            println!("\nconcurrency {concurrency}\n");
+            println!("| client | ops/s | p50 | p99 | max | vs bb8 no check | vs bb8 default |");
+            println!("|---|---|---|---|---|---|---|");
+            let mut rows = Vec::new();
+            for (name, contender) in &contenders {
+                let contender = contender.clone();
+                let m = run_load(concurrency, move || {
+                    let c = contender.clone();
+                    async move { c.get().await }
+                })
+                .await;
+                rows.push((name.to_string(), m));
+            }
+            rows.push((
+                "redis-benchmark -t get (reference)".to_owned(),
+                redis_benchmark(server.port(), concurrency),
+            ));
+            let no_check = rows[2].1.ops_per_sec;
+            let default = rows[1].1.ops_per_sec;
+            for (name, m) in &rows {
+                println!(
+                    "| {name} | {:.0} | {} | {} | {} | {:.2}x | {:.2}x |",
+                    m.ops_per_sec,
+                    micros(m.p50),
+                    micros(m.p99),
+                    micros(m.max),
+                    m.ops_per_sec / no_check,
+                    m.ops_per_sec / default,
+                );
+            }
+        }
+
+        // The same handler (one GET) behind redis-guard's layer and extractor, and on a bare
+        // bb8-redis pool in router state, driven over loopback HTTP.
+        let Contender::Guard(guard) = &contenders[0].1 else { unreachable!() };
+        let Contender::Bb8(bare) = &contenders[2].1 else { unreachable!() };
+        let app = Router::new()
+            .route("/guard", get(guard_handler))
+            .layer(RedisGuardLayer::new(guard.clone()))
+            .merge(Router::new().route("/bb8", get(bb8_handler)).with_state(bare.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let concurrency = 32;
+        let guarded = http_load(addr, "/guard", concurrency).await;
+        let plain = http_load(addr, "/bb8", concurrency).await;
+        println!("\n### axum handler doing one GET, over loopback HTTP/1.1 keep-alive, concurrency {concurrency}\n");
+        println!("| handler | requests/s | p50 | p99 | max | ratio |");
+        println!("|---|---|---|---|---|---|");
+        for (name, m) in [
+            ("redis-guard layer + `Redis` extractor", &guarded),
+            ("bare bb8-redis pool in state (no check)", &plain),
+        ] {
+            println!(
+                "| {name} | {:.0} | {} | {} | {} | {:.2}x |",
+                m.ops_per_sec,
+                micros(m.p50),
+                micros(m.p99),
+                micros(m.max),
+                m.ops_per_sec / plain.ops_per_sec
+            );
+        }
+    });
+}
