@@ -7,21 +7,14 @@
 //! Listens on `LISTEN_ADDR` (default `127.0.0.1:3000`). Uses `REDIS_URL` when set; otherwise
 //! starts an embedded `redis-server` on a free loopback port and says so.
 
+mod demo;
+
 use std::net::SocketAddr;
 
-use axum::routing::get;
-use axum::{Json, Router};
-use redis::AsyncCommands;
 use redis_guard::prometheus::PrometheusMetrics;
 use redis_guard::testkit::RedisServer;
-use redis_guard::{Config, Health, Redis, RedisGuard, RedisGuardLayer, RequireRedis};
-use serde_json::{Value, json};
+use redis_guard::{Config, RedisGuard};
 use tracing_subscriber::EnvFilter;
-
-async fn visits(mut redis: Redis) -> Result<Json<Value>, redis_guard::Error> {
-    let visits: i64 = redis.incr("redis-guard:demo:visits", 1).await?;
-    Ok(Json(json!({ "visits": visits })))
-}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -51,13 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let guard = RedisGuard::connect(config).await?;
 
-    let app = Router::new()
-        .route("/visits", get(visits))
-        // While Redis is down, /visits answers 503 at once instead of waiting on timeouts.
-        .route_layer(RequireRedis::new(guard.clone()))
-        .layer(RedisGuardLayer::new(guard.clone()))
-        .merge(Health::new().require(guard.clone()).router())
-        .merge(metrics.router());
+    let app = demo::app(guard.clone(), &metrics);
 
     let addr: SocketAddr = std::env::var("LISTEN_ADDR")
         .unwrap_or_else(|_| "127.0.0.1:3000".to_owned())

@@ -1,0 +1,24 @@
+//! The demo service's routes, shared by the `server` and `chaos` examples.
+
+use axum::routing::get;
+use axum::{Json, Router};
+use redis::AsyncCommands;
+use redis_guard::prometheus::PrometheusMetrics;
+use redis_guard::{Health, Redis, RedisGuard, RedisGuardLayer, RequireRedis};
+use serde_json::{Value, json};
+
+async fn visits(mut redis: Redis) -> Result<Json<Value>, redis_guard::Error> {
+    let visits: i64 = redis.incr("redis-guard:demo:visits", 1).await?;
+    Ok(Json(json!({ "visits": visits })))
+}
+
+/// `GET /visits` (needs Redis), `/livez`, `/readyz` and `/metrics`.
+pub fn app(guard: RedisGuard, metrics: &PrometheusMetrics) -> Router {
+    Router::new()
+        .route("/visits", get(visits))
+        // While Redis is down, /visits answers 503 at once instead of waiting on timeouts.
+        .route_layer(RequireRedis::new(guard.clone()))
+        .layer(RedisGuardLayer::new(guard.clone()))
+        .merge(Health::new().require(guard).router())
+        .merge(metrics.router())
+}
