@@ -4,6 +4,8 @@
 //!
 //! `cargo bench --all-features --bench throughput` (about a minute).
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -12,37 +14,14 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use bb8_redis::RedisConnectionManager;
+use common::{Contender, KEY, NAMES, POOL_SIZE};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use redis_guard::testkit::RedisServer;
-use redis_guard::{Config, Redis, RedisGuard, RedisGuardLayer, StartupMode};
+use redis_guard::{Redis, RedisGuardLayer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const POOL_SIZE: u32 = 16;
 const WARMUP: Duration = Duration::from_millis(300);
 const RUN: Duration = Duration::from_millis(1500);
-const KEY: &str = "bench:key";
-
-#[derive(Clone)]
-enum Contender {
-    Guard(RedisGuard),
-    Bb8(bb8::Pool<RedisConnectionManager>),
-    Deadpool(deadpool_redis::Pool),
-    Manager(ConnectionManager),
-}
-
-impl Contender {
-    async fn get(&self) {
-        let value: Option<String> = match self {
-            Contender::Guard(guard) => guard.get().await.unwrap().get(KEY).await,
-            Contender::Bb8(pool) => pool.get().await.unwrap().get(KEY).await,
-            Contender::Deadpool(pool) => pool.get().await.unwrap().get(KEY).await,
-            Contender::Manager(manager) => manager.clone().get(KEY).await,
-        }
-        .expect("GET");
-        assert!(value.is_some());
-    }
-}
 
 struct Measured {
     ops_per_sec: f64,
@@ -124,25 +103,6 @@ fn redis_benchmark(port: u16, concurrency: usize) -> Measured {
         p99: Duration::from_secs_f64(cols[5] / 1000.0),
         max: Duration::from_secs_f64(cols[6] / 1000.0),
     }
-}
-
-async fn guard(url: &str) -> RedisGuard {
-    let config = Config::builder(url)
-        .name("throughput")
-        .max_size(POOL_SIZE)
-        .startup(StartupMode::WaitFor(Duration::from_secs(5)))
-        .build()
-        .unwrap();
-    RedisGuard::connect(config).await.unwrap()
-}
-
-async fn bb8_pool(url: &str, test_on_check_out: bool) -> bb8::Pool<RedisConnectionManager> {
-    bb8::Pool::builder()
-        .max_size(POOL_SIZE)
-        .test_on_check_out(test_on_check_out)
-        .build(RedisConnectionManager::new(url).unwrap())
-        .await
-        .unwrap()
 }
 
 fn micros(d: Duration) -> String {
@@ -235,27 +195,20 @@ fn main() {
     server.command(&["SET", KEY, "value"]).unwrap();
 
     runtime.block_on(async {
-        let contenders: Vec<(&str, Contender)> = vec![
-            ("redis-guard (validation on)", Contender::Guard(guard(&url).await)),
-            ("bb8-redis, PING on checkout (default)", Contender::Bb8(bb8_pool(&url, true).await)),
-            ("bb8-redis, no check", Contender::Bb8(bb8_pool(&url, false).await)),
-            (
-                "deadpool-redis",
-                Contender::Deadpool({
-                    let mut config = deadpool_redis::Config::from_url(url.clone());
-                    config.pool = Some(deadpool_redis::PoolConfig::new(POOL_SIZE as usize));
-                    config.create_pool(Some(deadpool_redis::Runtime::Tokio1)).unwrap()
-                }),
-            ),
-            (
-                "redis-rs ConnectionManager (1 multiplexed connection)",
-                Contender::Manager(
-                    ConnectionManager::new(redis::Client::open(url.clone()).unwrap())
-                        .await
-                        .unwrap(),
-                ),
-            ),
-        ];
+        let mut contenders = Vec::new();
+        for (i, name) in NAMES.iter().enumerate() {
+            let contender = Contender::build(i, &url, "throughput", Duration::from_secs(5))
+                .await
+                .unwrap();
+            contenders.push((*name, contender));
+        }
+        // Every pool connected and warm before it is measured.
+        for (_, contender) in &contenders {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while contender.get().await.is_err() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
 
         println!("\n### GET throughput, pool of {POOL_SIZE}, loopback redis-server, 2 cores shared by client and server\n");
         for concurrency in [1usize, 32, 128] {
@@ -267,7 +220,7 @@ fn main() {
                 let contender = contender.clone();
                 let m = run_load(concurrency, move || {
                     let c = contender.clone();
-                    async move { c.get().await }
+                    async move { c.get().await.expect("GET") }
                 })
                 .await;
                 rows.push((name.to_string(), m));

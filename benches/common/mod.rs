@@ -1,0 +1,100 @@
+//! The contenders the benchmarks compare, each configured as its users would by default, with
+//! a pool of `POOL_SIZE` where it has a pool.
+#![allow(dead_code)] // each benchmark uses its own subset
+
+use std::time::Duration;
+
+use bb8_redis::RedisConnectionManager;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use redis_guard::{Config, RedisGuard, StartupMode};
+
+pub const POOL_SIZE: u32 = 16;
+pub const KEY: &str = "bench:key";
+
+#[derive(Clone)]
+pub enum Contender {
+    Guard(RedisGuard),
+    Bb8(bb8::Pool<RedisConnectionManager>),
+    Deadpool(deadpool_redis::Pool),
+    Manager(ConnectionManager),
+}
+
+/// Names and builders, in table order.
+pub const NAMES: [&str; 5] = [
+    "redis-guard (validation on)",
+    "bb8-redis, PING on checkout (default)",
+    "bb8-redis, no check",
+    "deadpool-redis",
+    "redis-rs ConnectionManager (1 multiplexed connection)",
+];
+
+impl Contender {
+    /// Builds contender `index` of [`NAMES`] for `url` without waiting for Redis, except
+    /// `ConnectionManager`, whose constructor connects (bounded by `limit`).
+    pub async fn build(
+        index: usize,
+        url: &str,
+        name: &str,
+        limit: Duration,
+    ) -> Result<Contender, String> {
+        Ok(match index {
+            0 => {
+                let config = Config::builder(url)
+                    .name(name)
+                    .max_size(POOL_SIZE)
+                    .startup(StartupMode::Lazy)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                Contender::Guard(
+                    RedisGuard::connect(config)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            1 | 2 => Contender::Bb8(
+                bb8::Pool::builder()
+                    .max_size(POOL_SIZE)
+                    .test_on_check_out(index == 1)
+                    .build_unchecked(RedisConnectionManager::new(url).map_err(|e| e.to_string())?),
+            ),
+            3 => {
+                let mut config = deadpool_redis::Config::from_url(url);
+                config.pool = Some(deadpool_redis::PoolConfig::new(POOL_SIZE as usize));
+                Contender::Deadpool(
+                    config
+                        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            _ => {
+                let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+                let manager = tokio::time::timeout(limit, ConnectionManager::new(client))
+                    .await
+                    .map_err(|_| format!("no connection within {limit:?}"))?
+                    .map_err(|e| e.to_string())?;
+                Contender::Manager(manager)
+            }
+        })
+    }
+
+    /// One GET of [`KEY`], as a request handler would do it.
+    pub async fn get(&self) -> Result<(), String> {
+        let value: redis::RedisResult<Option<String>> = match self {
+            Contender::Guard(guard) => match guard.get().await {
+                Ok(mut conn) => conn.get(KEY).await,
+                Err(e) => return Err(e.to_string()),
+            },
+            Contender::Bb8(pool) => match pool.get().await {
+                Ok(mut conn) => conn.get(KEY).await,
+                Err(e) => return Err(e.to_string()),
+            },
+            Contender::Deadpool(pool) => match pool.get().await {
+                Ok(mut conn) => conn.get(KEY).await,
+                Err(e) => return Err(e.to_string()),
+            },
+            Contender::Manager(manager) => manager.clone().get(KEY).await,
+        };
+        value.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
