@@ -124,11 +124,7 @@ fn print_tally_table(title: &str, tallies: &[Tally]) {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     runtime.block_on(run());
 }
 

@@ -185,11 +185,7 @@ async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) 
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = common::runtime();
     let server = RedisServer::start().expect("redis-server");
     let url = server.url();
     server.command(&["SET", KEY, "value"]).unwrap();

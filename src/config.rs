@@ -212,12 +212,6 @@ impl fmt::Debug for Config {
     }
 }
 
-macro_rules! getters {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {
-        $( $(#[$doc])* pub fn $name(&self) -> $ty { self.$name } )*
-    };
-}
-
 impl Config {
     /// Starts a builder for the Redis at `url` (`redis://[user][:password@]host[:port][/db]`
     /// or `redis+unix:///path`). Every other setting has a default from [`defaults`].
@@ -304,41 +298,6 @@ impl Config {
     pub fn name(&self) -> &str {
         &self.name
     }
-
-    getters! {
-        /// Most connections the pool holds.
-        max_size: u32;
-        /// Idle connections the pool keeps open when it can.
-        min_idle: u32;
-        /// Budget for one whole checkout, validation and retries included.
-        checkout_timeout: Duration;
-        /// Budget for one connect: TCP plus the Redis handshake.
-        connect_timeout: Duration;
-        /// Longest wait for one command's reply.
-        response_timeout: Duration;
-        /// Longest wait for the validation PING.
-        validation_timeout: Duration;
-        /// A connection that completed a command within this window is not PINGed at checkout.
-        validation_bypass: Duration;
-        /// Idle connections are closed after this; `None` keeps them.
-        idle_timeout: Option<Duration>;
-        /// Connections are renewed after at most this; `None` keeps them.
-        max_lifetime: Option<Duration>;
-        /// TCP keepalive for each socket; `None` leaves the system default.
-        keepalive: Option<Keepalive>;
-        /// Linux `TCP_USER_TIMEOUT`; `None` leaves the system default. Ignored elsewhere.
-        tcp_user_timeout: Option<Duration>;
-        /// What start-up does when Redis is unreachable.
-        startup: StartupMode;
-        /// When the circuit breaker trips and how it recovers.
-        breaker: BreakerPolicy;
-        /// How often the prober checks a healthy Redis.
-        probe_interval: Duration;
-        /// The prober's first reconnect delay while Redis is down.
-        probe_backoff_min: Duration;
-        /// The prober's longest reconnect delay while Redis is down.
-        probe_backoff_max: Duration;
-    }
 }
 
 /// Builds a [`Config`]; [`ConfigBuilder::build`] validates every setting.
@@ -389,18 +348,6 @@ struct ConfigDraft {
     probe_backoff_max: Duration,
 }
 
-macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident: $arg:ty;)*) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(mut self, value: $arg) -> Self {
-                self.config.$name = value.into();
-                self
-            }
-        )*
-    };
-}
-
 impl ConfigBuilder {
     fn new(url: String) -> Self {
         Self {
@@ -428,44 +375,10 @@ impl ConfigBuilder {
         }
     }
 
-    setters! {
-        /// The pool's name, used as the `pool` metric label and the readiness check name.
-        name: impl Into<String>;
-        /// Most connections the pool holds (at least 1).
-        max_size: u32;
-        /// Idle connections kept open when possible (at most `max_size`).
-        min_idle: u32;
-        /// Budget for one whole checkout, validation and retries included.
-        checkout_timeout: Duration;
-        /// Budget for one connect: TCP plus the Redis handshake.
-        connect_timeout: Duration;
-        /// Longest wait for one command's reply.
-        response_timeout: Duration;
-        /// Longest wait for the validation PING (shorter than the checkout budget).
-        validation_timeout: Duration;
-        /// Skip the PING for connections that completed a command this recently;
-        /// `Duration::ZERO` PINGs on every checkout.
-        validation_bypass: Duration;
-        /// Close idle connections after this; `None` keeps them open.
-        idle_timeout: impl Into<Option<Duration>>;
-        /// Renew connections after at most this; `None` keeps them.
-        max_lifetime: impl Into<Option<Duration>>;
-        /// Shorten each lifetime by a random share up to this fraction (0.0 to 0.5).
-        lifetime_jitter: f64;
-        /// TCP keepalive per socket; `None` leaves the system default.
-        keepalive: impl Into<Option<Keepalive>>;
-        /// Linux `TCP_USER_TIMEOUT`; `None` leaves the system default.
-        tcp_user_timeout: impl Into<Option<Duration>>;
-        /// What start-up does when Redis is unreachable.
-        startup: StartupMode;
-        /// When the circuit breaker trips and how it recovers.
-        breaker: BreakerPolicy;
-        /// How often the prober checks a healthy Redis.
-        probe_interval: Duration;
-        /// The prober's first reconnect delay while Redis is down (doubles per failure).
-        probe_backoff_min: Duration;
-        /// The prober's longest reconnect delay while Redis is down.
-        probe_backoff_max: Duration;
+    /// The pool's name, used as the `pool` metric label and the readiness check name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
     }
 
     /// Validates every setting and returns the [`Config`], or the first problem found.
@@ -603,6 +516,64 @@ impl ConfigBuilder {
             probe_backoff_max: c.probe_backoff_max,
         })
     }
+}
+
+/// Each setting once: its doc, its type in `Config`, and what the builder's setter takes. Makes
+/// a getter on [`Config`] and a setter on [`ConfigBuilder`] for each.
+macro_rules! settings {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty, $arg:ty;)*) => {
+        impl Config {
+            $( $(#[$doc])* pub fn $name(&self) -> $ty { self.$name } )*
+        }
+
+        impl ConfigBuilder {
+            $(
+                $(#[$doc])*
+                pub fn $name(mut self, value: $arg) -> Self {
+                    self.config.$name = value.into();
+                    self
+                }
+            )*
+        }
+    };
+}
+
+settings! {
+    /// Most connections the pool holds (at least 1).
+    max_size: u32, u32;
+    /// Idle connections kept open when possible (at most `max_size`).
+    min_idle: u32, u32;
+    /// Budget for one whole checkout, validation and retries included.
+    checkout_timeout: Duration, Duration;
+    /// Budget for one connect: TCP plus the Redis handshake.
+    connect_timeout: Duration, Duration;
+    /// Longest wait for one command's reply.
+    response_timeout: Duration, Duration;
+    /// Longest wait for the validation PING (shorter than the checkout budget).
+    validation_timeout: Duration, Duration;
+    /// Connections that completed a command this recently are not PINGed at checkout;
+    /// `Duration::ZERO` PINGs on every checkout.
+    validation_bypass: Duration, Duration;
+    /// Idle connections are closed after this; `None` keeps them open.
+    idle_timeout: Option<Duration>, impl Into<Option<Duration>>;
+    /// Connections are renewed after at most this; `None` keeps them.
+    max_lifetime: Option<Duration>, impl Into<Option<Duration>>;
+    /// Each lifetime is shortened by a random share up to this fraction (0.0 to 0.5).
+    lifetime_jitter: f64, f64;
+    /// TCP keepalive per socket; `None` leaves the system default.
+    keepalive: Option<Keepalive>, impl Into<Option<Keepalive>>;
+    /// Linux `TCP_USER_TIMEOUT`; `None` leaves the system default. Ignored elsewhere.
+    tcp_user_timeout: Option<Duration>, impl Into<Option<Duration>>;
+    /// What start-up does when Redis is unreachable.
+    startup: StartupMode, StartupMode;
+    /// When the circuit breaker trips and how it recovers.
+    breaker: BreakerPolicy, BreakerPolicy;
+    /// How often the prober checks a healthy Redis.
+    probe_interval: Duration, Duration;
+    /// The prober's first reconnect delay while Redis is down (doubles per failure).
+    probe_backoff_min: Duration, Duration;
+    /// The prober's longest reconnect delay while Redis is down.
+    probe_backoff_max: Duration, Duration;
 }
 
 fn parse_url(raw: &str) -> Result<ConnectionInfo, ConfigError> {

@@ -10,6 +10,15 @@ use redis::aio::ConnectionManager;
 use redis_guard::{Config, RedisGuard, StartupMode};
 
 pub const POOL_SIZE: u32 = 16;
+
+/// Two worker threads: the machine's cores, shared with the Redis server.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
 pub const KEY: &str = "bench:key";
 
 #[derive(Clone)]
