@@ -134,3 +134,44 @@ async fn connection_killed_while_checked_out_is_not_returned_to_the_pool() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_after_the_idle_timeout_and_counted() {
+    let server = RedisServer::start().unwrap();
+    let idle = Duration::from_millis(200);
+    let guard = guard(
+        config(&server.url(), "idle")
+            .idle_timeout(idle)
+            .probe_interval(Duration::from_secs(60)),
+    )
+    .await;
+    let _ = guard.get().await.unwrap();
+    assert!(guard.state().idle >= 1);
+    // bb8's reaper runs every idle_timeout / 2; the connection idles past the timeout.
+    assert!(eventually(Duration::from_secs(3), || guard.state().connections == 0).await);
+    assert!(evictions("idle", "idle_timeout") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_their_lifetime_are_replaced_at_checkout() {
+    let server = RedisServer::start().unwrap();
+    let lifetime = Duration::from_millis(300);
+    let guard = guard(
+        config(&server.url(), "lifetime")
+            .max_size(1)
+            .max_lifetime(lifetime)
+            .probe_interval(Duration::from_secs(60)),
+    )
+    .await;
+    let first = guard.get().await.unwrap().connection_id();
+    tokio::time::sleep(lifetime + Duration::from_millis(100)).await;
+    let mut conn = guard.get().await.unwrap();
+    assert_ne!(
+        conn.connection_id(),
+        first,
+        "the expired connection was not handed out"
+    );
+    let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    assert_eq!(pong, "PONG");
+    assert_eq!(evictions("lifetime", "max_lifetime"), 1.0);
+}
