@@ -91,3 +91,8 @@ pub use manager::GuardManager;
 pub use pool::{PooledConnection, RedisGuard};
 /// The redis-rs version redis-guard is built on, for `AsyncCommands` and friends.
 pub use redis;
+
+/// The README's examples, compiled with the doc tests so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
