@@ -17,9 +17,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
-use crate::shared::{from_nanos, to_nanos};
+use crate::clock::AtomicInstant;
 use std::time::{Duration, Instant};
 
 /// When the breaker trips and how it recovers. The defaults suit low traffic as well as high:
@@ -144,7 +144,7 @@ pub(crate) struct Breaker {
     /// to learn from a success and skips the lock (the hot path of every checkout). The rate
     /// is then computed over the calls since the window's first failure, which can only
     /// overstate it slightly at the start of a failure spell.
-    last_failure_nanos: AtomicU64,
+    last_failure: AtomicInstant,
     counts: Mutex<Counts>,
 }
 
@@ -154,7 +154,7 @@ impl Breaker {
             policy,
             state: AtomicU8::new(initial as u8),
             trials_in_flight: AtomicUsize::new(0),
-            last_failure_nanos: AtomicU64::new(0),
+            last_failure: AtomicInstant::default(),
             counts: Mutex::new(Counts {
                 consecutive_failures: 0,
                 trial_successes: 0,
@@ -188,10 +188,11 @@ impl Breaker {
 
     pub(crate) fn record_success(&self, now: Instant) -> Transition {
         if self.state() == BreakerState::Closed {
-            let last_failure = self.last_failure_nanos.load(Ordering::Acquire);
-            if last_failure == 0
-                || now.saturating_duration_since(from_nanos(last_failure)) > self.policy.window
-            {
+            let recent_failure = self
+                .last_failure
+                .get()
+                .is_some_and(|at| now.saturating_duration_since(at) <= self.policy.window);
+            if !recent_failure {
                 return None;
             }
         }
@@ -210,8 +211,7 @@ impl Breaker {
     }
 
     pub(crate) fn record_failure(&self, now: Instant) -> Transition {
-        self.last_failure_nanos
-            .store(to_nanos(now).max(1), Ordering::Release);
+        self.last_failure.set(now);
         let mut counts = self.lock();
         counts.consecutive_failures = counts.consecutive_failures.saturating_add(1);
         self.remember(&mut counts, now, true);

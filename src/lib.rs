@@ -60,6 +60,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod breaker;
+mod clock;
 pub mod config;
 mod connection;
 mod error;

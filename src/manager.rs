@@ -151,11 +151,7 @@ fn classify_connect_error(e: &RedisError) -> ConnectErrorKind {
         ConnectErrorKind::Auth
     } else if e.is_timeout() {
         ConnectErrorKind::Timeout
-    } else if e.is_connection_refusal()
-        || matches!(
-            e.kind(), ErrorKind::Io if e.to_string().contains("reset")
-        )
-    {
+    } else if e.is_connection_refusal() || e.is_connection_dropped() {
         ConnectErrorKind::Refused
     } else {
         ConnectErrorKind::Other

@@ -237,11 +237,7 @@ impl PoolMetrics {
     }
 
     pub(crate) fn eviction(&self, reason: EvictionReason) {
-        let index = EvictionReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .expect("ALL lists every reason");
-        self.evictions[index].increment(1);
+        self.evictions[reason as usize].increment(1);
     }
 
     pub(crate) fn connection_created(&self, replaced_a_lost_one: bool) {
@@ -315,4 +311,20 @@ fn describe() {
         "Circuit breaker transitions, by target state."
     );
     describe_gauge!(READY, "1 when the Redis pool is ready to serve, else 0.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The handles are indexed by discriminant: the `ALL` lists must be in declaration order.
+    #[test]
+    fn label_lists_are_in_declaration_order() {
+        for (i, reason) in EvictionReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{}", reason.as_label());
+        }
+        for (i, kind) in ConnectErrorKind::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, i, "{}", kind.as_label());
+        }
+    }
 }

@@ -21,6 +21,7 @@ use tokio::task::AbortHandle;
 use tracing::Instrument;
 
 use crate::breaker::BreakerState;
+use crate::clock::Backoff;
 use crate::config::{Config, StartupMode};
 use crate::connection::{GuardConnection, ValidationFailure, Verdict};
 use crate::error::{Error, PoolState};
@@ -168,7 +169,7 @@ impl RedisGuard {
     async fn connect_once_or_fail(&self, limit: Duration) -> Result<(), Error> {
         let config = self.config();
         let deadline = Instant::now() + limit;
-        let mut backoff = config.probe_backoff_min;
+        let mut backoff = Backoff::new(config.probe_backoff_min, config.probe_backoff_max);
         loop {
             match self.inner.manager.connect_now().await {
                 Ok(conn) => {
@@ -187,9 +188,7 @@ impl RedisGuard {
                             retry_after: config.probe_backoff_max,
                         });
                     }
-                    let pause = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
-                    tokio::time::sleep(pause.min(deadline - now)).await;
-                    backoff = (backoff * 2).min(config.probe_backoff_max);
+                    tokio::time::sleep(backoff.pause().min(deadline - now)).await;
                 }
             }
         }

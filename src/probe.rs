@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::breaker::BreakerState;
+use crate::clock::Backoff;
 use crate::pool::{Purpose, RedisGuard};
 use crate::shared::Shared;
 
@@ -22,7 +23,7 @@ use crate::shared::Shared;
 /// between probes, so it never keeps the pool alive.
 pub(crate) async fn run(guard: std::sync::Weak<crate::pool::Inner>, shared: Arc<Shared>) {
     let config = &shared.config;
-    let mut backoff = config.probe_backoff_min;
+    let mut backoff = Backoff::new(config.probe_backoff_min, config.probe_backoff_max);
     // The first probe goes at once: a lazily started pool connects immediately.
     let mut pause = Duration::ZERO;
     loop {
@@ -31,9 +32,7 @@ pub(crate) async fn run(guard: std::sync::Weak<crate::pool::Inner>, shared: Arc<
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 // The breaker just opened: start the backoff from its beginning.
-                _ = shared.breaker_opened.notified() => {
-                    backoff = config.probe_backoff_min;
-                }
+                _ = shared.breaker_opened.notified() => backoff.reset(),
             }
         }
         let Some(guard) = RedisGuard::upgrade(&guard) else {
@@ -46,16 +45,12 @@ pub(crate) async fn run(guard: std::sync::Weak<crate::pool::Inner>, shared: Arc<
         drop(guard);
         pause = match (healthy, shared.breaker.state()) {
             (true, BreakerState::Closed) => {
-                backoff = config.probe_backoff_min;
+                backoff.reset();
                 config.probe_interval
             }
             // Trials continue at once until the breaker decides.
             (true, _) => Duration::ZERO,
-            (false, _) => {
-                let jittered = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
-                backoff = (backoff * 2).min(config.probe_backoff_max);
-                jittered
-            }
+            (false, _) => backoff.pause(),
         };
     }
 }

@@ -2,28 +2,15 @@
 //! where outcomes are recorded, so metrics and diagnostics never disagree.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
 
 use crate::breaker::{Breaker, BreakerState, Transition};
+use crate::clock::AtomicInstant;
 use crate::config::Config;
 use crate::metrics::{ConnectErrorKind, EvictionReason, PoolMetrics};
-
-/// Instants as numbers, so they fit in atomics.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-pub(crate) fn to_nanos(at: Instant) -> u64 {
-    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
-}
-
-pub(crate) fn from_nanos(nanos: u64) -> Instant {
-    epoch() + Duration::from_nanos(nanos)
-}
 
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -35,14 +22,14 @@ pub(crate) struct Shared {
     /// Wakes checkouts waiting on an empty pool when a connect fails: nothing will come.
     pub(crate) connect_failed: Notify,
     /// When the prober will next try, for `Retry-After`.
-    next_probe_at: AtomicU64,
-    /// When a validation last timed out (0: never). Idle connections not used since are
-    /// suspected of being frozen the same way, and validated off the caller's path.
-    suspect_before: AtomicU64,
+    next_probe_at: AtomicInstant,
+    /// When a validation last timed out. Idle connections not used since are suspected of
+    /// being frozen the same way, and validated off the caller's path.
+    suspect_before: AtomicInstant,
     /// The last connect failure, redacted, for checkout-timeout errors; cleared by a success.
     last_connect_error: Mutex<Option<String>>,
-    /// When a connect last failed (0: not since the last success).
-    last_connect_failure: AtomicU64,
+    /// When a connect last failed, if none succeeded since.
+    last_connect_failure: AtomicInstant,
     /// Evictions not yet made good by a new connection: the next connects are reconnects.
     replacement_debt: AtomicU64,
     next_connection_id: AtomicU64,
@@ -68,11 +55,11 @@ impl Shared {
             breaker: Breaker::new(config.breaker, BreakerState::Open),
             breaker_opened: Notify::new(),
             connect_failed: Notify::new(),
-            next_probe_at: AtomicU64::new(0),
-            suspect_before: AtomicU64::new(0),
+            next_probe_at: AtomicInstant::default(),
+            suspect_before: AtomicInstant::default(),
             config,
             last_connect_error: Mutex::new(None),
-            last_connect_failure: AtomicU64::new(0),
+            last_connect_failure: AtomicInstant::default(),
             replacement_debt: AtomicU64::new(0),
             next_connection_id: AtomicU64::new(1),
             waiting: AtomicUsize::new(0),
@@ -138,24 +125,25 @@ impl Shared {
 
     /// A validation timed out: suspect every connection not proven alive since `now`.
     pub(crate) fn suspect_connections_idle_since(&self, now: Instant) {
-        self.suspect_before
-            .store(to_nanos(now).max(1), Ordering::Release);
+        self.suspect_before.set(now);
     }
 
     /// Whether a connection last proven alive at `last_success` is suspected frozen.
     pub(crate) fn is_suspect(&self, last_success: Instant) -> bool {
-        let before = self.suspect_before.load(Ordering::Acquire);
-        before != 0 && last_success < from_nanos(before)
+        self.suspect_before
+            .get()
+            .is_some_and(|before| last_success < before)
     }
 
     pub(crate) fn set_next_probe(&self, at: Instant) {
-        self.next_probe_at.store(to_nanos(at), Ordering::Release);
+        self.next_probe_at.set(at);
     }
 
     /// Time until the prober's next attempt.
     pub(crate) fn until_next_probe(&self) -> Duration {
-        from_nanos(self.next_probe_at.load(Ordering::Acquire))
-            .saturating_duration_since(Instant::now())
+        self.next_probe_at.get().map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(Instant::now())
+        })
     }
 
     pub(crate) fn record_connected(&self, connection_id: u64) {
@@ -167,7 +155,7 @@ impl Shared {
             .is_ok();
         self.metrics.connection_created(replaced);
         *self.lock_last_error() = None;
-        self.last_connect_failure.store(0, Ordering::Release);
+        self.last_connect_failure.clear();
         tracing::debug!(pool = %self.config.name(), connection_id, replaced, "redis connection established");
     }
 
@@ -176,8 +164,7 @@ impl Shared {
         self.metrics.connect_error(kind);
         tracing::warn!(pool = %self.config.name(), kind = kind.as_label(), error = %message, "redis connect failed");
         *self.lock_last_error() = Some(message);
-        self.last_connect_failure
-            .store(to_nanos(Instant::now()).max(1), Ordering::Release);
+        self.last_connect_failure.set(Instant::now());
         self.record_failure();
         self.connect_failed.notify_waiters();
     }
@@ -186,8 +173,8 @@ impl Shared {
     /// does not try again that soon, so a burst of checkouts against a dead Redis does not
     /// become a burst of connects. The prober is not held back.
     pub(crate) fn recent_connect_failure(&self) -> Option<String> {
-        let at = self.last_connect_failure.load(Ordering::Acquire);
-        if at == 0 || from_nanos(at).elapsed() >= self.config.probe_backoff_min {
+        let at = self.last_connect_failure.get()?;
+        if at.elapsed() >= self.config.probe_backoff_min {
             return None;
         }
         // A failure without a recorded message is impossible; be safe all the same.

@@ -189,7 +189,7 @@ async fn f9_exhausted_pool_waits_a_bounded_time_then_names_its_state() {
     }
 
     // The error a caller sees names the pool's state.
-    let held: Vec<_> = futures_all(&guard, 4).await;
+    let held: Vec<_> = hold_connections(&guard, 4).await;
     let err = guard.get().await.unwrap_err();
     let message = err.to_string();
     assert!(
@@ -209,7 +209,7 @@ async fn f9_exhausted_pool_waits_a_bounded_time_then_names_its_state() {
     assert!(failures(&outcomes).is_empty());
 }
 
-async fn futures_all(
+async fn hold_connections(
     guard: &redis_guard::RedisGuard,
     n: usize,
 ) -> Vec<redis_guard::PooledConnection> {

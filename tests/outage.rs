@@ -269,7 +269,6 @@ async fn f10_slow_replies_time_out_poison_the_connection_and_trip_the_breaker() 
     let app = router(guard.clone());
 
     proxy.set_mode(ProxyMode::Delay(Duration::from_millis(600)));
-    let first_id = guard.get().await.unwrap().connection_id();
     let outcome = call(&app, "/echo?value=slow").await;
     assert_eq!(
         outcome.status,
@@ -302,7 +301,6 @@ async fn f10_slow_replies_time_out_poison_the_connection_and_trip_the_breaker() 
             &[("to", "open")]
         ) >= 1.0
     );
-    let _ = first_id;
 }
 
 async fn debug_sleep(mut redis: Redis) -> StatusCode {

@@ -1,0 +1,100 @@
+//! Time in the forms the pool shares between tasks without a lock.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// An optional [`Instant`] in an atomic: nanoseconds since a process-wide epoch, 0 for none.
+#[derive(Debug, Default)]
+pub(crate) struct AtomicInstant(AtomicU64);
+
+impl AtomicInstant {
+    pub(crate) fn set(&self, at: Instant) {
+        // 0 means "none"; an instant at the epoch itself is stored one nanosecond later.
+        self.0
+            .store(nanos_since_epoch(at).max(1), Ordering::Release);
+    }
+
+    pub(crate) fn clear(&self) {
+        self.0.store(0, Ordering::Release);
+    }
+
+    pub(crate) fn get(&self) -> Option<Instant> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            nanos => Some(epoch() + Duration::from_nanos(nanos)),
+        }
+    }
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn nanos_since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Jittered exponential backoff: each pause is drawn from the upper half of a delay that
+/// doubles from `min` to `max`, so many waiters do not retry in step.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    /// The pause before the next attempt; the one after it will be about twice as long.
+    pub(crate) fn pause(&mut self) -> Duration {
+        let pause = self.next.mul_f64(0.5 + fastrand::f64() / 2.0);
+        self.next = (self.next * 2).min(self.max);
+        pause
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_instant_round_trips_and_clears() {
+        let slot = AtomicInstant::default();
+        assert_eq!(slot.get(), None);
+        let now = Instant::now();
+        slot.set(now);
+        let read = slot.get().unwrap();
+        assert!(read.max(now) - read.min(now) <= Duration::from_nanos(1));
+        slot.clear();
+        assert_eq!(slot.get(), None);
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_up_to_its_cap_and_resets() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        let mut backoff = Backoff::new(min, max);
+        for step in [100, 200, 400, 800, 1000, 1000] {
+            let ceiling = Duration::from_millis(step);
+            let pause = backoff.pause();
+            assert!(
+                pause >= ceiling / 2 && pause <= ceiling,
+                "{pause:?} for {ceiling:?}"
+            );
+        }
+        backoff.reset();
+        assert!(backoff.pause() <= min);
+    }
+}
