@@ -140,3 +140,29 @@ async fn lazy_start_serves_at_once_and_connects_when_redis_appears() {
     let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
     assert_eq!(pong, "PONG");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_reset_during_connect_counts_as_refused() {
+    let server = RedisServer::start().unwrap();
+    let proxy = redis_guard::testkit::FaultProxy::start(server.addr())
+        .await
+        .unwrap();
+    proxy.set_mode(redis_guard::testkit::ProxyMode::Refuse);
+    let err = RedisGuard::connect(
+        config(&proxy.url(), "reset_at_connect")
+            .startup(StartupMode::FailFast)
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    assert_eq!(
+        metric(
+            "redis_guard_connect_errors_total",
+            "reset_at_connect",
+            &[("kind", "refused")]
+        ),
+        1.0
+    );
+}
