@@ -1,19 +1,20 @@
 //! The circuit breaker: one per pool, shared by every route that depends on it.
 //!
 //! ```text
-//!            failures >= consecutive threshold, or
+//!            connect failures >= consecutive threshold, or
 //!            failure rate >= threshold over the window (with enough calls)
 //!   Closed ─────────────────────────────────────────────► Open
 //!     ▲                                                 │  ▲
-//!     │ trial_successes                  prober connects │  │ any failure
+//!     │ trial_successes                a connect succeeds │  │ a connect fails
 //!     │                                                 ▼  │
 //!     └───────────────────────────────────────────── HalfOpen
 //! ```
 //!
-//! Only infrastructure failures count (refused or timed-out connects, I/O errors, response and
-//! checkout timeouts); a Redis error reply is the application's business and never trips it.
-//! Open moves to half-open only through the prober, so a service with no traffic recovers too.
-//! While half-open, a few trial calls are let through; the rest are refused as while open.
+//! The breaker only tallies; what counts as a failure is decided in one place, `shared.rs`:
+//! a new connection that fails, once per attempt. Busy pools, error replies, slow replies and
+//! a single failing socket never count. Open moves to half-open when a connect succeeds (the
+//! prober keeps trying, so a service with no traffic recovers too); while half-open, a few
+//! trial calls are let through and the rest are refused as while open.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -149,7 +150,13 @@ pub(crate) struct Breaker {
 }
 
 impl Breaker {
-    pub(crate) fn new(policy: BreakerPolicy, initial: BreakerState) -> Self {
+    /// A new breaker is closed: a pool that has not connected yet is not ready, but its
+    /// requests wait for the first connect rather than being refused.
+    pub(crate) fn new(policy: BreakerPolicy) -> Self {
+        Self::in_state(policy, BreakerState::Closed)
+    }
+
+    fn in_state(policy: BreakerPolicy, initial: BreakerState) -> Self {
         Self {
             policy,
             state: AtomicU8::new(initial as u8),
@@ -233,13 +240,7 @@ impl Breaker {
         }
     }
 
-    /// Start-up connected: Redis is proven there, serve at once.
-    pub(crate) fn close(&self) -> Transition {
-        let mut counts = self.lock();
-        self.move_to(&mut counts, BreakerState::Closed)
-    }
-
-    /// The prober reached Redis while the breaker was open: let trial calls decide.
+    /// A connect succeeded while the breaker was open while the breaker was open: let trial calls decide.
     pub(crate) fn probe_succeeded(&self) -> Transition {
         let mut counts = self.lock();
         match self.state() {
@@ -283,7 +284,7 @@ mod tests {
     use super::*;
 
     fn breaker(initial: BreakerState) -> Breaker {
-        Breaker::new(BreakerPolicy::default(), initial)
+        Breaker::in_state(BreakerPolicy::default(), initial)
     }
 
     fn fail(b: &Breaker, times: u32) -> Transition {
@@ -352,10 +353,10 @@ mod tests {
     }
 
     #[test]
-    fn close_is_immediate_and_counted_once() {
-        let b = breaker(BreakerState::Open);
-        assert_eq!(b.close(), Some((BreakerState::Open, BreakerState::Closed)));
-        assert_eq!(b.close(), None);
+    fn a_new_breaker_admits_calls() {
+        let b = Breaker::new(BreakerPolicy::default());
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(matches!(b.admit(), Some(Admission::Call)));
     }
 
     #[test]

@@ -36,8 +36,12 @@ fn nanos_since_epoch(at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Jittered exponential backoff: each pause is drawn from the upper half of a delay that
-/// doubles from `min` to `max`, so many waiters do not retry in step.
+/// Jittered exponential backoff: each pause is a delay that doubles from `min` to `max`,
+/// lengthened by a random share of up to 15 %, so pools do not retry in step. The jitter only
+/// lengthens: a pause is never shorter than its delay, so `min` bounds the attempt rate.
+/// The largest share by which [`Backoff`] lengthens a pause.
+const JITTER: f64 = 0.15;
+
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
     min: Duration,
@@ -56,7 +60,7 @@ impl Backoff {
 
     /// The pause before the next attempt; the one after it will be about twice as long.
     pub(crate) fn pause(&mut self) -> Duration {
-        let pause = self.next.mul_f64(0.5 + fastrand::f64() / 2.0);
+        let pause = self.next.mul_f64(1.0 + JITTER * fastrand::f64());
         self.next = (self.next * 2).min(self.max);
         pause
     }
@@ -90,11 +94,11 @@ mod tests {
             let ceiling = Duration::from_millis(step);
             let pause = backoff.pause();
             assert!(
-                pause >= ceiling / 2 && pause <= ceiling,
+                pause >= ceiling && pause <= ceiling.mul_f64(1.0 + JITTER),
                 "{pause:?} for {ceiling:?}"
             );
         }
         backoff.reset();
-        assert!(backoff.pause() <= min);
+        assert!(backoff.pause() <= min.mul_f64(1.0 + JITTER));
     }
 }

@@ -68,13 +68,17 @@ pub mod defaults {
     /// Linux `TCP_USER_TIMEOUT`: idle + interval x probes, so the kernel gives up on unacked
     /// data at the same moment keepalive would have declared the peer dead.
     pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(45);
-    /// While Redis is healthy the prober PINGs through the pool this often: readiness is never
-    /// older than this, at one command per second per pod.
+    /// While Redis is healthy and no command answered within this interval, the prober PINGs
+    /// once: readiness is never older than this, at no more than one command per second per
+    /// pod, and none while traffic proves Redis alive.
     pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-    /// While Redis is down the prober reconnects after this, doubling per failure (jittered)...
-    pub const PROBE_BACKOFF_MIN: Duration = Duration::from_millis(100);
-    /// ...up to this, so recovery is noticed within about a second of Redis returning.
-    pub const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(1);
+    /// After a failed connect the pool waits this long (plus up to 15 % jitter) before the
+    /// next one, whoever asks for it: at most 5 connect attempts a second while Redis is
+    /// down, and the first success within about 230 ms of Redis accepting connections again.
+    pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(200);
+    /// The pause doubles per failure up to this. Equal to the minimum by default: a quick
+    /// recovery matters more than sparing a Redis that refuses connections in microseconds.
+    pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(200);
 }
 
 /// How [`RedisGuard::connect`](crate::RedisGuard::connect) behaves when Redis cannot be
@@ -182,8 +186,8 @@ pub struct Config {
     pub(crate) startup: StartupMode,
     pub(crate) breaker: BreakerPolicy,
     pub(crate) probe_interval: Duration,
-    pub(crate) probe_backoff_min: Duration,
-    pub(crate) probe_backoff_max: Duration,
+    pub(crate) reconnect_backoff_min: Duration,
+    pub(crate) reconnect_backoff_max: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -206,8 +210,8 @@ impl fmt::Debug for Config {
             .field("startup", &self.startup)
             .field("breaker", &self.breaker)
             .field("probe_interval", &self.probe_interval)
-            .field("probe_backoff_min", &self.probe_backoff_min)
-            .field("probe_backoff_max", &self.probe_backoff_max)
+            .field("reconnect_backoff_min", &self.reconnect_backoff_min)
+            .field("reconnect_backoff_max", &self.reconnect_backoff_max)
             .finish()
     }
 }
@@ -344,8 +348,8 @@ struct ConfigDraft {
     startup: StartupMode,
     breaker: BreakerPolicy,
     probe_interval: Duration,
-    probe_backoff_min: Duration,
-    probe_backoff_max: Duration,
+    reconnect_backoff_min: Duration,
+    reconnect_backoff_max: Duration,
 }
 
 impl ConfigBuilder {
@@ -369,8 +373,8 @@ impl ConfigBuilder {
                 startup: StartupMode::default(),
                 breaker: BreakerPolicy::default(),
                 probe_interval: defaults::PROBE_INTERVAL,
-                probe_backoff_min: defaults::PROBE_BACKOFF_MIN,
-                probe_backoff_max: defaults::PROBE_BACKOFF_MAX,
+                reconnect_backoff_min: defaults::RECONNECT_BACKOFF_MIN,
+                reconnect_backoff_max: defaults::RECONNECT_BACKOFF_MAX,
             },
         }
     }
@@ -478,18 +482,18 @@ impl ConfigBuilder {
         }
         for (setting, value) in [
             ("probe_interval", c.probe_interval),
-            ("probe_backoff_min", c.probe_backoff_min),
+            ("reconnect_backoff_min", c.reconnect_backoff_min),
         ] {
             if value.is_zero() {
                 return invalid(setting, "must be greater than zero".into());
             }
         }
-        if c.probe_backoff_max < c.probe_backoff_min {
+        if c.reconnect_backoff_max < c.reconnect_backoff_min {
             return invalid(
-                "probe_backoff_max",
+                "reconnect_backoff_max",
                 format!(
-                    "{:?} is below probe_backoff_min ({:?})",
-                    c.probe_backoff_max, c.probe_backoff_min
+                    "{:?} is below reconnect_backoff_min ({:?})",
+                    c.reconnect_backoff_max, c.reconnect_backoff_min
                 ),
             );
         }
@@ -512,8 +516,8 @@ impl ConfigBuilder {
             startup: c.startup,
             breaker: c.breaker,
             probe_interval: c.probe_interval,
-            probe_backoff_min: c.probe_backoff_min,
-            probe_backoff_max: c.probe_backoff_max,
+            reconnect_backoff_min: c.reconnect_backoff_min,
+            reconnect_backoff_max: c.reconnect_backoff_max,
         })
     }
 }
@@ -570,10 +574,10 @@ settings! {
     breaker: BreakerPolicy, BreakerPolicy;
     /// How often the prober checks a healthy Redis.
     probe_interval: Duration, Duration;
-    /// The prober's first reconnect delay while Redis is down (doubles per failure).
-    probe_backoff_min: Duration, Duration;
-    /// The prober's longest reconnect delay while Redis is down.
-    probe_backoff_max: Duration, Duration;
+    /// The pause after a failed connect before the pool tries again (doubles per failure).
+    reconnect_backoff_min: Duration, Duration;
+    /// The longest pause between connect attempts while Redis is down.
+    reconnect_backoff_max: Duration, Duration;
 }
 
 fn parse_url(raw: &str) -> Result<ConnectionInfo, ConfigError> {
@@ -711,8 +715,8 @@ mod tests {
                 "consecutive_failures, min_calls and trial_successes must be at least 1",
             ),
             (
-                Config::builder(url).probe_backoff_max(Duration::from_millis(10)),
-                "is below probe_backoff_min",
+                Config::builder(url).reconnect_backoff_max(Duration::from_millis(10)),
+                "is below reconnect_backoff_min",
             ),
         ];
         for (builder, expected) in cases {

@@ -91,6 +91,9 @@ pub(crate) enum Verdict {
     Fresh,
     /// Prove it alive with a PING first.
     Validate,
+    /// A peer failed since this one last answered: it may have failed the same way (a
+    /// middlebox forgets every flow at once). Validate it off the caller's path.
+    Suspect,
 }
 
 impl GuardConnection {
@@ -103,7 +106,7 @@ impl GuardConnection {
         id: u64,
     ) -> Self {
         let now = Instant::now();
-        let config = &shared.config;
+        let config = shared.config();
         let expires_at = config.max_lifetime.map(|lifetime| {
             // Shortened by a random share so connections opened together expire apart.
             let jitter = fastrand::f64() * config.lifetime_jitter;
@@ -142,16 +145,37 @@ impl GuardConnection {
         if self.expires_at.is_some_and(|at| now >= at) {
             return Verdict::Evict(EvictionReason::MaxLifetime);
         }
-        if now.saturating_duration_since(self.last_success) < self.shared.config.validation_bypass {
+        // Before the bypass: a socket frozen right after its last reply looks fresh.
+        if self.shared.is_suspect(self.last_success) {
+            return Verdict::Suspect;
+        }
+        if now.saturating_duration_since(self.last_success) < self.shared.config().validation_bypass
+        {
             Verdict::Fresh
         } else {
             Verdict::Validate
         }
     }
 
-    /// When the connection last completed a command (or was opened).
-    pub(crate) fn last_success(&self) -> Instant {
-        self.last_success
+    /// A new connection's first command: only a reply proves Redis (not just a socket) there.
+    /// Its errors are kept whole, so `NOAUTH` or `NOPERM` can be told from a dead socket.
+    pub(crate) async fn first_ping(&mut self) -> RedisResult<()> {
+        match self
+            .inner
+            .send_packed_command(&redis::cmd("PING").to_owned())
+            .await?
+        {
+            Value::SimpleString(_) | Value::BulkString(_) => {
+                self.last_success = Instant::now();
+                Ok(())
+            }
+            Value::ServerError(e) => Err(e.into()),
+            other => Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "unexpected PING reply",
+                format!("{other:?}"),
+            ))),
+        }
     }
 
     /// PINGs with a payload unique to this attempt, so a stale reply cannot pass for the answer.
@@ -176,7 +200,7 @@ impl GuardConnection {
     pub(crate) fn evict(&mut self, reason: EvictionReason) {
         if self.eviction.is_none() {
             self.eviction = Some(reason);
-            self.shared.record_eviction(reason, self.id);
+            self.shared.evicted(reason, self.id);
         }
     }
 
@@ -202,10 +226,13 @@ impl GuardConnection {
 
     fn note_outcome<T>(&mut self, result: &RedisResult<T>) {
         match result {
-            Ok(_) => self.last_success = Instant::now(),
             Err(e) if is_infrastructure_failure(e) => self.evict(EvictionReason::IoError),
-            // An error reply (WRONGTYPE, NOSCRIPT, ...) travelled a working socket.
-            Err(_) => self.last_success = Instant::now(),
+            // A reply, or an error reply (WRONGTYPE, NOSCRIPT, ...): it travelled a working
+            // socket.
+            _ => {
+                self.last_success = Instant::now();
+                self.shared.answered(self.last_success);
+            }
         }
     }
 }
@@ -216,7 +243,7 @@ impl Drop for GuardConnection {
         if self.eviction.is_none()
             && self
                 .shared
-                .config
+                .config()
                 .idle_timeout
                 .is_some_and(|idle| self.returned_at.elapsed() >= idle)
         {
@@ -256,8 +283,8 @@ macro_rules! delegate_connection_like {
 }
 pub(crate) use delegate_connection_like;
 
-/// Whether an error means the connection (not the command) failed: the failures the breaker
-/// counts and that poison a connection.
+/// Whether an error means the connection (not the command) failed: the failures that poison
+/// a connection.
 pub(crate) fn is_infrastructure_failure(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }

@@ -68,8 +68,11 @@ impl Check {
 
     /// Why it is not passing, in words safe to show anyone: no hosts, no credentials.
     fn output(&self) -> &'static str {
+        let shared = self.guard.shared();
         match self.guard.breaker_state() {
-            BreakerState::Closed => "ok",
+            BreakerState::Closed if shared.has_connected() => "ok",
+            BreakerState::Closed if shared.connects_failing() => "unreachable: cannot connect",
+            BreakerState::Closed => "connecting",
             BreakerState::HalfOpen => "recovering: circuit breaker half-open",
             BreakerState::Open => "unreachable: circuit breaker open",
         }

@@ -66,6 +66,7 @@ mod connection;
 mod error;
 mod extract;
 mod health;
+mod inner;
 mod layer;
 mod manager;
 pub mod metrics;

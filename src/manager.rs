@@ -1,11 +1,19 @@
-//! [`GuardManager`]: how bb8 opens, checks and retires redis-guard connections.
+//! [`GuardManager`]: how connections are opened, paced, checked and retired.
+//!
+//! Every connect of a pool (bb8 filling a slot, start-up, the prober) passes one gate: one
+//! attempt in flight at a time, and after a failed attempt the next one waits out a jittered
+//! backoff, whoever asks for it. However many requests wait on a Redis that refuses, it sees
+//! at most one connect per backoff pause from this pool, and a waiter sleeps until an outcome
+//! rather than spinning.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, ErrorKind, RedisError};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::clock::Backoff;
 use crate::connection::GuardConnection;
 use crate::metrics::ConnectErrorKind;
 use crate::shared::Shared;
@@ -14,22 +22,117 @@ use crate::transport::{self, LinkHealth, LinkState, PeerProbe, TrackedStream};
 /// The `bb8::ManageConnection` behind a [`RedisGuard`](crate::RedisGuard).
 ///
 /// Unlike bb8-redis's `RedisConnectionManager`, it opens the socket itself (keepalive,
-/// `TCP_NODELAY`, `TCP_USER_TIMEOUT`, a connect timeout) and its `has_broken` really answers:
-/// a connection whose socket closed, that failed a command, or that carries session state is
-/// not put back. The pool, not bb8, validates at checkout, so that a recently used connection
-/// skips the PING.
+/// `TCP_NODELAY`, `TCP_USER_TIMEOUT`, a connect timeout), proves each new connection with a
+/// PING, paces reconnects, and its `has_broken` really answers: a connection whose socket
+/// closed, that failed a command, or that carries session state is not put back. The pool,
+/// not bb8, validates at checkout, so that a recently used connection skips the PING.
 #[derive(Debug, Clone)]
 pub struct GuardManager {
     shared: Arc<Shared>,
+    /// Held for the whole of one attempt (FIFO): one connect in flight per pool. Holds the
+    /// backoff that paces the attempt after a failure, and when the last attempt ended.
+    gate: Arc<tokio::sync::Mutex<Gate>>,
+}
+
+#[derive(Debug)]
+struct Gate {
+    backoff: Backoff,
+    last_outcome_at: Option<Instant>,
+}
+
+/// What one pass through the connect gate came to.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    Connected(GuardConnection),
+    Failed(RedisError),
+    /// Not tried: the pool is closing, the deadline falls before the next allowed attempt,
+    /// or another attempt already answered the question.
+    Skipped,
 }
 
 impl GuardManager {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        let config = shared.config();
+        let backoff = Backoff::new(config.reconnect_backoff_min, config.reconnect_backoff_max);
+        Self {
+            shared,
+            gate: Arc::new(tokio::sync::Mutex::new(Gate {
+                backoff,
+                last_outcome_at: None,
+            })),
+        }
+    }
+
+    /// One connect attempt through the gate, finished by `deadline` if given. Skipped when an
+    /// attempt that started after `unless_answered_since` has already ended: a caller that
+    /// only wants to know whether Redis accepts connections needs no second answer.
+    pub(crate) async fn attempt(
+        &self,
+        deadline: Option<Instant>,
+        unless_answered_since: Option<Instant>,
+    ) -> Attempt {
+        let shared = &self.shared;
+        let mut gate = tokio::select! {
+            gate = self.gate.lock() => gate,
+            () = shared.closed() => return Attempt::Skipped,
+        };
+        if let (Some(since), Some(last)) = (unless_answered_since, gate.last_outcome_at)
+            && last > since
+        {
+            return Attempt::Skipped;
+        }
+        if let Some(at) = shared.next_connect_at()
+            && at > Instant::now()
+        {
+            if deadline.is_some_and(|deadline| at >= deadline) {
+                return Attempt::Skipped;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(at.into()) => {}
+                () = shared.closed() => return Attempt::Skipped,
+            }
+        }
+        if shared.is_closing() {
+            return Attempt::Skipped;
+        }
+        let id = shared.next_connection_id();
+        let mut budget = shared.config().connect_timeout;
+        if let Some(deadline) = deadline {
+            budget = budget.min(deadline.saturating_duration_since(Instant::now()));
+        }
+        let outcome = match tokio::time::timeout(budget, self.open_and_ping(id)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connect timed out after {budget:?}"),
+            ))),
+        };
+        gate.last_outcome_at = Some(Instant::now());
+        match outcome {
+            Ok(conn) => {
+                gate.backoff.reset();
+                shared.connected(id);
+                Attempt::Connected(conn)
+            }
+            Err(e) => {
+                let pause = gate.backoff.pause();
+                // Errors from our own sockets and handshakes never contain the URL or password.
+                shared.connect_failed(classify_connect_error(&e), e.to_string(), pause);
+                Attempt::Failed(e)
+            }
+        }
+    }
+
+    async fn open_and_ping(&self, id: u64) -> Result<GuardConnection, RedisError> {
+        let mut conn = self.open(id).await?;
+        // The handshake may send nothing that needs an answer: only a reply proves that Redis,
+        // not just a socket, is there.
+        conn.first_ping().await?;
+        Ok(conn)
     }
 
     async fn open(&self, id: u64) -> Result<GuardConnection, RedisError> {
-        let config = &self.shared.config;
+        let config = self.shared.config();
         let link = Arc::new(LinkHealth::default());
         match config.connection.addr() {
             ConnectionAddr::Tcp(host, port) => {
@@ -64,7 +167,7 @@ impl GuardManager {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let config = &self.shared.config;
+        let config = self.shared.config();
         let settings =
             AsyncConnectionConfig::new().set_response_timeout(Some(config.response_timeout));
         let (inner, driver) = MultiplexedConnection::new_with_config(
@@ -90,49 +193,30 @@ impl GuardManager {
     }
 }
 
-impl GuardManager {
-    /// Connects now, whatever happened before: the prober's and start-up's way in.
-    pub(crate) async fn connect_now(&self) -> Result<GuardConnection, RedisError> {
-        let id = self.shared.next_connection_id();
-        let timeout = self.shared.config.connect_timeout;
-        let result = match tokio::time::timeout(timeout, self.open(id)).await {
-            Ok(result) => result,
-            Err(_) => Err(RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("connect timed out after {timeout:?}"),
-            ))),
-        };
-        match &result {
-            Ok(_) => self.shared.record_connected(id),
-            // Errors from our own sockets and handshakes never contain the URL or password.
-            Err(e) => self
-                .shared
-                .record_connect_error(classify_connect_error(e), e.to_string()),
-        }
-        result
-    }
-}
-
 impl bb8::ManageConnection for GuardManager {
     type Connection = GuardConnection;
     type Error = RedisError;
 
-    /// bb8's connects (replenishing, or for a waiting checkout) hold back for a moment after a
-    /// failure: they answer with that failure instead of hammering a Redis that just refused.
+    /// bb8 asks for a connection to fill a slot: keep trying through the gate until one is
+    /// had or the pool closes. bb8 wakes its waiters only when a connection arrives, so
+    /// returning a failure would leave them asleep with nobody connecting for them; the gate
+    /// paces the attempts, and checkouts on an empty pool learn of each failure from
+    /// [`Shared`] and fail fast.
     async fn connect(&self) -> Result<GuardConnection, RedisError> {
-        if let Some(cause) = self.shared.recent_connect_failure() {
-            self.shared.connect_failed.notify_waiters();
-            return Err(RedisError::from((
-                ErrorKind::Io,
-                "not reconnecting yet after a failed connect",
-                cause,
-            )));
+        loop {
+            match self.attempt(None, None).await {
+                Attempt::Connected(conn) => return Ok(conn),
+                Attempt::Failed(e) if self.shared.is_closing() => return Err(e),
+                Attempt::Failed(_) => {}
+                Attempt::Skipped => {
+                    return Err(RedisError::from((ErrorKind::Io, "the pool is closing")));
+                }
+            }
         }
-        self.connect_now().await
     }
 
     async fn is_valid(&self, conn: &mut GuardConnection) -> Result<(), RedisError> {
-        conn.validate(self.shared.config.validation_timeout)
+        conn.validate(self.shared.config().validation_timeout)
             .await
             .map_err(|reason| {
                 RedisError::from((ErrorKind::Io, "validation failed", reason.to_string()))
@@ -142,6 +226,13 @@ impl bb8::ManageConnection for GuardManager {
     fn has_broken(&self, conn: &mut GuardConnection) -> bool {
         !conn.on_return()
     }
+}
+
+/// How long a caller would wait for the next connect attempt to start.
+pub(crate) fn until_next_attempt(shared: &Shared) -> Duration {
+    shared.next_connect_at().map_or(Duration::ZERO, |at| {
+        at.saturating_duration_since(Instant::now())
+    })
 }
 
 fn classify_connect_error(e: &RedisError) -> ConnectErrorKind {

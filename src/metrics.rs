@@ -252,16 +252,20 @@ impl PoolMetrics {
     }
 
     /// Sets the breaker and readiness gauges; counts a transition into `state` if `transition`.
-    pub(crate) fn breaker(&self, state: BreakerState, transition: bool) {
+    pub(crate) fn breaker(&self, state: BreakerState, transition: bool, ready: bool) {
         if transition {
             self.breaker_transitions[state as usize].increment(1);
         }
         self.breaker_state.set(state.as_gauge());
-        self.ready.set(if state == BreakerState::Closed {
-            1.0
-        } else {
-            0.0
-        });
+        self.ready.set(if ready { 1.0 } else { 0.0 });
+    }
+
+    /// Zeroes the gauges of a pool that is gone: the facade cannot unregister a series, and a
+    /// dropped pool must not go on reporting itself ready or holding connections.
+    pub(crate) fn withdraw(&self) {
+        self.set_pool_state(0, 0, 0, 0);
+        self.breaker_state.set(0.0);
+        self.ready.set(0.0);
     }
 }
 

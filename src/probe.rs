@@ -1,98 +1,155 @@
-//! The prober: one background task per pool that keeps readiness fresh and drives the breaker
-//! back to closed.
+//! The prober: one background task per pool that keeps readiness fresh and lets the pool
+//! recover without traffic.
 //!
-//! - **Closed**: every `probe_interval`, a checkout and a PING through the pool, so readiness
-//!   is never older than that interval even when no request comes. A failed probe is retried
-//!   after the short backoff, so an idle service notices an outage within a second or two.
-//! - **Open**: the prober is the only thing that connects. It opens one fresh connection
-//!   after a jittered, doubling backoff (from `probe_backoff_min` to `probe_backoff_max`); the
-//!   first that succeeds goes into the pool and the breaker turns half-open.
-//! - **Half-open**: trial PINGs through the pool, at once, until the breaker closes or opens.
+//! - **Not yet connected, connects failing, or breaker open**: it asks the connect gate for a
+//!   connection, so an idle service connects, notices an outage and recovers too. The gate
+//!   paces it with every other connect of the pool; a success goes into the pool and moves an
+//!   open breaker to half-open.
+//! - **Half-open**: PINGs through the pool at once, as trial calls, until the breaker closes.
+//! - **Closed**: one PING when nothing has answered for `probe_interval`; none while traffic
+//!   proves Redis alive, and none when every connection is busy (busy is not down).
+//! - **An existing connection failed** (I/O error, timeout, closed socket): one fresh connect
+//!   verifies Redis; its outcome is what the breaker counts.
 //!
-//! Readiness is read from the breaker's state, so a `/readyz` hit costs no Redis traffic.
+//! Its PINGs wait up to `response_timeout`, so a slow but answering Redis is ready. Readiness
+//! is read from state this task keeps fresh, so a `/readyz` hit costs no Redis traffic.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::breaker::BreakerState;
-use crate::clock::Backoff;
-use crate::pool::{Purpose, RedisGuard};
+use crate::inner::PoolInner;
+use crate::manager::Attempt;
+use crate::metrics::EvictionReason;
 use crate::shared::Shared;
 
-/// Runs until aborted (when the guard is dropped). Holds only a weak view of the guard
-/// between probes, so it never keeps the pool alive.
-pub(crate) async fn run(guard: std::sync::Weak<crate::pool::Inner>, shared: Arc<Shared>) {
-    let config = &shared.config;
-    let mut backoff = Backoff::new(config.probe_backoff_min, config.probe_backoff_max);
-    // The first probe goes at once: a lazily started pool connects immediately.
-    let mut pause = Duration::ZERO;
+/// How long a restarted prober waits after a panic, so a bug cannot become a busy loop.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// Runs the prober, restarting it if it panics: a dead prober would leave an open breaker
+/// open for good.
+pub(crate) async fn supervise(pool: Weak<PoolInner>, shared: Arc<Shared>) {
+    let name = shared.name().to_owned();
+    restart_on_panic(name, RESTART_PAUSE, || run(pool.clone(), shared.clone())).await
+}
+
+/// Runs `task` again, `pause` after each panic, until it returns.
+async fn restart_on_panic<F, Fut>(pool: String, pause: Duration, task: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
-        shared.set_next_probe(Instant::now() + pause);
-        if !pause.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                // The breaker just opened: start the backoff from its beginning.
-                _ = shared.breaker_opened.notified() => backoff.reset(),
+        match tokio::spawn(task()).await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                tracing::error!(pool, "redis-guard prober panicked; restarting it");
+                tokio::time::sleep(pause).await;
             }
+            // Cancelled: the runtime is shutting down.
+            Err(_) => return,
         }
-        let Some(guard) = RedisGuard::upgrade(&guard) else {
-            return;
-        };
-        let healthy = match shared.breaker.state() {
-            BreakerState::Open => guard.probe_by_connecting().await,
-            BreakerState::HalfOpen | BreakerState::Closed => guard.probe_through_pool().await,
-        };
-        drop(guard);
-        pause = match (healthy, shared.breaker.state()) {
-            (true, BreakerState::Closed) => {
-                backoff.reset();
-                config.probe_interval
-            }
-            // Trials continue at once until the breaker decides.
-            (true, _) => Duration::ZERO,
-            (false, _) => backoff.pause(),
-        };
     }
 }
 
-impl RedisGuard {
-    /// While open: one fresh connection, proven with a PING, handed to the pool.
-    async fn probe_by_connecting(&self) -> bool {
-        let shared = self.shared();
-        let Ok(mut conn) = self.manager().connect_now().await else {
-            return false;
+/// Runs until the pool drops. Holds only a weak reference between rounds, so it never keeps
+/// the pool alive.
+async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
+    let interval = shared.config().probe_interval;
+    loop {
+        // Registered before the round, so a failure during it is not missed.
+        let verify = shared.verification_requested();
+        tokio::pin!(verify);
+        verify.as_mut().enable();
+        let Some(inner) = pool.upgrade() else { return };
+        let asked = Instant::now();
+        let must_connect = !shared.has_connected()
+            || shared.connects_failing()
+            || shared.breaker_state() == BreakerState::Open;
+        let pause = if must_connect {
+            connect(&inner, asked).await;
+            // The gate paces the next attempt.
+            Duration::ZERO
+        } else if shared.breaker_state() == BreakerState::HalfOpen {
+            ping(&inner).await;
+            Duration::from_millis(10)
+        } else {
+            let quiet_for = shared.last_answer().map_or(interval, |at| at.elapsed());
+            if quiet_for >= interval {
+                ping(&inner).await;
+                interval
+            } else {
+                interval - quiet_for
+            }
         };
-        if conn
-            .validate(shared.config.validation_timeout)
-            .await
-            .is_err()
-        {
-            return false;
+        drop(inner);
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = &mut verify => {
+                let Some(inner) = pool.upgrade() else { return };
+                connect(&inner, Instant::now()).await;
+            }
         }
-        // A full pool drops it: the point was to prove Redis reachable.
-        let _ = self.pool().add(conn);
-        shared.on_transition(shared.breaker.probe_succeeded());
-        true
     }
+}
 
-    /// While closed or half-open: a checkout and a PING, recorded like any call.
-    async fn probe_through_pool(&self) -> bool {
-        let shared = self.shared();
-        let Ok(mut conn) = self.checkout(Purpose::Probe).await else {
-            shared.record_failure();
-            return false;
-        };
-        match conn.validate(shared.config.validation_timeout).await {
-            Ok(()) => {
-                shared.record_success();
-                true
-            }
-            Err(failure) => {
-                tracing::debug!(pool = %shared.config.name(), %failure, "probe failed");
-                conn.evict(crate::metrics::EvictionReason::ValidationFailed);
-                shared.record_failure();
-                false
-            }
+/// One connect attempt through the gate, unless another attempt has ended since `asked`; a
+/// connection it makes joins the pool.
+async fn connect(inner: &PoolInner, asked: Instant) {
+    if let Attempt::Connected(conn) = inner.manager.attempt(None, Some(asked)).await {
+        // A full pool drops it: the point was to learn whether Redis accepts connections.
+        let _ = inner.pool.add(conn);
+    }
+}
+
+/// One PING on an idle connection, under `response_timeout`. No verdict when every
+/// connection is busy or none can be had in time: that is load, and a failed connect
+/// reports itself.
+async fn ping(inner: &PoolInner) {
+    let shared = &inner.shared;
+    let timeout = shared.config().response_timeout;
+    let Ok(_permit) = shared.checkout_permits().clone().try_acquire_owned() else {
+        return;
+    };
+    let Ok(Ok(mut conn)) = tokio::time::timeout(timeout, inner.pool.get_owned()).await else {
+        return;
+    };
+    if let crate::connection::Verdict::Evict(reason) = conn.verdict(Instant::now()) {
+        conn.evict(reason);
+        return;
+    }
+    match conn.validate(timeout).await {
+        Ok(()) => shared.answered(Instant::now()),
+        Err(failure) => {
+            tracing::debug!(pool = %shared.name(), %failure, "probe failed");
+            conn.evict(EvictionReason::ValidationFailed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_panicking_prober_is_restarted_until_it_returns() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counter = runs.clone();
+        restart_on_panic("test".into(), Duration::from_millis(1), move || {
+            let counter = counter.clone();
+            async move {
+                if counter.fetch_add(1, Ordering::SeqCst) < 2 {
+                    panic!("probe bug");
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            3,
+            "two panics, then a clean run"
+        );
     }
 }

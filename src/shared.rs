@@ -1,5 +1,22 @@
-//! State shared by a pool's handle, its connection manager and its connections: the one place
-//! where outcomes are recorded, so metrics and diagnostics never disagree.
+//! State shared by a pool's handle, its connector, its connections and its prober: the one
+//! place where outcomes are classified, counted, logged and turned into breaker transitions.
+//!
+//! # What the breaker counts
+//!
+//! The breaker judges Redis, not one socket and not load. Every outcome reaches it through a
+//! method here, and this table is the whole rule:
+//!
+//! | outcome | method | counts toward opening | what else happens |
+//! |---|---|---|---|
+//! | a new connection fails (TCP, handshake, AUTH, its first PING) | [`Shared::connect_failed`] | yes, once per attempt | last connect error kept; waiting checkouts on an empty pool fail fast |
+//! | a new connection succeeds | [`Shared::connected`] | success | open breaker moves to half-open; the pool becomes ready |
+//! | I/O error or response timeout on an existing connection, a failed validation, a socket found closed | [`Shared::evicted`] | no | the connections idle since are suspect; one verifying connect, whose outcome counts |
+//! | a reply (also an error reply: `WRONGTYPE`, `OOM`, `NOSCRIPT`, ...) | [`Shared::answered`] | success | proves Redis alive to the prober |
+//! | a checkout that waited because every connection was busy (a request or the prober) | [`Shared::checkout_failed`] | no | counted as a timeout |
+//! | a reply slower than `validation_timeout` but within `response_timeout` | (a reply) | success | |
+//!
+//! Fields are private: callers report what happened and never touch the breaker or the
+//! metrics themselves.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -7,110 +24,233 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
 
-use crate::breaker::{Breaker, BreakerState, Transition};
+use crate::breaker::{Admission, Breaker, BreakerState, Transition};
 use crate::clock::AtomicInstant;
 use crate::config::Config;
-use crate::metrics::{ConnectErrorKind, EvictionReason, PoolMetrics};
+use crate::error::{Error, PoolState};
+use crate::metrics::{
+    CheckoutResult, ConnectErrorKind, EvictionReason, PoolMetrics, ValidationResult,
+};
 
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) metrics: PoolMetrics,
-    pub(crate) breaker: Breaker,
-    /// Wakes the prober when the breaker opens, so recovery starts at once.
-    pub(crate) breaker_opened: Notify,
-    /// Wakes checkouts waiting on an empty pool when a connect fails: nothing will come.
-    pub(crate) connect_failed: Notify,
-    /// When the prober will next try, for `Retry-After`.
-    next_probe_at: AtomicInstant,
-    /// When a validation last timed out. Idle connections not used since are suspected of
-    /// being frozen the same way, and validated off the caller's path.
+    config: Config,
+    metrics: PoolMetrics,
+    breaker: Breaker,
+    /// Set by the first successful connect: before it the pool is not ready, yet requests are
+    /// not refused (they wait for that connect).
+    connected_once: AtomicBool,
+    /// Wakes checkouts waiting on an empty pool when a connect fails: none is coming.
+    connect_failed: Notify,
+    /// Wakes the prober: an existing connection failed, verify Redis with a fresh connect.
+    verify_requested: Notify,
+    /// When the next connect attempt may start, after a failed one: for `Retry-After`.
+    next_connect_at: AtomicInstant,
+    /// When an existing connection last failed. Idle connections not proven alive since are
+    /// suspected of failing the same way, and validated off the caller's path.
     suspect_before: AtomicInstant,
-    /// The last connect failure, redacted, for checkout-timeout errors; cleared by a success.
+    /// When Redis last answered anything: the prober stays quiet while traffic proves it alive.
+    last_answer: AtomicInstant,
+    /// The last connect failure, redacted, for errors and `/readyz`; cleared by a success.
     last_connect_error: Mutex<Option<String>>,
-    /// When a connect last failed, if none succeeded since.
-    last_connect_failure: AtomicInstant,
+    /// Whether the last connect attempt failed.
+    connects_failing: AtomicBool,
     /// Evictions not yet made good by a new connection: the next connects are reconnects.
     replacement_debt: AtomicU64,
     next_connection_id: AtomicU64,
-    /// Callers inside a checkout, waiting for bb8 or validating.
+    /// Callers inside a checkout, waiting for a connection or validating one.
     waiting: AtomicUsize,
     /// One permit per connection, taken before bb8 is asked: tokio's semaphore queues callers
     /// first come, first served, where bb8's wake-ups let newcomers barge past sleepers (at 128
     /// callers on 16 connections some waited out the whole budget).
-    pub(crate) checkout_permits: Arc<Semaphore>,
-    /// Set when the pool is dropped, so connections closed by the shutdown are not counted as
-    /// evictions.
+    checkout_permits: Arc<Semaphore>,
+    /// Set when the pool is dropped: connections closed by the shutdown are not evictions,
+    /// and connect attempts stop.
     closing: AtomicBool,
+    closed: Notify,
 }
 
 impl Shared {
-    /// A pool starts with its breaker open: not ready until a connect proves Redis there.
     pub(crate) fn new(config: Config) -> Self {
         let metrics = PoolMetrics::register(config.name());
-        let checkout_permits = Arc::new(Semaphore::new(config.max_size as usize));
-        metrics.breaker(BreakerState::Open, false);
+        metrics.breaker(BreakerState::Closed, false, false);
         Self {
             metrics,
-            breaker: Breaker::new(config.breaker, BreakerState::Open),
-            breaker_opened: Notify::new(),
+            breaker: Breaker::new(config.breaker),
+            connected_once: AtomicBool::new(false),
             connect_failed: Notify::new(),
-            next_probe_at: AtomicInstant::default(),
+            verify_requested: Notify::new(),
+            next_connect_at: AtomicInstant::default(),
             suspect_before: AtomicInstant::default(),
-            config,
+            last_answer: AtomicInstant::default(),
             last_connect_error: Mutex::new(None),
-            last_connect_failure: AtomicInstant::default(),
+            connects_failing: AtomicBool::new(false),
             replacement_debt: AtomicU64::new(0),
             next_connection_id: AtomicU64::new(1),
             waiting: AtomicUsize::new(0),
-            checkout_permits,
+            checkout_permits: Arc::new(Semaphore::new(config.max_size as usize)),
             closing: AtomicBool::new(false),
+            closed: Notify::new(),
+            config,
         }
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        self.config.name()
     }
 
     pub(crate) fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(crate) fn record_eviction(&self, reason: EvictionReason, connection_id: u64) {
-        if self.closing.load(Ordering::Acquire) {
+    // --- Outcomes -------------------------------------------------------------------------
+
+    /// A new connection answered its first PING.
+    pub(crate) fn connected(&self, connection_id: u64) {
+        let replaced = self
+            .replacement_debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
+                debt.checked_sub(1)
+            })
+            .is_ok();
+        self.metrics.connection_created(replaced);
+        let recovered = self.connects_failing.swap(false, Ordering::AcqRel);
+        *self.lock_last_error() = None;
+        self.next_connect_at.clear();
+        self.last_answer.set(Instant::now());
+        let first = !self.connected_once.swap(true, Ordering::AcqRel);
+        if recovered {
+            tracing::info!(pool = %self.name(), connection_id, "redis connect succeeded again");
+        } else {
+            tracing::debug!(pool = %self.name(), connection_id, replaced, "redis connection established");
+        }
+        let now = Instant::now();
+        let transition = match self.breaker.state() {
+            BreakerState::Open => self.breaker.probe_succeeded(),
+            _ => self.breaker.record_success(now),
+        };
+        if first && transition.is_none() {
+            // Readiness changed without a breaker transition.
+            self.metrics
+                .breaker(self.breaker.state(), false, self.is_ready());
+        }
+        self.on_transition(transition);
+    }
+
+    /// A connect attempt failed. `message` must already be free of secrets: it reaches logs,
+    /// errors and `/readyz?verbose`.
+    pub(crate) fn connect_failed(
+        &self,
+        kind: ConnectErrorKind,
+        message: String,
+        retry_in: Duration,
+    ) {
+        self.metrics.connect_error(kind);
+        let first = !self.connects_failing.swap(true, Ordering::AcqRel);
+        let changed = {
+            let mut last = self.lock_last_error();
+            let changed = last.as_deref() != Some(message.as_str());
+            *last = Some(message.clone());
+            changed
+        };
+        // One line per change of cause, not one per attempt: an outage lasting hours must not
+        // flood the log at five lines a second.
+        if first || changed {
+            tracing::warn!(pool = %self.name(), kind = kind.as_label(), error = %message, "redis connect failed");
+        } else {
+            tracing::debug!(pool = %self.name(), kind = kind.as_label(), error = %message, "redis connect failed again");
+        }
+        self.next_connect_at.set(Instant::now() + retry_in);
+        self.on_transition(self.breaker.record_failure(Instant::now()));
+        self.connect_failed.notify_waiters();
+    }
+
+    /// Redis answered a command on an existing connection (an error reply counts: it travelled
+    /// a working socket).
+    pub(crate) fn answered(&self, at: Instant) {
+        self.last_answer.set(at);
+        self.on_transition(self.breaker.record_success(at));
+    }
+
+    /// A connection is being closed for `reason`.
+    pub(crate) fn evicted(&self, reason: EvictionReason, connection_id: u64) {
+        if self.is_closing() {
             return;
         }
-        tracing::debug!(pool = %self.config.name(), connection_id, reason = reason.as_label(), "evicting redis connection");
+        tracing::debug!(pool = %self.name(), connection_id, reason = reason.as_label(), "evicting redis connection");
         self.metrics.eviction(reason);
         self.replacement_debt.fetch_add(1, Ordering::AcqRel);
-        if reason == EvictionReason::IoError {
-            self.record_failure();
+        if matches!(
+            reason,
+            EvictionReason::IoError | EvictionReason::ValidationFailed | EvictionReason::Broken
+        ) {
+            // One socket failing says little about Redis: suspect its idle peers and let one
+            // fresh connect decide.
+            self.suspect_before.set(Instant::now());
+            self.verify_requested.notify_one();
         }
     }
 
-    /// An infrastructure failure: for the breaker.
-    pub(crate) fn record_failure(&self) {
-        self.on_transition(self.breaker.record_failure(Instant::now()));
+    pub(crate) fn validated(&self, result: ValidationResult) {
+        self.metrics.validation(result);
     }
 
-    /// A call that reached Redis: for the breaker.
-    pub(crate) fn record_success(&self) {
-        self.on_transition(self.breaker.record_success(Instant::now()));
+    pub(crate) fn checkout_succeeded(&self, waited: Duration) {
+        self.metrics
+            .checkout(CheckoutResult::Ok, Some(waited.as_secs_f64()));
+        // A half-open trial that got a working connection.
+        if self.breaker.state() == BreakerState::HalfOpen {
+            self.on_transition(self.breaker.record_success(Instant::now()));
+        }
     }
 
-    /// Logs and counts a breaker transition, and wakes the prober when the breaker opens.
-    pub(crate) fn on_transition(&self, transition: Transition) {
+    /// A checkout failed: counted, and logged at debug (a failing Redis produces them by the
+    /// thousand; the connect failure behind them is logged once). Never counted by the
+    /// breaker: the connect attempts behind it already were.
+    pub(crate) fn checkout_failed(&self, error: &Error) {
+        let result = match error {
+            Error::Timeout { .. } => CheckoutResult::Timeout,
+            _ => CheckoutResult::Error,
+        };
+        self.metrics.checkout(result, None);
+        tracing::debug!(%error, "redis checkout failed");
+    }
+
+    /// Refused by the breaker: counted, not logged (there may be thousands a second).
+    pub(crate) fn checkout_rejected(&self) {
+        self.metrics.checkout(CheckoutResult::Rejected, None);
+    }
+
+    pub(crate) fn sample_pool_state(&self, state: &PoolState) {
+        if self.is_closing() {
+            return;
+        }
+        self.metrics
+            .set_pool_state(state.idle, state.in_use, state.max_size, state.waiting);
+    }
+
+    fn on_transition(&self, transition: Transition) {
         let Some((from, to)) = transition else { return };
-        let pool = self.config.name();
+        let pool = self.name();
         match to {
             BreakerState::Open => {
                 let cause = self.last_connect_error();
                 tracing::warn!(
                     pool,
                     from = from.as_label(),
-                    cause = cause.as_deref().unwrap_or("failures"),
+                    cause = cause.as_deref().unwrap_or("unknown"),
                     "redis circuit breaker open: refusing dependent requests"
                 );
-                self.breaker_opened.notify_one();
             }
             BreakerState::HalfOpen => {
-                tracing::info!(pool, "redis answered the prober: circuit breaker half-open")
+                tracing::info!(
+                    pool,
+                    "redis accepted a connection: circuit breaker half-open"
+                )
             }
             BreakerState::Closed => {
                 tracing::info!(
@@ -120,65 +260,49 @@ impl Shared {
                 )
             }
         }
-        self.metrics.breaker(to, true);
+        self.metrics.breaker(to, true, self.is_ready());
     }
 
-    /// A validation timed out: suspect every connection not proven alive since `now`.
-    pub(crate) fn suspect_connections_idle_since(&self, now: Instant) {
-        self.suspect_before.set(now);
+    // --- What the outcomes add up to -----------------------------------------------------
+
+    pub(crate) fn admit(&self) -> Option<Admission<'_>> {
+        self.breaker.admit()
     }
 
-    /// Whether a connection last proven alive at `last_success` is suspected frozen.
+    pub(crate) fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// Ready: a connect has succeeded and the breaker is closed.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.connected_once.load(Ordering::Acquire) && self.breaker.state() == BreakerState::Closed
+    }
+
+    pub(crate) fn has_connected(&self) -> bool {
+        self.connected_once.load(Ordering::Acquire)
+    }
+
+    /// Whether a connection last proven alive at `last_success` is suspected of having failed
+    /// like a peer did since.
     pub(crate) fn is_suspect(&self, last_success: Instant) -> bool {
         self.suspect_before
             .get()
             .is_some_and(|before| last_success < before)
     }
 
-    pub(crate) fn set_next_probe(&self, at: Instant) {
-        self.next_probe_at.set(at);
+    /// When Redis last answered anything, on any connection.
+    pub(crate) fn last_answer(&self) -> Option<Instant> {
+        self.last_answer.get()
     }
 
-    /// Time until the prober's next attempt.
-    pub(crate) fn until_next_probe(&self) -> Duration {
-        self.next_probe_at.get().map_or(Duration::ZERO, |at| {
-            at.saturating_duration_since(Instant::now())
-        })
+    /// Whether the last connect attempt failed.
+    pub(crate) fn connects_failing(&self) -> bool {
+        self.connects_failing.load(Ordering::Acquire)
     }
 
-    pub(crate) fn record_connected(&self, connection_id: u64) {
-        let replaced = self
-            .replacement_debt
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
-                debt.checked_sub(1)
-            })
-            .is_ok();
-        self.metrics.connection_created(replaced);
-        *self.lock_last_error() = None;
-        self.last_connect_failure.clear();
-        tracing::debug!(pool = %self.config.name(), connection_id, replaced, "redis connection established");
-    }
-
-    /// `message` must already be free of secrets: it reaches logs and error messages.
-    pub(crate) fn record_connect_error(&self, kind: ConnectErrorKind, message: String) {
-        self.metrics.connect_error(kind);
-        tracing::warn!(pool = %self.config.name(), kind = kind.as_label(), error = %message, "redis connect failed");
-        *self.lock_last_error() = Some(message);
-        self.last_connect_failure.set(Instant::now());
-        self.record_failure();
-        self.connect_failed.notify_waiters();
-    }
-
-    /// The last connect error, if a connect failed less than `probe_backoff_min` ago: the pool
-    /// does not try again that soon, so a burst of checkouts against a dead Redis does not
-    /// become a burst of connects. The prober is not held back.
-    pub(crate) fn recent_connect_failure(&self) -> Option<String> {
-        let at = self.last_connect_failure.get()?;
-        if at.elapsed() >= self.config.probe_backoff_min {
-            return None;
-        }
-        // A failure without a recorded message is impossible; be safe all the same.
-        Some(self.last_connect_error().unwrap_or_default())
+    /// When the next connect attempt may start, if the last one failed.
+    pub(crate) fn next_connect_at(&self) -> Option<Instant> {
+        self.next_connect_at.get()
     }
 
     pub(crate) fn last_connect_error(&self) -> Option<String> {
@@ -192,6 +316,23 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    // --- Waiting ---------------------------------------------------------------------------
+
+    /// Resolves at the next failed connect attempt (create it before checking the pool, so
+    /// none is missed).
+    pub(crate) fn connect_failure(&self) -> tokio::sync::futures::Notified<'_> {
+        self.connect_failed.notified()
+    }
+
+    /// Resolves when an existing connection failed and Redis should be verified.
+    pub(crate) fn verification_requested(&self) -> tokio::sync::futures::Notified<'_> {
+        self.verify_requested.notified()
+    }
+
+    pub(crate) fn checkout_permits(&self) -> &Arc<Semaphore> {
+        &self.checkout_permits
+    }
+
     /// Counts the caller as waiting until the returned guard drops (also on cancellation).
     pub(crate) fn wait(&self) -> WaitingGuard<'_> {
         self.waiting.fetch_add(1, Ordering::AcqRel);
@@ -202,8 +343,28 @@ impl Shared {
         self.waiting.load(Ordering::Acquire)
     }
 
-    pub(crate) fn mark_closing(&self) {
+    // --- Shutdown --------------------------------------------------------------------------
+
+    /// The pool is going away: stop connecting, count nothing more, and withdraw the gauges
+    /// so a dropped pool does not go on reporting itself ready.
+    pub(crate) fn close(&self) {
         self.closing.store(true, Ordering::Release);
+        self.closed.notify_waiters();
+        self.metrics.withdraw();
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the pool is closing.
+    pub(crate) async fn closed(&self) {
+        let notified = self.closed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !self.is_closing() {
+            notified.await;
+        }
     }
 }
 

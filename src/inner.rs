@@ -1,0 +1,320 @@
+//! The pool's machinery: bb8 and the connect gate behind one budgeted checkout loop.
+//!
+//! A checkout runs under one budget (`checkout_timeout`), retries included:
+//!
+//! 1. the breaker admits the call, or it is refused at once;
+//! 2. a permit is taken in arrival order (bb8 alone lets newcomers barge past sleepers);
+//! 3. bb8 hands out an idle connection, or one the connect gate opens for it. A checkout on a
+//!    pool with no connection at all fails fast when a connect attempt fails while it waits,
+//!    or at once if the next attempt could not start before its deadline: waiting out the
+//!    budget would only hide the cause;
+//! 4. a connection whose socket is known closed, or that outlived its lifetime, is evicted at
+//!    no round trip, and the loop takes another;
+//! 5. one suspected of having failed with a peer is validated off the caller's path;
+//! 6. one that completed a command within `validation_bypass` is handed out as is;
+//! 7. any other is PINGed under `validation_timeout`; if that fails it is evicted and the loop
+//!    takes another.
+//!
+//! Outcomes go to [`Shared`], which alone decides what the breaker and the metrics make of
+//! them. The prober uses this module, never the public handle.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::AbortHandle;
+
+use crate::config::{Config, StartupMode};
+use crate::connection::Verdict;
+use crate::error::{Error, PoolState};
+use crate::manager::{self, Attempt, GuardManager};
+use crate::metrics::{EvictionReason, ValidationResult};
+use crate::shared::Shared;
+
+/// How often the pool gauges are sampled.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+/// bb8's reaper runs at this rate unless the idle timeout asks for a finer one.
+const MAX_REAPER_RATE: Duration = Duration::from_secs(30);
+
+pub(crate) type Bb8Connection = bb8::PooledConnection<'static, GuardManager>;
+
+/// A connection handed out by a checkout, with the permit that keeps its caller's place.
+pub(crate) struct CheckedOut {
+    pub(crate) conn: Bb8Connection,
+    /// Released after the connection went back to bb8 (fields drop in order), so the next
+    /// caller in line finds it there.
+    pub(crate) permit: OwnedSemaphorePermit,
+}
+
+pub(crate) struct PoolInner {
+    pub(crate) pool: bb8::Pool<GuardManager>,
+    pub(crate) manager: GuardManager,
+    pub(crate) shared: Arc<Shared>,
+    /// The gauge sampler and the prober; they stop with the pool.
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+impl Drop for PoolInner {
+    fn drop(&mut self) {
+        self.shared.close();
+        let tasks = self.tasks.get_mut().unwrap_or_else(|e| e.into_inner());
+        for task in tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl PoolInner {
+    /// Builds the pool around bb8, which stores idle connections and asks the manager for new
+    /// ones; every connect passes the manager's gate.
+    pub(crate) fn new(config: Config) -> Arc<PoolInner> {
+        let shared = Arc::new(Shared::new(config));
+        let manager = GuardManager::new(shared.clone());
+        let config = shared.config();
+        let reaper_rate = config
+            .idle_timeout
+            .map_or(MAX_REAPER_RATE, |idle| (idle / 2).min(MAX_REAPER_RATE))
+            .max(Duration::from_millis(10));
+        let pool = bb8::Pool::builder()
+            .max_size(config.max_size)
+            .min_idle((config.min_idle > 0).then_some(config.min_idle))
+            // Validation is ours: it skips the PING for recently used connections.
+            .test_on_check_out(false)
+            .connection_timeout(config.checkout_timeout)
+            .idle_timeout(config.idle_timeout)
+            // Lifetimes are ours too: jittered per connection, checked at checkout and return.
+            .max_lifetime(None)
+            // The manager retries through its gate; bb8's loop would add one per slot.
+            .retry_connection(false)
+            // The most recently used connection first: it is the one most likely inside the
+            // validation bypass window, and the rest age out under the idle timeout.
+            .queue_strategy(bb8::QueueStrategy::Lifo)
+            .reaper_rate(reaper_rate)
+            .error_sink(Box::new(bb8::NopErrorSink))
+            .build_unchecked(manager.clone());
+        let sampler = tokio::spawn(sample_gauges(shared.clone(), pool.clone())).abort_handle();
+        Arc::new(PoolInner {
+            pool,
+            manager,
+            shared,
+            tasks: Mutex::new(vec![sampler]),
+        })
+    }
+
+    /// Keeps `task` running until the pool drops.
+    pub(crate) fn own_task(&self, task: AbortHandle) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        self.shared.name()
+    }
+
+    /// What start-up does before the pool is handed out: nothing for `Lazy`, one attempt for
+    /// `FailFast`, attempts until the deadline for `WaitFor` (each bounded by what is left).
+    pub(crate) async fn connect_at_startup(&self, mode: StartupMode) -> Result<(), Error> {
+        let deadline = match mode {
+            StartupMode::Lazy => return Ok(()),
+            StartupMode::FailFast => None,
+            // A limit too large for the clock means "until it works".
+            StartupMode::WaitFor(limit) => Some(Instant::now().checked_add(limit)),
+        };
+        loop {
+            match self.manager.attempt(deadline.flatten(), None).await {
+                Attempt::Connected(conn) => {
+                    // A full pool (a replenishing connect won the race) simply drops this one.
+                    let _ = self.pool.add(conn);
+                    return Ok(());
+                }
+                Attempt::Failed(_)
+                    if deadline.is_some_and(|d| d.is_none_or(|d| Instant::now() < d)) => {}
+                _ => {
+                    let cause = self.shared.last_connect_error().unwrap_or_default();
+                    return Err(self.unavailable(format!("no connection at start-up: {cause}")));
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn checkout(&self) -> Result<CheckedOut, Error> {
+        let shared = &self.shared;
+        let Some(_admission) = shared.admit() else {
+            shared.checkout_rejected();
+            return Err(self.rejected());
+        };
+        let started = Instant::now();
+        let result = self.checkout_within_budget(started).await;
+        match &result {
+            Ok(_) => shared.checkout_succeeded(started.elapsed()),
+            Err(error) => shared.checkout_failed(error),
+        }
+        result
+    }
+
+    async fn checkout_within_budget(&self, started: Instant) -> Result<CheckedOut, Error> {
+        let shared = &self.shared;
+        let config = shared.config();
+        let deadline = started + config.checkout_timeout;
+        let _waiting = shared.wait();
+        let permit = tokio::time::timeout_at(
+            deadline.into(),
+            shared.checkout_permits().clone().acquire_owned(),
+        )
+        .await;
+        let Ok(Ok(permit)) = permit else {
+            return Err(self.timed_out(started));
+        };
+        loop {
+            let mut conn = self.next_connection(started, deadline).await?;
+            match conn.verdict(Instant::now()) {
+                Verdict::Evict(reason) => conn.evict(reason),
+                Verdict::Fresh => {
+                    shared.validated(ValidationResult::Skipped);
+                    return Ok(CheckedOut { conn, permit });
+                }
+                Verdict::Suspect => {
+                    tokio::spawn(validate_in_background(conn, shared.clone()));
+                }
+                Verdict::Validate => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    match conn
+                        .validate(config.validation_timeout.min(remaining))
+                        .await
+                    {
+                        Ok(()) => {
+                            shared.validated(ValidationResult::Passed);
+                            return Ok(CheckedOut { conn, permit });
+                        }
+                        Err(failure) => {
+                            shared.validated(ValidationResult::Failed);
+                            tracing::debug!(connection_id = conn.connection_id(), %failure, "validation failed");
+                            conn.evict(EvictionReason::ValidationFailed);
+                        }
+                    }
+                }
+            }
+            // Dropping an evicted connection returns it to bb8, which closes it and frees its
+            // slot for a replacement.
+        }
+    }
+
+    /// The next idle connection from bb8, or an error as soon as waiting is pointless.
+    async fn next_connection(
+        &self,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<Bb8Connection, Error> {
+        let shared = &self.shared;
+        let get = tokio::time::timeout_at(deadline.into(), self.pool.get_owned());
+        tokio::pin!(get);
+        loop {
+            let failure = shared.connect_failure();
+            tokio::pin!(failure);
+            failure.as_mut().enable();
+            // No connection exists, the last connect failed and the next may not start before
+            // the deadline: nothing can come in time.
+            if shared.connects_failing()
+                && shared.next_connect_at().is_some_and(|at| at >= deadline)
+                && self.pool.state().connections == 0
+            {
+                return Err(self.cannot_connect());
+            }
+            tokio::select! {
+                biased;
+                got = &mut get => return match got {
+                    Ok(Ok(conn)) => Ok(conn),
+                    // bb8 only ever times out: its connects report to the gate, not to us.
+                    Ok(Err(_)) | Err(_) => Err(self.timed_out(started)),
+                },
+                // Woken once per failed attempt. With connections in the pool one may come back;
+                // with none, the attempt this caller waited for has failed.
+                () = &mut failure => {
+                    if self.pool.state().connections == 0 {
+                        return Err(self.cannot_connect());
+                    }
+                }
+            }
+        }
+    }
+
+    fn timed_out(&self, started: Instant) -> Error {
+        Error::Timeout {
+            pool: self.name().to_owned(),
+            waited: started.elapsed(),
+            state: self.state(),
+            last_connect_error: self.shared.last_connect_error(),
+        }
+    }
+
+    fn cannot_connect(&self) -> Error {
+        let cause = self.shared.last_connect_error().unwrap_or_default();
+        self.unavailable(format!("cannot connect: {cause}"))
+    }
+
+    pub(crate) fn rejected(&self) -> Error {
+        let shared = &self.shared;
+        let cause = shared
+            .last_connect_error()
+            .map_or_else(String::new, |e| format!("; last connect error: {e}"));
+        let state = match shared.breaker_state() {
+            crate::BreakerState::HalfOpen => "half-open, trial calls in flight",
+            _ => "open",
+        };
+        self.unavailable(format!("circuit breaker {state}{cause}"))
+    }
+
+    fn unavailable(&self, reason: String) -> Error {
+        Error::Unavailable {
+            pool: self.name().to_owned(),
+            reason,
+            retry_after: self.retry_after(),
+        }
+    }
+
+    /// When a refused caller should try again: the next connect attempt, at least 1 s.
+    pub(crate) fn retry_after(&self) -> Duration {
+        manager::until_next_attempt(&self.shared).max(Duration::from_secs(1))
+    }
+
+    pub(crate) fn state(&self) -> PoolState {
+        pool_state(&self.pool, &self.shared)
+    }
+}
+
+/// Validates a suspect connection while the caller moves on: a live one goes back to the
+/// pool, a dead one is evicted. It holds its pool slot meanwhile, for at most the validation
+/// timeout.
+async fn validate_in_background(mut conn: Bb8Connection, shared: Arc<Shared>) {
+    match conn.validate(shared.config().validation_timeout).await {
+        Ok(()) => shared.validated(ValidationResult::Passed),
+        Err(failure) => {
+            shared.validated(ValidationResult::Failed);
+            tracing::debug!(connection_id = conn.connection_id(), %failure, "suspect connection failed validation");
+            conn.evict(EvictionReason::ValidationFailed);
+        }
+    }
+}
+
+fn pool_state(pool: &bb8::Pool<GuardManager>, shared: &Shared) -> PoolState {
+    let state = pool.state();
+    PoolState {
+        connections: state.connections,
+        idle: state.idle_connections,
+        in_use: state.connections.saturating_sub(state.idle_connections),
+        max_size: shared.config().max_size,
+        waiting: shared.waiting(),
+    }
+}
+
+/// Samples the pool gauges from one snapshot; aborted when the pool drops.
+async fn sample_gauges(shared: Arc<Shared>, pool: bb8::Pool<GuardManager>) {
+    let mut tick = tokio::time::interval(GAUGE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        shared.sample_pool_state(&pool_state(&pool, &shared));
+    }
+}
