@@ -8,14 +8,17 @@
 //! the next checkout, at no round trip.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::task::JoinSet;
 
 use crate::config::Config;
 
@@ -154,33 +157,88 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedStream<S> {
     }
 }
 
-/// Opens a TCP connection to the first address of `host:port` that accepts, with the
-/// socket options from `config`. The caller bounds the whole attempt with the connect timeout.
+/// How long one address of a host name gets before the next one is tried alongside it
+/// (RFC 8305's "connection attempt delay"): a black-holed first address then costs 250 ms,
+/// not the whole connect timeout, and a live address behind it still connects.
+const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Opens a TCP connection to `host:port` with the socket options from `config`. The host name
+/// is resolved on every call, so a DNS change (a managed Redis failing over) is followed by
+/// the next connect. With several addresses, attempts are started [`ATTEMPT_DELAY`] apart
+/// (or as soon as the previous one fails) and the first to connect wins. The caller bounds
+/// the whole attempt with the connect timeout.
 pub(crate) async fn connect_tcp(host: &str, port: u16, config: &Config) -> io::Result<TcpStream> {
-    let mut last_error = None;
-    for addr in tokio::net::lookup_host((host, port)).await? {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket.set_nodelay(true)?;
-        apply_socket_options(&SockRef::from(&socket), config)?;
-        match socket.connect(addr).await {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last_error = Some(e),
-        }
-    }
-    Err(last_error.unwrap_or_else(|| {
-        io::Error::new(
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    if addrs.is_empty() {
+        return Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!("{host} resolved to no address"),
-        )
-    }))
+        ));
+    }
+    connect_any(addrs, SocketOptions::from(config)).await
 }
 
-fn apply_socket_options(socket: &SockRef<'_>, config: &Config) -> io::Result<()> {
-    if let Some(k) = config.keepalive {
+/// Races `addrs` as [`connect_tcp`] describes; `addrs` is not empty.
+async fn connect_any(addrs: Vec<SocketAddr>, options: SocketOptions) -> io::Result<TcpStream> {
+    let mut addrs = addrs.into_iter();
+    let Some(first) = addrs.next() else {
+        return Err(io::Error::other("no address to connect to"));
+    };
+    let mut attempts = JoinSet::new();
+    attempts.spawn(connect_addr(first, options));
+    let mut last_error = None;
+    loop {
+        let next_due = tokio::time::sleep(ATTEMPT_DELAY);
+        tokio::select! {
+            Some(joined) = attempts.join_next() => match joined {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(e)) => last_error = Some(e),
+                Err(e) => last_error = Some(io::Error::other(e)),
+            },
+            () = next_due, if addrs.len() > 0 => {}
+        }
+        // A failure, or the delay passed: start the next address, if any.
+        match addrs.next() {
+            Some(addr) => {
+                attempts.spawn(connect_addr(addr, options));
+            }
+            None if attempts.is_empty() => {
+                return Err(last_error.unwrap_or_else(|| io::Error::other("no address connected")));
+            }
+            None => {}
+        }
+    }
+}
+
+/// The per-socket settings, copied out of the config so each attempt can own them.
+#[derive(Debug, Clone, Copy)]
+struct SocketOptions {
+    keepalive: Option<crate::config::Keepalive>,
+    tcp_user_timeout: Option<Duration>,
+}
+
+impl From<&Config> for SocketOptions {
+    fn from(config: &Config) -> Self {
+        Self {
+            keepalive: config.keepalive,
+            tcp_user_timeout: config.tcp_user_timeout,
+        }
+    }
+}
+
+async fn connect_addr(addr: SocketAddr, options: SocketOptions) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_nodelay(true)?;
+    apply_socket_options(&SockRef::from(&socket), options)?;
+    socket.connect(addr).await
+}
+
+fn apply_socket_options(socket: &SockRef<'_>, options: SocketOptions) -> io::Result<()> {
+    if let Some(k) = options.keepalive {
         let keepalive = TcpKeepalive::new()
             .with_time(k.idle)
             .with_interval(k.interval);
@@ -190,7 +248,7 @@ fn apply_socket_options(socket: &SockRef<'_>, config: &Config) -> io::Result<()>
         socket.set_tcp_keepalive(&keepalive)?;
     }
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Some(timeout) = config.tcp_user_timeout {
+    if let Some(timeout) = options.tcp_user_timeout {
         socket.set_tcp_user_timeout(Some(timeout))?;
     }
     Ok(())
@@ -245,6 +303,74 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(closed);
+    }
+
+    /// A listener whose accept queue is full drops new SYNs: a black-holed address on loopback.
+    fn black_hole() -> (std::net::TcpListener, Vec<std::net::TcpStream>) {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        socket.listen(0).unwrap();
+        let listener: std::net::TcpListener = socket.into();
+        let addr = listener.local_addr().unwrap();
+        // Fill the queue; the kernel may complete one or two handshakes before it drops SYNs.
+        let fillers = (0..3)
+            .filter_map(|_| {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .unwrap();
+                s.connect_timeout(&addr.into(), Duration::from_millis(100))
+                    .ok()
+                    .map(|()| s.into())
+            })
+            .collect();
+        (listener, fillers)
+    }
+
+    #[tokio::test]
+    async fn a_black_holed_address_does_not_hide_a_live_one() {
+        let (dead, _fillers) = black_hole();
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let options = SocketOptions {
+            keepalive: None,
+            tcp_user_timeout: None,
+        };
+        let started = std::time::Instant::now();
+        let stream = tokio::time::timeout(
+            Duration::from_secs(5),
+            connect_any(
+                vec![dead.local_addr().unwrap(), live.local_addr().unwrap()],
+                options,
+            ),
+        )
+        .await
+        .expect("the live address connected")
+        .unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), live.local_addr().unwrap());
+        let took = started.elapsed();
+        assert!(
+            took >= ATTEMPT_DELAY && took < ATTEMPT_DELAY * 3,
+            "the second address started after the attempt delay, took {took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_address_moves_on_at_once() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_addr = closed.local_addr().unwrap();
+        drop(closed);
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let options = SocketOptions {
+            keepalive: None,
+            tcp_user_timeout: None,
+        };
+        let started = std::time::Instant::now();
+        let stream = connect_any(vec![closed_addr, live.local_addr().unwrap()], options)
+            .await
+            .unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), live.local_addr().unwrap());
+        assert!(started.elapsed() < ATTEMPT_DELAY, "{:?}", started.elapsed());
     }
 
     #[tokio::test]

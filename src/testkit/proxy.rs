@@ -251,7 +251,14 @@ async fn forward(
         // Connect upstream lazily, so a connection accepted while frozen never reaches Redis.
         let server = match &mut upstream {
             Some(server) => server,
-            None => upstream.insert(TcpStream::connect(state.upstream).await?),
+            None => match TcpStream::connect(state.upstream).await {
+                Ok(server) => upstream.insert(server),
+                Err(e) => {
+                    // As a load balancer in front of a dead server: the client is reset.
+                    reset(&client);
+                    return Err(e);
+                }
+            },
         };
         tokio::select! {
             changed = commands.changed() => {
