@@ -18,6 +18,7 @@
 //! Outcomes go to [`Shared`], which alone decides what the breaker and the metrics make of
 //! them. The prober uses this module, never the public handle.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -159,16 +160,18 @@ impl PoolInner {
         let config = shared.config();
         let deadline = started + config.checkout_timeout;
         let _waiting = shared.wait();
-        let permit = tokio::time::timeout_at(
-            deadline.into(),
-            shared.checkout_permits().clone().acquire_owned(),
-        )
-        .await;
-        let Ok(Ok(permit)) = permit else {
-            return Err(self.timed_out(started));
-        };
+        let failures_seen = shared.failed_connects();
+        let permits = shared.checkout_permits().clone();
+        let permit = self
+            .wait_for(permits.acquire_owned(), started, deadline, failures_seen)
+            .await?
+            .map_err(|_closed| self.timed_out(started))?;
         loop {
-            let mut conn = self.next_connection(started, deadline).await?;
+            let mut conn = self
+                .wait_for(self.pool.get_owned(), started, deadline, failures_seen)
+                .await?
+                // bb8 only ever times out: its connects report to the gate, not to us.
+                .map_err(|_| self.timed_out(started))?;
             match conn.verdict(Instant::now()) {
                 Verdict::Evict(reason) => conn.evict(reason),
                 Verdict::Fresh => {
@@ -201,41 +204,37 @@ impl PoolInner {
         }
     }
 
-    /// The next idle connection from bb8, or an error as soon as waiting is pointless.
-    async fn next_connection(
+    /// Waits for `step` (a permit, a connection) until `deadline`, or fails as soon as waiting
+    /// is pointless: no connection exists, and a connect attempt failed since the checkout
+    /// began (`failures_seen` is the count then) or the next one cannot start in time. A
+    /// failure that happened before the caller arrived never fails it: it waits for the next
+    /// attempt.
+    async fn wait_for<T>(
         &self,
+        step: impl Future<Output = T>,
         started: Instant,
         deadline: Instant,
-    ) -> Result<Bb8Connection, Error> {
+        failures_seen: u64,
+    ) -> Result<T, Error> {
         let shared = &self.shared;
-        let get = tokio::time::timeout_at(deadline.into(), self.pool.get_owned());
-        tokio::pin!(get);
+        let step = tokio::time::timeout_at(deadline.into(), step);
+        tokio::pin!(step);
         loop {
+            // Registered before the checks below, so a failure between them is not missed.
             let failure = shared.connect_failure();
             tokio::pin!(failure);
             failure.as_mut().enable();
-            // No connection exists, the last connect failed and the next may not start before
-            // the deadline: nothing can come in time.
-            if shared.connects_failing()
-                && shared.next_connect_at().is_some_and(|at| at >= deadline)
-                && self.pool.state().connections == 0
-            {
+            let failed_since = shared.failed_connects() > failures_seen;
+            let too_late = shared.connects_failing()
+                && shared.next_connect_at().is_some_and(|at| at >= deadline);
+            if (failed_since || too_late) && self.pool.state().connections == 0 {
                 return Err(self.cannot_connect());
             }
             tokio::select! {
                 biased;
-                got = &mut get => return match got {
-                    Ok(Ok(conn)) => Ok(conn),
-                    // bb8 only ever times out: its connects report to the gate, not to us.
-                    Ok(Err(_)) | Err(_) => Err(self.timed_out(started)),
-                },
-                // Woken once per failed attempt. With connections in the pool one may come back;
-                // with none, the attempt this caller waited for has failed.
-                () = &mut failure => {
-                    if self.pool.state().connections == 0 {
-                        return Err(self.cannot_connect());
-                    }
-                }
+                done = &mut step => return done.map_err(|_elapsed| self.timed_out(started)),
+                // Woken once per failed attempt, to look again.
+                () = &mut failure => {}
             }
         }
     }

@@ -55,6 +55,9 @@ pub(crate) struct Shared {
     last_connect_error: Mutex<Option<String>>,
     /// Whether the last connect attempt failed.
     connects_failing: AtomicBool,
+    /// Failed connect attempts since the pool was created: a waiting checkout compares it with
+    /// the count when it began.
+    failed_connects: AtomicU64,
     /// Evictions not yet made good by a new connection: the next connects are reconnects.
     replacement_debt: AtomicU64,
     next_connection_id: AtomicU64,
@@ -85,6 +88,7 @@ impl Shared {
             last_answer: AtomicInstant::default(),
             last_connect_error: Mutex::new(None),
             connects_failing: AtomicBool::new(false),
+            failed_connects: AtomicU64::new(0),
             replacement_debt: AtomicU64::new(0),
             next_connection_id: AtomicU64::new(1),
             waiting: AtomicUsize::new(0),
@@ -166,6 +170,7 @@ impl Shared {
         }
         self.next_connect_at.set(Instant::now() + retry_in);
         self.on_transition(self.breaker.record_failure(Instant::now()));
+        self.failed_connects.fetch_add(1, Ordering::AcqRel);
         self.connect_failed.notify_waiters();
     }
 
@@ -298,6 +303,11 @@ impl Shared {
     /// Whether the last connect attempt failed.
     pub(crate) fn connects_failing(&self) -> bool {
         self.connects_failing.load(Ordering::Acquire)
+    }
+
+    /// Failed connect attempts so far.
+    pub(crate) fn failed_connects(&self) -> u64 {
+        self.failed_connects.load(Ordering::Acquire)
     }
 
     /// When the next connect attempt may start, if the last one failed.
