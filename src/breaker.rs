@@ -26,6 +26,14 @@ use std::time::{Duration, Instant};
 /// When the breaker trips and how it recovers. The defaults suit low traffic as well as high:
 /// five failures in a row trip it whatever the rate, and the rate rule needs only ten calls.
 ///
+/// The breaker judges Redis, not one socket and not load. A failure is a **new connection
+/// that fails** (TCP connect, handshake, AUTH, its first PING), counted once per attempt
+/// however many callers waited on it. A success is a new connection, or any reply (an error
+/// reply such as `WRONGTYPE` included). Never counted: an I/O error or timeout on an existing
+/// connection (it is evicted, its idle peers are suspected, and one fresh connect verifies
+/// Redis: that connect counts), a checkout that waited because every connection was busy, a
+/// reply slower than `validation_timeout` but within `response_timeout`.
+///
 /// ```
 /// use std::time::Duration;
 /// use redis_guard::BreakerPolicy;

@@ -49,10 +49,18 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`config`] | [`Config`], its builder and defaults, URL redaction |
-//! | `pool` | [`RedisGuard`], checkout and validation |
-//! | `connection` | [`GuardConnection`], command outcomes and session state |
-//! | `manager` | [`GuardManager`], bb8's connect and `has_broken` |
-//! | `layer`, `extract` | [`RedisGuardLayer`], the [`Redis`] extractor, [`RedisRejection`] |
+//! | `pool` | [`RedisGuard`] and [`PooledConnection`]: the public handle |
+//! | `inner` | the pool's machinery: bb8 and the budgeted checkout loop with validation |
+//! | `manager` | [`GuardManager`]: the connect gate (one attempt at a time, paced), bb8's hooks |
+//! | `transport` | the owned socket: options, address racing, EOF/reset tracking |
+//! | `connection` | [`GuardConnection`]: command outcomes and session state |
+//! | `shared` | the one place outcomes are classified, counted, logged and fed to the breaker |
+//! | `breaker` | the breaker's state machine and [`BreakerPolicy`] |
+//! | `probe` | the prober: readiness, verification connects, recovery without traffic |
+//! | `clock` | backoff and lock-free instants |
+//! | `layer`, `extract` | [`RedisGuardLayer`], [`RequireRedis`], the [`Redis`] extractor, [`RedisRejection`] |
+//! | `health` | [`Health`]: `/livez` and `/readyz` |
+//! | `error` | [`Error`] and its one mapping to HTTP, [`PoolState`] |
 //! | [`mod@metrics`] | the metric contract |
 //! | `prometheus` | (feature `prometheus`) the `/metrics` route |
 //! | `testkit` | (feature `testkit`) a real `redis-server` and a fault-injecting proxy |
