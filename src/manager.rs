@@ -201,7 +201,7 @@ impl bb8::ManageConnection for GuardManager {
     /// had or the pool closes. bb8 wakes its waiters only when a connection arrives, so
     /// returning a failure would leave them asleep with nobody connecting for them; the gate
     /// paces the attempts, and checkouts on an empty pool learn of each failure from
-    /// [`Shared`] and fail fast.
+    /// the pool and fail fast.
     async fn connect(&self) -> Result<GuardConnection, RedisError> {
         loop {
             match self.attempt(None, None).await {
