@@ -17,9 +17,12 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisFuture};
+
+use crate::connection::GuardConnection;
 
 use crate::breaker::BreakerPolicy;
 
@@ -80,6 +83,10 @@ pub mod defaults {
     /// recovery matters more than sparing a Redis that refuses connections in microseconds.
     pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(200);
 }
+
+/// A set-up hook: see [`ConfigBuilder::on_connect`].
+pub type ConnectHook =
+    Arc<dyn for<'c> Fn(&'c mut GuardConnection) -> RedisFuture<'c, ()> + Send + Sync>;
 
 /// How [`RedisGuard::connect`](crate::RedisGuard::connect) behaves when Redis cannot be
 /// reached at start-up.
@@ -188,6 +195,7 @@ pub struct Config {
     pub(crate) probe_interval: Duration,
     pub(crate) reconnect_backoff_min: Duration,
     pub(crate) reconnect_backoff_max: Duration,
+    pub(crate) on_connect: Option<ConnectHook>,
 }
 
 impl fmt::Debug for Config {
@@ -212,6 +220,7 @@ impl fmt::Debug for Config {
             .field("probe_interval", &self.probe_interval)
             .field("reconnect_backoff_min", &self.reconnect_backoff_min)
             .field("reconnect_backoff_max", &self.reconnect_backoff_max)
+            .field("on_connect", &self.on_connect.as_ref().map(|_| "hook"))
             .finish()
     }
 }
@@ -350,6 +359,7 @@ struct ConfigDraft {
     probe_interval: Duration,
     reconnect_backoff_min: Duration,
     reconnect_backoff_max: Duration,
+    on_connect: Option<ConnectHook>,
 }
 
 impl ConfigBuilder {
@@ -375,8 +385,37 @@ impl ConfigBuilder {
                 probe_interval: defaults::PROBE_INTERVAL,
                 reconnect_backoff_min: defaults::RECONNECT_BACKOFF_MIN,
                 reconnect_backoff_max: defaults::RECONNECT_BACKOFF_MAX,
+                on_connect: None,
             },
         }
+    }
+
+    /// Runs `hook` on every new connection before it joins the pool, as HikariCP's
+    /// `connectionInitSql` or deadpool's `post_create`: `SELECT` a database, `CLIENT TRACKING
+    /// ON`, load a script. It runs within `connect_timeout`; if it fails, the connect fails
+    /// (counted and reported like any connect error). What it sets is the connection's
+    /// baseline: the connection is not evicted as dirty for it.
+    ///
+    /// Every connection is also named after the pool (`CLIENT SETNAME`, skipped quietly where
+    /// the ACL forbids it), so operators can find the pool's connections in `CLIENT LIST`.
+    ///
+    /// ```
+    /// let config = redis_guard::Config::builder("redis://127.0.0.1:6379")
+    ///     .on_connect(|conn| {
+    ///         Box::pin(async move {
+    ///             redis::cmd("SELECT").arg(2).query_async::<()>(conn).await
+    ///         })
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(config);
+    /// ```
+    pub fn on_connect<F>(mut self, hook: F) -> Self
+    where
+        F: for<'c> Fn(&'c mut GuardConnection) -> RedisFuture<'c, ()> + Send + Sync + 'static,
+    {
+        self.config.on_connect = Some(Arc::new(hook));
+        self
     }
 
     /// The pool's name, used as the `pool` metric label and the readiness check name.
@@ -518,6 +557,7 @@ impl ConfigBuilder {
             probe_interval: c.probe_interval,
             reconnect_backoff_min: c.reconnect_backoff_min,
             reconnect_backoff_max: c.reconnect_backoff_max,
+            on_connect: c.on_connect,
         })
     }
 }

@@ -7,11 +7,13 @@
 //!   the validation bypass window;
 //! - an I/O error or a response timeout poisons the connection: a late reply may still be on
 //!   its way, and a socket that went silent once is suspect;
-//! - a command that changes session state (`MULTI`, `WATCH`, `SELECT`, `SUBSCRIBE`, ...) and is
-//!   not undone before the connection is returned makes it dirty, so no next user inherits it.
-//!
-//! A request cancelled mid-command cannot leave its reply for the next user: the multiplexer
-//! matches replies to requests in order and discards the replies of dropped requests.
+//! - a call still waiting for its reply when the connection is returned (the request was
+//!   cancelled) evicts it: the server may still be running it (a `BLPOP` would pop the next
+//!   job for nobody), and closing the socket is the only way to stop it;
+//! - what commands do to the session (`MULTI`, `WATCH`, `SELECT`, ...) is applied in order
+//!   (`session.rs`), and a connection whose session is not back at its baseline is not reused;
+//! - a blocking command's reply may take its own timeout plus `response_timeout`
+//!   (`command.rs`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -21,7 +23,9 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::task::AbortHandle;
 
+use crate::command;
 use crate::metrics::EvictionReason;
+use crate::session::Session;
 use crate::shared::Shared;
 use crate::transport::{LinkHealth, PeerProbe};
 
@@ -49,9 +53,17 @@ pub struct GuardConnection {
     expires_at: Option<Instant>,
     last_success: Instant,
     returned_at: Instant,
-    session: SessionState,
+    session: Session,
+    /// A call is waiting for its reply. Still set when the connection comes back means the
+    /// call was cancelled half-way.
+    in_flight: bool,
+    /// The reply wait for ordinary commands during this checkout; back to the pool's
+    /// `response_timeout` when the connection is returned.
+    response_timeout: Duration,
     eviction: Option<EvictionReason>,
     validations: u64,
+    /// Redis answered a command or validation on it, beyond the connect's own PING.
+    served: bool,
 }
 
 impl fmt::Debug for GuardConnection {
@@ -112,6 +124,8 @@ impl GuardConnection {
             let jitter = fastrand::f64() * config.lifetime_jitter;
             now + lifetime.mul_f64(1.0 - jitter)
         });
+        let session = Session::new(config.connection.redis_settings().db());
+        let response_timeout = config.response_timeout;
         Self {
             inner,
             link,
@@ -122,9 +136,12 @@ impl GuardConnection {
             expires_at,
             last_success: now,
             returned_at: now,
-            session: SessionState::default(),
+            session,
+            in_flight: false,
+            response_timeout,
             eviction: None,
             validations: 0,
+            served: false,
         }
     }
 
@@ -157,6 +174,43 @@ impl GuardConnection {
         }
     }
 
+    /// Sends `cmd` as the pool's own business: not counted as the user's command, no session
+    /// change recorded.
+    pub(crate) async fn query_raw(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        self.inner.send_packed_command(cmd).await
+    }
+
+    /// Whether Redis has answered anything on this connection since it was opened (beyond the
+    /// connect's own PING): a connection that has is not fresh, so its failure may be its
+    /// socket's, not Redis's.
+    pub(crate) fn has_served(&self) -> bool {
+        self.served
+    }
+
+    /// Whether the session is at its baseline (no transaction, watch or changed state).
+    pub(crate) fn session_is_clean(&self) -> bool {
+        !self.session.is_dirty()
+    }
+
+    /// Names the connection after the pool for `CLIENT LIST`. Best effort: an ACL may forbid
+    /// `CLIENT SETNAME`, and the pool works without a name.
+    pub(crate) async fn set_client_name(&mut self, pool: &str) {
+        // Redis refuses spaces and control characters in names.
+        let name: String = pool
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+            .collect();
+        let setname = redis::cmd("CLIENT").arg("SETNAME").arg(name).to_owned();
+        let refused = match self.inner.send_packed_command(&setname).await {
+            Ok(Value::ServerError(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+            Ok(_) => None,
+        };
+        if let Some(error) = refused {
+            tracing::debug!(connection_id = self.id, %error, "CLIENT SETNAME refused; connection left unnamed");
+        }
+    }
+
     /// A new connection's first command: only a reply proves Redis (not just a socket) there.
     /// Its errors are kept whole, so `NOAUTH` or `NOPERM` can be told from a dead socket.
     pub(crate) async fn first_ping(&mut self) -> RedisResult<()> {
@@ -186,6 +240,7 @@ impl GuardConnection {
         match tokio::time::timeout(timeout, self.inner.send_packed_command(&ping)).await {
             Ok(Ok(Value::BulkString(reply))) if reply == nonce.as_bytes() => {
                 self.last_success = Instant::now();
+                self.served = true;
                 Ok(())
             }
             Ok(Ok(other)) => Err(ValidationFailure::Failed(format!(
@@ -204,12 +259,42 @@ impl GuardConnection {
         }
     }
 
+    /// Sets how long ordinary commands wait for their reply for the rest of this checkout
+    /// (a slow `EVAL`, a big `KEYS`); the pool's `response_timeout` applies again once the
+    /// connection is returned. Blocking commands wait their own timeout on top of this.
+    ///
+    /// ```no_run
+    /// # async fn demo(guard: redis_guard::RedisGuard) -> Result<(), redis_guard::Error> {
+    /// use std::time::Duration;
+    /// let mut conn = guard.get().await?;
+    /// conn.set_response_timeout(Duration::from_secs(10));
+    /// let _: () = redis::cmd("EVAL").arg("return 1").arg(0).query_async(&mut conn).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn set_response_timeout(&mut self, timeout: Duration) {
+        self.response_timeout = timeout;
+    }
+
+    /// The reply wait for ordinary commands in this checkout.
+    pub(crate) fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
+    /// Called once the set-up hook has run: what it established is this connection's
+    /// baseline, not state to evict it for.
+    pub(crate) fn adopt_session_as_baseline(&mut self) {
+        self.session.adopt_as_baseline();
+    }
+
     /// Called by the pool when the connection comes back: decides whether it may be reused.
     pub(crate) fn on_return(&mut self) -> bool {
         self.returned_at = Instant::now();
+        self.response_timeout = self.shared.config().response_timeout;
         if self.eviction.is_none() {
             let reason = if !self.link.is_open() {
                 Some(EvictionReason::Broken)
+            } else if self.in_flight {
+                Some(EvictionReason::Cancelled)
             } else if self.session.is_dirty() {
                 Some(EvictionReason::Dirty)
             } else if self.expires_at.is_some_and(|at| self.returned_at >= at) {
@@ -231,6 +316,7 @@ impl GuardConnection {
             // socket.
             _ => {
                 self.last_success = Instant::now();
+                self.served = true;
                 self.shared.answered(self.last_success);
             }
         }
@@ -249,7 +335,10 @@ impl Drop for GuardConnection {
         {
             self.evict(EvictionReason::IdleTimeout);
         }
-        // Closes the socket now, even if a blocking command is still waiting for its reply.
+        // Closes the socket now, even if a blocking command is still waiting for its reply:
+        // the FIN leaves before this returns, so the server drops a cancelled BLPOP before
+        // anything the caller does next can reach it. The driver ends with it.
+        self.probe.shutdown();
         self.driver.abort();
     }
 }
@@ -289,14 +378,28 @@ pub(crate) fn is_infrastructure_failure(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
+impl GuardConnection {
+    /// Sets the reply wait this call needs: the checkout's response timeout, plus what
+    /// blocking commands may wait on the server.
+    fn set_reply_wait<'c>(&mut self, cmds: impl Iterator<Item = &'c Cmd>) {
+        let server_wait: Duration = cmds.filter_map(command::server_wait).sum();
+        self.inner
+            .set_response_timeout(self.response_timeout.saturating_add(server_wait));
+    }
+}
+
 impl ConnectionLike for GuardConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let pending = self.session.before(std::iter::once(cmd));
+            self.set_reply_wait(std::iter::once(cmd));
+            self.in_flight = true;
             let result = self.inner.send_packed_command(cmd).await;
+            self.in_flight = false;
             self.note_outcome(&result);
-            if result.is_ok() {
-                self.session.after(pending);
+            match &result {
+                Ok(_) => self.session.apply(cmd),
+                Err(e) if !is_infrastructure_failure(e) => self.session.apply_failed(cmd),
+                Err(_) => {}
             }
             result
         })
@@ -309,14 +412,21 @@ impl ConnectionLike for GuardConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let pending = self.session.before(pipeline.cmd_iter());
+            self.set_reply_wait(pipeline.cmd_iter());
+            self.in_flight = true;
             let result = self
                 .inner
                 .send_packed_commands(pipeline, offset, count)
                 .await;
+            self.in_flight = false;
             self.note_outcome(&result);
-            if result.is_ok() {
-                self.session.after(pending);
+            let atomic = pipeline.is_transaction();
+            match &result {
+                Ok(_) => self.session.apply_pipeline(pipeline.cmd_iter(), atomic),
+                Err(e) if !is_infrastructure_failure(e) => self
+                    .session
+                    .apply_failed_pipeline(pipeline.cmd_iter(), atomic),
+                Err(_) => {}
             }
             result
         })
@@ -324,149 +434,5 @@ impl ConnectionLike for GuardConnection {
 
     fn get_db(&self) -> i64 {
         self.inner.get_db()
-    }
-}
-
-/// Session state a command can leave on a connection.
-///
-/// Entering a state is recorded before the command is sent and leaving it only after the reply
-/// arrives, so a command cancelled half-way leaves the connection marked, never falsely clean.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct SessionState {
-    in_multi: bool,
-    watching: bool,
-    /// State that cannot be undone cheaply: a `SELECT`ed database, a subscription, ...
-    tainted: bool,
-}
-
-/// What a batch of commands undoes once it succeeds.
-#[derive(Debug, Default, Clone, Copy)]
-struct PendingExit {
-    multi: bool,
-    watch: bool,
-    all: bool,
-}
-
-impl SessionState {
-    fn is_dirty(&self) -> bool {
-        self.in_multi || self.watching || self.tainted
-    }
-
-    fn before<'c>(&mut self, cmds: impl Iterator<Item = &'c Cmd>) -> PendingExit {
-        let mut exit = PendingExit::default();
-        for cmd in cmds {
-            let mut args = cmd.args_iter().filter_map(|arg| match arg {
-                redis::Arg::Simple(bytes) => Some(bytes),
-                _ => None,
-            });
-            let Some(name) = args.next() else { continue };
-            let is = |word: &str| name.eq_ignore_ascii_case(word.as_bytes());
-            if is("MULTI") {
-                self.in_multi = true;
-            } else if is("WATCH") {
-                self.watching = true;
-            } else if is("EXEC") || is("DISCARD") {
-                exit.multi = true;
-                exit.watch = true;
-            } else if is("UNWATCH") {
-                exit.watch = true;
-            } else if is("RESET") {
-                exit.all = true;
-            } else if [
-                "SELECT",
-                "SUBSCRIBE",
-                "PSUBSCRIBE",
-                "SSUBSCRIBE",
-                "MONITOR",
-                "HELLO",
-            ]
-            .iter()
-            .any(|w| is(w))
-                || ["AUTH", "READONLY", "READWRITE", "SWAPDB"]
-                    .iter()
-                    .any(|w| is(w))
-                || (is("CLIENT")
-                    && args.next().is_some_and(|sub| {
-                        ["REPLY", "TRACKING", "SETNAME", "NO-EVICT", "NO-TOUCH"]
-                            .iter()
-                            .any(|w| sub.eq_ignore_ascii_case(w.as_bytes()))
-                    }))
-            {
-                self.tainted = true;
-            }
-        }
-        exit
-    }
-
-    fn after(&mut self, exit: PendingExit) {
-        if exit.all {
-            *self = SessionState::default();
-            return;
-        }
-        if exit.multi {
-            self.in_multi = false;
-        }
-        if exit.watch {
-            self.watching = false;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run(state: &mut SessionState, cmds: &[Cmd], replied: bool) {
-        let exit = state.before(cmds.iter());
-        if replied {
-            state.after(exit);
-        }
-    }
-
-    #[test]
-    fn plain_commands_leave_the_session_clean() {
-        let mut s = SessionState::default();
-        run(&mut s, &[redis::cmd("GET").arg("k").to_owned()], false);
-        run(&mut s, &[redis::cmd("client").arg("id").to_owned()], true);
-        assert!(!s.is_dirty());
-    }
-
-    #[test]
-    fn completed_transaction_is_clean_and_cancelled_one_is_dirty() {
-        let mut s = SessionState::default();
-        run(&mut s, &[redis::cmd("WATCH").arg("k").to_owned()], true);
-        run(&mut s, &[redis::cmd("multi").to_owned()], true);
-        assert!(s.is_dirty());
-        run(&mut s, &[redis::cmd("EXEC").to_owned()], true);
-        assert!(!s.is_dirty());
-
-        run(&mut s, &[redis::cmd("MULTI").to_owned()], true);
-        run(&mut s, &[redis::cmd("EXEC").to_owned()], false);
-        assert!(s.is_dirty(), "an EXEC without a reply may never have run");
-    }
-
-    #[test]
-    fn atomic_pipeline_is_clean_once_answered() {
-        let mut s = SessionState::default();
-        let pipe = redis::pipe().atomic().set("a", 1).get("a").to_owned();
-        let exit = s.before(pipe.cmd_iter());
-        // redis-rs adds MULTI/EXEC when packing, not to cmd_iter: nothing to track.
-        s.after(exit);
-        assert!(!s.is_dirty());
-    }
-
-    #[test]
-    fn irreversible_state_taints_until_reset() {
-        for cmd in [
-            redis::cmd("SELECT").arg(2).to_owned(),
-            redis::cmd("SUBSCRIBE").arg("ch").to_owned(),
-            redis::cmd("CLIENT").arg("REPLY").arg("OFF").to_owned(),
-        ] {
-            let mut s = SessionState::default();
-            run(&mut s, std::slice::from_ref(&cmd), true);
-            assert!(s.is_dirty(), "{:?}", cmd.args_iter().next());
-            run(&mut s, &[redis::cmd("RESET").to_owned()], true);
-            assert!(!s.is_dirty());
-        }
     }
 }

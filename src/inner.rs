@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 
+use crate::command::ReadOnlyCommands;
 use crate::config::{Config, StartupMode};
 use crate::connection::Verdict;
 use crate::error::{Error, PoolState};
@@ -51,6 +52,8 @@ pub(crate) struct PoolInner {
     pub(crate) pool: bb8::Pool<GuardManager>,
     pub(crate) manager: GuardManager,
     pub(crate) shared: Arc<Shared>,
+    /// Which commands only read, for retries.
+    pub(crate) read_only: ReadOnlyCommands,
     /// The gauge sampler and the prober; they stop with the pool.
     tasks: Mutex<Vec<AbortHandle>>,
 }
@@ -77,7 +80,9 @@ impl PoolInner {
             .map_or(MAX_REAPER_RATE, |idle| (idle / 2).min(MAX_REAPER_RATE))
             .max(Duration::from_millis(10));
         let pool = bb8::Pool::builder()
-            .max_size(config.max_size)
+            // The permits hold callers to max_size; the spare slot lets a read that failed
+            // with its connection be retried on a new one before the dead one is given back.
+            .max_size(config.max_size + 1)
             .min_idle((config.min_idle > 0).then_some(config.min_idle))
             // Validation is ours: it skips the PING for recently used connections.
             .test_on_check_out(false)
@@ -98,6 +103,7 @@ impl PoolInner {
             pool,
             manager,
             shared,
+            read_only: ReadOnlyCommands::default(),
             tasks: Mutex::new(vec![sampler]),
         })
     }
@@ -157,8 +163,7 @@ impl PoolInner {
 
     async fn checkout_within_budget(&self, started: Instant) -> Result<CheckedOut, Error> {
         let shared = &self.shared;
-        let config = shared.config();
-        let deadline = started + config.checkout_timeout;
+        let deadline = started + shared.config().checkout_timeout;
         let _waiting = shared.wait();
         let failures_seen = shared.failed_connects();
         let permits = shared.checkout_permits().clone();
@@ -166,6 +171,32 @@ impl PoolInner {
             .wait_for(permits.acquire_owned(), started, deadline, failures_seen)
             .await?
             .map_err(|_closed| self.timed_out(started))?;
+        let conn = self
+            .validated_connection(started, deadline, failures_seen)
+            .await?;
+        Ok(CheckedOut { conn, permit })
+    }
+
+    /// A connection to replace one that failed under its holder, who keeps its permit: bb8
+    /// has one slot more than `max_size` for this, so the replacement never waits for the
+    /// dead connection to be given back. Within a checkout budget of its own.
+    pub(crate) async fn replacement(&self) -> Result<Bb8Connection, Error> {
+        let shared = &self.shared;
+        let started = Instant::now();
+        let deadline = started + shared.config().checkout_timeout;
+        let _waiting = shared.wait();
+        self.validated_connection(started, deadline, shared.failed_connects())
+            .await
+    }
+
+    /// Steps 3 to 7 of the checkout: the next connection from bb8 that is alive.
+    async fn validated_connection(
+        &self,
+        started: Instant,
+        deadline: Instant,
+        failures_seen: u64,
+    ) -> Result<Bb8Connection, Error> {
+        let shared = &self.shared;
         loop {
             let mut conn = self
                 .wait_for(self.pool.get_owned(), started, deadline, failures_seen)
@@ -176,7 +207,7 @@ impl PoolInner {
                 Verdict::Evict(reason) => conn.evict(reason),
                 Verdict::Fresh => {
                     shared.validated(ValidationResult::Skipped);
-                    return Ok(CheckedOut { conn, permit });
+                    return Ok(conn);
                 }
                 Verdict::Suspect => {
                     tokio::spawn(validate_in_background(conn, shared.clone()));
@@ -184,12 +215,12 @@ impl PoolInner {
                 Verdict::Validate => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     match conn
-                        .validate(config.validation_timeout.min(remaining))
+                        .validate(shared.config().validation_timeout.min(remaining))
                         .await
                     {
                         Ok(()) => {
                             shared.validated(ValidationResult::Passed);
-                            return Ok(CheckedOut { conn, permit });
+                            return Ok(conn);
                         }
                         Err(failure) => {
                             shared.validated(ValidationResult::Failed);

@@ -69,6 +69,7 @@
 
 mod breaker;
 mod clock;
+mod command;
 pub mod config;
 mod connection;
 mod error;
@@ -82,6 +83,7 @@ mod pool;
 mod probe;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
+mod session;
 mod shared;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -98,7 +100,7 @@ pub use layer::{
     RedisGuardLayer, RedisGuardService, RequireRedis, RequireRedisFuture, RequireRedisService,
 };
 pub use manager::GuardManager;
-pub use pool::{PooledConnection, RedisGuard};
+pub use pool::{Idempotent, PooledConnection, RedisGuard};
 /// The redis-rs version redis-guard is built on, for `AsyncCommands` and friends.
 pub use redis;
 

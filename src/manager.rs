@@ -128,6 +128,12 @@ impl GuardManager {
         // The handshake may send nothing that needs an answer: only a reply proves that Redis,
         // not just a socket, is there.
         conn.first_ping().await?;
+        let config = self.shared.config();
+        conn.set_client_name(config.name()).await;
+        if let Some(hook) = &config.on_connect {
+            hook(&mut conn).await?;
+        }
+        conn.adopt_session_as_baseline();
         Ok(conn)
     }
 

@@ -21,6 +21,7 @@
 //! | `redis_guard_breaker_state` | gauge | | 0 closed, 1 half-open, 2 open |
 //! | `redis_guard_breaker_transitions_total` | counter | `to`=`open`\|`half_open`\|`closed` |
 //! | `redis_guard_ready` | gauge | | 1 when the pool is ready |
+//! | `redis_guard_retries_total` | counter | `result`=`ok`\|`failed` |
 //!
 //! ```
 //! // The names are public constants, for dashboards and tests.
@@ -57,6 +58,9 @@ pub const BREAKER_STATE: &str = "redis_guard_breaker_state";
 pub const BREAKER_TRANSITIONS_TOTAL: &str = "redis_guard_breaker_transitions_total";
 /// `redis_guard_ready`: 1 when the pool is ready to serve.
 pub const READY: &str = "redis_guard_ready";
+/// `redis_guard_retries_total{result}`: read-only (or idempotent) calls sent again on a
+/// fresh connection after theirs failed.
+pub const RETRIES_TOTAL: &str = "redis_guard_retries_total";
 
 /// Histogram buckets for [`CHECKOUT_DURATION_SECONDS`], in seconds: from 50 µs (a hot
 /// checkout, or a loopback PING) to 5 s. Configure your recorder with these; the `prometheus`
@@ -88,17 +92,21 @@ pub enum EvictionReason {
     /// The connection was returned with session state a next user must not inherit: an open
     /// `MULTI` or `WATCH`, a `SELECT`ed database, a subscription.
     Dirty,
+    /// The connection was returned with a call still waiting for its reply (the request was
+    /// cancelled): the server may still be running it, so the socket is closed.
+    Cancelled,
 }
 
 impl EvictionReason {
     /// Every reason, in label order.
-    pub const ALL: [EvictionReason; 6] = [
+    pub const ALL: [EvictionReason; 7] = [
         EvictionReason::ValidationFailed,
         EvictionReason::Broken,
         EvictionReason::IoError,
         EvictionReason::IdleTimeout,
         EvictionReason::MaxLifetime,
         EvictionReason::Dirty,
+        EvictionReason::Cancelled,
     ];
 
     /// The label value.
@@ -110,6 +118,7 @@ impl EvictionReason {
             EvictionReason::IdleTimeout => "idle_timeout",
             EvictionReason::MaxLifetime => "max_lifetime",
             EvictionReason::Dirty => "dirty",
+            EvictionReason::Cancelled => "cancelled",
         }
     }
 }
@@ -188,6 +197,7 @@ pub(crate) struct PoolMetrics {
     breaker_state: Gauge,
     breaker_transitions: [Counter; 3],
     ready: Gauge,
+    retries: [Counter; 2],
 }
 
 impl PoolMetrics {
@@ -215,6 +225,7 @@ impl PoolMetrics {
             breaker_transitions: BREAKER_STATES
                 .map(|state| counter(BREAKER_TRANSITIONS_TOTAL, "to", state.as_label())),
             ready: metrics::gauge!(READY, "pool" => pool.clone()),
+            retries: ["ok", "failed"].map(|result| counter(RETRIES_TOTAL, "result", result)),
         }
     }
 
@@ -245,6 +256,10 @@ impl PoolMetrics {
         if replaced_a_lost_one {
             self.reconnects.increment(1);
         }
+    }
+
+    pub(crate) fn retry(&self, ok: bool) {
+        self.retries[usize::from(!ok)].increment(1);
     }
 
     pub(crate) fn connect_error(&self, kind: ConnectErrorKind) {
@@ -315,6 +330,10 @@ fn describe() {
         "Circuit breaker transitions, by target state."
     );
     describe_gauge!(READY, "1 when the Redis pool is ready to serve, else 0.");
+    describe_counter!(
+        RETRIES_TOTAL,
+        "Read-only or idempotent calls retried on a fresh connection, by result."
+    );
 }
 
 #[cfg(test)]

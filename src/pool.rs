@@ -8,13 +8,15 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::aio::ConnectionLike;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tracing::Instrument;
 
 use crate::breaker::BreakerState;
 use crate::config::Config;
-use crate::connection::GuardConnection;
+use crate::connection::{GuardConnection, is_infrastructure_failure};
 use crate::error::{Error, PoolState};
-use crate::inner::{CheckedOut, PoolInner};
+use crate::inner::{Bb8Connection, CheckedOut, PoolInner};
 use crate::probe;
 
 /// A health-checked pool of Redis connections: cheap to clone, one per Redis instance.
@@ -82,6 +84,7 @@ impl RedisGuard {
         Ok(PooledConnection {
             conn,
             _permit: permit,
+            pool: self.inner.clone(),
         })
     }
 
@@ -132,13 +135,24 @@ impl RedisGuard {
 
 /// A checked-out connection; back to the pool on drop.
 ///
-/// Implements [`ConnectionLike`](redis::aio::ConnectionLike), so every [`redis::AsyncCommands`]
-/// method works on it, and derefs to [`GuardConnection`].
+/// Implements [`ConnectionLike`], so every [`redis::AsyncCommands`] method works on it, and
+/// derefs to [`GuardConnection`].
+///
+/// **Safe retries.** A call made only of read-only commands (by Redis's own `COMMAND INFO`
+/// flags) that fails with its connection (I/O error, reset, response timeout) on a connection
+/// that had served before, outside a transaction, while the breaker is closed, is sent once
+/// more on a fresh connection within a new checkout budget: a socket that died in the pool
+/// does not fail a read. Writes are never sent twice (the first may have been applied),
+/// unless the caller says the call is idempotent with [`PooledConnection::idempotent`]. After
+/// a failure the handle holds a fresh connection whenever one was needed to decide, so later
+/// calls work. Counted in `redis_guard_retries_total`.
 pub struct PooledConnection {
-    conn: crate::inner::Bb8Connection,
+    conn: Bb8Connection,
     /// Released after the connection went back to bb8 (fields drop in order), so the next
     /// caller in line finds it there.
     _permit: tokio::sync::OwnedSemaphorePermit,
+    /// For a replacement connection when a call fails with its connection.
+    pool: Arc<PoolInner>,
 }
 
 impl fmt::Debug for PooledConnection {
@@ -160,4 +174,144 @@ impl DerefMut for PooledConnection {
     }
 }
 
-crate::connection::delegate_connection_like!(PooledConnection, conn);
+impl PooledConnection {
+    /// This connection, for calls the caller knows are safe to send twice (`SET k v`,
+    /// `DEL k`, an `INCR` whose double application is acceptable): they are retried like
+    /// reads.
+    ///
+    /// ```no_run
+    /// # async fn demo(guard: redis_guard::RedisGuard) -> Result<(), redis_guard::Error> {
+    /// let mut conn = guard.get().await?;
+    /// let _: () = redis::cmd("SET")
+    ///     .arg("greeting")
+    ///     .arg("hello")
+    ///     .query_async(&mut conn.idempotent())
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn idempotent(&mut self) -> Idempotent<'_> {
+        Idempotent(self)
+    }
+
+    async fn send(&mut self, call: Call<'_>, writes_too: bool) -> RedisResult<Reply> {
+        // Judged before the call: a fresh connection failing says Redis failed, and a
+        // transaction or watch cannot be carried over to another connection.
+        let may_retry = self.conn.has_served() && self.conn.session_is_clean();
+        let result = call.send(&mut self.conn).await;
+        let Err(error) = &result else { return result };
+        let shared = &self.pool.shared;
+        if !may_retry
+            || !is_infrastructure_failure(error)
+            || shared.breaker_state() != BreakerState::Closed
+        {
+            return result;
+        }
+        let cmds = call.cmds();
+        let read_only = if writes_too {
+            Some(true)
+        } else {
+            self.pool.read_only.known(cmds.iter().copied())
+        };
+        if read_only == Some(false) {
+            return result;
+        }
+        // The failed connection is already marked for eviction; swapping it out closes it.
+        let Ok(fresh) = self.pool.replacement().await else {
+            shared.retried(false);
+            return result;
+        };
+        let response_timeout = self.conn.response_timeout();
+        drop(std::mem::replace(&mut self.conn, fresh));
+        self.conn.set_response_timeout(response_timeout);
+        if read_only.is_none()
+            && !self
+                .pool
+                .read_only
+                .all_read_only(cmds.iter().copied(), &mut self.conn)
+                .await
+        {
+            return result;
+        }
+        tracing::debug!(pool = %shared.name(), %error, "retrying a read on a fresh connection");
+        let retried = call.send(&mut self.conn).await;
+        shared.retried(retried.is_ok());
+        retried
+    }
+}
+
+/// A [`PooledConnection`] whose calls may be retried even when they write: see
+/// [`PooledConnection::idempotent`].
+#[derive(Debug)]
+pub struct Idempotent<'a>(&'a mut PooledConnection);
+
+/// One call as redis-rs hands it over: a command, or a pipeline's slice of replies.
+#[derive(Clone, Copy)]
+enum Call<'a> {
+    One(&'a Cmd),
+    Many(&'a Pipeline, usize, usize),
+}
+
+enum Reply {
+    One(Value),
+    Many(Vec<Value>),
+}
+
+impl Call<'_> {
+    fn cmds(&self) -> Vec<&Cmd> {
+        match self {
+            Call::One(cmd) => vec![*cmd],
+            Call::Many(pipeline, ..) => pipeline.cmd_iter().collect(),
+        }
+    }
+
+    async fn send(self, conn: &mut GuardConnection) -> RedisResult<Reply> {
+        match self {
+            Call::One(cmd) => conn.req_packed_command(cmd).await.map(Reply::One),
+            Call::Many(pipeline, offset, count) => conn
+                .req_packed_commands(pipeline, offset, count)
+                .await
+                .map(Reply::Many),
+        }
+    }
+}
+
+/// The `ConnectionLike` of a handle whose calls go through [`PooledConnection::send`].
+macro_rules! retrying_connection_like {
+    ($wrapper:ty, $conn:ident => $pooled:expr, $writes_too:expr) => {
+        impl ConnectionLike for $wrapper {
+            fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+                Box::pin(async move {
+                    let $conn = self;
+                    match $pooled.send(Call::One(cmd), $writes_too).await? {
+                        Reply::One(value) => Ok(value),
+                        Reply::Many(_) => unreachable!("one command, one reply"),
+                    }
+                })
+            }
+
+            fn req_packed_commands<'a>(
+                &'a mut self,
+                pipeline: &'a Pipeline,
+                offset: usize,
+                count: usize,
+            ) -> RedisFuture<'a, Vec<Value>> {
+                Box::pin(async move {
+                    let $conn = self;
+                    let call = Call::Many(pipeline, offset, count);
+                    match $pooled.send(call, $writes_too).await? {
+                        Reply::Many(values) => Ok(values),
+                        Reply::One(_) => unreachable!("a pipeline, its replies"),
+                    }
+                })
+            }
+
+            fn get_db(&self) -> i64 {
+                let $conn = self;
+                $pooled.conn.get_db()
+            }
+        }
+    };
+}
+
+retrying_connection_like!(PooledConnection, this => this, false);
+retrying_connection_like!(Idempotent<'_>, this => this.0, true);

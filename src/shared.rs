@@ -200,6 +200,11 @@ impl Shared {
         }
     }
 
+    /// A call that failed with its connection was sent again on a fresh one.
+    pub(crate) fn retried(&self, ok: bool) {
+        self.metrics.retry(ok);
+    }
+
     pub(crate) fn validated(&self, result: ValidationResult) {
         self.metrics.validation(result);
     }

@@ -82,6 +82,11 @@ impl PeerProbe {
         SockRef::from(socket).try_clone().map(PeerProbe)
     }
 
+    /// Closes the connection both ways now (a FIN to the peer), whoever else holds the socket.
+    pub(crate) fn shutdown(&self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+    }
+
     /// Whether the peer closed (EOF) or reset the socket. Unread data is not a close: it may
     /// be a late reply the driver has yet to read.
     pub(crate) fn peer_closed(&self) -> bool {

@@ -1,0 +1,277 @@
+//! What the pool needs to know about a command: how long its reply may legitimately take,
+//! and whether it only reads (so it may be sent again after its connection failed).
+//!
+//! Whether a command only reads is Redis's own answer (`COMMAND INFO`, the `readonly` flag),
+//! asked the first time a failed call needs it and remembered per pool: no list in this crate
+//! to go stale as Redis adds commands or modules are loaded.
+//!
+//! A blocking command (`BLPOP jobs 5`, `XREAD BLOCK 2000 ...`, `WAIT 1 100`) waits on the
+//! server for up to its own timeout before it answers, so its reply may take that long plus
+//! the usual `response_timeout`. Its timeout is read from its arguments; a timeout of 0 means
+//! "as long as it takes", which the caller bounds (a request timeout, a `select!`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::{Arg, Cmd, Value};
+
+use crate::connection::GuardConnection;
+
+/// How long "forever" is for a blocking command with a 0 timeout: long enough never to fire,
+/// small enough that deadline arithmetic cannot overflow.
+const FOREVER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// How long `cmd` may block on the server before it answers, if it is a blocking command.
+pub(crate) fn server_wait(cmd: &Cmd) -> Option<Duration> {
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .filter_map(|arg| match arg {
+            Arg::Simple(bytes) => Some(bytes),
+            _ => None,
+        })
+        .collect();
+    let (name, rest) = args.split_first()?;
+    let is = |word: &str| name.eq_ignore_ascii_case(word.as_bytes());
+    if [
+        "BLPOP",
+        "BRPOP",
+        "BLMOVE",
+        "BRPOPLPUSH",
+        "BZPOPMIN",
+        "BZPOPMAX",
+    ]
+    .iter()
+    .any(|w| is(w))
+    {
+        seconds(rest.last()?)
+    } else if is("BLMPOP") || is("BZMPOP") {
+        seconds(rest.first()?)
+    } else if is("XREAD") || is("XREADGROUP") {
+        // Options precede STREAMS, whose keys and ids could themselves be spelled "BLOCK".
+        let options = rest
+            .iter()
+            .position(|a| a.eq_ignore_ascii_case(b"STREAMS"))
+            .map_or(rest, |end| &rest[..end]);
+        let at = options
+            .iter()
+            .position(|a| a.eq_ignore_ascii_case(b"BLOCK"))?;
+        millis(options.get(at + 1)?)
+    } else if is("WAIT") || is("WAITAOF") {
+        millis(rest.last()?)
+    } else {
+        None
+    }
+}
+
+/// Which commands only read, as this pool's Redis answered `COMMAND INFO`.
+#[derive(Debug, Default)]
+pub(crate) struct ReadOnlyCommands {
+    /// Lower-case `name` or `name|subcommand` -> whether Redis flags it `readonly`; `None`
+    /// when Redis knows no such command.
+    known: Mutex<HashMap<String, Option<bool>>>,
+}
+
+impl ReadOnlyCommands {
+    /// Whether every command in `cmds` only reads. Names not seen before are asked of Redis
+    /// on `conn`, once; if Redis cannot be asked, the answer is no.
+    pub(crate) async fn all_read_only<'c>(
+        &self,
+        cmds: impl Iterator<Item = &'c Cmd> + Clone,
+        conn: &mut GuardConnection,
+    ) -> bool {
+        let unknown: Vec<String> = {
+            let known = self.lock();
+            cmds.clone()
+                .flat_map(lookup_names)
+                .filter(|name| !known.contains_key(name))
+                .collect()
+        };
+        if !unknown.is_empty() {
+            let mut info = redis::cmd("COMMAND");
+            info.arg("INFO");
+            for name in &unknown {
+                info.arg(name);
+            }
+            let Ok(Value::Array(replies)) = conn.query_raw(&info).await else {
+                return false;
+            };
+            let mut known = self.lock();
+            for (name, reply) in unknown.into_iter().zip(replies) {
+                known.insert(name, read_only_flag(&reply));
+            }
+        }
+        let known = self.lock();
+        cmds.into_iter()
+            .all(|cmd| verdict(&known, &lookup_names(cmd)))
+    }
+
+    /// Whether every command in `cmds` only reads, if Redis has described them all already.
+    pub(crate) fn known<'c>(&self, cmds: impl Iterator<Item = &'c Cmd>) -> Option<bool> {
+        let known = self.lock();
+        let mut all = true;
+        for cmd in cmds {
+            let names = lookup_names(cmd);
+            if names.iter().any(|name| !known.contains_key(name)) {
+                return None;
+            }
+            all &= verdict(&known, &names);
+        }
+        Some(all)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<bool>>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The subcommand's entry when Redis has one (`OBJECT|ENCODING`), else the command's; a command
+/// Redis does not know is not read-only.
+fn verdict(known: &HashMap<String, Option<bool>>, names: &[String]) -> bool {
+    names
+        .iter()
+        .rev()
+        .find_map(|name| known.get(name).copied().flatten())
+        .unwrap_or(false)
+}
+
+/// The names under which Redis may describe `cmd`: its name, and `name|first-argument` in
+/// case it is a container command (`CLIENT`, `OBJECT`, `XINFO`, ...).
+fn lookup_names(cmd: &Cmd) -> Vec<String> {
+    let mut args = cmd.args_iter().filter_map(|arg| match arg {
+        Arg::Simple(bytes) => std::str::from_utf8(bytes).ok(),
+        _ => None,
+    });
+    let Some(name) = args.next() else {
+        return Vec::new();
+    };
+    let name = name.to_ascii_lowercase();
+    match args.next() {
+        Some(sub) if sub.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+            let sub = format!("{name}|{}", sub.to_ascii_lowercase());
+            vec![name, sub]
+        }
+        _ => vec![name],
+    }
+}
+
+/// From one `COMMAND INFO` entry: `[name, arity, flags, ...]`, or nil for an unknown command.
+fn read_only_flag(entry: &Value) -> Option<bool> {
+    let Value::Array(fields) = entry else {
+        return None;
+    };
+    let Some(Value::Array(flags) | Value::Set(flags)) = fields.get(2) else {
+        return Some(false);
+    };
+    let has = |wanted: &str| {
+        flags.iter().any(|flag| match flag {
+            Value::SimpleString(s) => s.eq_ignore_ascii_case(wanted),
+            Value::BulkString(b) => b.eq_ignore_ascii_case(wanted.as_bytes()),
+            _ => false,
+        })
+    };
+    Some(has("readonly") && !has("write"))
+}
+
+/// A timeout in seconds (a float, as Redis takes it for list and sorted-set commands).
+fn seconds(arg: &[u8]) -> Option<Duration> {
+    let secs: f64 = std::str::from_utf8(arg).ok()?.parse().ok()?;
+    Some(if secs <= 0.0 {
+        FOREVER
+    } else {
+        Duration::try_from_secs_f64(secs)
+            .unwrap_or(FOREVER)
+            .min(FOREVER)
+    })
+}
+
+/// A timeout in milliseconds (streams, `WAIT`).
+fn millis(arg: &[u8]) -> Option<Duration> {
+    let ms: u64 = std::str::from_utf8(arg).ok()?.parse().ok()?;
+    Some(if ms == 0 {
+        FOREVER
+    } else {
+        Duration::from_millis(ms).min(FOREVER)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait(words: &[&str]) -> Option<Duration> {
+        let mut cmd = redis::cmd(words[0]);
+        for word in &words[1..] {
+            cmd.arg(*word);
+        }
+        server_wait(&cmd)
+    }
+
+    #[test]
+    fn blocking_commands_wait_their_own_timeout() {
+        let s = Duration::from_secs;
+        assert_eq!(wait(&["BLPOP", "a", "b", "5"]), Some(s(5)));
+        assert_eq!(
+            wait(&["brpop", "a", "0.5"]),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            wait(&["BLMOVE", "a", "b", "LEFT", "RIGHT", "2"]),
+            Some(s(2))
+        );
+        assert_eq!(wait(&["BRPOPLPUSH", "a", "b", "3"]), Some(s(3)));
+        assert_eq!(wait(&["BZPOPMIN", "z", "4"]), Some(s(4)));
+        assert_eq!(wait(&["BLMPOP", "6", "2", "a", "b", "LEFT"]), Some(s(6)));
+        assert_eq!(wait(&["BZMPOP", "7", "1", "z", "MIN"]), Some(s(7)));
+        assert_eq!(
+            wait(&["XREAD", "COUNT", "2", "BLOCK", "1500", "STREAMS", "s", "$"]),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            wait(&[
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "c",
+                "BLOCK",
+                "100",
+                "STREAMS",
+                "s",
+                ">"
+            ]),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            wait(&["WAIT", "1", "250"]),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            wait(&["WAITAOF", "1", "0", "80"]),
+            Some(Duration::from_millis(80))
+        );
+    }
+
+    #[test]
+    fn a_zero_timeout_waits_as_long_as_the_caller() {
+        assert_eq!(wait(&["BLPOP", "jobs", "0"]), Some(FOREVER));
+        assert_eq!(
+            wait(&["XREAD", "BLOCK", "0", "STREAMS", "s", "$"]),
+            Some(FOREVER)
+        );
+    }
+
+    #[test]
+    fn other_commands_and_non_blocking_forms_do_not_wait() {
+        assert_eq!(wait(&["GET", "k"]), None);
+        assert_eq!(
+            wait(&["XREAD", "STREAMS", "BLOCK", "0"]),
+            None,
+            "a stream named BLOCK"
+        );
+        assert_eq!(
+            wait(&["BLPOP", "jobs", "soon"]),
+            None,
+            "not a number: Redis refuses it"
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! What commands do to a connection's server-side state, applied in command order.
+//!
+//! A connection goes back to the pool only if its session is as it was when the connection
+//! joined the pool (its baseline: database, tracking, read-only mode; whatever the set-up hook
+//! established). `SELECT 9` then `SELECT 0` is clean again; `RESET` then `SELECT 9` is not;
+//! `UNWATCH` then `WATCH k` is watching; `WATCH k` then an atomic pipeline (`MULTI ... EXEC`)
+//! is clean. Commands queued inside `MULTI` take effect at `EXEC` and are dropped by
+//! `DISCARD`, as on the server.
+//!
+//! Only completed calls are applied: a call cancelled before its reply evicts the connection
+//! anyway (see `connection.rs`), and a call that failed on the wire poisons it.
+
+use redis::{Arg, Cmd};
+
+/// The parts of a session a next user could trip over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct State {
+    db: i64,
+    in_multi: bool,
+    watching: bool,
+    tracking: bool,
+    readonly: bool,
+    /// State that is never returned to the pool: a subscription, `MONITOR`, `CLIENT REPLY
+    /// OFF`, another protocol or user, a changed client name.
+    tainted: bool,
+}
+
+impl State {
+    /// What a fresh connection (or `RESET`) has: database 0, nothing else.
+    fn server_default() -> Self {
+        State {
+            db: 0,
+            in_multi: false,
+            watching: false,
+            tracking: false,
+            readonly: false,
+            tainted: false,
+        }
+    }
+}
+
+/// One command's effect on the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    None,
+    Multi,
+    Exec,
+    Discard,
+    Watch,
+    Unwatch,
+    Reset,
+    Select(i64),
+    Tracking(bool),
+    Readonly(bool),
+    Taint,
+}
+
+/// A connection's session: where it started and where it is now.
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    baseline: State,
+    current: State,
+    /// Effects queued inside `MULTI`, applied at `EXEC`.
+    queued: Vec<Effect>,
+}
+
+impl Session {
+    /// A session on database `db` (the one the URL selects).
+    pub(crate) fn new(db: i64) -> Self {
+        let state = State {
+            db,
+            ..State::server_default()
+        };
+        Session {
+            baseline: state.clone(),
+            current: state,
+            queued: Vec::new(),
+        }
+    }
+
+    /// Whether the session differs from its baseline: the connection must not be reused.
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.current != self.baseline || !self.queued.is_empty()
+    }
+
+    /// Makes the current session the baseline: what the set-up hook establishes is not dirt.
+    pub(crate) fn adopt_as_baseline(&mut self) {
+        self.baseline = self.current.clone();
+    }
+
+    /// Applies a completed single command.
+    pub(crate) fn apply(&mut self, cmd: &Cmd) {
+        self.step(effect_of(cmd));
+    }
+
+    /// Applies a completed pipeline; `atomic` pipelines are wrapped in `MULTI ... EXEC`.
+    pub(crate) fn apply_pipeline<'c>(&mut self, cmds: impl Iterator<Item = &'c Cmd>, atomic: bool) {
+        if atomic {
+            self.step(Effect::Multi);
+        }
+        for cmd in cmds {
+            self.step(effect_of(cmd));
+        }
+        if atomic {
+            self.step(Effect::Exec);
+        }
+    }
+
+    /// A single command answered with an error reply: it did nothing, except that `EXEC` and
+    /// `DISCARD` end a transaction whatever they answer (`EXECABORT`).
+    pub(crate) fn apply_failed(&mut self, cmd: &Cmd) {
+        if let effect @ (Effect::Exec | Effect::Discard) = effect_of(cmd) {
+            self.step(effect);
+        }
+    }
+
+    /// A pipeline answered with an error reply: some of its commands ran, and redis-rs does not
+    /// say which. Any that changes the session leaves it unknown, so the connection is not
+    /// reused.
+    pub(crate) fn apply_failed_pipeline<'c>(
+        &mut self,
+        mut cmds: impl Iterator<Item = &'c Cmd>,
+        atomic: bool,
+    ) {
+        if atomic || cmds.any(|cmd| effect_of(cmd) != Effect::None) {
+            self.current.tainted = true;
+        }
+    }
+
+    fn step(&mut self, effect: Effect) {
+        let s = &mut self.current;
+        if s.in_multi {
+            // Inside MULTI the server queues commands; only these act at once.
+            match effect {
+                Effect::Exec => {
+                    s.in_multi = false;
+                    s.watching = false;
+                    for queued in std::mem::take(&mut self.queued) {
+                        self.step(queued);
+                    }
+                }
+                Effect::Discard => {
+                    s.in_multi = false;
+                    s.watching = false;
+                    self.queued.clear();
+                }
+                Effect::Reset => self.reset(),
+                // MULTI inside MULTI and WATCH inside MULTI are refused by the server.
+                Effect::Multi | Effect::Watch => {}
+                other => self.queued.push(other),
+            }
+            return;
+        }
+        match effect {
+            Effect::None => {}
+            Effect::Multi => s.in_multi = true,
+            // Outside MULTI these end nothing but a watch (EXEC errors without MULTI).
+            Effect::Exec | Effect::Discard | Effect::Unwatch => s.watching = false,
+            Effect::Watch => s.watching = true,
+            Effect::Reset => self.reset(),
+            Effect::Select(db) => s.db = db,
+            Effect::Tracking(on) => s.tracking = on,
+            Effect::Readonly(on) => s.readonly = on,
+            Effect::Taint => s.tainted = true,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = State::server_default();
+        self.queued.clear();
+    }
+}
+
+/// What `cmd` does to the session, from its name and, for a few, its arguments.
+fn effect_of(cmd: &Cmd) -> Effect {
+    let mut args = cmd.args_iter().filter_map(|arg| match arg {
+        Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    });
+    let Some(name) = args.next() else {
+        return Effect::None;
+    };
+    let is = |word: &str| name.eq_ignore_ascii_case(word.as_bytes());
+    let arg_is = |arg: Option<&[u8]>, word: &str| {
+        arg.is_some_and(|a| a.eq_ignore_ascii_case(word.as_bytes()))
+    };
+    if is("MULTI") {
+        Effect::Multi
+    } else if is("EXEC") {
+        Effect::Exec
+    } else if is("DISCARD") {
+        Effect::Discard
+    } else if is("WATCH") {
+        Effect::Watch
+    } else if is("UNWATCH") {
+        Effect::Unwatch
+    } else if is("RESET") {
+        Effect::Reset
+    } else if is("SELECT") {
+        match args
+            .next()
+            .and_then(|db| std::str::from_utf8(db).ok()?.parse().ok())
+        {
+            Some(db) => Effect::Select(db),
+            None => Effect::Taint,
+        }
+    } else if is("READONLY") {
+        Effect::Readonly(true)
+    } else if is("READWRITE") {
+        Effect::Readonly(false)
+    } else if is("CLIENT") {
+        let sub = args.next();
+        if arg_is(sub, "TRACKING") {
+            let on = args.next();
+            if arg_is(on, "ON") {
+                Effect::Tracking(true)
+            } else if arg_is(on, "OFF") {
+                Effect::Tracking(false)
+            } else {
+                Effect::Taint
+            }
+        } else if arg_is(sub, "REPLY") && arg_is(args.next(), "ON") {
+            Effect::None
+        } else if ["REPLY", "SETNAME", "NO-EVICT", "NO-TOUCH", "SETINFO"]
+            .iter()
+            .any(|word| arg_is(sub, word))
+        {
+            Effect::Taint
+        } else {
+            Effect::None
+        }
+    } else if [
+        "SUBSCRIBE",
+        "PSUBSCRIBE",
+        "SSUBSCRIBE",
+        "MONITOR",
+        "HELLO",
+        "AUTH",
+        "SWAPDB",
+    ]
+    .iter()
+    .any(|word| is(word))
+    {
+        Effect::Taint
+    } else {
+        Effect::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(words: &[&str]) -> Cmd {
+        let mut cmd = redis::cmd(words[0]);
+        for word in &words[1..] {
+            cmd.arg(*word);
+        }
+        cmd
+    }
+
+    fn run(session: &mut Session, commands: &[&[&str]]) {
+        let cmds: Vec<Cmd> = commands.iter().map(|c| cmd(c)).collect();
+        session.apply_pipeline(cmds.iter(), false);
+    }
+
+    #[test]
+    fn plain_commands_leave_the_session_clean() {
+        let mut s = Session::new(0);
+        run(
+            &mut s,
+            &[&["GET", "k"], &["client", "id"], &["CLIENT", "REPLY", "ON"]],
+        );
+        assert!(!s.is_dirty());
+    }
+
+    #[test]
+    fn a_completed_transaction_is_clean() {
+        let mut s = Session::new(0);
+        run(&mut s, &[&["WATCH", "k"], &["multi"], &["SET", "k", "v"]]);
+        assert!(s.is_dirty());
+        run(&mut s, &[&["EXEC"]]);
+        assert!(!s.is_dirty());
+    }
+
+    #[test]
+    fn watch_then_an_atomic_pipeline_is_clean() {
+        let mut s = Session::new(0);
+        s.apply(&cmd(&["WATCH", "balance"]));
+        assert!(s.is_dirty());
+        let pipe = redis::pipe().atomic().set("a", 1).get("a").to_owned();
+        s.apply_pipeline(pipe.cmd_iter(), pipe.is_transaction());
+        assert!(!s.is_dirty());
+    }
+
+    #[test]
+    fn reset_then_select_is_dirty() {
+        let mut s = Session::new(0);
+        run(&mut s, &[&["RESET"], &["SELECT", "9"]]);
+        assert!(s.is_dirty(), "the next user would be on database 9");
+    }
+
+    #[test]
+    fn unwatch_then_watch_is_watching() {
+        let mut s = Session::new(0);
+        run(&mut s, &[&["UNWATCH"], &["WATCH", "k"]]);
+        assert!(
+            s.is_dirty(),
+            "the next user's MULTI/EXEC would be discarded"
+        );
+    }
+
+    #[test]
+    fn selecting_back_to_the_baseline_is_clean() {
+        let mut s = Session::new(2);
+        run(&mut s, &[&["SELECT", "9"]]);
+        assert!(s.is_dirty());
+        run(&mut s, &[&["SELECT", "2"]]);
+        assert!(!s.is_dirty());
+        run(&mut s, &[&["RESET"]]);
+        assert!(s.is_dirty(), "RESET goes to database 0, not the baseline 2");
+    }
+
+    #[test]
+    fn commands_queued_in_multi_act_at_exec_and_not_after_discard() {
+        let mut s = Session::new(0);
+        run(&mut s, &[&["MULTI"], &["SELECT", "3"], &["DISCARD"]]);
+        assert!(!s.is_dirty(), "a discarded SELECT never ran");
+        run(&mut s, &[&["MULTI"], &["SELECT", "3"], &["EXEC"]]);
+        assert!(s.is_dirty(), "an executed SELECT did");
+    }
+
+    #[test]
+    fn the_set_up_hook_defines_the_baseline() {
+        let mut s = Session::new(0);
+        run(&mut s, &[&["SELECT", "4"], &["CLIENT", "TRACKING", "ON"]]);
+        s.adopt_as_baseline();
+        assert!(!s.is_dirty());
+        run(&mut s, &[&["CLIENT", "TRACKING", "OFF"]]);
+        assert!(s.is_dirty());
+    }
+
+    #[test]
+    fn irreversible_state_taints_until_reset() {
+        for words in [
+            &["SUBSCRIBE", "ch"][..],
+            &["CLIENT", "REPLY", "OFF"],
+            &["HELLO", "3"],
+            &["READONLY"],
+            &["SELECT", "not-a-number"],
+        ] {
+            let mut s = Session::new(0);
+            run(&mut s, &[words]);
+            assert!(s.is_dirty(), "{words:?}");
+            run(&mut s, &[&["RESET"]]);
+            assert!(!s.is_dirty(), "{words:?} then RESET");
+        }
+    }
+
+    #[test]
+    fn a_failed_pipeline_that_touches_the_session_is_never_reused() {
+        let mut s = Session::new(0);
+        let pipe = redis::pipe().get("a").get("b").to_owned();
+        s.apply_failed_pipeline(pipe.cmd_iter(), false);
+        assert!(!s.is_dirty(), "plain commands changed nothing");
+        let pipe = redis::pipe().cmd("SELECT").arg(1).get("b").to_owned();
+        s.apply_failed_pipeline(pipe.cmd_iter(), false);
+        assert!(s.is_dirty());
+    }
+
+    #[test]
+    fn exec_ends_a_transaction_even_when_it_fails() {
+        let mut s = Session::new(0);
+        run(&mut s, &[&["MULTI"]]);
+        s.apply_failed(&cmd(&["EXEC"]));
+        assert!(!s.is_dirty());
+    }
+}
