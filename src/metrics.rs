@@ -62,6 +62,24 @@ pub const READY: &str = "redis_guard_ready";
 /// fresh connection after theirs failed.
 pub const RETRIES_TOTAL: &str = "redis_guard_retries_total";
 
+/// Every metric name of the contract, for dashboards and tests.
+pub const ALL: &[&str] = &[
+    POOL_CONNECTIONS,
+    POOL_MAX_CONNECTIONS,
+    POOL_PENDING_CHECKOUTS,
+    CHECKOUTS_TOTAL,
+    CHECKOUT_DURATION_SECONDS,
+    VALIDATIONS_TOTAL,
+    STALE_EVICTIONS_TOTAL,
+    CONNECTIONS_CREATED_TOTAL,
+    RECONNECTS_TOTAL,
+    CONNECT_ERRORS_TOTAL,
+    BREAKER_STATE,
+    BREAKER_TRANSITIONS_TOTAL,
+    READY,
+    RETRIES_TOTAL,
+];
+
 /// Histogram buckets for [`CHECKOUT_DURATION_SECONDS`], in seconds: from 50 µs (a hot
 /// checkout, or a loopback PING) to 5 s. Configure your recorder with these; the `prometheus`
 /// feature does.

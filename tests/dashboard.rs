@@ -5,21 +5,7 @@ use std::collections::BTreeSet;
 
 use redis_guard::metrics::*;
 
-const EXPORTED: &[&str] = &[
-    POOL_CONNECTIONS,
-    POOL_MAX_CONNECTIONS,
-    POOL_PENDING_CHECKOUTS,
-    CHECKOUTS_TOTAL,
-    CHECKOUT_DURATION_SECONDS,
-    VALIDATIONS_TOTAL,
-    STALE_EVICTIONS_TOTAL,
-    CONNECTIONS_CREATED_TOTAL,
-    RECONNECTS_TOTAL,
-    CONNECT_ERRORS_TOTAL,
-    BREAKER_STATE,
-    BREAKER_TRANSITIONS_TOTAL,
-    READY,
-];
+const EXPORTED: &[&str] = ALL;
 
 fn dashboard() -> serde_json::Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/redis-guard.json");

@@ -1,0 +1,468 @@
+//! The user's own commands never hurt the pool or lose data: cancelled calls, blocking
+//! commands, transactions, session state in pipelines, the set-up hook, and safe retries.
+//! Each test states its fault, its load and what it asserts.
+#![cfg(all(feature = "testkit", feature = "prometheus"))]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use redis::AsyncCommands;
+use redis_guard::testkit::{FaultProxy, RedisServer};
+use redis_guard::{BreakerState, RedisGuard};
+use tokio::time::timeout;
+
+fn reconnects(pool: &str) -> f64 {
+    metric("redis_guard_reconnects_total", pool, &[])
+}
+
+fn retries(pool: &str, result: &str) -> f64 {
+    metric("redis_guard_retries_total", pool, &[("result", result)])
+}
+
+/// The length of list `key`, asked straight of the server.
+fn llen(server: &RedisServer, key: &str) -> i64 {
+    match server.command(&["LLEN", key]).unwrap() {
+        redis::Value::Int(n) => n,
+        other => panic!("LLEN answered {other:?}"),
+    }
+}
+
+/// Fault: a job worker's `BLPOP jobs 10` is cancelled after 200 ms (its HTTP client gave up),
+/// then a job is pushed. Load: one connection (`max_size(1)`), so the next borrower gets the
+/// same slot. Asserts: the job is still in the list (the orphaned BLPOP did not pop it), the
+/// connection was evicted as `cancelled`, and the next borrower's command answers in under
+/// 50 ms instead of waiting behind the BLPOP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_blpop_neither_eats_the_next_job_nor_stalls_the_next_borrower() {
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "cancelled_blpop").max_size(1)).await;
+    let worker = {
+        let guard = guard.clone();
+        async move {
+            let mut conn = guard.get().await.unwrap();
+            let _: Option<(String, String)> = conn.blpop("jobs", 10.0).await.unwrap();
+        }
+    };
+    assert!(
+        timeout(Duration::from_millis(200), worker).await.is_err(),
+        "the BLPOP was still waiting when cancelled"
+    );
+    let _: () = server
+        .command(&["RPUSH", "jobs", "job-3"])
+        .map(drop)
+        .unwrap();
+    // Give an orphaned BLPOP every chance to pop the job.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(llen(&server, "jobs"), 1, "the job is still queued");
+    assert_eq!(evictions("cancelled_blpop", "cancelled"), 1.0);
+
+    let started = Instant::now();
+    let mut conn = guard.get().await.unwrap();
+    let len: i64 = conn.llen("jobs").await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(len, 1);
+    assert!(
+        took < Duration::from_millis(50),
+        "next borrower took {took:?}"
+    );
+}
+
+/// Fault: none; a blocking command longer than the pool's response timeout. Load: `BLPOP k 3`
+/// on a pool with `response_timeout` 1 s, an element pushed after 2 s; then six concurrent
+/// `BLPOP`s of 2 s on a pool of six. Asserts: the BLPOP returns the element (not "timed out"),
+/// the six blocked workers neither evict anything nor move the breaker, and `/readyz` stays
+/// 200 throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_commands_wait_their_own_timeout_and_never_count_against_redis() {
+    let server = RedisServer::start().unwrap();
+    let guard = guard(
+        config(&server.url(), "blocking")
+            .max_size(6)
+            .response_timeout(Duration::from_secs(1)),
+    )
+    .await;
+    let pusher = tokio::spawn({
+        let url = server.url();
+        async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let client = redis::Client::open(url).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let _: () = conn.rpush("k", "late").await.unwrap();
+        }
+    });
+    let mut conn = guard.get().await.unwrap();
+    let popped: Option<(String, String)> = conn.blpop("k", 3.0).await.unwrap();
+    assert_eq!(popped, Some(("k".into(), "late".into())));
+    drop(conn);
+    pusher.await.unwrap();
+
+    let app = service(guard.clone());
+    let workers: Vec<_> = (0..6)
+        .map(|i| {
+            let guard = guard.clone();
+            tokio::spawn(async move {
+                let mut conn = guard.get().await.unwrap();
+                let popped: Option<(String, String)> =
+                    conn.blpop(format!("empty{i}"), 2.0).await.unwrap();
+                popped
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(call(&app, "/readyz").await.status, 200);
+        assert_eq!(guard.breaker_state(), BreakerState::Closed);
+    }
+    for worker in workers {
+        assert_eq!(
+            worker.await.unwrap(),
+            None,
+            "timed out empty, as Redis says"
+        );
+    }
+    let evicted: f64 = ["io_error", "validation_failed", "cancelled", "dirty"]
+        .iter()
+        .map(|reason| evictions("blocking", reason))
+        .sum();
+    assert_eq!(evicted, 0.0, "blocking waits evict nothing");
+}
+
+/// Fault: none; optimistic transactions under contention. Load: 1,000 transfers at
+/// concurrency 8 between two accounts, each `WATCH a b`, read both, then an atomic pipeline
+/// (`MULTI ... EXEC`, as redis-rs packs it) or hand-written `MULTI`/`EXEC` commands, retried
+/// when a conflicting writer made `EXEC` abort. Asserts: the accounts always balance, no
+/// connection is evicted as dirty, and no reconnect happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_then_an_atomic_pipeline_returns_a_clean_connection() {
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "transactions")).await;
+    {
+        let mut conn = guard.get().await.unwrap();
+        let _: () = conn.set("a", 1_000).await.unwrap();
+        let _: () = conn.set("b", 1_000).await.unwrap();
+    }
+    let reconnects_before = reconnects("transactions");
+    let next = Arc::new(AtomicU64::new(0));
+    let aborted = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (guard, next, aborted) = (guard.clone(), next.clone(), aborted.clone());
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < 1_000 {
+                    let hand_written = fastrand::bool();
+                    loop {
+                        let mut conn = guard.get().await.unwrap();
+                        let _: () = redis::cmd("WATCH")
+                            .arg("a")
+                            .arg("b")
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                        let (a, b): (i64, i64) = conn.mget(&["a", "b"]).await.unwrap();
+                        let (from, to) = if fastrand::bool() {
+                            ("a", "b")
+                        } else {
+                            ("b", "a")
+                        };
+                        let _ = (a, b);
+                        let committed: Option<(i64, i64)> = if hand_written {
+                            let _: () = redis::cmd("MULTI").query_async(&mut conn).await.unwrap();
+                            let _: () = redis::cmd("DECRBY")
+                                .arg(from)
+                                .arg(1)
+                                .query_async(&mut conn)
+                                .await
+                                .unwrap();
+                            let _: () = redis::cmd("INCRBY")
+                                .arg(to)
+                                .arg(1)
+                                .query_async(&mut conn)
+                                .await
+                                .unwrap();
+                            redis::cmd("EXEC").query_async(&mut conn).await.unwrap()
+                        } else {
+                            redis::pipe()
+                                .atomic()
+                                .decr(from, 1)
+                                .incr(to, 1)
+                                .query_async(&mut conn)
+                                .await
+                                .unwrap()
+                        };
+                        if committed.is_some() {
+                            break;
+                        }
+                        aborted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    timeout(TEST_DEADLINE, async {
+        for worker in workers {
+            worker.await.unwrap();
+        }
+    })
+    .await
+    .expect("transfers finished");
+
+    let mut conn = guard.get().await.unwrap();
+    let (a, b): (i64, i64) = conn.mget(&["a", "b"]).await.unwrap();
+    assert_eq!(a + b, 2_000, "every committed transfer balances");
+    assert_eq!(evictions("transactions", "dirty"), 0.0);
+    assert_eq!(reconnects("transactions") - reconnects_before, 0.0);
+    eprintln!(
+        "1,000 transfers, {} EXECs aborted by conflicting writers",
+        aborted.load(Ordering::Relaxed)
+    );
+}
+
+/// Fault: none; pipelines that change the session in an order that matters. Load: one
+/// connection (`max_size(1)`), so the next user gets whatever the last one left. Asserts:
+/// `[RESET, SELECT 9]` and `[UNWATCH, WATCH k]` are not returned clean (the next user is on
+/// database 0 and its transaction runs), while `[SELECT 9, SELECT 0]` is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_is_tracked_in_command_order_through_pipelines() {
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "ordering").max_size(1)).await;
+    let _: () = server.command(&["SET", "where", "db0"]).map(drop).unwrap();
+
+    let mut conn = guard.get().await.unwrap();
+    let _: () = redis::pipe()
+        .cmd("RESET")
+        .ignore()
+        .cmd("SELECT")
+        .arg(9)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let mut conn = guard.get().await.unwrap();
+    let seen: Option<String> = conn.get("where").await.unwrap();
+    assert_eq!(
+        seen.as_deref(),
+        Some("db0"),
+        "the next user is on database 0"
+    );
+    drop(conn);
+
+    let mut conn = guard.get().await.unwrap();
+    let _: () = redis::pipe()
+        .cmd("UNWATCH")
+        .ignore()
+        .cmd("WATCH")
+        .arg("k")
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let _: () = server.command(&["SET", "k", "changed"]).map(drop).unwrap();
+    let mut conn = guard.get().await.unwrap();
+    let committed: Option<(i64,)> = redis::pipe()
+        .atomic()
+        .incr("counter", 1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        committed.is_some(),
+        "the next user's transaction was not discarded"
+    );
+    drop(conn);
+
+    let dirty_before = evictions("ordering", "dirty");
+    assert_eq!(dirty_before, 2.0, "both connections above were evicted");
+    let mut conn = guard.get().await.unwrap();
+    let _: () = redis::pipe()
+        .cmd("SELECT")
+        .arg(9)
+        .ignore()
+        .cmd("SELECT")
+        .arg(0)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let _conn = guard.get().await.unwrap();
+    assert_eq!(
+        evictions("ordering", "dirty"),
+        dirty_before,
+        "back on its database: clean"
+    );
+}
+
+/// Fault: none; a set-up hook that selects database 3, and one that fails. Load: a few
+/// checkouts. Asserts: `CLIENT LIST` names the pool's connections after the pool; the hook's
+/// `SELECT` is the baseline (commands land in database 3, no dirty eviction, no reconnect per
+/// use); a failing hook surfaces as a counted connect error naming its cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_set_up_hook_runs_once_per_connection_and_sets_the_baseline() {
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "hooked").on_connect(|conn| {
+        Box::pin(async move { redis::cmd("SELECT").arg(3).query_async::<()>(conn).await })
+    }))
+    .await;
+    for i in 0..10 {
+        let mut conn = guard.get().await.unwrap();
+        let _: () = conn.set(format!("key{i}"), i).await.unwrap();
+    }
+    let redis::Value::BulkString(list) = server.command(&["CLIENT", "LIST"]).unwrap() else {
+        panic!("CLIENT LIST answers a bulk string")
+    };
+    let list = String::from_utf8_lossy(&list).into_owned();
+    assert!(
+        list.lines()
+            .any(|l| l.contains(" name=hooked ") && l.contains(" db=3 ")),
+        "{list}"
+    );
+    assert_eq!(evictions("hooked", "dirty"), 0.0);
+    assert_eq!(
+        metric("redis_guard_connections_created_total", "hooked", &[]),
+        1.0
+    );
+    let mut admin = redis::Client::open(format!("{}/3", server.url()))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let n: i64 = admin.get("key9").await.unwrap();
+    assert_eq!(n, 9);
+
+    let failing = unready_guard(config(&server.url(), "hook_fails").on_connect(|conn| {
+        Box::pin(async move {
+            redis::cmd("SELECT")
+                .arg(99_999)
+                .query_async::<()>(conn)
+                .await
+        })
+    }))
+    .await;
+    let err = failing.get().await.unwrap_err();
+    assert!(
+        err.to_string().contains("DB index is out of range"),
+        "{err}"
+    );
+    assert!(metric("redis_guard_connect_errors_total", "hook_fails", &[]) >= 1.0);
+}
+
+/// Reads `value` through the pool, as a handler would.
+async fn read(guard: &RedisGuard) -> Result<String, String> {
+    let mut conn = guard.get().await.map_err(|e| e.to_string())?;
+    conn.get("value").await.map_err(|e| e.to_string())
+}
+
+/// Fault: every pooled socket is reset (RST) while reads are in flight, then (second round)
+/// every pooled socket freezes right after use. Load: 400 `GET`s at concurrency 8 through the
+/// fault proxy, the fault injected in the middle. Asserts: no read fails (the ones in flight
+/// on a dead socket are sent again on a fresh connection), and the retries are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_in_flight_on_a_dead_socket_are_retried_on_a_fresh_one() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let guard =
+        guard(config(&proxy.url(), "read_retries").response_timeout(Duration::from_millis(300)))
+            .await;
+    let _: () = server.command(&["SET", "value", "v"]).map(drop).unwrap();
+    for fault in ["reset", "freeze"] {
+        let done = Arc::new(AtomicU64::new(0));
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                let (guard, done) = (guard.clone(), done.clone());
+                tokio::spawn(async move {
+                    let mut failed = Vec::new();
+                    while done.fetch_add(1, Ordering::Relaxed) < 400 {
+                        if let Err(e) = read(&guard).await {
+                            failed.push(e);
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    failed
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let hit = match fault {
+            "reset" => proxy.reset_all().await,
+            _ => proxy.freeze_all().await,
+        };
+        let mut failed = Vec::new();
+        for worker in workers {
+            failed.extend(worker.await.unwrap());
+        }
+        assert!(hit > 0, "{fault}: the fault hit pooled connections");
+        assert!(
+            failed.is_empty(),
+            "{fault}: {} reads failed: {:?}",
+            failed.len(),
+            failed.first()
+        );
+    }
+    assert!(
+        retries("read_retries", "ok") >= 1.0,
+        "retries were needed and counted"
+    );
+    assert_eq!(guard.breaker_state(), BreakerState::Closed);
+}
+
+/// Fault: every pooled socket is reset while `INCR`s are in flight. Load: 400 `INCR`s at
+/// concurrency 8. Asserts: an `INCR` in flight on a dead socket may fail, but none is
+/// applied twice: the counter equals the number of `INCR`s that reported success, or exceeds
+/// it only by those that failed after reaching Redis (never more than the failures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_never_sent_twice() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let guard = guard(config(&proxy.url(), "no_write_retries")).await;
+    let done = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (guard, done) = (guard.clone(), done.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while done.fetch_add(1, Ordering::Relaxed) < 400 {
+                    let result: Result<i64, String> = async {
+                        let mut conn = guard.get().await.map_err(|e| e.to_string())?;
+                        conn.incr("counter", 1).await.map_err(|e| e.to_string())
+                    }
+                    .await;
+                    match result {
+                        Ok(_) => ok += 1,
+                        Err(_) => failed += 1,
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hit = proxy.reset_all().await;
+    let (mut ok, mut failed) = (0, 0);
+    for worker in workers {
+        let (o, f) = worker.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    let redis::Value::BulkString(counter) = server.command(&["GET", "counter"]).unwrap() else {
+        panic!("GET answers a bulk string")
+    };
+    let counter: u64 = String::from_utf8_lossy(&counter).parse().unwrap();
+    assert!(hit > 0);
+    assert!(
+        counter >= ok && counter <= ok + failed,
+        "counter {counter}, {ok} acknowledged, {failed} failed: an INCR was applied twice"
+    );
+    assert_eq!(
+        retries("no_write_retries", "ok"),
+        0.0,
+        "no write was retried"
+    );
+    eprintln!("INCR under RST: {ok} acknowledged, {failed} failed, counter {counter}");
+}
