@@ -376,14 +376,16 @@ async fn reads_in_flight_on_a_dead_socket_are_retried_on_a_fresh_one() {
             .map(|_| {
                 let (guard, done) = (guard.clone(), done.clone());
                 tokio::spawn(async move {
-                    let mut failed = Vec::new();
+                    let (mut failed, mut slowest) = (Vec::new(), Duration::ZERO);
                     while done.fetch_add(1, Ordering::Relaxed) < 400 {
+                        let started = Instant::now();
                         if let Err(e) = read(&guard).await {
                             failed.push(e);
                         }
+                        slowest = slowest.max(started.elapsed());
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
-                    failed
+                    (failed, slowest)
                 })
             })
             .collect();
@@ -392,11 +394,23 @@ async fn reads_in_flight_on_a_dead_socket_are_retried_on_a_fresh_one() {
             "reset" => proxy.reset_all().await,
             _ => proxy.freeze_all().await,
         };
+        let faulted = Instant::now();
         let mut failed = Vec::new();
+        let mut slowest = Duration::ZERO;
         for worker in workers {
-            failed.extend(worker.await.unwrap());
+            let (errors, worst) = worker.await.unwrap();
+            failed.extend(errors);
+            slowest = slowest.max(worst);
         }
         assert!(hit > 0, "{fault}: the fault hit pooled connections");
+        eprintln!(
+            "{fault} of {hit} pooled sockets under 8 readers: {} failed, slowest read {slowest:?}, \
+             retries ok {} failed {}, run ended {:?} after the fault",
+            failed.len(),
+            retries("read_retries", "ok"),
+            retries("read_retries", "failed"),
+            faulted.elapsed()
+        );
         assert!(
             failed.is_empty(),
             "{fault}: {} reads failed: {:?}",
