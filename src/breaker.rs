@@ -70,6 +70,33 @@ impl Default for BreakerPolicy {
     }
 }
 
+impl BreakerPolicy {
+    /// What a policy needs to make sense; the message says what to change.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.consecutive_failures == 0 || self.min_calls == 0 || self.trial_successes == 0 {
+            return Err(
+                "consecutive_failures, min_calls and trial_successes must be at least 1".into(),
+            );
+        }
+        if self.trial_concurrency == 0 {
+            return Err("trial_concurrency must be at least 1".into());
+        }
+        if !(self.failure_rate > 0.0 && self.failure_rate <= 1.0) {
+            return Err(format!(
+                "failure_rate {} must be in (0, 1]",
+                self.failure_rate
+            ));
+        }
+        if self.window.is_zero() || self.window > crate::config::MAX_DURATION {
+            return Err(format!(
+                "window {:?} must be greater than zero and at most a year",
+                self.window
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The breaker's state, as reported by [`RedisGuard::breaker_state`](crate::RedisGuard::breaker_state)
 /// and the `redis_guard_breaker_state` gauge (0, 1, 2).
 ///

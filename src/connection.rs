@@ -119,13 +119,13 @@ impl GuardConnection {
     ) -> Self {
         let now = Instant::now();
         let config = shared.config();
-        let expires_at = config.max_lifetime.map(|lifetime| {
+        let expires_at = config.max_lifetime().map(|lifetime| {
             // Shortened by a random share so connections opened together expire apart.
-            let jitter = fastrand::f64() * config.lifetime_jitter;
+            let jitter = fastrand::f64() * config.lifetime_jitter();
             now + lifetime.mul_f64(1.0 - jitter)
         });
         let session = Session::new(config.connection.redis_settings().db());
-        let response_timeout = config.response_timeout;
+        let response_timeout = config.response_timeout();
         Self {
             inner,
             link,
@@ -166,7 +166,8 @@ impl GuardConnection {
         if self.shared.is_suspect(self.last_success) {
             return Verdict::Suspect;
         }
-        if now.saturating_duration_since(self.last_success) < self.shared.config().validation_bypass
+        if now.saturating_duration_since(self.last_success)
+            < self.shared.config().validation_bypass()
         {
             Verdict::Fresh
         } else {
@@ -289,7 +290,7 @@ impl GuardConnection {
     /// Called by the pool when the connection comes back: decides whether it may be reused.
     pub(crate) fn on_return(&mut self) -> bool {
         self.returned_at = Instant::now();
-        self.response_timeout = self.shared.config().response_timeout;
+        self.response_timeout = self.shared.config().response_timeout();
         if self.eviction.is_none() {
             let reason = if !self.link.is_open() {
                 Some(EvictionReason::Broken)
@@ -330,7 +331,7 @@ impl Drop for GuardConnection {
             && self
                 .shared
                 .config()
-                .idle_timeout
+                .idle_timeout()
                 .is_some_and(|idle| self.returned_at.elapsed() >= idle)
         {
             self.evict(EvictionReason::IdleTimeout);

@@ -76,18 +76,18 @@ impl PoolInner {
         let manager = GuardManager::new(shared.clone());
         let config = shared.config();
         let reaper_rate = config
-            .idle_timeout
+            .idle_timeout()
             .map_or(MAX_REAPER_RATE, |idle| (idle / 2).min(MAX_REAPER_RATE))
             .max(Duration::from_millis(10));
         let pool = bb8::Pool::builder()
             // The permits hold callers to max_size; the spare slot lets a read that failed
             // with its connection be retried on a new one before the dead one is given back.
-            .max_size(config.max_size + 1)
-            .min_idle((config.min_idle > 0).then_some(config.min_idle))
+            .max_size(config.max_size() + 1)
+            .min_idle((config.min_idle() > 0).then_some(config.min_idle()))
             // Validation is ours: it skips the PING for recently used connections.
             .test_on_check_out(false)
-            .connection_timeout(config.checkout_timeout)
-            .idle_timeout(config.idle_timeout)
+            .connection_timeout(config.checkout_timeout())
+            .idle_timeout(config.idle_timeout())
             // Lifetimes are ours too: jittered per connection, checked at checkout and return.
             .max_lifetime(None)
             // The manager retries through its gate; bb8's loop would add one per slot.
@@ -163,7 +163,7 @@ impl PoolInner {
 
     async fn checkout_within_budget(&self, started: Instant) -> Result<CheckedOut, Error> {
         let shared = &self.shared;
-        let deadline = started + shared.config().checkout_timeout;
+        let deadline = started + shared.config().checkout_timeout();
         let _waiting = shared.wait();
         let failures_seen = shared.failed_connects();
         let permits = shared.checkout_permits().clone();
@@ -183,7 +183,7 @@ impl PoolInner {
     pub(crate) async fn replacement(&self) -> Result<Bb8Connection, Error> {
         let shared = &self.shared;
         let started = Instant::now();
-        let deadline = started + shared.config().checkout_timeout;
+        let deadline = started + shared.config().checkout_timeout();
         let _waiting = shared.wait();
         self.validated_connection(started, deadline, shared.failed_connects())
             .await
@@ -215,7 +215,7 @@ impl PoolInner {
                 Verdict::Validate => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     match conn
-                        .validate(shared.config().validation_timeout.min(remaining))
+                        .validate(shared.config().validation_timeout().min(remaining))
                         .await
                     {
                         Ok(()) => {
@@ -318,7 +318,7 @@ impl PoolInner {
 /// pool, a dead one is evicted. It holds its pool slot meanwhile, for at most the validation
 /// timeout.
 async fn validate_in_background(mut conn: Bb8Connection, shared: Arc<Shared>) {
-    match conn.validate(shared.config().validation_timeout).await {
+    match conn.validate(shared.config().validation_timeout()).await {
         Ok(()) => shared.validated(ValidationResult::Passed),
         Err(failure) => {
             shared.validated(ValidationResult::Failed);
@@ -334,7 +334,7 @@ fn pool_state(pool: &bb8::Pool<GuardManager>, shared: &Shared) -> PoolState {
         connections: state.connections,
         idle: state.idle_connections,
         in_use: state.connections.saturating_sub(state.idle_connections),
-        max_size: shared.config().max_size,
+        max_size: shared.config().max_size(),
         waiting: shared.waiting(),
     }
 }

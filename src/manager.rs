@@ -53,7 +53,10 @@ pub(crate) enum Attempt {
 impl GuardManager {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         let config = shared.config();
-        let backoff = Backoff::new(config.reconnect_backoff_min, config.reconnect_backoff_max);
+        let backoff = Backoff::new(
+            config.reconnect_backoff_min(),
+            config.reconnect_backoff_max(),
+        );
         Self {
             shared,
             gate: Arc::new(tokio::sync::Mutex::new(Gate {
@@ -96,7 +99,7 @@ impl GuardManager {
             return Attempt::Skipped;
         }
         let id = shared.next_connection_id();
-        let mut budget = shared.config().connect_timeout;
+        let mut budget = shared.config().connect_timeout();
         if let Some(deadline) = deadline {
             budget = budget.min(deadline.saturating_duration_since(Instant::now()));
         }
@@ -175,7 +178,7 @@ impl GuardManager {
     {
         let config = self.shared.config();
         let settings =
-            AsyncConnectionConfig::new().set_response_timeout(Some(config.response_timeout));
+            AsyncConnectionConfig::new().set_response_timeout(Some(config.response_timeout()));
         let (inner, driver) = MultiplexedConnection::new_with_config(
             config.connection.redis_settings(),
             stream,
@@ -222,7 +225,7 @@ impl bb8::ManageConnection for GuardManager {
     }
 
     async fn is_valid(&self, conn: &mut GuardConnection) -> Result<(), RedisError> {
-        conn.validate(self.shared.config().validation_timeout)
+        conn.validate(self.shared.config().validation_timeout())
             .await
             .map_err(|reason| {
                 RedisError::from((ErrorKind::Io, "validation failed", reason.to_string()))

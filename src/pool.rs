@@ -54,7 +54,7 @@ impl RedisGuard {
     ///
     /// Must run inside a Tokio runtime. Install your metrics recorder before this call.
     pub async fn connect(config: Config) -> Result<RedisGuard, Error> {
-        let startup = config.startup;
+        let startup = config.startup();
         let inner = PoolInner::new(config);
         tracing::info!(pool = %inner.name(), url = %inner.shared.config().redacted_url(), ?startup, "redis pool created");
         inner.connect_at_startup(startup).await?;

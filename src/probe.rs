@@ -56,7 +56,7 @@ where
 /// Runs until the pool drops. Holds only a weak reference between rounds, so it never keeps
 /// the pool alive.
 async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
-    let interval = shared.config().probe_interval;
+    let interval = shared.config().probe_interval();
     loop {
         // Registered before the round, so a failure during it is not missed.
         let verify = shared.verification_requested();
@@ -108,7 +108,7 @@ async fn connect(inner: &PoolInner, asked: Instant) {
 /// reports itself.
 async fn ping(inner: &PoolInner) {
     let shared = &inner.shared;
-    let timeout = shared.config().response_timeout;
+    let timeout = shared.config().response_timeout();
     let Ok(_permit) = shared.checkout_permits().clone().try_acquire_owned() else {
         return;
     };

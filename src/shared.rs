@@ -79,7 +79,7 @@ impl Shared {
         metrics.breaker(BreakerState::Closed, false, false);
         Self {
             metrics,
-            breaker: Breaker::new(config.breaker),
+            breaker: Breaker::new(config.breaker()),
             connected_once: AtomicBool::new(false),
             connect_failed: Notify::new(),
             verify_requested: Notify::new(),
@@ -92,7 +92,7 @@ impl Shared {
             replacement_debt: AtomicU64::new(0),
             next_connection_id: AtomicU64::new(1),
             waiting: AtomicUsize::new(0),
-            checkout_permits: Arc::new(Semaphore::new(config.max_size as usize)),
+            checkout_permits: Arc::new(Semaphore::new(config.max_size() as usize)),
             closing: AtomicBool::new(false),
             closed: Notify::new(),
             config,

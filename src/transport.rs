@@ -225,8 +225,8 @@ struct SocketOptions {
 impl From<&Config> for SocketOptions {
     fn from(config: &Config) -> Self {
         Self {
-            keepalive: config.keepalive,
-            tcp_user_timeout: config.tcp_user_timeout,
+            keepalive: config.keepalive(),
+            tcp_user_timeout: config.tcp_user_timeout(),
         }
     }
 }
@@ -240,6 +240,13 @@ async fn connect_addr(addr: SocketAddr, options: SocketOptions) -> io::Result<Tc
     socket.set_nodelay(true)?;
     apply_socket_options(&SockRef::from(&socket), options)?;
     socket.connect(addr).await
+}
+
+/// Applies `config`'s socket options to `socket`, as every connect does: lets the config tests
+/// ask the kernel whether it accepts them.
+#[cfg(test)]
+pub(crate) fn apply_socket_options_for_test(socket: &TcpSocket, config: &Config) -> io::Result<()> {
+    apply_socket_options(&SockRef::from(socket), SocketOptions::from(config))
 }
 
 fn apply_socket_options(socket: &SockRef<'_>, options: SocketOptions) -> io::Result<()> {
@@ -391,10 +398,10 @@ mod tests {
         {
             assert_eq!(
                 sock.tcp_keepalive_time().unwrap(),
-                config.keepalive.unwrap().idle
+                config.keepalive().unwrap().idle
             );
             assert_eq!(sock.tcp_keepalive_retries().unwrap(), 3);
-            assert_eq!(sock.tcp_user_timeout().unwrap(), config.tcp_user_timeout);
+            assert_eq!(sock.tcp_user_timeout().unwrap(), config.tcp_user_timeout());
         }
     }
 }

@@ -1,0 +1,56 @@
+//! Every default, each with the reason for its value.
+
+use std::time::Duration;
+
+/// The `pool` label value when none is given.
+pub const NAME: &str = "default";
+/// bb8-redis's default, so a service moving over keeps its connection footprint.
+pub const MAX_SIZE: u32 = 10;
+/// One warm connection, so the first request after start-up or an idle spell pays no connect.
+pub const MIN_IDLE: u32 = 1;
+/// The whole budget of one checkout, retries and validation included. bb8's 30 s default
+/// turns an outage into 30 s hangs; a cache lookup that cannot get a connection in 1 s
+/// should fail and let the caller degrade.
+pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(1);
+/// TCP connect plus the AUTH/SELECT handshake. Redis on a LAN answers in milliseconds;
+/// a SYN that goes unanswered for a second is an outage, not latency.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest a single command may take. Cache commands take microseconds; a reply later
+/// than this means a frozen socket or a stuck server. Raise it for blocking commands.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The PING that proves an idle connection alive. A loopback or LAN PING takes well under
+/// a millisecond, so 250 ms only ever fires on a dead or frozen socket.
+pub const VALIDATION_TIMEOUT: Duration = Duration::from_millis(250);
+/// A connection that completed a command this recently is handed out without a PING
+/// (HikariCP's `aliveBypassWindowMs`): on a busy pool validation then costs nothing.
+pub const VALIDATION_BYPASS: Duration = Duration::from_millis(500);
+/// Idle connections are closed after this. Below the 4-minute idle cut-off of Azure's load
+/// balancers and the 350 s of AWS NLB, the shortest common middlebox timeouts.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
+/// Connections are renewed after this, so a failover, a DNS change or a server-side leak is
+/// picked up without a restart.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+/// Each connection's lifetime is shortened by a random share up to this, so a fleet started
+/// together does not reconnect in lockstep.
+pub const LIFETIME_JITTER: f64 = 0.05;
+/// TCP keepalive as go-redis and redis-py set it: the first probe after 30 s of silence,
+/// then every 5 s, 3 probes. Set per socket, so Windows' 2-hour registry default is moot.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// See [`KEEPALIVE_IDLE`].
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// See [`KEEPALIVE_IDLE`].
+pub const KEEPALIVE_RETRIES: u32 = 3;
+/// Linux `TCP_USER_TIMEOUT`: idle + interval x probes, so the kernel gives up on unacked
+/// data at the same moment keepalive would have declared the peer dead.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(45);
+/// While Redis is healthy and no command answered within this interval, the prober PINGs
+/// once: readiness is never older than this, at no more than one command per second per
+/// pod, and none while traffic proves Redis alive.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// After a failed connect the pool waits this long (plus up to 15 % jitter) before the
+/// next one, whoever asks for it: at most 5 connect attempts a second while Redis is
+/// down, and the first success within about 230 ms of Redis accepting connections again.
+pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// The pause doubles per failure up to this. Equal to the minimum by default: a quick
+/// recovery matters more than sparing a Redis that refuses connections in microseconds.
+pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(200);

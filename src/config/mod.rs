@@ -1,0 +1,518 @@
+//! Pool configuration: one builder, every default in one place, validation with clear errors.
+//!
+//! ```
+//! use std::time::Duration;
+//! use redis_guard::Config;
+//!
+//! let config = Config::builder("redis://:secret@127.0.0.1:6379/0")
+//!     .name("cache")
+//!     .max_size(16)
+//!     .checkout_timeout(Duration::from_millis(500))
+//!     .build()
+//!     .expect("valid configuration");
+//! assert_eq!(config.name(), "cache");
+//! // The password never leaves the config in clear text.
+//! assert_eq!(config.redacted_url(), "redis://:***@127.0.0.1:6379/0");
+//! assert!(!format!("{config:?}").contains("secret"));
+//! ```
+//!
+//! The module has three parts: this file (the settings, written once in [`settings!`], the
+//! builder and validation against what the kernel and the clock accept), `env.rs` (reading
+//! them from the environment) and `url.rs` (parsing and redacting Redis URLs).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{ConnectionInfo, RedisFuture};
+
+use crate::breaker::BreakerPolicy;
+use crate::connection::GuardConnection;
+
+pub mod defaults;
+mod env;
+mod url;
+
+pub use url::redact_url;
+
+/// The longest duration any timeout or interval may be: longer ones are surely a mistake (or a
+/// "forever" that should be `None`), and keeping every duration this small keeps deadline
+/// arithmetic far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// The most connections a pool may hold: Redis's default `maxclients`.
+pub const MAX_POOL_SIZE: u32 = 10_000;
+
+/// A set-up hook: see [`ConfigBuilder::on_connect`].
+pub type ConnectHook =
+    Arc<dyn for<'c> Fn(&'c mut GuardConnection) -> RedisFuture<'c, ()> + Send + Sync>;
+
+/// How [`RedisGuard::connect`](crate::RedisGuard::connect) behaves when Redis cannot be
+/// reached at start-up.
+///
+/// ```
+/// use std::time::Duration;
+/// use redis_guard::{Config, StartupMode};
+///
+/// let config = Config::builder("redis://127.0.0.1:6379")
+///     .startup(StartupMode::WaitFor(Duration::from_secs(5)))
+///     .build()
+///     .unwrap();
+/// assert_eq!(config.startup(), StartupMode::WaitFor(Duration::from_secs(5)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartupMode {
+    /// Return at once and connect in the background: the service starts serving, and the pool
+    /// fills as soon as Redis answers.
+    #[default]
+    Lazy,
+    /// Retry at the reconnect pace until one connection succeeds or the duration runs out
+    /// (`Duration::MAX`: until it succeeds).
+    WaitFor(Duration),
+    /// Make one connection attempt and fail if it does not succeed.
+    FailFast,
+}
+
+/// A configuration that failed validation. The message says what to change.
+///
+/// ```
+/// use redis_guard::{Config, ConfigError};
+///
+/// let err = Config::builder("redis://127.0.0.1").max_size(2).min_idle(3).build().unwrap_err();
+/// assert!(matches!(err, ConfigError::Invalid { .. }));
+/// assert!(err.to_string().contains("min_idle (3) exceeds max_size (2)"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The Redis URL could not be used. The URL itself is never repeated: it may hold a password.
+    #[error("invalid Redis URL: {reason}")]
+    InvalidUrl {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A setting has a value the pool cannot work with.
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid {
+        /// The builder method, or the environment variable that was set.
+        setting: String,
+        /// What is wrong and what would work.
+        reason: String,
+    },
+}
+
+fn invalid(setting: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// TCP keepalive probes for each pooled socket.
+///
+/// ```
+/// use std::time::Duration;
+/// use redis_guard::config::Keepalive;
+///
+/// let keepalive = Keepalive { idle: Duration::from_secs(60), ..Keepalive::default() };
+/// assert_eq!(keepalive.retries, 3);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Silence before the first probe (whole seconds, 1 to 32,767: Linux's limit).
+    pub idle: Duration,
+    /// Time between probes (whole seconds, 1 to 32,767).
+    pub interval: Duration,
+    /// Unanswered probes before the kernel closes the socket (1 to 127).
+    pub retries: u32,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            idle: defaults::KEEPALIVE_IDLE,
+            interval: defaults::KEEPALIVE_INTERVAL,
+            retries: defaults::KEEPALIVE_RETRIES,
+        }
+    }
+}
+
+impl Keepalive {
+    /// The kernel takes whole seconds up to 32,767 and at most 127 probes; anything else fails
+    /// every connect with "Invalid argument" naming no setting, so it is refused here.
+    fn validate(&self) -> Result<(), String> {
+        const MAX_SECONDS: u64 = 32_767;
+        for (part, value) in [("idle", self.idle), ("interval", self.interval)] {
+            if value.subsec_nanos() != 0 || !(1..=MAX_SECONDS).contains(&value.as_secs()) {
+                return Err(format!(
+                    "{part} {value:?} must be whole seconds from 1 to {MAX_SECONDS} (the kernel's \
+                     range)"
+                ));
+            }
+        }
+        if !(1..=127).contains(&self.retries) {
+            return Err(format!(
+                "retries {} must be from 1 to 127 (the kernel's range)",
+                self.retries
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A validated pool configuration. Build one with [`Config::builder`] or [`Config::from_env`].
+///
+/// `Debug` and [`Config::redacted_url`] never show a credential.
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) connection: ConnectionInfo,
+    redacted_url: String,
+    name: String,
+    pub(crate) settings: Settings,
+    pub(crate) on_connect: Option<ConnectHook>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("url", &self.redacted_url)
+            .field("name", &self.name)
+            .field("settings", &self.settings)
+            .field("on_connect", &self.on_connect.as_ref().map(|_| "hook"))
+            .finish()
+    }
+}
+
+impl Config {
+    /// Starts a builder for the Redis at `url` (`redis://[user:password@]host[:port][/db]`
+    /// or `redis+unix:///path[?db=N&user=U&pass=P]`). Every other setting has a default from
+    /// [`defaults`].
+    pub fn builder(url: impl Into<String>) -> ConfigBuilder {
+        ConfigBuilder {
+            url: url.into(),
+            name: defaults::NAME.to_owned(),
+            settings: Settings::default(),
+            on_connect: None,
+        }
+    }
+
+    /// Reads the configuration from the environment: `REDIS_URL` (required), and for every
+    /// setting an optional `REDIS_GUARD_*` variable (see the README's table): for example
+    /// `REDIS_GUARD_POOL_NAME`, `REDIS_GUARD_MAX_SIZE`, `REDIS_GUARD_CHECKOUT_TIMEOUT_MS`,
+    /// `REDIS_GUARD_IDLE_TIMEOUT_MS` (`none` to disable), `REDIS_GUARD_STARTUP`
+    /// (`lazy`, `fail_fast`, `wait_for:<ms>`). An error names the variable to fix.
+    ///
+    /// ```no_run
+    /// let config = redis_guard::Config::from_env()?;
+    /// # Ok::<(), redis_guard::ConfigError>(())
+    /// ```
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::from_env_prefixed("")
+    }
+
+    /// [`Config::from_env`] with every variable name preceded by `prefix`, for a service with
+    /// several pools: `from_env_prefixed("SESSIONS_")` reads `SESSIONS_REDIS_URL`,
+    /// `SESSIONS_REDIS_GUARD_MAX_SIZE`, ...
+    ///
+    /// ```no_run
+    /// let sessions = redis_guard::Config::from_env_prefixed("SESSIONS_")?;
+    /// # Ok::<(), redis_guard::ConfigError>(())
+    /// ```
+    pub fn from_env_prefixed(prefix: &str) -> Result<Config, ConfigError> {
+        env::from_lookup(prefix, |key| std::env::var_os(key))
+    }
+
+    /// The Redis URL with every credential replaced by `***`: safe to log.
+    pub fn redacted_url(&self) -> &str {
+        &self.redacted_url
+    }
+
+    /// The pool's name: the `pool` label on every metric and the check name in `/readyz`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Builds a [`Config`]; [`ConfigBuilder::build`] validates every setting.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = redis_guard::Config::builder("redis://127.0.0.1:6379")
+///     .validation_bypass(Duration::ZERO) // PING every checkout
+///     .idle_timeout(None)
+///     .build()
+///     .unwrap();
+/// assert_eq!(config.idle_timeout(), None);
+/// ```
+#[derive(Clone)]
+pub struct ConfigBuilder {
+    url: String,
+    name: String,
+    settings: Settings,
+    on_connect: Option<ConnectHook>,
+}
+
+impl fmt::Debug for ConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A URL that does not pass validation is not shown at all: a password typed in the
+        // wrong place would be shown as it is.
+        let url = match url::parse_url(&self.url) {
+            Ok(_) => redact_url(&self.url),
+            Err(_) => "<invalid URL>".to_owned(),
+        };
+        f.debug_struct("ConfigBuilder")
+            .field("url", &url)
+            .field("name", &self.name)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConfigBuilder {
+    /// The pool's name, used as the `pool` metric label, the readiness check name and the
+    /// connections' client name: 1 to 64 printable characters.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Runs `hook` on every new connection before it joins the pool, as HikariCP's
+    /// `connectionInitSql` or deadpool's `post_create`: `SELECT` a database, `CLIENT TRACKING
+    /// ON`, load a script. It runs within `connect_timeout`; if it fails, the connect fails
+    /// (counted and reported like any connect error). What it sets is the connection's
+    /// baseline: the connection is not evicted as dirty for it.
+    ///
+    /// Every connection is also named after the pool (`CLIENT SETNAME`, skipped quietly where
+    /// the ACL forbids it), so operators can find the pool's connections in `CLIENT LIST`.
+    ///
+    /// ```
+    /// let config = redis_guard::Config::builder("redis://127.0.0.1:6379")
+    ///     .on_connect(|conn| {
+    ///         Box::pin(async move {
+    ///             redis::cmd("SELECT").arg(2).query_async::<()>(conn).await
+    ///         })
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(config);
+    /// ```
+    pub fn on_connect<F>(mut self, hook: F) -> Self
+    where
+        F: for<'c> Fn(&'c mut GuardConnection) -> RedisFuture<'c, ()> + Send + Sync + 'static,
+    {
+        self.on_connect = Some(Arc::new(hook));
+        self
+    }
+
+    /// Validates every setting and returns the [`Config`], or the first problem found.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let connection = url::parse_url(&self.url)?;
+        if self.name.is_empty()
+            || self.name.chars().count() > 64
+            || self.name.chars().any(char::is_control)
+        {
+            return Err(invalid("name", "must be 1 to 64 printable characters"));
+        }
+        self.settings.validate()?;
+        Ok(Config {
+            redacted_url: redact_url(&self.url),
+            connection,
+            name: self.name,
+            settings: self.settings,
+            on_connect: self.on_connect,
+        })
+    }
+}
+
+/// Each setting once: its doc, its type, its default, what the builder's setter takes, and the
+/// environment variable (after `REDIS_GUARD_`) that sets it. Makes the settings struct, its
+/// defaults, a getter on [`Config`], a setter on [`ConfigBuilder`] and the table `env.rs`
+/// reads.
+macro_rules! settings {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty = $default:expr, $arg:ty, $env:literal;)*) => {
+        /// Every setting but the URL, the name and the hook.
+        #[derive(Debug, Clone, PartialEq)]
+        pub(crate) struct Settings {
+            $( pub(crate) $name: $ty, )*
+        }
+
+        impl Default for Settings {
+            fn default() -> Self {
+                Settings { $( $name: $default, )* }
+            }
+        }
+
+        impl Config {
+            $( $(#[$doc])* pub fn $name(&self) -> $ty { self.settings.$name } )*
+        }
+
+        impl ConfigBuilder {
+            $(
+                $(#[$doc])*
+                pub fn $name(mut self, value: $arg) -> Self {
+                    self.settings.$name = value.into();
+                    self
+                }
+            )*
+        }
+
+        impl Settings {
+            /// Sets each setting whose variable `lookup` finds, parsed by its type.
+            /// `lookup` takes a variable's suffix and the setting's name, and returns the value
+            /// and the variable's full name if it is set.
+            fn read_env(&mut self, lookup: &mut env::Lookup<'_>) -> Result<(), ConfigError> {
+                $(
+                    if let Some((raw, variable)) = lookup($env, stringify!($name))? {
+                        self.$name = env::FromEnv::from_env(&raw)
+                            .map_err(|reason| invalid(&variable, reason))?;
+                    }
+                )*
+                Ok(())
+            }
+        }
+    };
+}
+
+settings! {
+    /// Most connections the pool holds (1 to 10,000).
+    max_size: u32 = defaults::MAX_SIZE, u32, "MAX_SIZE";
+    /// Idle connections kept open when possible (at most `max_size`).
+    min_idle: u32 = defaults::MIN_IDLE, u32, "MIN_IDLE";
+    /// Budget for one whole checkout, validation and retries included.
+    checkout_timeout: Duration = defaults::CHECKOUT_TIMEOUT, Duration, "CHECKOUT_TIMEOUT_MS";
+    /// Budget for one connect: TCP, the Redis handshake, the first PING and the set-up hook.
+    connect_timeout: Duration = defaults::CONNECT_TIMEOUT, Duration, "CONNECT_TIMEOUT_MS";
+    /// Longest wait for one reply (blocking commands add their own timeout).
+    response_timeout: Duration = defaults::RESPONSE_TIMEOUT, Duration, "RESPONSE_TIMEOUT_MS";
+    /// Longest wait for the validation PING (shorter than the checkout budget).
+    validation_timeout: Duration = defaults::VALIDATION_TIMEOUT, Duration, "VALIDATION_TIMEOUT_MS";
+    /// Connections that completed a command this recently are not PINGed at checkout;
+    /// `Duration::ZERO` PINGs on every checkout.
+    validation_bypass: Duration = defaults::VALIDATION_BYPASS, Duration, "VALIDATION_BYPASS_MS";
+    /// Idle connections are closed after this; `None` keeps them open.
+    idle_timeout: Option<Duration> = Some(defaults::IDLE_TIMEOUT), impl Into<Option<Duration>>, "IDLE_TIMEOUT_MS";
+    /// Connections are renewed after at most this; `None` keeps them.
+    max_lifetime: Option<Duration> = Some(defaults::MAX_LIFETIME), impl Into<Option<Duration>>, "MAX_LIFETIME_MS";
+    /// Each lifetime is shortened by a random share up to this fraction (0.0 to 0.5).
+    lifetime_jitter: f64 = defaults::LIFETIME_JITTER, f64, "LIFETIME_JITTER";
+    /// TCP keepalive per socket; `None` leaves the system default.
+    keepalive: Option<Keepalive> = Some(Keepalive::default()), impl Into<Option<Keepalive>>, "KEEPALIVE";
+    /// Linux `TCP_USER_TIMEOUT` (1 ms to about 49 days); `None` leaves the system default.
+    /// Ignored elsewhere.
+    tcp_user_timeout: Option<Duration> = Some(defaults::TCP_USER_TIMEOUT), impl Into<Option<Duration>>, "TCP_USER_TIMEOUT_MS";
+    /// What start-up does when Redis is unreachable.
+    startup: StartupMode = StartupMode::Lazy, StartupMode, "STARTUP";
+    /// When the circuit breaker trips and how it recovers.
+    breaker: BreakerPolicy = BreakerPolicy::default(), BreakerPolicy, "BREAKER";
+    /// How long nothing may answer before the prober PINGs a healthy Redis.
+    probe_interval: Duration = defaults::PROBE_INTERVAL, Duration, "PROBE_INTERVAL_MS";
+    /// The pause after a failed connect before the pool tries again (doubles per failure).
+    reconnect_backoff_min: Duration = defaults::RECONNECT_BACKOFF_MIN, Duration, "RECONNECT_BACKOFF_MIN_MS";
+    /// The longest pause between connect attempts while Redis is down.
+    reconnect_backoff_max: Duration = defaults::RECONNECT_BACKOFF_MAX, Duration, "RECONNECT_BACKOFF_MAX_MS";
+}
+
+impl Settings {
+    /// Checks every setting against what the pool, the kernel and `Instant` arithmetic accept.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_POOL_SIZE).contains(&self.max_size) {
+            return Err(invalid(
+                "max_size",
+                format!("{} must be from 1 to {MAX_POOL_SIZE}", self.max_size),
+            ));
+        }
+        if self.min_idle > self.max_size {
+            return Err(invalid(
+                "min_idle",
+                format!(
+                    "min_idle ({}) exceeds max_size ({}); lower min_idle or raise max_size",
+                    self.min_idle, self.max_size
+                ),
+            ));
+        }
+        for (setting, value) in [
+            ("checkout_timeout", self.checkout_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("response_timeout", self.response_timeout),
+            ("validation_timeout", self.validation_timeout),
+            ("probe_interval", self.probe_interval),
+            ("reconnect_backoff_min", self.reconnect_backoff_min),
+        ] {
+            if value.is_zero() || value > MAX_DURATION {
+                return Err(invalid(
+                    setting,
+                    format!("{value:?} must be greater than zero and at most a year"),
+                ));
+            }
+        }
+        if self.validation_bypass > MAX_DURATION || self.reconnect_backoff_max > MAX_DURATION {
+            let setting = if self.validation_bypass > MAX_DURATION {
+                "validation_bypass"
+            } else {
+                "reconnect_backoff_max"
+            };
+            return Err(invalid(setting, "must be at most a year"));
+        }
+        if self.validation_timeout >= self.checkout_timeout {
+            return Err(invalid(
+                "validation_timeout",
+                format!(
+                    "{:?} leaves nothing of the checkout budget ({:?}) to replace a dead \
+                     connection; make validation_timeout shorter than checkout_timeout",
+                    self.validation_timeout, self.checkout_timeout
+                ),
+            ));
+        }
+        if self.reconnect_backoff_max < self.reconnect_backoff_min {
+            return Err(invalid(
+                "reconnect_backoff_max",
+                format!(
+                    "{:?} is below reconnect_backoff_min ({:?})",
+                    self.reconnect_backoff_max, self.reconnect_backoff_min
+                ),
+            ));
+        }
+        for (setting, value) in [
+            ("idle_timeout", self.idle_timeout),
+            ("max_lifetime", self.max_lifetime),
+        ] {
+            if value.is_some_and(|d| d.is_zero() || d > MAX_DURATION) {
+                return Err(invalid(
+                    setting,
+                    "must be greater than zero and at most a year, or None to disable",
+                ));
+            }
+        }
+        if !(0.0..=0.5).contains(&self.lifetime_jitter) {
+            return Err(invalid(
+                "lifetime_jitter",
+                format!("{} is outside 0.0 to 0.5", self.lifetime_jitter),
+            ));
+        }
+        if let Some(keepalive) = self.keepalive {
+            keepalive
+                .validate()
+                .map_err(|reason| invalid("keepalive", reason))?;
+        }
+        if let Some(timeout) = self.tcp_user_timeout {
+            // The kernel takes milliseconds in an unsigned 32-bit integer.
+            if timeout < Duration::from_millis(1) || timeout.as_millis() > u128::from(u32::MAX) {
+                return Err(invalid(
+                    "tcp_user_timeout",
+                    format!("{timeout:?} must be from 1 ms to {} ms, or None", u32::MAX),
+                ));
+            }
+        }
+        if self.startup == StartupMode::WaitFor(Duration::ZERO) {
+            return Err(invalid(
+                "startup",
+                "WaitFor needs a non-zero duration; use FailFast for a single attempt",
+            ));
+        }
+        self.breaker
+            .validate()
+            .map_err(|reason| invalid("breaker", reason))
+    }
+}
+
+#[cfg(test)]
+mod tests;

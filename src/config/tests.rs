@@ -1,0 +1,555 @@
+use std::ffi::OsString;
+use std::time::Duration;
+
+use super::*;
+
+const SECRET: &str = "s3cr3t-pa55";
+
+fn error_of(builder: ConfigBuilder) -> String {
+    builder.build().expect_err("invalid").to_string()
+}
+
+/// A lookup over fixed pairs, as the environment would answer.
+fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+    let pairs: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |key| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| OsString::from(v))
+    }
+}
+
+fn env_error(pairs: &[(&str, &str)]) -> String {
+    env::from_lookup("", env(pairs))
+        .expect_err("invalid")
+        .to_string()
+}
+
+#[test]
+fn every_bad_setting_says_what_to_fix() {
+    let url = "redis://127.0.0.1";
+    let cases: Vec<(ConfigBuilder, &str)> = vec![
+        (
+            Config::builder(url).max_size(0),
+            "invalid setting max_size: 0 must be from 1 to 10000",
+        ),
+        (
+            Config::builder(url).max_size(u32::MAX),
+            "must be from 1 to 10000",
+        ),
+        (
+            Config::builder(url).max_size(4).min_idle(5),
+            "min_idle (5) exceeds max_size (4); lower min_idle or raise max_size",
+        ),
+        (
+            Config::builder(url).checkout_timeout(Duration::ZERO),
+            "invalid setting checkout_timeout: 0ns must be greater than zero",
+        ),
+        (
+            Config::builder(url).connect_timeout(Duration::ZERO),
+            "invalid setting connect_timeout",
+        ),
+        (
+            Config::builder(url).response_timeout(Duration::MAX),
+            "invalid setting response_timeout",
+        ),
+        (
+            Config::builder(url).validation_timeout(Duration::from_secs(2)),
+            "make validation_timeout shorter than checkout_timeout",
+        ),
+        (
+            Config::builder(url).idle_timeout(Duration::ZERO),
+            "idle_timeout: must be greater than zero and at most a year, or None to disable",
+        ),
+        (
+            Config::builder(url).max_lifetime(Duration::MAX),
+            "max_lifetime: must be greater than zero and at most a year, or None",
+        ),
+        (
+            Config::builder(url).lifetime_jitter(0.9),
+            "0.9 is outside 0.0 to 0.5",
+        ),
+        (
+            Config::builder(url).lifetime_jitter(f64::NAN),
+            "NaN is outside 0.0 to 0.5",
+        ),
+        (
+            Config::builder(url).keepalive(Keepalive {
+                retries: 0,
+                ..Keepalive::default()
+            }),
+            "retries 0 must be from 1 to 127",
+        ),
+        (
+            Config::builder(url).keepalive(Keepalive {
+                retries: 200,
+                ..Keepalive::default()
+            }),
+            "retries 200 must be from 1 to 127",
+        ),
+        (
+            Config::builder(url).keepalive(Keepalive {
+                idle: Duration::from_secs(36_000),
+                ..Keepalive::default()
+            }),
+            "idle 36000s must be whole seconds from 1 to 32767",
+        ),
+        (
+            Config::builder(url).keepalive(Keepalive {
+                interval: Duration::from_millis(500),
+                ..Keepalive::default()
+            }),
+            "interval 500ms must be whole seconds",
+        ),
+        (
+            Config::builder(url).tcp_user_timeout(Duration::from_secs(60 * 24 * 60 * 60)),
+            "tcp_user_timeout: 5184000s must be from 1 ms to 4294967295 ms",
+        ),
+        (Config::builder(url).name(""), "name: must be 1 to 64"),
+        (Config::builder(url).name("a\nb"), "name: must be 1 to 64"),
+        (
+            Config::builder(url).startup(StartupMode::WaitFor(Duration::ZERO)),
+            "WaitFor needs a non-zero duration",
+        ),
+        (
+            Config::builder(url).breaker(BreakerPolicy {
+                failure_rate: 1.5,
+                ..BreakerPolicy::default()
+            }),
+            "failure_rate 1.5 must be in (0, 1]",
+        ),
+        (
+            Config::builder(url).breaker(BreakerPolicy {
+                consecutive_failures: 0,
+                ..BreakerPolicy::default()
+            }),
+            "consecutive_failures, min_calls and trial_successes must be at least 1",
+        ),
+        (
+            Config::builder(url).breaker(BreakerPolicy {
+                window: Duration::MAX,
+                ..BreakerPolicy::default()
+            }),
+            "at most a year",
+        ),
+        (
+            Config::builder(url).reconnect_backoff_max(Duration::from_millis(10)),
+            "is below reconnect_backoff_min",
+        ),
+        (
+            Config::builder(url).probe_interval(Duration::MAX),
+            "invalid setting probe_interval",
+        ),
+    ];
+    for (builder, expected) in cases {
+        let message = error_of(builder);
+        assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+    }
+}
+
+#[test]
+fn forever_at_start_up_is_allowed() {
+    let config = Config::builder("redis://127.0.0.1")
+        .startup(StartupMode::WaitFor(Duration::MAX))
+        .build()
+        .unwrap();
+    assert_eq!(config.startup(), StartupMode::WaitFor(Duration::MAX));
+}
+
+#[test]
+fn bad_urls_are_rejected_naming_the_part_without_repeating_it() {
+    let cases = [
+        (
+            format!("localhost:{SECRET}"),
+            "scheme \"localhost\" is not redis://",
+        ),
+        (
+            format!("http://u:{SECRET}@host"),
+            "is not redis:// or redis+unix://",
+        ),
+        (
+            format!("rediss://u:{SECRET}@host"),
+            "TLS (rediss://) is not supported yet",
+        ),
+        (format!("redis://:{SECRET}@"), "empty host"),
+        (format!("not a url {SECRET}"), "expected redis://"),
+        ("redis://host:99999".to_owned(), "invalid port number"),
+        (
+            format!("redis://host/{SECRET}"),
+            "the database in the path is not a number",
+        ),
+        (
+            "redis://host/99999999999999999999".to_owned(),
+            "the database number in the path is too large",
+        ),
+        (
+            "redis://:%ff%fe@host".to_owned(),
+            "the password is not valid UTF-8",
+        ),
+        (
+            format!("redis+unix:///run/redis.sock?db={SECRET}"),
+            "the database in db= is not a number",
+        ),
+        (
+            format!("redis://host?protocol={SECRET}"),
+            "invalid protocol version: use protocol=resp2 or protocol=resp3",
+        ),
+        (
+            format!("redis://host/?password={SECRET}"),
+            "credentials in the query (password=) are ignored",
+        ),
+        (
+            format!("redis://host/?pass={SECRET}"),
+            "credentials in the query (pass=) are ignored",
+        ),
+        (
+            "redis://ro@host".to_owned(),
+            "a user name without a password",
+        ),
+        (
+            "redis+unix:///run/redis.sock?user=ro".to_owned(),
+            "a user name without a password",
+        ),
+        (
+            format!("redis://host/#{SECRET}"),
+            "a fragment (#...) has no meaning",
+        ),
+        (
+            format!("redis://host/?{SECRET}=1"),
+            "is not a setting redis-rs reads from the URL",
+        ),
+        (
+            "redis://host/?db=2".to_owned(),
+            "put the database in the path",
+        ),
+    ];
+    for (url, expected) in cases {
+        let message = error_of(Config::builder(url.clone()));
+        assert!(
+            message.contains(expected),
+            "{url}: {message:?} lacks {expected:?}"
+        );
+        assert!(!message.contains(SECRET), "{message:?} leaks the password");
+        let builder = format!("{:?}", Config::builder(url.clone()));
+        assert!(!builder.contains(SECRET), "{builder} leaks the password");
+    }
+}
+
+#[test]
+fn every_credential_form_is_redacted_everywhere() {
+    let urls = [
+        format!("redis://user:{SECRET}@10.0.0.1:6380/2"),
+        format!("redis://:{SECRET}@10.0.0.1"),
+        format!("redis+unix:///run/redis.sock?db=1&user=app&pass={SECRET}"),
+        format!("unix:///run/redis.sock?pass={SECRET}"),
+    ];
+    for url in urls {
+        let builder = Config::builder(url.clone());
+        assert!(!format!("{builder:?}").contains(SECRET), "{url}");
+        let config = builder.build().unwrap();
+        for shown in [
+            config.redacted_url().to_owned(),
+            format!("{config:?}"),
+            format!("{config:#?}"),
+            redact_url(&url),
+        ] {
+            assert!(!shown.contains(SECRET), "{shown}");
+            assert!(shown.contains("***"), "{shown}");
+        }
+    }
+    assert_eq!(
+        redact_url(&format!("redis://user:{SECRET}@10.0.0.1:6380/2")),
+        "redis://user:***@10.0.0.1:6380/2"
+    );
+    assert_eq!(
+        redact_url(&format!("redis://h/#{SECRET}")),
+        "redis://h/",
+        "a fragment is dropped"
+    );
+    // The password still reaches the handshake.
+    let config = Config::builder(format!("redis://user:{SECRET}@10.0.0.1:6380/2"))
+        .build()
+        .unwrap();
+    assert_eq!(config.connection.redis_settings().password(), Some(SECRET));
+    assert_eq!(config.connection.redis_settings().db(), 2);
+}
+
+#[test]
+fn from_env_reads_every_variable() {
+    let config = env::from_lookup(
+        "",
+        env(&[
+            ("REDIS_URL", "redis://127.0.0.1:7000"),
+            ("REDIS_GUARD_POOL_NAME", "sessions"),
+            ("REDIS_GUARD_MAX_SIZE", "32"),
+            ("REDIS_GUARD_MIN_IDLE", "4"),
+            ("REDIS_GUARD_CHECKOUT_TIMEOUT_MS", "2000"),
+            ("REDIS_GUARD_CONNECT_TIMEOUT_MS", "300"),
+            ("REDIS_GUARD_RESPONSE_TIMEOUT_MS", "700"),
+            ("REDIS_GUARD_VALIDATION_TIMEOUT_MS", "100"),
+            ("REDIS_GUARD_VALIDATION_BYPASS_MS", "0"),
+            ("REDIS_GUARD_IDLE_TIMEOUT_MS", "none"),
+            ("REDIS_GUARD_MAX_LIFETIME_MS", "600000"),
+            ("REDIS_GUARD_LIFETIME_JITTER", "0.1"),
+            ("REDIS_GUARD_KEEPALIVE", "60,10,4"),
+            ("REDIS_GUARD_TCP_USER_TIMEOUT_MS", "off"),
+            ("REDIS_GUARD_STARTUP", "wait_for:5000"),
+            (
+                "REDIS_GUARD_BREAKER",
+                "consecutive_failures=3, window_ms=30000",
+            ),
+            ("REDIS_GUARD_PROBE_INTERVAL_MS", "5000"),
+            ("REDIS_GUARD_RECONNECT_BACKOFF_MIN_MS", "100"),
+            ("REDIS_GUARD_RECONNECT_BACKOFF_MAX_MS", "800"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.name(), "sessions");
+    assert_eq!((config.max_size(), config.min_idle()), (32, 4));
+    assert_eq!(config.checkout_timeout(), Duration::from_secs(2));
+    assert_eq!(config.connect_timeout(), Duration::from_millis(300));
+    assert_eq!(config.response_timeout(), Duration::from_millis(700));
+    assert_eq!(config.validation_timeout(), Duration::from_millis(100));
+    assert_eq!(config.validation_bypass(), Duration::ZERO);
+    assert_eq!(config.idle_timeout(), None);
+    assert_eq!(config.max_lifetime(), Some(Duration::from_secs(600)));
+    assert_eq!(config.lifetime_jitter(), 0.1);
+    assert_eq!(
+        config.keepalive(),
+        Some(Keepalive {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            retries: 4
+        })
+    );
+    assert_eq!(config.tcp_user_timeout(), None);
+    assert_eq!(
+        config.startup(),
+        StartupMode::WaitFor(Duration::from_secs(5))
+    );
+    assert_eq!(config.breaker().consecutive_failures, 3);
+    assert_eq!(config.breaker().window, Duration::from_secs(30));
+    assert_eq!(
+        config.breaker().min_calls,
+        BreakerPolicy::default().min_calls
+    );
+    assert_eq!(config.probe_interval(), Duration::from_secs(5));
+    assert_eq!(config.reconnect_backoff_max(), Duration::from_millis(800));
+}
+
+#[test]
+fn from_env_takes_a_prefix_per_pool() {
+    let lookup = env(&[
+        ("SESSIONS_REDIS_URL", "redis://127.0.0.1:7001"),
+        ("SESSIONS_REDIS_GUARD_MAX_SIZE", "3"),
+        ("REDIS_GUARD_MAX_SIZE", "99"),
+    ]);
+    let config = env::from_lookup("SESSIONS_", lookup).unwrap();
+    assert_eq!(config.max_size(), 3);
+}
+
+#[test]
+fn from_env_errors_name_the_variable_that_was_set() {
+    let url = ("REDIS_URL", "redis://127.0.0.1");
+    assert_eq!(
+        env_error(&[]),
+        "invalid setting REDIS_URL: not set; set it to redis://host:port (or redis+unix:///path)"
+    );
+    assert_eq!(
+        env_error(&[url, ("REDIS_GUARD_MAX_SIZE", "ten")]),
+        "invalid setting REDIS_GUARD_MAX_SIZE: \"ten\" is not a whole number"
+    );
+    assert_eq!(
+        env_error(&[url, ("REDIS_GUARD_MAX_SIZE", "12345678901234567890123")]),
+        "invalid setting REDIS_GUARD_MAX_SIZE: \"12345678901234567890123\" is too large"
+    );
+    assert_eq!(
+        env_error(&[url, ("REDIS_GUARD_MAX_SIZE", "0")]),
+        "invalid setting REDIS_GUARD_MAX_SIZE: 0 must be from 1 to 10000"
+    );
+    // validation_timeout was never set: the variable that was set is named.
+    let related = env_error(&[url, ("REDIS_GUARD_CHECKOUT_TIMEOUT_MS", "100")]);
+    assert!(
+        related.starts_with("invalid setting REDIS_GUARD_CHECKOUT_TIMEOUT_MS:"),
+        "{related}"
+    );
+    assert!(
+        related.contains("shorter than REDIS_GUARD_CHECKOUT_TIMEOUT_MS"),
+        "{related}"
+    );
+    assert_eq!(
+        env_error(&[url, ("REDIS_GUARD_STARTUP", "eventually")]),
+        "invalid setting REDIS_GUARD_STARTUP: \"eventually\" is not lazy, fail_fast or \
+         wait_for:<milliseconds>"
+    );
+    let bad_url = env_error(&[("REDIS_URL", &format!("redis://ro@host?x={SECRET}"))]);
+    assert!(bad_url.contains("(in REDIS_URL)"), "{bad_url}");
+    assert!(!bad_url.contains(SECRET), "{bad_url}");
+}
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let config = Config::builder("redis://127.0.0.1").build().unwrap();
+    assert_eq!(config.name(), defaults::NAME);
+    assert_eq!(config.max_size(), defaults::MAX_SIZE);
+    assert_eq!(config.checkout_timeout(), defaults::CHECKOUT_TIMEOUT);
+    assert_eq!(config.validation_bypass(), defaults::VALIDATION_BYPASS);
+    assert_eq!(config.idle_timeout(), Some(defaults::IDLE_TIMEOUT));
+    assert_eq!(config.startup(), StartupMode::Lazy);
+    assert_eq!(config.keepalive(), Some(Keepalive::default()));
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Durations as users write them: zero, small, typical, huge, `Duration::MAX`.
+    fn duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::MAX),
+            (0u64..10_000).prop_map(Duration::from_millis),
+            (0u64..100_000_000).prop_map(Duration::from_secs),
+            any::<u64>().prop_map(Duration::from_nanos),
+            any::<u64>().prop_map(Duration::from_secs),
+        ]
+    }
+
+    fn optional(d: impl Strategy<Value = Duration>) -> impl Strategy<Value = Option<Duration>> {
+        prop_oneof![Just(None), d.prop_map(Some)]
+    }
+
+    fn keepalive() -> impl Strategy<Value = Option<Keepalive>> {
+        prop_oneof![
+            Just(None),
+            (duration(), duration(), any::<u32>()).prop_map(|(idle, interval, retries)| {
+                Some(Keepalive {
+                    idle,
+                    interval,
+                    retries,
+                })
+            })
+        ]
+    }
+
+    fn builder() -> impl Strategy<Value = ConfigBuilder> {
+        (
+            (
+                any::<u32>(),
+                any::<u32>(),
+                duration(),
+                duration(),
+                duration(),
+            ),
+            (
+                duration(),
+                duration(),
+                optional(duration()),
+                optional(duration()),
+            ),
+            (any::<f64>(), keepalive(), optional(duration()), duration()),
+            (duration(), duration(), duration(), 0u32..20, any::<f64>()),
+        )
+            .prop_map(|(a, b, c, d)| {
+                let (max_size, min_idle, checkout, connect, response) = a;
+                let (validation, bypass, idle, lifetime) = b;
+                let (jitter, keepalive, user_timeout, probe) = c;
+                let (wait_for, backoff_min, backoff_max, failures, rate) = d;
+                Config::builder("redis://127.0.0.1:6379")
+                    .max_size(max_size % 20_000)
+                    .min_idle(min_idle % 50)
+                    .checkout_timeout(checkout)
+                    .connect_timeout(connect)
+                    .response_timeout(response)
+                    .validation_timeout(validation)
+                    .validation_bypass(bypass)
+                    .idle_timeout(idle)
+                    .max_lifetime(lifetime)
+                    .lifetime_jitter(jitter)
+                    .keepalive(keepalive)
+                    .tcp_user_timeout(user_timeout)
+                    .probe_interval(probe)
+                    .startup(StartupMode::WaitFor(wait_for))
+                    .reconnect_backoff_min(backoff_min)
+                    .reconnect_backoff_max(backoff_max)
+                    .breaker(BreakerPolicy {
+                        consecutive_failures: failures,
+                        failure_rate: rate,
+                        ..BreakerPolicy::default()
+                    })
+            })
+    }
+
+    /// What the pool does with a config's durations: deadlines from now, jittered lifetimes.
+    fn exercise_arithmetic(config: &Config) {
+        let now = std::time::Instant::now();
+        let _ = now + config.checkout_timeout();
+        let _ = now + config.connect_timeout();
+        let _ = now + config.probe_interval();
+        let _ = now + config.reconnect_backoff_max().mul_f64(1.15);
+        let _ = config
+            .response_timeout()
+            .saturating_add(Duration::from_secs(365 * 24 * 3600));
+        if let Some(lifetime) = config.max_lifetime() {
+            let _ = now + lifetime.mul_f64(1.0 - config.lifetime_jitter());
+        }
+        if let Some(idle) = config.idle_timeout() {
+            let _ = now + idle;
+        }
+        let _ = now + config.breaker().window;
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any builder input is refused with a message, or builds a config whose socket
+        /// options the kernel accepts and whose durations the pool's arithmetic can take.
+        #[test]
+        fn any_builder_input_builds_a_usable_config_or_says_why_not(builder in builder()) {
+            match builder.build() {
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+                Ok(config) => {
+                    exercise_arithmetic(&config);
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    crate::transport::apply_socket_options_for_test(&socket, &config)
+                        .map_err(|e| TestCaseError::fail(format!("kernel refused {config:?}: {e}")))?;
+                }
+            }
+        }
+
+        /// Any environment value is refused naming its variable, or builds a config.
+        #[test]
+        fn any_environment_value_builds_or_names_its_variable(
+            variable in prop::sample::select(vec![
+                "REDIS_GUARD_MAX_SIZE", "REDIS_GUARD_CHECKOUT_TIMEOUT_MS", "REDIS_GUARD_KEEPALIVE",
+                "REDIS_GUARD_STARTUP", "REDIS_GUARD_BREAKER", "REDIS_GUARD_IDLE_TIMEOUT_MS",
+                "REDIS_GUARD_LIFETIME_JITTER", "REDIS_GUARD_TCP_USER_TIMEOUT_MS",
+                "REDIS_GUARD_POOL_NAME", "REDIS_URL",
+            ]),
+            value in prop_oneof![
+                "\\PC{0,40}",
+                "[0-9]{1,30}",
+                "[0-9]{1,6},[0-9]{1,6},[0-9]{1,4}",
+                "wait_for:[0-9]{1,25}",
+            ],
+        ) {
+            let mut pairs = vec![("REDIS_URL", "redis://127.0.0.1:6379")];
+            pairs.retain(|(k, _)| *k != variable);
+            pairs.push((variable, value.as_str()));
+            match env::from_lookup("", env(&pairs)) {
+                Ok(config) => exercise_arithmetic(&config),
+                Err(e) => {
+                    let message = e.to_string();
+                    let names_it = message.contains(variable)
+                        || (variable == "REDIS_GUARD_POOL_NAME" && message.contains("REDIS_GUARD_POOL_NAME"));
+                    prop_assert!(names_it, "{variable}={value:?}: {message}");
+                }
+            }
+        }
+    }
+}

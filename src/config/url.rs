@@ -1,0 +1,246 @@
+//! Redis URLs: what redis-guard accepts, and how it shows one without its secrets.
+//!
+//! A URL is checked part by part before redis-rs reads it, so that every mistake gets a message
+//! naming the part at fault, and no message ever repeats a value from the URL (any of them may
+//! be a password typed in the wrong place). Credentials that redis-rs would silently ignore (a
+//! `?password=` on a TCP URL, a user name with no password) are refused, not dropped: a service
+//! must not run as Redis's `default` user while its logs suggest otherwise.
+
+use std::borrow::Cow;
+
+use redis::{ConnectionInfo, IntoConnectionInfo};
+
+use super::ConfigError;
+
+/// The forms the messages point to.
+const TCP_FORM: &str = "redis://[user:password@]host[:port][/db]";
+const UNIX_FORM: &str = "redis+unix:///path/to/socket[?db=N][&user=U&pass=P]";
+
+/// Query parameters that carry credentials in some client's URL syntax.
+const CREDENTIAL_KEYS: &[&str] = &["pass", "password", "user", "username"];
+
+fn invalid(reason: impl Into<String>) -> ConfigError {
+    ConfigError::InvalidUrl {
+        reason: reason.into(),
+    }
+}
+
+/// Parses and checks `raw`, then hands it to redis-rs.
+pub(crate) fn parse_url(raw: &str) -> Result<ConnectionInfo, ConfigError> {
+    let url = url::Url::parse(raw.trim())
+        .map_err(|e| invalid(format!("{e}; expected {TCP_FORM} or {UNIX_FORM}")))?;
+    if url.fragment().is_some() {
+        return Err(invalid(
+            "a fragment (#...) has no meaning in a Redis URL here; remove it",
+        ));
+    }
+    match url.scheme() {
+        "redis" => check_tcp(&url)?,
+        "redis+unix" | "unix" => check_unix(&url)?,
+        "rediss" => {
+            return Err(invalid(
+                "TLS (rediss://) is not supported yet; terminate TLS in a sidecar or use redis://",
+            ));
+        }
+        other => {
+            return Err(invalid(format!(
+                "scheme {other:?} is not redis:// or redis+unix://"
+            )));
+        }
+    }
+    url.as_str()
+        .into_connection_info()
+        // Every part redis-rs reads was checked above; its messages may quote a value.
+        .map_err(|e| invalid(format!("redis-rs refused it ({:?})", e.kind())))
+}
+
+fn check_tcp(url: &url::Url) -> Result<(), ConfigError> {
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(format!("no host; expected {TCP_FORM}")));
+    }
+    decoded(url.username(), "the user name")?;
+    if let Some(password) = url.password() {
+        decoded(password, "the password")?;
+    }
+    if !url.username().is_empty() && url.password().is_none() {
+        return Err(invalid(
+            "a user name without a password: Redis would be used as its default user; write \
+             redis://user:PASSWORD@host (or redis://:PASSWORD@host for the default user)",
+        ));
+    }
+    let db = url.path().trim_matches('/');
+    if !db.is_empty() {
+        check_db(db, "the path")?;
+    }
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "protocol" => check_protocol(&value)?,
+            key if CREDENTIAL_KEYS.contains(&key) => {
+                return Err(invalid(format!(
+                    "credentials in the query ({key}=) are ignored for redis:// URLs; write \
+                     {TCP_FORM}"
+                )));
+            }
+            "db" => {
+                return Err(invalid(
+                    "db= in the query is ignored for redis:// URLs; put the database in the \
+                     path: redis://host:6379/2",
+                ));
+            }
+            _ => return Err(unknown_parameter(&key, "protocol")),
+        }
+    }
+    Ok(())
+}
+
+fn check_unix(url: &url::Url) -> Result<(), ConfigError> {
+    if url.path().is_empty() || url.path() == "/" {
+        return Err(invalid(format!("no socket path; expected {UNIX_FORM}")));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(format!(
+            "credentials before the path are ignored for unix sockets; write {UNIX_FORM}"
+        )));
+    }
+    let (mut user, mut pass) = (false, false);
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "db" => check_db(&value, "db=")?,
+            "protocol" => check_protocol(&value)?,
+            "user" => user = true,
+            "pass" => pass = true,
+            "password" | "username" => {
+                return Err(invalid(format!(
+                    "{key}= is ignored for unix sockets; write {UNIX_FORM}"
+                )));
+            }
+            _ => return Err(unknown_parameter(&key, "db, user, pass, protocol")),
+        }
+    }
+    if user && !pass {
+        return Err(invalid(format!(
+            "a user name without a password: Redis would be used as its default user; write \
+             {UNIX_FORM}"
+        )));
+    }
+    Ok(())
+}
+
+/// A parameter is named in the message only when it is a plain word: it is a key, not a value,
+/// but a URL typed wrong can put anything there.
+fn unknown_parameter(key: &str, supported: &str) -> ConfigError {
+    let key = if key.len() <= 32 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Cow::Owned(format!("{key:?}"))
+    } else {
+        Cow::Borrowed("a query parameter")
+    };
+    invalid(format!(
+        "{key} is not a setting redis-rs reads from the URL (it reads {supported}); set pool \
+         settings on the builder or with REDIS_GUARD_* variables"
+    ))
+}
+
+fn decoded(part: &str, what: &str) -> Result<(), ConfigError> {
+    percent_decode(part)
+        .map(drop)
+        .ok_or_else(|| invalid(format!("{what} is not valid UTF-8 once percent-decoded")))
+}
+
+/// Percent-decodes `part` as redis-rs does (an invalid escape stays as it is), strictly UTF-8.
+fn percent_decode(part: &str) -> Option<String> {
+    let raw = part.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let escaped = (raw[i] == b'%')
+            .then(|| raw.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(raw[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn check_db(db: &str, place: &str) -> Result<(), ConfigError> {
+    match db.parse::<i64>() {
+        Ok(n) if n >= 0 => Ok(()),
+        _ if !db.is_empty() && db.chars().all(|c| c.is_ascii_digit()) => Err(invalid(format!(
+            "the database number in {place} is too large"
+        ))),
+        _ => Err(invalid(format!(
+            "the database in {place} is not a number; expected e.g. redis://host:6379/2"
+        ))),
+    }
+}
+
+fn check_protocol(value: &str) -> Result<(), ConfigError> {
+    match value {
+        "2" | "resp2" | "3" | "resp3" => Ok(()),
+        _ => Err(invalid(
+            "invalid protocol version: use protocol=resp2 or protocol=resp3",
+        )),
+    }
+}
+
+/// Returns `url` with every credential replaced by `***`: the password in the user info, and
+/// the values of `pass`, `password`, `user` and `username` query parameters; a fragment is
+/// dropped. For logs, errors, `Debug` and metrics. A string that does not parse as a URL is
+/// replaced whole: it might be a secret.
+///
+/// ```
+/// use redis_guard::config::redact_url;
+/// assert_eq!(redact_url("redis://user:pa55@host:6379"), "redis://user:***@host:6379");
+/// assert_eq!(
+///     redact_url("redis+unix:///run/redis.sock?db=1&user=app&pass=pa55"),
+///     "redis+unix:///run/redis.sock?db=1&user=***&pass=***"
+/// );
+/// assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+/// assert_eq!(redact_url("not a url pa55"), "<unparseable URL>");
+/// assert_eq!(redact_url("localhost:pa55"), "<not a Redis URL>");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url.trim()) else {
+        return "<unparseable URL>".to_owned();
+    };
+    if !["redis", "rediss", "redis+unix", "unix"].contains(&parsed.scheme()) {
+        // `host:password` parses as scheme `host` with the password as its path.
+        return "<not a Redis URL>".to_owned();
+    }
+    if parsed.password().is_some() {
+        // Cannot fail: a URL that has a password has a host to hold it.
+        let _ = parsed.set_password(Some("***"));
+    }
+    parsed.set_fragment(None);
+    if parsed.query().is_some() {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let secret = CREDENTIAL_KEYS.contains(&key.as_ref());
+                (
+                    key.into_owned(),
+                    if secret {
+                        "***".into()
+                    } else {
+                        value.into_owned()
+                    },
+                )
+            })
+            .collect();
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (key, value) in &pairs {
+            query.append_pair(key, value);
+        }
+        let query = query.finish().replace("%2A%2A%2A", "***");
+        parsed.set_query(Some(&query));
+    }
+    parsed.to_string()
+}
