@@ -275,6 +275,12 @@ impl Breaker {
         }
     }
 
+    /// Redis is proven there (a start-up connect): serve at once.
+    pub(crate) fn close(&self) -> Transition {
+        let mut counts = self.lock();
+        self.move_to(&mut counts, BreakerState::Closed)
+    }
+
     /// A connect succeeded while the breaker was open while the breaker was open: let trial calls decide.
     pub(crate) fn probe_succeeded(&self) -> Transition {
         let mut counts = self.lock();

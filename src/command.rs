@@ -106,6 +106,17 @@ impl ReadOnlyCommands {
             .all(|cmd| verdict(&known, &lookup_names(cmd)))
     }
 
+    /// Learns every command Redis has (and their subcommands) from one `COMMAND`. Returns
+    /// whether it could.
+    pub(crate) async fn learn_all(&self, conn: &mut GuardConnection) -> bool {
+        let Ok(Value::Array(entries)) = conn.query_raw(&redis::cmd("COMMAND")).await else {
+            return false;
+        };
+        let mut known = self.lock();
+        learn_entries(&mut known, &entries);
+        !known.is_empty()
+    }
+
     /// Whether every command in `cmds` only reads, if Redis has described them all already.
     pub(crate) fn known<'c>(&self, cmds: impl Iterator<Item = &'c Cmd>) -> Option<bool> {
         let known = self.lock();
@@ -122,6 +133,25 @@ impl ReadOnlyCommands {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<bool>>> {
         self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Records each `COMMAND` entry's read-only flag, and its subcommands' (the tenth field in
+/// Redis 7: `config|get`, ...).
+fn learn_entries(known: &mut HashMap<String, Option<bool>>, entries: &[Value]) {
+    for entry in entries {
+        let Value::Array(fields) = entry else {
+            continue;
+        };
+        let name = match fields.first() {
+            Some(Value::BulkString(name)) => String::from_utf8_lossy(name).to_lowercase(),
+            Some(Value::SimpleString(name)) => name.to_lowercase(),
+            _ => continue,
+        };
+        known.insert(name, read_only_flag(entry));
+        if let Some(Value::Array(subcommands)) = fields.get(9) {
+            learn_entries(known, subcommands);
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use crate::command;
 use crate::metrics::EvictionReason;
 use crate::session::Session;
 use crate::shared::Shared;
-use crate::transport::{LinkHealth, PeerProbe};
+use crate::transport::{LinkHealth, LinkState, PeerProbe};
 
 /// A pooled Redis connection. Use it with [`redis::AsyncCommands`] or any `query_async`.
 ///
@@ -193,44 +193,51 @@ impl GuardConnection {
         !self.session.is_dirty()
     }
 
-    /// Names the connection after the pool for `CLIENT LIST`. Best effort: an ACL may forbid
-    /// `CLIENT SETNAME`, and the pool works without a name.
-    pub(crate) async fn set_client_name(&mut self, pool: &str) {
+    /// A new connection's first round trip: names it after the pool (for `CLIENT LIST`) and
+    /// PINGs, both sent at once. Only a reply proves Redis, not just a socket, there.
+    ///
+    /// The name is best effort (an ACL may forbid `CLIENT SETNAME`). A PING refused by the ACL
+    /// (`NOPERM`) still proves the connection: a reply came back. Other errors are kept whole,
+    /// so `NOAUTH` or `WRONGPASS` can be told from a dead socket.
+    pub(crate) async fn introduce(&mut self, pool: &str) -> RedisResult<()> {
         // Redis refuses spaces and control characters in names.
         let name: String = pool
             .chars()
             .map(|c| if c.is_ascii_graphic() { c } else { '_' })
             .collect();
         let setname = redis::cmd("CLIENT").arg("SETNAME").arg(name).to_owned();
-        let refused = match self.inner.send_packed_command(&setname).await {
-            Ok(Value::ServerError(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
-            Ok(_) => None,
-        };
-        if let Some(error) = refused {
+        let ping = redis::cmd("PING").to_owned();
+        let mut naming = self.inner.clone();
+        let sent = Instant::now();
+        let (named, pinged) = tokio::join!(
+            naming.send_packed_command(&setname),
+            self.inner.send_packed_command(&ping)
+        );
+        if let Some(error) = server_error(named) {
             tracing::debug!(connection_id = self.id, %error, "CLIENT SETNAME refused; connection left unnamed");
         }
-    }
-
-    /// A new connection's first command: only a reply proves Redis (not just a socket) there.
-    /// Its errors are kept whole, so `NOAUTH` or `NOPERM` can be told from a dead socket.
-    pub(crate) async fn first_ping(&mut self) -> RedisResult<()> {
-        match self
-            .inner
-            .send_packed_command(&redis::cmd("PING").to_owned())
-            .await?
-        {
-            Value::SimpleString(_) | Value::BulkString(_) => {
-                self.last_success = Instant::now();
-                Ok(())
+        match pinged {
+            Ok(Value::SimpleString(_) | Value::BulkString(_)) => {}
+            Ok(Value::ServerError(e)) if e.code() == "NOPERM" => {
+                tracing::debug!(
+                    connection_id = self.id,
+                    "PING forbidden by the ACL; its refusal proves the connection"
+                );
             }
-            Value::ServerError(e) => Err(e.into()),
-            other => Err(RedisError::from((
-                redis::ErrorKind::Client,
-                "unexpected PING reply",
-                format!("{other:?}"),
-            ))),
+            Err(e) if e.code() == Some("NOPERM") => {}
+            Ok(Value::ServerError(e)) => return Err(e.into()),
+            Err(e) => return Err(e),
+            Ok(other) => {
+                return Err(RedisError::from((
+                    redis::ErrorKind::Client,
+                    "unexpected PING reply",
+                    format!("{other:?}"),
+                )));
+            }
         }
+        self.last_success = Instant::now();
+        self.shared.round_trip(self.last_success - sent);
+        Ok(())
     }
 
     /// PINGs with a payload unique to this attempt, so a stale reply cannot pass for the answer.
@@ -238,8 +245,21 @@ impl GuardConnection {
         self.validations += 1;
         let nonce = format!("redis-guard:{}:{}", self.id, self.validations);
         let ping = redis::cmd("PING").arg(&nonce).to_owned();
+        let sent = Instant::now();
         match tokio::time::timeout(timeout, self.inner.send_packed_command(&ping)).await {
             Ok(Ok(Value::BulkString(reply))) if reply == nonce.as_bytes() => {
+                self.last_success = Instant::now();
+                self.shared.round_trip(self.last_success - sent);
+                self.served = true;
+                Ok(())
+            }
+            // PING forbidden by the ACL: the refusal came back over this socket, in order.
+            Ok(Ok(Value::ServerError(e))) if e.code() == "NOPERM" => {
+                self.last_success = Instant::now();
+                self.served = true;
+                Ok(())
+            }
+            Ok(Err(e)) if e.code() == Some("NOPERM") => {
                 self.last_success = Instant::now();
                 self.served = true;
                 Ok(())
@@ -257,6 +277,8 @@ impl GuardConnection {
         if self.eviction.is_none() {
             self.eviction = Some(reason);
             self.shared.evicted(reason, self.id);
+            // No longer one of the pool's working sockets, whatever its socket says.
+            self.link.close(LinkState::Retired);
         }
     }
 
@@ -339,6 +361,7 @@ impl Drop for GuardConnection {
         // Closes the socket now, even if a blocking command is still waiting for its reply:
         // the FIN leaves before this returns, so the server drops a cancelled BLPOP before
         // anything the caller does next can reach it. The driver ends with it.
+        self.link.close(LinkState::Retired);
         self.probe.shutdown();
         self.driver.abort();
     }
@@ -377,6 +400,15 @@ pub(crate) use delegate_connection_like;
 /// a connection.
 pub(crate) fn is_infrastructure_failure(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
+}
+
+/// The error a reply carried, if any, for a log line.
+fn server_error(reply: RedisResult<Value>) -> Option<String> {
+    match reply {
+        Ok(Value::ServerError(e)) => Some(e.to_string()),
+        Err(e) => Some(e.to_string()),
+        Ok(_) => None,
+    }
 }
 
 impl GuardConnection {

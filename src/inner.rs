@@ -83,7 +83,8 @@ impl PoolInner {
             // The permits hold callers to max_size; the spare slot lets a read that failed
             // with its connection be retried on a new one before the dead one is given back.
             .max_size(config.max_size() + 1)
-            .min_idle((config.min_idle() > 0).then_some(config.min_idle()))
+            // The prober keeps min_idle connections: bb8 would fill its spare slot with them.
+            .min_idle(None)
             // Validation is ours: it skips the PING for recently used connections.
             .test_on_check_out(false)
             .connection_timeout(config.checkout_timeout())
@@ -132,8 +133,9 @@ impl PoolInner {
         loop {
             match self.manager.attempt(deadline.flatten(), None).await {
                 Attempt::Connected(conn) => {
-                    // A full pool (a replenishing connect won the race) simply drops this one.
                     let _ = self.pool.add(conn);
+                    // Proven at start-up: serve at once, whatever the attempts before said.
+                    self.shared.proven_at_startup();
                     return Ok(());
                 }
                 Attempt::Failed(_)
@@ -215,7 +217,7 @@ impl PoolInner {
                 Verdict::Validate => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     match conn
-                        .validate(shared.config().validation_timeout().min(remaining))
+                        .validate(shared.validation_timeout().min(remaining))
                         .await
                     {
                         Ok(()) => {
@@ -258,7 +260,7 @@ impl PoolInner {
             let failed_since = shared.failed_connects() > failures_seen;
             let too_late = shared.connects_failing()
                 && shared.next_connect_at().is_some_and(|at| at >= deadline);
-            if (failed_since || too_late) && self.pool.state().connections == 0 {
+            if (failed_since || too_late) && shared.working_links() == 0 {
                 return Err(self.cannot_connect());
             }
             tokio::select! {
@@ -318,7 +320,7 @@ impl PoolInner {
 /// pool, a dead one is evicted. It holds its pool slot meanwhile, for at most the validation
 /// timeout.
 async fn validate_in_background(mut conn: Bb8Connection, shared: Arc<Shared>) {
-    match conn.validate(shared.config().validation_timeout()).await {
+    match conn.validate(shared.validation_timeout()).await {
         Ok(()) => shared.validated(ValidationResult::Passed),
         Err(failure) => {
             shared.validated(ValidationResult::Failed);

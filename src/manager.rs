@@ -128,11 +128,8 @@ impl GuardManager {
 
     async fn open_and_ping(&self, id: u64) -> Result<GuardConnection, RedisError> {
         let mut conn = self.open(id).await?;
-        // The handshake may send nothing that needs an answer: only a reply proves that Redis,
-        // not just a socket, is there.
-        conn.first_ping().await?;
         let config = self.shared.config();
-        conn.set_client_name(config.name()).await;
+        conn.introduce(config.name()).await?;
         if let Some(hook) = &config.on_connect {
             hook(&mut conn).await?;
         }
@@ -142,7 +139,7 @@ impl GuardManager {
 
     async fn open(&self, id: u64) -> Result<GuardConnection, RedisError> {
         let config = self.shared.config();
-        let link = Arc::new(LinkHealth::default());
+        let link = Arc::new(self.shared.link_opened());
         match config.connection.addr() {
             ConnectionAddr::Tcp(host, port) => {
                 let stream = transport::connect_tcp(host, *port, config).await?;

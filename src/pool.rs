@@ -217,7 +217,9 @@ impl PooledConnection {
         }
         // The failed connection is already marked for eviction; swapping it out closes it.
         let Ok(fresh) = self.pool.replacement().await else {
-            shared.retried(false);
+            if read_only == Some(true) {
+                shared.retried(false);
+            }
             return result;
         };
         let response_timeout = self.conn.response_timeout();

@@ -19,7 +19,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::breaker::BreakerState;
-use crate::inner::PoolInner;
+use crate::connection::{GuardConnection, Verdict};
+use crate::inner::{Bb8Connection, PoolInner};
 use crate::manager::Attempt;
 use crate::metrics::EvictionReason;
 use crate::shared::Shared;
@@ -57,6 +58,7 @@ where
 /// the pool alive.
 async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
     let interval = shared.config().probe_interval();
+    let mut commands_learned = false;
     loop {
         // Registered before the round, so a failure during it is not missed.
         let verify = shared.verification_requested();
@@ -69,15 +71,24 @@ async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
             || shared.breaker_state() == BreakerState::Open;
         let pause = if must_connect {
             connect(&inner, asked).await;
+            if shared.connects_failing() {
+                // An idle connection that still answers shows Redis up, only refusing new
+                // connections (maxclients): the failed connects then do not count.
+                ping(&inner, Waiting::IdleOnly).await;
+            }
             // The gate paces the next attempt.
             Duration::ZERO
         } else if shared.breaker_state() == BreakerState::HalfOpen {
-            ping(&inner).await;
+            ping(&inner, Waiting::UpToResponseTimeout).await;
             Duration::from_millis(10)
         } else {
+            if !commands_learned {
+                commands_learned = learn_commands(&inner).await;
+            }
+            keep_min_idle(&inner).await;
             let quiet_for = shared.last_answer().map_or(interval, |at| at.elapsed());
             if quiet_for >= interval {
-                ping(&inner).await;
+                ping(&inner, Waiting::UpToResponseTimeout).await;
                 interval
             } else {
                 interval - quiet_for
@@ -94,32 +105,100 @@ async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
     }
 }
 
-/// One connect attempt through the gate, unless another attempt has ended since `asked`; a
-/// connection it makes joins the pool.
-async fn connect(inner: &PoolInner, asked: Instant) {
-    if let Attempt::Connected(conn) = inner.manager.attempt(None, Some(asked)).await {
-        // A full pool drops it: the point was to learn whether Redis accepts connections.
+/// One connect attempt through the gate, unless another attempt has ended since `asked`; the
+/// connection joins the pool if it has room below `max_size`. Returns whether it connected.
+async fn connect(inner: &PoolInner, asked: Instant) -> bool {
+    let Attempt::Connected(conn) = inner.manager.attempt(None, Some(asked)).await else {
+        return false;
+    };
+    // A full pool drops it: the point was to learn whether Redis accepts connections.
+    if inner.pool.state().connections < inner.shared.config().max_size() {
         let _ = inner.pool.add(conn);
+    }
+    true
+}
+
+/// Opens connections until `min_idle` are idle, within `max_size`: bb8 would fill the spare
+/// slot it keeps for retries.
+async fn keep_min_idle(inner: &PoolInner) {
+    let config = inner.shared.config();
+    for _ in 0..config.min_idle() {
+        let state = inner.pool.state();
+        if state.idle_connections >= config.min_idle() || state.connections >= config.max_size() {
+            return;
+        }
+        if !connect(inner, Instant::now()).await {
+            return;
+        }
     }
 }
 
-/// One PING on an idle connection, under `response_timeout`. No verdict when every
-/// connection is busy or none can be had in time: that is load, and a failed connect
-/// reports itself.
-async fn ping(inner: &PoolInner) {
+/// Learns which commands only read from Redis's `COMMAND`, once, so that a failed call can be
+/// judged without a round trip.
+async fn learn_commands(inner: &PoolInner) -> bool {
+    let Some(mut conn) = idle_connection(inner, Waiting::IdleOnly).await else {
+        return false;
+    };
+    inner.read_only.learn_all(&mut conn).await
+}
+
+/// How long a probe may wait for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// Only an idle connection, at once: never a connect.
+    IdleOnly,
+    /// An idle connection, or a new one within `response_timeout`.
+    UpToResponseTimeout,
+}
+
+/// A connection for a probe, or none: when every connection is busy that is load, not an
+/// outage, and a connect that fails reports itself.
+async fn idle_connection(inner: &PoolInner, waiting: Waiting) -> Option<ProbeConnection> {
     let shared = &inner.shared;
-    let timeout = shared.config().response_timeout();
-    let Ok(_permit) = shared.checkout_permits().clone().try_acquire_owned() else {
-        return;
-    };
-    let Ok(Ok(mut conn)) = tokio::time::timeout(timeout, inner.pool.get_owned()).await else {
-        return;
-    };
-    if let crate::connection::Verdict::Evict(reason) = conn.verdict(Instant::now()) {
-        conn.evict(reason);
-        return;
+    if waiting == Waiting::IdleOnly && inner.pool.state().idle_connections == 0 {
+        return None;
     }
-    match conn.validate(timeout).await {
+    let permit = shared.checkout_permits().clone().try_acquire_owned().ok()?;
+    let timeout = shared.config().response_timeout();
+    let mut conn = tokio::time::timeout(timeout, inner.pool.get_owned())
+        .await
+        .ok()?
+        .ok()?;
+    if let Verdict::Evict(reason) = conn.verdict(Instant::now()) {
+        conn.evict(reason);
+        return None;
+    }
+    Some(ProbeConnection {
+        conn,
+        _permit: permit,
+    })
+}
+
+struct ProbeConnection {
+    conn: Bb8Connection,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for ProbeConnection {
+    type Target = GuardConnection;
+    fn deref(&self) -> &GuardConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for ProbeConnection {
+    fn deref_mut(&mut self) -> &mut GuardConnection {
+        &mut self.conn
+    }
+}
+
+/// One PING under `response_timeout`, so a slow but answering Redis counts as up.
+async fn ping(inner: &PoolInner, waiting: Waiting) {
+    let shared = &inner.shared;
+    let Some(mut conn) = idle_connection(inner, waiting).await else {
+        return;
+    };
+    match conn.validate(shared.config().response_timeout()).await {
         Ok(()) => shared.answered(Instant::now()),
         Err(failure) => {
             tracing::debug!(pool = %shared.name(), %failure, "probe failed");

@@ -51,6 +51,9 @@ pub(crate) struct Shared {
     suspect_before: AtomicInstant,
     /// When Redis last answered anything: the prober stays quiet while traffic proves it alive.
     last_answer: AtomicInstant,
+    /// A moving average of PING round trips, in nanoseconds: validation waits a few of them
+    /// at least, so a distant Redis is not taken for a dead one.
+    round_trip_nanos: AtomicU64,
     /// The last connect failure, redacted, for errors and `/readyz`; cleared by a success.
     last_connect_error: Mutex<Option<String>>,
     /// Whether the last connect attempt failed.
@@ -63,6 +66,12 @@ pub(crate) struct Shared {
     next_connection_id: AtomicU64,
     /// Callers inside a checkout, waiting for a connection or validating one.
     waiting: AtomicUsize,
+    /// Sockets open and not given up: connections that may still work, in the pool or checked
+    /// out. A checkout fails fast on a connect failure only when there are none.
+    working_links: AtomicUsize,
+    /// When the last connect attempt ended: a failure counts toward the breaker only if nothing
+    /// answered since the attempt before it.
+    last_attempt_end: AtomicInstant,
     /// One permit per connection, taken before bb8 is asked: tokio's semaphore queues callers
     /// first come, first served, where bb8's wake-ups let newcomers barge past sleepers (at 128
     /// callers on 16 connections some waited out the whole budget).
@@ -86,12 +95,15 @@ impl Shared {
             next_connect_at: AtomicInstant::default(),
             suspect_before: AtomicInstant::default(),
             last_answer: AtomicInstant::default(),
+            round_trip_nanos: AtomicU64::new(0),
             last_connect_error: Mutex::new(None),
             connects_failing: AtomicBool::new(false),
             failed_connects: AtomicU64::new(0),
             replacement_debt: AtomicU64::new(0),
             next_connection_id: AtomicU64::new(1),
             waiting: AtomicUsize::new(0),
+            working_links: AtomicUsize::new(0),
+            last_attempt_end: AtomicInstant::default(),
             checkout_permits: Arc::new(Semaphore::new(config.max_size() as usize)),
             closing: AtomicBool::new(false),
             closed: Notify::new(),
@@ -122,6 +134,7 @@ impl Shared {
             })
             .is_ok();
         self.metrics.connection_created(replaced);
+        self.last_attempt_end.set(Instant::now());
         let recovered = self.connects_failing.swap(false, Ordering::AcqRel);
         *self.lock_last_error() = None;
         self.next_connect_at.clear();
@@ -143,6 +156,12 @@ impl Shared {
                 .breaker(self.breaker.state(), false, self.is_ready());
         }
         self.on_transition(transition);
+    }
+
+    /// Start-up connected: Redis is there, close the breaker that failed attempts may have
+    /// opened.
+    pub(crate) fn proven_at_startup(&self) {
+        self.on_transition(self.breaker.close());
     }
 
     /// A connect attempt failed. `message` must already be free of secrets: it reaches logs,
@@ -168,8 +187,19 @@ impl Shared {
         } else {
             tracing::debug!(pool = %self.name(), kind = kind.as_label(), error = %message, "redis connect failed again");
         }
-        self.next_connect_at.set(Instant::now() + retry_in);
-        self.on_transition(self.breaker.record_failure(Instant::now()));
+        let now = Instant::now();
+        self.next_connect_at.set(now + retry_in);
+        // Redis answered on an existing connection since the previous attempt: it is up and
+        // refusing new connections (maxclients, a connection limit), which is no outage.
+        let previous_end = self.last_attempt_end.get();
+        self.last_attempt_end.set(now);
+        let answered_since = self
+            .last_answer
+            .get()
+            .is_some_and(|answer| previous_end.is_none_or(|end| answer > end));
+        if !answered_since {
+            self.on_transition(self.breaker.record_failure(now));
+        }
         self.failed_connects.fetch_add(1, Ordering::AcqRel);
         self.connect_failed.notify_waiters();
     }
@@ -179,6 +209,32 @@ impl Shared {
     pub(crate) fn answered(&self, at: Instant) {
         self.last_answer.set(at);
         self.on_transition(self.breaker.record_success(at));
+    }
+
+    /// A new socket, for a connection being opened: counted as working until it closes.
+    pub(crate) fn link_opened(self: &Arc<Self>) -> crate::transport::LinkHealth {
+        self.working_links.fetch_add(1, Ordering::AcqRel);
+        let shared = Arc::downgrade(self);
+        crate::transport::LinkHealth::new(Box::new(move |state| {
+            if let Some(shared) = shared.upgrade() {
+                shared.link_closed(state);
+            }
+        }))
+    }
+
+    /// A socket closed. One that failed on its own (EOF, reset), even while checked out, says
+    /// Redis may be gone: its idle peers are suspect and one fresh connect verifies.
+    fn link_closed(&self, state: crate::transport::LinkState) {
+        self.working_links.fetch_sub(1, Ordering::AcqRel);
+        if state.is_failure() && !self.is_closing() {
+            self.suspect_before.set(Instant::now());
+            self.verify_requested.notify_one();
+        }
+    }
+
+    /// Connections whose sockets may still work.
+    pub(crate) fn working_links(&self) -> usize {
+        self.working_links.load(Ordering::Acquire)
     }
 
     /// A connection is being closed for `reason`.
@@ -203,6 +259,33 @@ impl Shared {
     /// A call that failed with its connection was sent again on a fresh one.
     pub(crate) fn retried(&self, ok: bool) {
         self.metrics.retry(ok);
+    }
+
+    /// A PING took `took`: folded into the round-trip average (one eighth per sample).
+    pub(crate) fn round_trip(&self, took: Duration) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let _ =
+            self.round_trip_nanos
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |average| {
+                    Some(if average == 0 {
+                        sample
+                    } else {
+                        average - average / 8 + sample / 8
+                    })
+                });
+    }
+
+    /// How long a validation PING may take: `validation_timeout`, or four average round trips
+    /// when Redis is that far away, but never more than half the checkout budget (a few slow
+    /// replies must not make frozen sockets expensive to find).
+    pub(crate) fn validation_timeout(&self) -> Duration {
+        let round_trip = Duration::from_nanos(self.round_trip_nanos.load(Ordering::Acquire));
+        let configured = self.config.validation_timeout();
+        configured.max(
+            round_trip
+                .saturating_mul(4)
+                .min(self.config.checkout_timeout() / 2),
+        )
     }
 
     pub(crate) fn validated(&self, result: ValidationResult) {

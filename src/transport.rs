@@ -34,30 +34,81 @@ pub(crate) enum LinkState {
     /// The connection's driver task ended (it does so after either of the above, or on a
     /// protocol error).
     DriverEnded = 3,
+    /// The pool gave the connection up (evicted, idle, expired, or the pool closed).
+    Retired = 4,
 }
 
-/// The health of one socket, written by the driver task and read at checkout.
-#[derive(Debug, Default)]
-pub(crate) struct LinkHealth(AtomicU8);
+impl LinkState {
+    /// Whether the socket failed on its own, rather than being given up by the pool.
+    pub(crate) fn is_failure(self) -> bool {
+        matches!(
+            self,
+            LinkState::Eof | LinkState::Failed | LinkState::DriverEnded
+        )
+    }
+}
+
+/// Called once, with the first reason a link closed.
+pub(crate) type OnClose = Box<dyn Fn(LinkState) + Send + Sync>;
+
+/// The health of one socket, written by the driver task and read at checkout. It closes
+/// exactly once, at the first failure or when the pool gives the connection up (at the latest
+/// when it is dropped), and reports that moment, so the pool can count the sockets that work.
+pub(crate) struct LinkHealth {
+    state: AtomicU8,
+    on_close: OnClose,
+}
+
+impl std::fmt::Debug for LinkHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LinkHealth").field(&self.state()).finish()
+    }
+}
+
+impl Default for LinkHealth {
+    fn default() -> Self {
+        Self::new(Box::new(|_| {}))
+    }
+}
+
+impl Drop for LinkHealth {
+    fn drop(&mut self) {
+        self.close(LinkState::Retired);
+    }
+}
 
 impl LinkHealth {
-    pub(crate) fn state(&self) -> LinkState {
-        match self.0.load(Ordering::Acquire) {
-            0 => LinkState::Open,
-            1 => LinkState::Eof,
-            2 => LinkState::Failed,
-            _ => LinkState::DriverEnded,
+    pub(crate) fn new(on_close: OnClose) -> Self {
+        Self {
+            state: AtomicU8::new(LinkState::Open as u8),
+            on_close,
         }
     }
 
-    /// Records the first reason the link closed; later ones add nothing.
+    pub(crate) fn state(&self) -> LinkState {
+        match self.state.load(Ordering::Acquire) {
+            0 => LinkState::Open,
+            1 => LinkState::Eof,
+            2 => LinkState::Failed,
+            3 => LinkState::DriverEnded,
+            _ => LinkState::Retired,
+        }
+    }
+
+    /// Records the first reason the link closed, and reports it; later ones add nothing.
     pub(crate) fn close(&self, state: LinkState) {
-        let _ = self.0.compare_exchange(
-            LinkState::Open as u8,
-            state as u8,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let first = self
+            .state
+            .compare_exchange(
+                LinkState::Open as u8,
+                state as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
+        if first {
+            (self.on_close)(state);
+        }
     }
 
     pub(crate) fn is_open(&self) -> bool {

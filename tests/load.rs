@@ -118,6 +118,7 @@ async fn f8_cancelled_requests_cause_no_cross_talk_and_leak_no_connection() {
         completed.load(Ordering::Relaxed),
         cancelled.load(Ordering::Relaxed),
     );
+    eprintln!("F8: completed {completed}, cancelled {cancelled}");
     assert!(
         completed >= 200 && cancelled >= 200,
         "completed {completed}, cancelled {cancelled}"
