@@ -1,9 +1,9 @@
 //! What the pool needs to know about a command: how long its reply may legitimately take,
 //! and whether it only reads (so it may be sent again after its connection failed).
 //!
-//! Whether a command only reads is Redis's own answer (`COMMAND INFO`, the `readonly` flag),
-//! asked the first time a failed call needs it and remembered per pool: no list in this crate
-//! to go stale as Redis adds commands or modules are loaded.
+//! Whether a command only reads is Redis's own answer (the `readonly` flag of `COMMAND`), asked
+//! once per pool when it first connects: no list in this crate to go stale as Redis adds
+//! commands or modules are loaded.
 //!
 //! A blocking command (`BLPOP jobs 5`, `XREAD BLOCK 2000 ...`, `WAIT 1 100`) waits on the
 //! server for up to its own timeout before it answers, so its reply may take that long plus
@@ -64,7 +64,7 @@ pub(crate) fn server_wait(cmd: &Cmd) -> Option<Duration> {
     }
 }
 
-/// Which commands only read, as this pool's Redis answered `COMMAND INFO`.
+/// Which commands only read, as this pool's Redis answered `COMMAND`.
 #[derive(Debug, Default)]
 pub(crate) struct ReadOnlyCommands {
     /// Lower-case `name` or `name|subcommand` -> whether Redis flags it `readonly`; `None`
@@ -73,43 +73,14 @@ pub(crate) struct ReadOnlyCommands {
 }
 
 impl ReadOnlyCommands {
-    /// Whether every command in `cmds` only reads. Names not seen before are asked of Redis
-    /// on `conn`, once; if Redis cannot be asked, the answer is no.
-    pub(crate) async fn all_read_only<'c>(
-        &self,
-        cmds: impl Iterator<Item = &'c Cmd> + Clone,
-        conn: &mut GuardConnection,
-    ) -> bool {
-        let unknown: Vec<String> = {
-            let known = self.lock();
-            cmds.clone()
-                .flat_map(lookup_names)
-                .filter(|name| !known.contains_key(name))
-                .collect()
-        };
-        if !unknown.is_empty() {
-            let mut info = redis::cmd("COMMAND");
-            info.arg("INFO");
-            for name in &unknown {
-                info.arg(name);
-            }
-            let Ok(Value::Array(replies)) = conn.query_raw(&info).await else {
-                return false;
-            };
-            let mut known = self.lock();
-            for (name, reply) in unknown.into_iter().zip(replies) {
-                known.insert(name, read_only_flag(&reply));
-            }
-        }
-        let known = self.lock();
-        cmds.into_iter()
-            .all(|cmd| verdict(&known, &lookup_names(cmd)))
-    }
-
     /// Learns every command Redis has (and their subcommands) from one `COMMAND`. Returns
     /// whether it could.
     pub(crate) async fn learn_all(&self, conn: &mut GuardConnection) -> bool {
-        let Ok(Value::Array(entries)) = conn.query_raw(&redis::cmd("COMMAND")).await else {
+        // A large reply (every command Redis has), once, off any caller's path: allow for a
+        // slow link.
+        let timeout = conn.response_timeout().saturating_mul(10);
+        let Ok(Value::Array(entries)) = conn.query_raw(&redis::cmd("COMMAND"), timeout).await
+        else {
             return false;
         };
         let mut known = self.lock();
@@ -123,7 +94,8 @@ impl ReadOnlyCommands {
         let mut all = true;
         for cmd in cmds {
             let names = lookup_names(cmd);
-            if names.iter().any(|name| !known.contains_key(name)) {
+            // `name|argument` is only an entry for container commands; a known name decides.
+            if !names.iter().any(|name| known.contains_key(name)) {
                 return None;
             }
             all &= verdict(&known, &names);
@@ -185,7 +157,7 @@ fn lookup_names(cmd: &Cmd) -> Vec<String> {
     }
 }
 
-/// From one `COMMAND INFO` entry: `[name, arity, flags, ...]`, or nil for an unknown command.
+/// From one `COMMAND` entry: `[name, arity, flags, ...]`.
 fn read_only_flag(entry: &Value) -> Option<bool> {
     let Value::Array(fields) = entry else {
         return None;
@@ -287,6 +259,72 @@ mod tests {
         assert_eq!(
             wait(&["XREAD", "BLOCK", "0", "STREAMS", "s", "$"]),
             Some(FOREVER)
+        );
+    }
+
+    /// A `COMMAND` entry as Redis 7 sends it: name, arity, flags, ..., subcommands.
+    fn entry(name: &str, flags: &[&str], subcommands: Vec<Value>) -> Value {
+        let flags = flags
+            .iter()
+            .map(|f| Value::SimpleString((*f).to_owned()))
+            .collect();
+        let mut fields = vec![
+            Value::BulkString(name.as_bytes().to_vec()),
+            Value::Int(-2),
+            Value::Array(flags),
+        ];
+        fields.extend((0..6).map(|_| Value::Nil));
+        fields.push(Value::Array(subcommands));
+        Value::Array(fields)
+    }
+
+    fn command(words: &[&str]) -> Cmd {
+        let mut cmd = redis::cmd(words[0]);
+        for word in &words[1..] {
+            cmd.arg(*word);
+        }
+        cmd
+    }
+
+    #[test]
+    fn read_only_is_redis_s_own_flag_and_subcommands_decide_for_containers() {
+        let commands = ReadOnlyCommands::default();
+        learn_entries(
+            &mut commands.lock(),
+            &[
+                entry("get", &["readonly", "fast"], vec![]),
+                entry("incr", &["write", "denyoom", "fast"], vec![]),
+                entry(
+                    "object",
+                    &[],
+                    vec![
+                        entry("object|encoding", &["readonly"], vec![]),
+                        entry("object|freq", &["readonly"], vec![]),
+                    ],
+                ),
+            ],
+        );
+        let known = |words: &[&[&str]]| {
+            let cmds: Vec<Cmd> = words.iter().map(|w| command(w)).collect();
+            commands.known(cmds.iter())
+        };
+        assert_eq!(known(&[&["GET", "k"]]), Some(true));
+        assert_eq!(
+            known(&[&["INCR", "counter"]]),
+            Some(false),
+            "a key is not a subcommand"
+        );
+        assert_eq!(known(&[&["OBJECT", "ENCODING", "k"]]), Some(true));
+        assert_eq!(known(&[&["OBJECT", "NEWTHING", "k"]]), Some(false));
+        assert_eq!(
+            known(&[&["GET", "a"], &["INCR", "b"]]),
+            Some(false),
+            "a pipeline"
+        );
+        assert_eq!(
+            known(&[&["MODULE.CMD", "x"]]),
+            None,
+            "never described: ask Redis"
         );
     }
 

@@ -175,10 +175,19 @@ impl GuardConnection {
         }
     }
 
-    /// Sends `cmd` as the pool's own business: not counted as the user's command, no session
-    /// change recorded.
-    pub(crate) async fn query_raw(&mut self, cmd: &Cmd) -> RedisResult<Value> {
-        self.inner.send_packed_command(cmd).await
+    /// Sends `cmd` as the pool's own business, waiting up to `timeout`: no session change
+    /// recorded, but a failure or cancellation poisons the connection like any call's.
+    pub(crate) async fn query_raw(&mut self, cmd: &Cmd, timeout: Duration) -> RedisResult<Value> {
+        self.inner.set_response_timeout(timeout);
+        self.in_flight = true;
+        let result = self.inner.send_packed_command(cmd).await;
+        self.in_flight = false;
+        if let Err(e) = &result
+            && is_infrastructure_failure(e)
+        {
+            self.evict(EvictionReason::IoError);
+        }
+        result
     }
 
     /// Whether Redis has answered anything on this connection since it was opened (beyond the
@@ -303,10 +312,12 @@ impl GuardConnection {
         self.response_timeout
     }
 
-    /// Called once the set-up hook has run: what it established is this connection's
-    /// baseline, not state to evict it for.
-    pub(crate) fn adopt_session_as_baseline(&mut self) {
+    /// Called once the connect has succeeded (the set-up hook included): what the hook
+    /// established is this connection's baseline, not state to evict it for, and the socket
+    /// now counts as one of the pool's working ones.
+    pub(crate) fn established(&mut self) {
         self.session.adopt_as_baseline();
+        self.shared.link_established(&self.link);
     }
 
     /// Called by the pool when the connection comes back: decides whether it may be reused.

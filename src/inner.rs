@@ -29,7 +29,7 @@ use crate::command::ReadOnlyCommands;
 use crate::config::{Config, StartupMode};
 use crate::connection::Verdict;
 use crate::error::{Error, PoolState};
-use crate::manager::{self, Attempt, GuardManager};
+use crate::manager::{self, Attempt, GuardManager, Skip};
 use crate::metrics::{EvictionReason, ValidationResult};
 use crate::shared::Shared;
 
@@ -37,6 +37,13 @@ use crate::shared::Shared;
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 /// bb8's reaper runs at this rate unless the idle timeout asks for a finer one.
 const MAX_REAPER_RATE: Duration = Duration::from_secs(30);
+
+/// Whether a waited-for step starts over after a failed connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    Yes,
+    No,
+}
 
 pub(crate) type Bb8Connection = bb8::PooledConnection<'static, GuardManager>;
 
@@ -80,10 +87,11 @@ impl PoolInner {
             .map_or(MAX_REAPER_RATE, |idle| (idle / 2).min(MAX_REAPER_RATE))
             .max(Duration::from_millis(10));
         let pool = bb8::Pool::builder()
-            // The permits hold callers to max_size; the spare slot lets a read that failed
-            // with its connection be retried on a new one before the dead one is given back.
+            // Every checkout, background validation and prober round holds a permit, so they
+            // use at most max_size slots; the spare one lets a read that failed with its
+            // connection be retried on a new one before the dead one is given back.
             .max_size(config.max_size() + 1)
-            // The prober keeps min_idle connections: bb8 would fill its spare slot with them.
+            // The prober keeps min_idle connections, paced by the gate with every connect.
             .min_idle(None)
             // Validation is ours: it skips the PING for recently used connections.
             .test_on_check_out(false)
@@ -131,7 +139,7 @@ impl PoolInner {
             StartupMode::WaitFor(limit) => Some(Instant::now().checked_add(limit)),
         };
         loop {
-            match self.manager.attempt(deadline.flatten(), None).await {
+            match self.manager.attempt(deadline.flatten(), Skip::Never).await {
                 Attempt::Connected(conn) => {
                     let _ = self.pool.add(conn);
                     // Proven at start-up: serve at once, whatever the attempts before said.
@@ -170,7 +178,13 @@ impl PoolInner {
         let failures_seen = shared.failed_connects();
         let permits = shared.checkout_permits().clone();
         let permit = self
-            .wait_for(permits.acquire_owned(), started, deadline, failures_seen)
+            .wait_for(
+                || permits.clone().acquire_owned(),
+                Restart::No,
+                started,
+                deadline,
+                failures_seen,
+            )
             .await?
             .map_err(|_closed| self.timed_out(started))?;
         let conn = self
@@ -179,9 +193,9 @@ impl PoolInner {
         Ok(CheckedOut { conn, permit })
     }
 
-    /// A connection to replace one that failed under its holder, who keeps its permit: bb8
-    /// has one slot more than `max_size` for this, so the replacement never waits for the
-    /// dead connection to be given back. Within a checkout budget of its own.
+    /// A connection to replace one that failed under its holder, who keeps its permit (and
+    /// the dead connection until the replacement arrives: bb8 has one slot beyond max_size
+    /// for this). Within a checkout budget of its own.
     pub(crate) async fn replacement(&self) -> Result<Bb8Connection, Error> {
         let shared = &self.shared;
         let started = Instant::now();
@@ -201,19 +215,35 @@ impl PoolInner {
         let shared = &self.shared;
         loop {
             let mut conn = self
-                .wait_for(self.pool.get_owned(), started, deadline, failures_seen)
+                .wait_for(
+                    || self.pool.get_owned(),
+                    Restart::Yes,
+                    started,
+                    deadline,
+                    failures_seen,
+                )
                 .await?
                 // bb8 only ever times out: its connects report to the gate, not to us.
                 .map_err(|_| self.timed_out(started))?;
-            match conn.verdict(Instant::now()) {
+            let mut verdict = conn.verdict(Instant::now());
+            if verdict == Verdict::Suspect {
+                // Off the caller's path, holding a permit of its own so the pool stays within
+                // max_size; when none is free (a saturated pool), the caller validates it.
+                match shared.checkout_permits().clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(validate_in_background(conn, permit, shared.clone()));
+                        continue;
+                    }
+                    Err(_) => verdict = Verdict::Validate,
+                }
+            }
+            match verdict {
                 Verdict::Evict(reason) => conn.evict(reason),
                 Verdict::Fresh => {
                     shared.validated(ValidationResult::Skipped);
                     return Ok(conn);
                 }
-                Verdict::Suspect => {
-                    tokio::spawn(validate_in_background(conn, shared.clone()));
-                }
+                Verdict::Suspect => unreachable!("handled above"),
                 Verdict::Validate => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     match conn
@@ -241,17 +271,25 @@ impl PoolInner {
     /// is pointless: no connection exists, and a connect attempt failed since the checkout
     /// began (`failures_seen` is the count then) or the next one cannot start in time. A
     /// failure that happened before the caller arrived never fails it: it waits for the next
-    /// attempt.
-    async fn wait_for<T>(
+    /// attempt. While connections exist, a failed attempt restarts a `Restart::Yes` step
+    /// (`make` builds it anew), so bb8 asks for another connect, paced by the gate, instead
+    /// of leaving the caller to wait for one to be given back; a permit is never restarted, as
+    /// that would lose the caller's place in line.
+    async fn wait_for<T, F: Future<Output = T>>(
         &self,
-        step: impl Future<Output = T>,
+        make: impl Fn() -> F,
+        restart: Restart,
         started: Instant,
         deadline: Instant,
         failures_seen: u64,
     ) -> Result<T, Error> {
         let shared = &self.shared;
-        let step = tokio::time::timeout_at(deadline.into(), step);
+        let step = tokio::time::timeout_at(deadline.into(), make());
         tokio::pin!(step);
+        // When to ask bb8 again after a failed connect: at the gate's next turn, by which time
+        // bb8 has also counted the failed attempt (asking at once, it may believe the attempt
+        // still pending and start none).
+        let mut ask_again_at: Option<Instant> = None;
         loop {
             // Registered before the checks below, so a failure between them is not missed.
             let failure = shared.connect_failure();
@@ -263,11 +301,20 @@ impl PoolInner {
             if (failed_since || too_late) && shared.working_links() == 0 {
                 return Err(self.cannot_connect());
             }
+            let ask_again = tokio::time::sleep_until(ask_again_at.unwrap_or(deadline).into());
             tokio::select! {
                 biased;
                 done = &mut step => return done.map_err(|_elapsed| self.timed_out(started)),
-                // Woken once per failed attempt, to look again.
-                () = &mut failure => {}
+                // Woken once per failed attempt: look again, and ask again at the next turn.
+                () = &mut failure => {
+                    if restart == Restart::Yes {
+                        ask_again_at = Some(shared.next_connect_at().unwrap_or_else(Instant::now));
+                    }
+                }
+                () = ask_again, if ask_again_at.is_some() => {
+                    ask_again_at = None;
+                    step.set(tokio::time::timeout_at(deadline.into(), make()));
+                }
             }
         }
     }
@@ -319,7 +366,11 @@ impl PoolInner {
 /// Validates a suspect connection while the caller moves on: a live one goes back to the
 /// pool, a dead one is evicted. It holds its pool slot meanwhile, for at most the validation
 /// timeout.
-async fn validate_in_background(mut conn: Bb8Connection, shared: Arc<Shared>) {
+async fn validate_in_background(
+    mut conn: Bb8Connection,
+    _permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+) {
     match conn.validate(shared.validation_timeout()).await {
         Ok(()) => shared.validated(ValidationResult::Passed),
         Err(failure) => {

@@ -40,6 +40,19 @@ struct Gate {
     last_outcome_at: Option<Instant>,
 }
 
+/// When an attempt is no longer wanted by the time its turn at the gate comes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Skip {
+    /// Always wanted (start-up).
+    Never,
+    /// Another attempt that ended after this instant answered the question already (the
+    /// prober only wants to know whether Redis accepts connections).
+    IfAnsweredSince(Instant),
+    /// For bb8, on behalf of a waiting checkout: not if nobody waits any more (after a burst,
+    /// queued attempts would otherwise go on at the reconnect pace for nobody).
+    IfNobodyWaits,
+}
+
 /// What one pass through the connect gate came to.
 #[derive(Debug)]
 pub(crate) enum Attempt {
@@ -66,24 +79,14 @@ impl GuardManager {
         }
     }
 
-    /// One connect attempt through the gate, finished by `deadline` if given. Skipped when an
-    /// attempt that started after `unless_answered_since` has already ended: a caller that
-    /// only wants to know whether Redis accepts connections needs no second answer.
-    pub(crate) async fn attempt(
-        &self,
-        deadline: Option<Instant>,
-        unless_answered_since: Option<Instant>,
-    ) -> Attempt {
+    /// One connect attempt through the gate, finished by `deadline` if given, unless `skip`
+    /// says it is no longer wanted when its turn comes.
+    pub(crate) async fn attempt(&self, deadline: Option<Instant>, skip: Skip) -> Attempt {
         let shared = &self.shared;
         let mut gate = tokio::select! {
             gate = self.gate.lock() => gate,
             () = shared.closed() => return Attempt::Skipped,
         };
-        if let (Some(since), Some(last)) = (unless_answered_since, gate.last_outcome_at)
-            && last > since
-        {
-            return Attempt::Skipped;
-        }
         if let Some(at) = shared.next_connect_at()
             && at > Instant::now()
         {
@@ -95,7 +98,12 @@ impl GuardManager {
                 () = shared.closed() => return Attempt::Skipped,
             }
         }
-        if shared.is_closing() {
+        let unwanted = match skip {
+            Skip::Never => false,
+            Skip::IfAnsweredSince(since) => gate.last_outcome_at.is_some_and(|last| last > since),
+            Skip::IfNobodyWaits => shared.waiting() == 0,
+        };
+        if unwanted || shared.is_closing() {
             return Attempt::Skipped;
         }
         let id = shared.next_connection_id();
@@ -133,7 +141,7 @@ impl GuardManager {
         if let Some(hook) = &config.on_connect {
             hook(&mut conn).await?;
         }
-        conn.adopt_session_as_baseline();
+        conn.established();
         Ok(conn)
     }
 
@@ -203,21 +211,15 @@ impl bb8::ManageConnection for GuardManager {
     type Connection = GuardConnection;
     type Error = RedisError;
 
-    /// bb8 asks for a connection to fill a slot: keep trying through the gate until one is
-    /// had or the pool closes. bb8 wakes its waiters only when a connection arrives, so
-    /// returning a failure would leave them asleep with nobody connecting for them; the gate
-    /// paces the attempts, and checkouts on an empty pool learn of each failure from
-    /// the pool and fail fast.
+    /// bb8 asks for a connection for a waiting checkout: one attempt through the gate. bb8
+    /// does not wake its waiters when a connect fails; the pool does (a waiter with no working
+    /// connection left fails fast), and while connects fail the prober keeps trying, adding
+    /// what it gets to the pool, so a waiter is served if Redis returns within its budget.
     async fn connect(&self) -> Result<GuardConnection, RedisError> {
-        loop {
-            match self.attempt(None, None).await {
-                Attempt::Connected(conn) => return Ok(conn),
-                Attempt::Failed(e) if self.shared.is_closing() => return Err(e),
-                Attempt::Failed(_) => {}
-                Attempt::Skipped => {
-                    return Err(RedisError::from((ErrorKind::Io, "the pool is closing")));
-                }
-            }
+        match self.attempt(None, Skip::IfNobodyWaits).await {
+            Attempt::Connected(conn) => Ok(conn),
+            Attempt::Failed(e) => Err(e),
+            Attempt::Skipped => Err(RedisError::from((ErrorKind::Io, "the pool is closing"))),
         }
     }
 

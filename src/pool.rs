@@ -138,8 +138,8 @@ impl RedisGuard {
 /// Implements [`ConnectionLike`], so every [`redis::AsyncCommands`] method works on it, and
 /// derefs to [`GuardConnection`].
 ///
-/// **Safe retries.** A call made only of read-only commands (by Redis's own `COMMAND INFO`
-/// flags) that fails with its connection (I/O error, reset, response timeout) on a connection
+/// **Safe retries.** A call made only of read-only commands (by Redis's own `COMMAND` flags,
+/// learned when the pool first connects) that fails with its connection (I/O error, reset, response timeout) on a connection
 /// that had served before, outside a transaction, while the breaker is closed, is sent once
 /// more on a fresh connection within a new checkout budget: a socket that died in the pool
 /// does not fail a read. Writes are never sent twice (the first may have been applied),
@@ -206,34 +206,21 @@ impl PooledConnection {
         {
             return result;
         }
-        let cmds = call.cmds();
-        let read_only = if writes_too {
-            Some(true)
-        } else {
-            self.pool.read_only.known(cmds.iter().copied())
-        };
-        if read_only == Some(false) {
+        // Judged from the flags the pool learned from Redis when it first connected; a call
+        // whose commands are not known yet is not retried (waiting to ask would cost more than
+        // the failure).
+        let retry = writes_too || self.pool.read_only.known(call.cmds()) == Some(true);
+        if !retry {
             return result;
         }
         // The failed connection is already marked for eviction; swapping it out closes it.
         let Ok(fresh) = self.pool.replacement().await else {
-            if read_only == Some(true) {
-                shared.retried(false);
-            }
+            shared.retried(false);
             return result;
         };
         let response_timeout = self.conn.response_timeout();
         drop(std::mem::replace(&mut self.conn, fresh));
         self.conn.set_response_timeout(response_timeout);
-        if read_only.is_none()
-            && !self
-                .pool
-                .read_only
-                .all_read_only(cmds.iter().copied(), &mut self.conn)
-                .await
-        {
-            return result;
-        }
         tracing::debug!(pool = %shared.name(), %error, "retrying a read on a fresh connection");
         let retried = call.send(&mut self.conn).await;
         shared.retried(retried.is_ok());
@@ -259,10 +246,10 @@ enum Reply {
 }
 
 impl Call<'_> {
-    fn cmds(&self) -> Vec<&Cmd> {
+    fn cmds(&self) -> Box<dyn Iterator<Item = &Cmd> + '_> {
         match self {
-            Call::One(cmd) => vec![*cmd],
-            Call::Many(pipeline, ..) => pipeline.cmd_iter().collect(),
+            Call::One(cmd) => Box::new(std::iter::once(*cmd)),
+            Call::Many(pipeline, ..) => Box::new(pipeline.cmd_iter()),
         }
     }
 

@@ -1,10 +1,13 @@
 //! The prober: one background task per pool that keeps readiness fresh and lets the pool
 //! recover without traffic.
 //!
-//! - **Not yet connected, connects failing, or breaker open**: it asks the connect gate for a
-//!   connection, so an idle service connects, notices an outage and recovers too. The gate
-//!   paces it with every other connect of the pool; a success goes into the pool and moves an
-//!   open breaker to half-open.
+//! - **Not yet connected, breaker open, or connects failing with no working connection** (and
+//!   no caller waiting: those have bb8 connecting for them, restarted after each failure):
+//!   it asks the connect gate for a connection, so an idle service connects, notices an
+//!   outage and recovers too. The gate paces it with every other connect of the pool; a
+//!   success goes into the pool and moves an open breaker to half-open. While connects fail
+//!   it also PINGs an idle connection: one that answers shows Redis up, only refusing new
+//!   connections.
 //! - **Half-open**: PINGs through the pool at once, as trial calls, until the breaker closes.
 //! - **Closed**: one PING when nothing has answered for `probe_interval`; none while traffic
 //!   proves Redis alive, and none when every connection is busy (busy is not down).
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::breaker::BreakerState;
 use crate::connection::{GuardConnection, Verdict};
 use crate::inner::{Bb8Connection, PoolInner};
-use crate::manager::Attempt;
+use crate::manager::{Attempt, Skip};
 use crate::metrics::EvictionReason;
 use crate::shared::Shared;
 
@@ -66,9 +69,12 @@ async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
         verify.as_mut().enable();
         let Some(inner) = pool.upgrade() else { return };
         let asked = Instant::now();
+        // While connects fail, keep trying only when no connection works and nobody waits
+        // (waiting callers have bb8 connecting for them), or the breaker needs proof. At
+        // maxclients with connections that work, the pool leaves Redis alone.
         let must_connect = !shared.has_connected()
-            || shared.connects_failing()
-            || shared.breaker_state() == BreakerState::Open;
+            || shared.breaker_state() == BreakerState::Open
+            || (shared.connects_failing() && shared.working_links() == 0 && shared.waiting() == 0);
         let pause = if must_connect {
             connect(&inner, asked).await;
             if shared.connects_failing() {
@@ -108,18 +114,22 @@ async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
 /// One connect attempt through the gate, unless another attempt has ended since `asked`; the
 /// connection joins the pool if it has room below `max_size`. Returns whether it connected.
 async fn connect(inner: &PoolInner, asked: Instant) -> bool {
-    let Attempt::Connected(conn) = inner.manager.attempt(None, Some(asked)).await else {
+    let skip = Skip::IfAnsweredSince(asked);
+    let Attempt::Connected(conn) = inner.manager.attempt(None, skip).await else {
         return false;
     };
-    // A full pool drops it: the point was to learn whether Redis accepts connections.
-    if inner.pool.state().connections < inner.shared.config().max_size() {
+    // Callers that wait have bb8 connecting for them; a connection added beside theirs could
+    // take the spare slot bb8 keeps for retries. Otherwise, a full pool drops it: the point
+    // was to learn whether Redis accepts connections.
+    let shared = &inner.shared;
+    if shared.waiting() == 0 && inner.pool.state().connections < shared.config().max_size() {
         let _ = inner.pool.add(conn);
     }
     true
 }
 
-/// Opens connections until `min_idle` are idle, within `max_size`: bb8 would fill the spare
-/// slot it keeps for retries.
+/// Opens connections until `min_idle` are idle, within `max_size`. Holds a permit meanwhile,
+/// like any checkout, so it never competes with callers for the last slots.
 async fn keep_min_idle(inner: &PoolInner) {
     let config = inner.shared.config();
     for _ in 0..config.min_idle() {
@@ -127,6 +137,9 @@ async fn keep_min_idle(inner: &PoolInner) {
         if state.idle_connections >= config.min_idle() || state.connections >= config.max_size() {
             return;
         }
+        let Ok(_permit) = inner.shared.checkout_permits().clone().try_acquire_owned() else {
+            return;
+        };
         if !connect(inner, Instant::now()).await {
             return;
         }
@@ -139,7 +152,9 @@ async fn learn_commands(inner: &PoolInner) -> bool {
     let Some(mut conn) = idle_connection(inner, Waiting::IdleOnly).await else {
         return false;
     };
-    inner.read_only.learn_all(&mut conn).await
+    let learned = inner.read_only.learn_all(&mut conn).await;
+    tracing::debug!(pool = %inner.name(), learned, "learned which commands only read");
+    learned
 }
 
 /// How long a probe may wait for a connection.

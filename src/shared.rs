@@ -211,9 +211,9 @@ impl Shared {
         self.on_transition(self.breaker.record_success(at));
     }
 
-    /// A new socket, for a connection being opened: counted as working until it closes.
+    /// The health record of a new socket, for a connection being opened. Once established
+    /// it counts as working until it closes.
     pub(crate) fn link_opened(self: &Arc<Self>) -> crate::transport::LinkHealth {
-        self.working_links.fetch_add(1, Ordering::AcqRel);
         let shared = Arc::downgrade(self);
         crate::transport::LinkHealth::new(Box::new(move |state| {
             if let Some(shared) = shared.upgrade() {
@@ -229,6 +229,13 @@ impl Shared {
         if state.is_failure() && !self.is_closing() {
             self.suspect_before.set(Instant::now());
             self.verify_requested.notify_one();
+        }
+    }
+
+    /// A connect succeeded on this socket: it works until it closes.
+    pub(crate) fn link_established(&self, link: &crate::transport::LinkHealth) {
+        if link.establish() {
+            self.working_links.fetch_add(1, Ordering::AcqRel);
         }
     }
 

@@ -26,6 +26,9 @@ use crate::config::Config;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum LinkState {
+    /// The connection is still being set up: its failure is the connect's, not a working
+    /// socket's.
+    Connecting = 5,
     Open = 0,
     /// The peer closed the connection (FIN): restart, `CLIENT KILL`, server `timeout`.
     Eof = 1,
@@ -48,12 +51,13 @@ impl LinkState {
     }
 }
 
-/// Called once, with the first reason a link closed.
+/// Called once, with the first reason an established link closed.
 pub(crate) type OnClose = Box<dyn Fn(LinkState) + Send + Sync>;
 
 /// The health of one socket, written by the driver task and read at checkout. It closes
 /// exactly once, at the first failure or when the pool gives the connection up (at the latest
-/// when it is dropped), and reports that moment, so the pool can count the sockets that work.
+/// when it is dropped). The close of a link that was established (its connect succeeded) is
+/// reported, so the pool can count the sockets that work.
 pub(crate) struct LinkHealth {
     state: AtomicU8,
     on_close: OnClose,
@@ -80,7 +84,7 @@ impl Drop for LinkHealth {
 impl LinkHealth {
     pub(crate) fn new(on_close: OnClose) -> Self {
         Self {
-            state: AtomicU8::new(LinkState::Open as u8),
+            state: AtomicU8::new(LinkState::Connecting as u8),
             on_close,
         }
     }
@@ -91,28 +95,52 @@ impl LinkHealth {
             1 => LinkState::Eof,
             2 => LinkState::Failed,
             3 => LinkState::DriverEnded,
-            _ => LinkState::Retired,
+            4 => LinkState::Retired,
+            _ => LinkState::Connecting,
         }
     }
 
-    /// Records the first reason the link closed, and reports it; later ones add nothing.
-    pub(crate) fn close(&self, state: LinkState) {
-        let first = self
-            .state
+    /// The connect succeeded: from now on a close is reported. False if the socket closed
+    /// already.
+    pub(crate) fn establish(&self) -> bool {
+        self.state
             .compare_exchange(
+                LinkState::Connecting as u8,
                 LinkState::Open as u8,
-                state as u8,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             )
-            .is_ok();
-        if first {
-            (self.on_close)(state);
+            .is_ok()
+    }
+
+    /// Records the first reason the link closed, and reports it if the link was established;
+    /// later ones add nothing.
+    pub(crate) fn close(&self, state: LinkState) {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if current != LinkState::Open as u8 && current != LinkState::Connecting as u8 {
+                return;
+            }
+            match self.state.compare_exchange(
+                current,
+                state as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(previous) => {
+                    if previous == LinkState::Open as u8 {
+                        (self.on_close)(state);
+                    }
+                    return;
+                }
+                Err(actual) => current = actual,
+            }
         }
     }
 
+    /// Whether the socket is still usable as far as is known (also while connecting).
     pub(crate) fn is_open(&self) -> bool {
-        self.state() == LinkState::Open
+        matches!(self.state(), LinkState::Open | LinkState::Connecting)
     }
 }
 

@@ -851,3 +851,186 @@ async fn steady_traffic_needs_no_probe_pings() {
         "{pings} PINGs during {elapsed:?} of a request every 100 ms"
     );
 }
+
+/// Fault: Redis reaches `maxclients` (other clients take the free slots): new connections are
+/// refused while the pool's own connections still answer. Load: steady requests for 2 s, then
+/// none for 3 s, then a few. Asserts: the breaker never opens and `/readyz` stays 200, every
+/// request is served, and once traffic stops the pool stops trying to connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_at_maxclients_is_not_an_outage() {
+    let server = RedisServer::start_with_args(&["--maxclients", "6"]).unwrap();
+    let guard = guard(config(&server.url(), "maxclients").min_idle(3)).await;
+    assert!(
+        eventually(Duration::from_secs(3), || guard.state().idle >= 3).await,
+        "three idle connections: {}",
+        guard.state()
+    );
+    // Outside clients take every remaining slot (this test's own admin connection included).
+    let mut outside = Vec::new();
+    for _ in 0..6 {
+        let client = redis::Client::open(server.url()).unwrap();
+        match client.get_multiplexed_async_connection().await {
+            Ok(mut conn) => match redis::cmd("PING").query_async::<String>(&mut conn).await {
+                Ok(_) => outside.push(conn),
+                Err(_) => break,
+            },
+            Err(_) => break,
+        }
+    }
+    let app = service(guard.clone());
+    let busy = drive_echo(&app, 400, 8).await;
+    assert!(failures(&busy).is_empty(), "{:?}", failures(&busy).first());
+    let quiet_from = connect_errors("maxclients");
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(guard.breaker_state(), BreakerState::Closed);
+        assert_eq!(call(&app, "/readyz").await.status, StatusCode::OK);
+    }
+    let while_idle = connect_errors("maxclients") - quiet_from;
+    assert!(
+        while_idle <= 1.0,
+        "{while_idle} connect attempts while idle with enough connections"
+    );
+    let after = drive_echo(&app, 50, 4).await;
+    assert!(
+        failures(&after).is_empty(),
+        "{:?}",
+        failures(&after).first()
+    );
+    assert_eq!(opened("maxclients"), 0.0);
+    drop(outside);
+}
+
+/// Fault: Redis stops while the pool's only connection is checked out (a worker holding it).
+/// Load: 10 callers waiting for a connection. Asserts: the dead socket is noticed although
+/// nobody returns it: the pool verifies with fresh connects, the breaker opens, and the
+/// waiters fail fast with the connect error instead of each waiting out its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_noticed_while_every_connection_is_checked_out() {
+    let mut server = RedisServer::start().unwrap();
+    let guard = guard(
+        config(&server.url(), "all_held")
+            .max_size(1)
+            .checkout_timeout(Duration::from_secs(3)),
+    )
+    .await;
+    let held = guard.get().await.unwrap();
+    let waiters: Vec<_> = (0..10)
+        .map(|_| {
+            let guard = guard.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let result = guard.get().await.map(drop);
+                (started.elapsed(), result)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::task::block_in_place(|| server.stop());
+    let opened_in_time = eventually(Duration::from_secs(3), || {
+        guard.breaker_state() == BreakerState::Open
+    })
+    .await;
+    assert!(
+        opened_in_time,
+        "the breaker opened with the connection still held"
+    );
+    for waiter in waiters {
+        let (waited, result) = waiter.await.unwrap();
+        let err = result.expect_err("Redis is down");
+        assert!(
+            waited < Duration::from_secs(2),
+            "a waiter took {waited:?}: {err}"
+        );
+    }
+    drop(held);
+}
+
+/// Fault: every reply is held back 300 ms (a distant Redis). Load: requests 800 ms apart, so
+/// every checkout finds an idle connection past the validation bypass, then 4 workers for 2 s.
+/// Asserts: every request succeeds: the validation PING waits for a few round trips rather
+/// than the 250 ms default, so live connections are not evicted as dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distant_redis_serves_sparse_and_steady_traffic() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    proxy.set_mode(ProxyMode::Delay(Duration::from_millis(300)));
+    let guard =
+        unready_guard(config(&proxy.url(), "distant").checkout_timeout(Duration::from_secs(2)))
+            .await;
+    assert!(eventually(Duration::from_secs(3), || guard.is_ready()).await);
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        timeout(Duration::from_secs(3), get_and_ping(&guard))
+            .await
+            .expect("bounded")
+            .expect("a sparse request is served");
+    }
+    let app = service(guard.clone());
+    let steady = drive_echo(&app, 24, 4).await;
+    assert!(
+        failures(&steady).is_empty(),
+        "{:?}",
+        failures(&steady).first()
+    );
+    assert_eq!(evictions("distant", "validation_failed"), 0.0);
+}
+
+/// Fault: Redis restarts and connections are killed under load, with `min_idle` and held
+/// connections. Load: 16 workers through a pool of 4, holding each connection 5 ms. Asserts:
+/// the server never sees more of the pool's connections than `max_size`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_never_holds_more_than_max_size_connections() {
+    let mut server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "capped").max_size(4).min_idle(2)).await;
+    let pool_clients = |server: &RedisServer| -> usize {
+        let redis::Value::BulkString(list) = server.command(&["CLIENT", "LIST"]).unwrap() else {
+            panic!("CLIENT LIST answers a bulk string")
+        };
+        String::from_utf8_lossy(&list)
+            .lines()
+            .filter(|l| l.contains(" name=capped "))
+            .count()
+    };
+    let app = service(guard.clone());
+    let mut most = 0;
+    for round in 0..3 {
+        let load = {
+            let app = app.clone();
+            tokio::spawn(async move {
+                for _ in 0..40 {
+                    let _ = call(&app, "/hold?ms=5").await;
+                }
+            })
+        };
+        let workers: Vec<_> = (0..15)
+            .map(|_| {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    for _ in 0..40 {
+                        let _ = call(&app, "/hold?ms=5").await;
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            most = most.max(pool_clients(&server));
+            most = most.max(guard.state().connections as usize);
+        }
+        if round == 1 {
+            let _ = server.command(&["CLIENT", "KILL", "TYPE", "normal"]);
+        } else {
+            tokio::task::block_in_place(|| server.restart()).unwrap();
+        }
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        load.await.unwrap();
+        assert!(eventually(Duration::from_secs(3), || guard.is_ready()).await);
+    }
+    assert!(
+        most <= 4,
+        "the pool held {most} connections with max_size 4"
+    );
+}

@@ -480,3 +480,41 @@ async fn writes_are_never_sent_twice() {
     );
     eprintln!("INCR under RST: {ok} acknowledged, {failed} failed, counter {counter}");
 }
+
+/// Fault: Redis stops while a handler holds a connection. Load: an `INCR`, then a `GET`, on
+/// that connection. Asserts: the write fails at once (it is never sent twice, so nothing is
+/// worth waiting for) and is not counted as a retry; the read fails within its budget once no
+/// replacement can be had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_a_dead_connection_fails_at_once() {
+    let mut server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "dead_write")).await;
+    // Let the pool learn Redis's commands first, as it does within a second of connecting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut conn = guard.get().await.unwrap();
+    let _: i64 = conn.incr("counter", 1).await.unwrap();
+    tokio::task::block_in_place(|| server.stop());
+
+    let started = Instant::now();
+    let write: redis::RedisResult<i64> = conn.incr("counter", 1).await;
+    let took = started.elapsed();
+    assert!(write.is_err());
+    assert!(
+        took < Duration::from_millis(100),
+        "the write failed after {took:?}"
+    );
+    assert_eq!(
+        retries("dead_write", "ok") + retries("dead_write", "failed"),
+        0.0,
+        "a write is never retried"
+    );
+
+    let started = Instant::now();
+    let read: redis::RedisResult<Option<i64>> = conn.get("counter").await;
+    assert!(read.is_err());
+    assert!(
+        started.elapsed() <= guard.config().checkout_timeout() + Duration::from_millis(100),
+        "the read failed after {:?}",
+        started.elapsed()
+    );
+}
