@@ -9,6 +9,25 @@ use std::time::{Duration, Instant};
 pub(crate) struct AtomicInstant(AtomicU64);
 
 impl AtomicInstant {
+    /// None yet.
+    pub(crate) const fn new() -> Self {
+        Self(AtomicU64::new(0))
+    }
+
+    /// Sets `at` unless another thread changed the value since it was read here; returns
+    /// whether this call set it. For "only one of the racing callers acts".
+    pub(crate) fn replace_if_unchanged(&self, at: Instant) -> bool {
+        let seen = self.0.load(Ordering::Acquire);
+        self.0
+            .compare_exchange(
+                seen,
+                nanos_since_epoch(at).max(1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
     pub(crate) fn set(&self, at: Instant) {
         // 0 means "none"; an instant at the epoch itself is stored one nanosecond later.
         self.0

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
 use crate::connection::is_infrastructure_failure;
+use crate::throttle::Throttle;
 
 /// A snapshot of a pool, as named in checkout-timeout errors.
 ///
@@ -42,6 +43,52 @@ impl fmt::Display for PoolState {
     }
 }
 
+/// Why a pool answered [`Error::Unavailable`]: match on it to tell an outage the breaker
+/// knows of from a connect that just failed.
+///
+/// ```
+/// use redis_guard::UnavailableReason;
+/// let reason = UnavailableReason::BreakerOpen { last_connect_error: Some("Connection refused".into()) };
+/// assert_eq!(reason.to_string(), "circuit breaker open; last connect error: Connection refused");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnavailableReason {
+    /// The circuit breaker is open: new connections to Redis keep failing. The pool recovers
+    /// by itself once one succeeds.
+    #[error("circuit breaker open{}", last_error(.last_connect_error))]
+    BreakerOpen {
+        /// The most recent connect failure, redacted.
+        last_connect_error: Option<String>,
+    },
+    /// The breaker is half-open: a few trial calls decide, and this one was not among them.
+    #[error("circuit breaker half-open, trial calls in flight{}", last_error(.last_connect_error))]
+    BreakerHalfOpen {
+        /// The most recent connect failure, redacted.
+        last_connect_error: Option<String>,
+    },
+    /// The pool had no working connection and the connect attempt the caller waited for
+    /// failed (or the next one could not start within its budget).
+    #[error("cannot connect: {cause}")]
+    CannotConnect {
+        /// The connect failure, redacted.
+        cause: String,
+    },
+    /// [`StartupMode::FailFast`](crate::StartupMode::FailFast) or
+    /// [`WaitFor`](crate::StartupMode::WaitFor) found no Redis.
+    #[error("no connection at start-up: {cause}")]
+    Startup {
+        /// The last connect failure, redacted.
+        cause: String,
+    },
+}
+
+fn last_error(error: &Option<String>) -> String {
+    error
+        .as_deref()
+        .map_or_else(String::new, |e| format!("; last connect error: {e}"))
+}
+
 /// A redis-guard failure. Variants are stable: match on them to degrade gracefully.
 ///
 /// As an axum response: `Unavailable` and `Timeout` are `503 Service Unavailable` with
@@ -55,7 +102,7 @@ impl fmt::Display for PoolState {
 ///
 /// let err = redis_guard::Error::Unavailable {
 ///     pool: "cache".into(),
-///     reason: "circuit breaker open".into(),
+///     reason: redis_guard::UnavailableReason::BreakerOpen { last_connect_error: None },
 ///     retry_after: Duration::from_secs(2),
 /// };
 /// let response = err.into_response();
@@ -70,8 +117,8 @@ pub enum Error {
     Unavailable {
         /// The pool's name.
         pool: String,
-        /// Why, in words an operator can act on.
-        reason: String,
+        /// Why, as a value to match on; its message is one an operator can act on.
+        reason: UnavailableReason,
         /// When trying again makes sense.
         retry_after: Duration,
     },
@@ -110,6 +157,35 @@ impl Error {
         }
     }
 
+    /// The HTTP status this error answers with: `503` when Redis is unreachable, slow or the
+    /// connection failed, `500` for a command's error reply.
+    ///
+    /// ```
+    /// let reply = redis::RedisError::from((redis::ErrorKind::Client, "WRONGTYPE"));
+    /// assert_eq!(redis_guard::Error::Redis(reply).status(), 500);
+    /// ```
+    pub fn status(&self) -> StatusCode {
+        self.status_and_title().0
+    }
+
+    /// The status and the problem title: short, fixed text that names no host or key.
+    fn status_and_title(&self) -> (StatusCode, &'static str) {
+        match self {
+            Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Redis unavailable"),
+            Error::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Redis checkout timed out"),
+            Error::Redis(_) if self.is_infrastructure() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "Redis connection failed")
+            }
+            Error::Redis(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Redis command failed"),
+        }
+    }
+
+    /// The `application/problem+json` body this error answers with.
+    pub(crate) fn problem_body(&self) -> String {
+        let (status, title) = self.status_and_title();
+        problem_body(status, title)
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::Unavailable { retry_after, .. } => Some(*retry_after),
@@ -122,22 +198,36 @@ impl Error {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let (status, title) = match &self {
-            Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Redis unavailable"),
-            Error::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Redis checkout timed out"),
-            Error::Redis(_) if self.is_infrastructure() => {
-                (StatusCode::SERVICE_UNAVAILABLE, "Redis connection failed")
-            }
-            Error::Redis(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Redis command failed"),
-        };
+        let (status, title) = self.status_and_title();
         // Checkout failures are logged by the pool, and refusals come by the thousand during
-        // an outage (the breaker's transitions say why); command failures are logged here.
+        // an outage (the breaker's transitions say why). Command failures are logged here, one
+        // line per interval at most: an incident must not flood the log at the request rate.
         if let Error::Redis(e) = &self {
-            tracing::warn!(error = %e, status = status.as_u16(), "redis command failed");
+            static COMMAND_FAILURES: Throttle = Throttle::new(Duration::from_secs(10));
+            match COMMAND_FAILURES.admit() {
+                Some(held_back) => tracing::warn!(
+                    error = %e,
+                    status = status.as_u16(),
+                    similar_lines_held_back = held_back,
+                    "redis command failed"
+                ),
+                None => {
+                    tracing::debug!(error = %e, status = status.as_u16(), "redis command failed")
+                }
+            }
         }
         let retry_after = self.retry_after();
         problem_response(status, title, retry_after)
     }
+}
+
+pub(crate) fn problem_body(status: StatusCode, title: &str) -> String {
+    serde_json::json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status.as_u16(),
+    })
+    .to_string()
 }
 
 /// An `application/problem+json` response, with `Retry-After` in whole seconds (at least 1).
@@ -146,12 +236,7 @@ pub(crate) fn problem_response(
     title: &str,
     retry_after: Option<Duration>,
 ) -> Response {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": title,
-        "status": status.as_u16(),
-    });
-    let mut response = (status, body.to_string()).into_response();
+    let mut response = (status, problem_body(status, title)).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

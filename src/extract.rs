@@ -64,16 +64,48 @@ pub enum RedisRejection {
     Checkout(#[from] Error),
 }
 
-impl IntoResponse for RedisRejection {
-    fn into_response(self) -> Response {
+/// The problem title of [`RedisRejection::MissingLayer`].
+const MISSING_LAYER_TITLE: &str = "RedisGuardLayer is not installed on this route";
+
+impl RedisRejection {
+    /// The HTTP status of the rejection: `500` for a missing layer, else the checkout error's
+    /// (see [`Error::status`]).
+    ///
+    /// ```
+    /// assert_eq!(redis_guard::RedisRejection::MissingLayer.status(), 500);
+    /// ```
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RedisRejection::MissingLayer => StatusCode::INTERNAL_SERVER_ERROR,
+            RedisRejection::Checkout(error) => error.status(),
+        }
+    }
+
+    /// The response body the rejection answers with (`application/problem+json`): short, fixed
+    /// text, never a host or a key.
+    ///
+    /// ```
+    /// let body = redis_guard::RedisRejection::MissingLayer.body_text();
+    /// assert!(body.contains("RedisGuardLayer is not installed"));
+    /// ```
+    pub fn body_text(&self) -> String {
         match self {
             RedisRejection::MissingLayer => {
-                tracing::error!("{self}");
-                problem_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "RedisGuardLayer is not installed on this route",
-                    None,
-                )
+                crate::error::problem_body(self.status(), MISSING_LAYER_TITLE)
+            }
+            RedisRejection::Checkout(error) => error.problem_body(),
+        }
+    }
+}
+
+impl IntoResponse for RedisRejection {
+    fn into_response(self) -> Response {
+        // As axum logs its rejections: at TRACE under a fixed target, so that a flood of them
+        // costs nothing unless asked for. The pool logs the causes once.
+        tracing::trace!(target: "redis_guard::rejection", status = self.status().as_u16(), rejection = %self, "rejecting request");
+        match self {
+            RedisRejection::MissingLayer => {
+                problem_response(self.status(), MISSING_LAYER_TITLE, None)
             }
             RedisRejection::Checkout(error) => error.into_response(),
         }

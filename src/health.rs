@@ -66,15 +66,33 @@ impl Check {
         }
     }
 
-    /// Why it is not passing, in words safe to show anyone: no hosts, no credentials.
-    fn output(&self) -> &'static str {
+    /// The check's entry in `application/health+json`.
+    fn json(&self, verdict: Verdict) -> serde_json::Value {
+        let mut entry = serde_json::json!({
+            "componentType": "datastore",
+            "status": verdict_label(verdict),
+            "observedValue": self.guard.breaker_state().as_label(),
+        });
+        if verdict != Verdict::Pass {
+            entry["output"] = self.output().into();
+        }
+        serde_json::json!([entry])
+    }
+
+    /// Why it is not passing, in words safe to show anyone: no hosts, no credentials (connect
+    /// errors come from the pool's own sockets and handshakes, which hold neither).
+    fn output(&self) -> String {
         let shared = self.guard.shared();
-        match self.guard.breaker_state() {
-            BreakerState::Closed if shared.has_connected() => "ok",
+        let state = match self.guard.breaker_state() {
+            BreakerState::Closed if shared.has_connected() => return "ok".into(),
             BreakerState::Closed if shared.connects_failing() => "unreachable: cannot connect",
             BreakerState::Closed => "connecting",
             BreakerState::HalfOpen => "recovering: circuit breaker half-open",
             BreakerState::Open => "unreachable: circuit breaker open",
+        };
+        match shared.last_connect_error() {
+            Some(cause) => format!("{state} ({})", one_line(&cause)),
+            None => state.into(),
         }
     }
 }
@@ -138,12 +156,40 @@ impl Options {
     }
 }
 
+/// Whether the client asked for `application/health+json`: a media range of that type
+/// (case-insensitive) whose quality is not 0, in any `Accept` header.
 fn wants_health_json(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains(HEALTH_JSON))
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media_type = parts.next().unwrap_or("");
+            let quality = parts
+                .filter_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            media_type.eq_ignore_ascii_case(HEALTH_JSON) && quality > 0.0
+        })
+}
+
+/// Text on one line, for a line of `?verbose` output.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// A plain-text health answer; `nosniff` so no browser takes it for anything else.
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    let mut response = (status, body.into()).into_response();
+    response.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 async fn livez(RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
@@ -155,7 +201,7 @@ async fn livez(RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
     } else {
         "ok"
     };
-    (StatusCode::OK, body).into_response()
+    text(StatusCode::OK, body)
 }
 
 async fn readyz(
@@ -187,15 +233,7 @@ async fn readyz(
         };
         let mut details = serde_json::Map::new();
         for (check, verdict) in &checks {
-            let mut entry = serde_json::json!({
-                "componentType": "datastore",
-                "status": verdict_label(*verdict),
-                "observedValue": check.guard.breaker_state().as_label(),
-            });
-            if *verdict != Verdict::Pass {
-                entry["output"] = check.output().into();
-            }
-            details.insert(check.name.clone(), serde_json::json!([entry]));
+            details.insert(check.name.clone(), check.json(*verdict));
         }
         return health_json(
             status,
@@ -205,7 +243,7 @@ async fn readyz(
 
     if !options.verbose {
         let body = if failed { "readyz check failed" } else { "ok" };
-        return (status, body).into_response();
+        return text(status, body);
     }
     let mut body = String::new();
     for (check, verdict) in &checks {
@@ -220,24 +258,56 @@ async fn readyz(
             Verdict::Fail => writeln!(body, "[-]{} failed: {}", check.name, check.output()),
         };
     }
+    // Only names of real checks are repeated: the query is the client's text.
+    let mut unmatched = 0;
     for excluded in &options.exclude {
-        let _ = writeln!(body, "[+]{excluded} excluded: ok");
+        match health.checks.iter().find(|c| &c.name == excluded) {
+            Some(check) => {
+                let _ = writeln!(body, "[+]{} excluded: ok", check.name);
+            }
+            None => unmatched += 1,
+        }
+    }
+    if unmatched > 0 {
+        let _ = writeln!(
+            body,
+            "warn: some health checks cannot be excluded: no matches for {unmatched} name(s)"
+        );
     }
     body.push_str(if failed {
         "readyz check failed\n"
     } else {
         "readyz check passed\n"
     });
-    (status, body).into_response()
+    text(status, body)
 }
 
-async fn readyz_one(State(health): State<Arc<Health>>, Path(name): Path<String>) -> Response {
-    match health.checks.iter().find(|c| c.name == name) {
-        Some(check) => match check.verdict() {
-            Verdict::Fail => (StatusCode::SERVICE_UNAVAILABLE, check.output()).into_response(),
-            _ => (StatusCode::OK, "ok").into_response(),
-        },
-        None => (StatusCode::NOT_FOUND, format!("no check named {name:?}")).into_response(),
+async fn readyz_one(
+    State(health): State<Arc<Health>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(check) = health.checks.iter().find(|c| c.name == name) else {
+        return text(StatusCode::NOT_FOUND, "no such check");
+    };
+    let verdict = check.verdict();
+    let status = if verdict == Verdict::Fail {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    if wants_health_json(&headers) {
+        return health_json(
+            status,
+            serde_json::json!({
+                "status": verdict_label(verdict),
+                "checks": { check.name.clone(): check.json(verdict) },
+            }),
+        );
+    }
+    match verdict {
+        Verdict::Fail => text(status, check.output()),
+        _ => text(status, "ok"),
     }
 }
 
@@ -250,7 +320,7 @@ fn verdict_label(verdict: Verdict) -> &'static str {
 }
 
 fn health_json(status: StatusCode, body: serde_json::Value) -> Response {
-    let mut response = (status, body.to_string()).into_response();
+    let mut response = text(status, body.to_string());
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(HEALTH_JSON));

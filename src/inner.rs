@@ -28,7 +28,7 @@ use tokio::task::AbortHandle;
 use crate::command::ReadOnlyCommands;
 use crate::config::{Config, StartupMode};
 use crate::connection::Verdict;
-use crate::error::{Error, PoolState};
+use crate::error::{Error, PoolState, UnavailableReason};
 use crate::manager::{self, Attempt, GuardManager, Skip};
 use crate::metrics::{EvictionReason, ValidationResult};
 use crate::shared::Shared;
@@ -150,7 +150,7 @@ impl PoolInner {
                     if deadline.is_some_and(|d| d.is_none_or(|d| Instant::now() < d)) => {}
                 _ => {
                     let cause = self.shared.last_connect_error().unwrap_or_default();
-                    return Err(self.unavailable(format!("no connection at start-up: {cause}")));
+                    return Err(self.unavailable(UnavailableReason::Startup { cause }));
                 }
             }
         }
@@ -330,22 +330,21 @@ impl PoolInner {
 
     fn cannot_connect(&self) -> Error {
         let cause = self.shared.last_connect_error().unwrap_or_default();
-        self.unavailable(format!("cannot connect: {cause}"))
+        self.unavailable(UnavailableReason::CannotConnect { cause })
     }
 
     pub(crate) fn rejected(&self) -> Error {
         let shared = &self.shared;
-        let cause = shared
-            .last_connect_error()
-            .map_or_else(String::new, |e| format!("; last connect error: {e}"));
-        let state = match shared.breaker_state() {
-            crate::BreakerState::HalfOpen => "half-open, trial calls in flight",
-            _ => "open",
-        };
-        self.unavailable(format!("circuit breaker {state}{cause}"))
+        let last_connect_error = shared.last_connect_error();
+        self.unavailable(match shared.breaker_state() {
+            crate::BreakerState::HalfOpen => {
+                UnavailableReason::BreakerHalfOpen { last_connect_error }
+            }
+            _ => UnavailableReason::BreakerOpen { last_connect_error },
+        })
     }
 
-    fn unavailable(&self, reason: String) -> Error {
+    fn unavailable(&self, reason: UnavailableReason) -> Error {
         Error::Unavailable {
             pool: self.name().to_owned(),
             reason,

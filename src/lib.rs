@@ -87,13 +87,14 @@ mod session;
 mod shared;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod throttle;
 mod transport;
 
 pub use breaker::{BreakerPolicy, BreakerState};
 #[doc(inline)]
 pub use config::{Config, ConfigBuilder, ConfigError, StartupMode};
 pub use connection::GuardConnection;
-pub use error::{Error, PoolState};
+pub use error::{Error, PoolState, UnavailableReason};
 pub use extract::{Redis, RedisRejection};
 pub use health::Health;
 pub use layer::{

@@ -16,7 +16,7 @@
 //! assert!(!format!("{config:?}").contains("secret"));
 //! ```
 //!
-//! The module has three parts: this file (the settings, written once in [`settings!`], the
+//! The module has three parts: this file (the settings, written once in `settings!`, the
 //! builder and validation against what the kernel and the clock accept), `env.rs` (reading
 //! them from the environment) and `url.rs` (parsing and redacting Redis URLs).
 
