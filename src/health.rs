@@ -91,7 +91,7 @@ impl Check {
             BreakerState::Open => "unreachable: circuit breaker open",
         };
         match shared.last_connect_error() {
-            Some(cause) => format!("{state} ({})", one_line(&cause)),
+            Some(cause) => format!("{state}; last connect error: {}", one_line(&cause)),
             None => state.into(),
         }
     }

@@ -442,7 +442,7 @@ async fn health_endpoints_follow_kubernetes_and_ietf_conventions() {
     );
     assert_eq!(
         verbose.body,
-        "[+]redis:sessions ok\n[+]redis:cache warn: unreachable: circuit breaker open (optional)\nreadyz check passed\n"
+        "[+]redis:sessions ok\n[+]redis:cache warn: unreachable: circuit breaker open; last connect error: Connection refused (os error 111) (optional)\nreadyz check passed\n"
     );
     let json = call_with(
         &optional_only,
