@@ -156,7 +156,12 @@ impl RedisServer {
                     read_tail(&log)
                 )));
             }
-            if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(100)).is_ok() {
+            // The log line too: between picking the free port and binding it, another
+            // listener (a proxy, another test's server) may take it and answer the connect.
+            let ready = std::fs::read_to_string(&log)
+                .is_ok_and(|text| text.contains("Ready to accept connections"));
+            if ready && TcpStream::connect_timeout(&self.addr(), Duration::from_millis(100)).is_ok()
+            {
                 self.child = Some(child);
                 return Ok(());
             }
