@@ -9,8 +9,15 @@
 
 mod demo;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use redis_guard::prometheus::PrometheusMetrics;
 use redis_guard::testkit::RedisServer;
 use redis_guard::{Config, RedisGuard};
@@ -60,11 +67,68 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl http://{addr}/readyz?verbose");
     println!("  curl http://{addr}/livez");
     println!("  curl http://{addr}/metrics");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    serve(listener, app, shutdown_signal()).await;
+    println!("shutting down");
+    // The pool first, then the embedded redis-server: a `kill` of the demo leaves no orphan.
+    drop(guard);
     drop(embedded);
     Ok(())
+}
+
+/// A client must send its request headers within this: slow-loris connections are dropped
+/// instead of being held open.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for requests in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` over HTTP/1.1 with a header-read timeout, until `shutdown`
+/// resolves; then stops accepting and lets requests in flight finish, for at most
+/// [`DRAIN_TIMEOUT`].
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping anyway");
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what `kill` and orchestrators send).
+pub async fn shutdown_signal() {
+    let terminate = async {
+        #[cfg(unix)]
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            term.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }

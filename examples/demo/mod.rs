@@ -1,5 +1,6 @@
 //! The demo service's routes, shared by the `server` and `chaos` examples.
 
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use redis::AsyncCommands;
@@ -15,7 +16,11 @@ async fn visits(mut redis: Redis) -> Result<Json<Value>, redis_guard::Error> {
 /// `GET /visits` (needs Redis), `/livez`, `/readyz` and `/metrics`.
 pub fn app(guard: RedisGuard, metrics: &PrometheusMetrics) -> Router {
     Router::new()
-        .route("/visits", get(visits))
+        // GET counts a visit; HEAD must not (axum would run the GET handler for it).
+        .route(
+            "/visits",
+            get(visits).head(|| async { StatusCode::METHOD_NOT_ALLOWED }),
+        )
         // While Redis is down, /visits answers 503 at once instead of waiting on timeouts.
         .route_layer(RequireRedis::new(guard.clone()))
         .layer(RedisGuardLayer::new(guard.clone()))
