@@ -64,6 +64,8 @@ pub struct GuardConnection {
     validations: u64,
     /// Redis answered a command or validation on it, beyond the connect's own PING.
     served: bool,
+    /// When the server was last seen to be the primary (at connect, or by `ROLE`).
+    role_checked: Instant,
 }
 
 impl fmt::Debug for GuardConnection {
@@ -81,6 +83,8 @@ impl fmt::Debug for GuardConnection {
 pub(crate) enum ValidationFailure {
     /// No reply in time: a frozen (half-open) socket, whose siblings may be frozen too.
     TimedOut(Duration),
+    /// The server is no longer the primary.
+    NotPrimary(String),
     /// An error or a wrong reply.
     Failed(String),
 }
@@ -89,7 +93,9 @@ impl fmt::Display for ValidationFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ValidationFailure::TimedOut(after) => write!(f, "no PING reply within {after:?}"),
-            ValidationFailure::Failed(reason) => f.write_str(reason),
+            ValidationFailure::Failed(reason) | ValidationFailure::NotPrimary(reason) => {
+                f.write_str(reason)
+            }
         }
     }
 }
@@ -142,6 +148,7 @@ impl GuardConnection {
             eviction: None,
             validations: 0,
             served: false,
+            role_checked: now,
         }
     }
 
@@ -162,8 +169,11 @@ impl GuardConnection {
         if self.expires_at.is_some_and(|at| now >= at) {
             return Verdict::Evict(EvictionReason::MaxLifetime);
         }
-        // Before the bypass: a socket frozen right after its last reply looks fresh.
-        if self.shared.is_suspect(self.last_success) {
+        // Before the bypass: a socket frozen right after its last reply looks fresh, and a
+        // connection to a node demoted in a failover answers PING like any other.
+        let role_suspect =
+            self.shared.config().expect_primary() && self.shared.is_role_suspect(self.role_checked);
+        if role_suspect || self.shared.is_suspect(self.last_success) {
             return Verdict::Suspect;
         }
         if now.saturating_duration_since(self.last_success)
@@ -217,14 +227,23 @@ impl GuardConnection {
         let setname = redis::cmd("CLIENT").arg("SETNAME").arg(name).to_owned();
         let ping = redis::cmd("PING").to_owned();
         let mut naming = self.inner.clone();
+        let mut asking_role = self.inner.clone();
+        let wants_primary = self.shared.config().expect_primary();
         let sent = Instant::now();
-        let (named, pinged) = tokio::join!(
+        let (named, pinged, role) = tokio::join!(
             naming.send_packed_command(&setname),
-            self.inner.send_packed_command(&ping)
+            self.inner.send_packed_command(&ping),
+            async {
+                match wants_primary {
+                    true => Some(asking_role.send_packed_command(&redis::cmd("ROLE")).await),
+                    false => None,
+                }
+            }
         );
         if let Some(error) = server_error(named) {
             tracing::debug!(connection_id = self.id, %error, "CLIENT SETNAME refused; connection left unnamed");
         }
+        self.expect_primary(role).await?;
         match pinged {
             Ok(Value::SimpleString(_) | Value::BulkString(_)) => {}
             Ok(Value::ServerError(e)) if e.code() == "NOPERM" => {
@@ -249,8 +268,51 @@ impl GuardConnection {
         Ok(())
     }
 
-    /// PINGs with a payload unique to this attempt, so a stale reply cannot pass for the answer.
+    /// Checks a `ROLE` reply when the pool wants the primary: a replica is refused (after a
+    /// failover its DNS name may still lead to the demoted node); a reply that says nothing
+    /// (the ACL forbids `ROLE`) is taken on trust.
+    async fn expect_primary(&mut self, role: Option<RedisResult<Value>>) -> RedisResult<()> {
+        let Some(Ok(Value::Array(fields))) = role else {
+            return Ok(());
+        };
+        let name = match fields.first() {
+            Some(Value::BulkString(name)) => String::from_utf8_lossy(name).into_owned(),
+            Some(Value::SimpleString(name)) => name.clone(),
+            _ => return Ok(()),
+        };
+        if name == "master" {
+            self.role_checked = Instant::now();
+            return Ok(());
+        }
+        Err(RedisError::from((
+            redis::ErrorKind::Client,
+            "connected to a replica, not the primary",
+            format!("ROLE {name}; set expect_primary(false) to use replicas"),
+        )))
+    }
+
+    /// PINGs with a payload unique to this attempt, so a stale reply cannot pass for the
+    /// answer. When a peer was refused for its role since this connection's role was last
+    /// seen, asks `ROLE` too, in the same round trip.
     pub(crate) async fn validate(&mut self, timeout: Duration) -> Result<(), ValidationFailure> {
+        if self.shared.config().expect_primary() && self.shared.is_role_suspect(self.role_checked) {
+            let mut asking = self.inner.clone();
+            let role = redis::cmd("ROLE").to_owned();
+            let (pinged, role) = tokio::join!(
+                self.ping(timeout),
+                tokio::time::timeout(timeout, asking.send_packed_command(&role))
+            );
+            pinged?;
+            let role = role.map_err(|_| ValidationFailure::TimedOut(timeout))?;
+            return self
+                .expect_primary(Some(role))
+                .await
+                .map_err(|e| ValidationFailure::NotPrimary(e.to_string()));
+        }
+        self.ping(timeout).await
+    }
+
+    async fn ping(&mut self, timeout: Duration) -> Result<(), ValidationFailure> {
         self.validations += 1;
         let nonce = format!("redis-guard:{}:{}", self.id, self.validations);
         let ping = redis::cmd("PING").arg(&nonce).to_owned();
@@ -346,6 +408,12 @@ impl GuardConnection {
     fn note_outcome<T>(&mut self, result: &RedisResult<T>) {
         match result {
             Err(e) if is_infrastructure_failure(e) => self.evict(EvictionReason::IoError),
+            // The socket works, but the server cannot take commands as the primary any more.
+            Err(e) if is_refused_by_role(e) => {
+                self.last_success = Instant::now();
+                self.shared.answered(self.last_success);
+                self.evict(EvictionReason::RoleChange);
+            }
             // A reply, or an error reply (WRONGTYPE, NOSCRIPT, ...): it travelled a working
             // socket.
             _ => {
@@ -413,6 +481,19 @@ pub(crate) fn is_infrastructure_failure(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
+/// Whether an error reply says the server cannot take commands as the primary right now:
+/// `READONLY` (it was demoted), `MASTERDOWN` (a replica lost its primary), `LOADING` (it is
+/// loading its data). The command was refused before it ran, so sending it again elsewhere
+/// cannot apply it twice.
+pub(crate) fn is_refused_by_role(e: &RedisError) -> bool {
+    matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
+}
+
+/// Whether a reply in a pipeline is such a refusal (see [`is_refused_by_role`]).
+pub(crate) fn is_role_refusal(value: &Value) -> bool {
+    matches!(value, Value::ServerError(e) if matches!(e.code(), "READONLY" | "MASTERDOWN" | "LOADING"))
+}
+
 /// The error a reply carried, if any, for a log line.
 fn server_error(reply: RedisResult<Value>) -> Option<String> {
     match reply {
@@ -437,7 +518,12 @@ impl ConnectionLike for GuardConnection {
         Box::pin(async move {
             self.set_reply_wait(std::iter::once(cmd));
             self.in_flight = true;
-            let result = self.inner.send_packed_command(cmd).await;
+            let result = match self.inner.send_packed_command(cmd).await {
+                // An error reply, as the error it is (redis-rs's query_async would make it one
+                // anyway): so it is judged here like any failure.
+                Ok(Value::ServerError(e)) => Err(RedisError::from(e)),
+                other => other,
+            };
             self.in_flight = false;
             self.note_outcome(&result);
             match &result {
@@ -464,8 +550,17 @@ impl ConnectionLike for GuardConnection {
                 .await;
             self.in_flight = false;
             self.note_outcome(&result);
+            if let Ok(values) = &result
+                && values.iter().any(is_role_refusal)
+            {
+                self.evict(EvictionReason::RoleChange);
+            }
             let atomic = pipeline.is_transaction();
             match &result {
+                // Some commands were refused: which ones ran is not known.
+                Ok(values) if values.iter().any(|v| matches!(v, Value::ServerError(_))) => self
+                    .session
+                    .apply_failed_pipeline(pipeline.cmd_iter(), atomic),
                 Ok(_) => self.session.apply_pipeline(pipeline.cmd_iter(), atomic),
                 Err(e) if !is_infrastructure_failure(e) => self
                     .session

@@ -27,7 +27,7 @@ use tokio::task::AbortHandle;
 
 use crate::command::ReadOnlyCommands;
 use crate::config::{Config, StartupMode};
-use crate::connection::Verdict;
+use crate::connection::{ValidationFailure, Verdict};
 use crate::error::{Error, PoolState, UnavailableReason};
 use crate::manager::{self, Attempt, GuardManager, Skip};
 use crate::metrics::{EvictionReason, ValidationResult};
@@ -141,7 +141,7 @@ impl PoolInner {
         loop {
             match self.manager.attempt(deadline.flatten(), Skip::Never).await {
                 Attempt::Connected(conn) => {
-                    let _ = self.pool.add(conn);
+                    let _ = self.pool.add(*conn);
                     // Proven at start-up: serve at once, whatever the attempts before said.
                     self.shared.proven_at_startup();
                     return Ok(());
@@ -257,7 +257,7 @@ impl PoolInner {
                         Err(failure) => {
                             shared.validated(ValidationResult::Failed);
                             tracing::debug!(connection_id = conn.connection_id(), %failure, "validation failed");
-                            conn.evict(EvictionReason::ValidationFailed);
+                            conn.evict(eviction_reason(&failure));
                         }
                     }
                 }
@@ -375,8 +375,16 @@ async fn validate_in_background(
         Err(failure) => {
             shared.validated(ValidationResult::Failed);
             tracing::debug!(connection_id = conn.connection_id(), %failure, "suspect connection failed validation");
-            conn.evict(EvictionReason::ValidationFailed);
+            conn.evict(eviction_reason(&failure));
         }
+    }
+}
+
+/// What a failed validation evicts a connection as.
+fn eviction_reason(failure: &ValidationFailure) -> EvictionReason {
+    match failure {
+        ValidationFailure::NotPrimary(_) => EvictionReason::RoleChange,
+        _ => EvictionReason::ValidationFailed,
     }
 }
 

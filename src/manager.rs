@@ -56,7 +56,7 @@ pub(crate) enum Skip {
 /// What one pass through the connect gate came to.
 #[derive(Debug)]
 pub(crate) enum Attempt {
-    Connected(GuardConnection),
+    Connected(Box<GuardConnection>),
     Failed(RedisError),
     /// Not tried: the pool is closing, the deadline falls before the next allowed attempt,
     /// or another attempt already answered the question.
@@ -123,7 +123,7 @@ impl GuardManager {
             Ok(conn) => {
                 gate.backoff.reset();
                 shared.connected(id);
-                Attempt::Connected(conn)
+                Attempt::Connected(Box::new(conn))
             }
             Err(e) => {
                 let pause = gate.backoff.pause();
@@ -217,7 +217,7 @@ impl bb8::ManageConnection for GuardManager {
     /// what it gets to the pool, so a waiter is served if Redis returns within its budget.
     async fn connect(&self) -> Result<GuardConnection, RedisError> {
         match self.attempt(None, Skip::IfNobodyWaits).await {
-            Attempt::Connected(conn) => Ok(conn),
+            Attempt::Connected(conn) => Ok(*conn),
             Attempt::Failed(e) => Err(e),
             Attempt::Skipped => Err(RedisError::from((ErrorKind::Io, "the pool is closing"))),
         }

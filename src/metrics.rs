@@ -113,11 +113,14 @@ pub enum EvictionReason {
     /// The connection was returned with a call still waiting for its reply (the request was
     /// cancelled): the server may still be running it, so the socket is closed.
     Cancelled,
+    /// The server is no longer the primary (`READONLY`), cannot serve (`MASTERDOWN`) or is
+    /// loading its data (`LOADING`): a failover or restart is under way.
+    RoleChange,
 }
 
 impl EvictionReason {
     /// Every reason, in label order.
-    pub const ALL: [EvictionReason; 7] = [
+    pub const ALL: [EvictionReason; 8] = [
         EvictionReason::ValidationFailed,
         EvictionReason::Broken,
         EvictionReason::IoError,
@@ -125,6 +128,7 @@ impl EvictionReason {
         EvictionReason::MaxLifetime,
         EvictionReason::Dirty,
         EvictionReason::Cancelled,
+        EvictionReason::RoleChange,
     ];
 
     /// The label value.
@@ -137,6 +141,7 @@ impl EvictionReason {
             EvictionReason::MaxLifetime => "max_lifetime",
             EvictionReason::Dirty => "dirty",
             EvictionReason::Cancelled => "cancelled",
+            EvictionReason::RoleChange => "role_change",
         }
     }
 }

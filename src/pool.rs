@@ -14,7 +14,9 @@ use tracing::Instrument;
 
 use crate::breaker::BreakerState;
 use crate::config::Config;
-use crate::connection::{GuardConnection, is_infrastructure_failure};
+use crate::connection::{
+    GuardConnection, is_infrastructure_failure, is_refused_by_role, is_role_refusal,
+};
 use crate::error::{Error, PoolState};
 use crate::inner::{Bb8Connection, CheckedOut, PoolInner};
 use crate::probe;
@@ -198,18 +200,24 @@ impl PooledConnection {
         // transaction or watch cannot be carried over to another connection.
         let may_retry = self.conn.has_served() && self.conn.session_is_clean();
         let result = call.send(&mut self.conn).await;
-        let Err(error) = &result else { return result };
+        // A refusal for the server's role (READONLY, MASTERDOWN, LOADING) was given before the
+        // command ran: sending it again, even a write, cannot apply it twice.
+        let (refused, connection_failed) = match &result {
+            Err(e) => (is_refused_by_role(e), is_infrastructure_failure(e)),
+            Ok(Reply::Many(values)) => (values.iter().any(is_role_refusal), false),
+            Ok(Reply::One(_)) => (false, false),
+        };
         let shared = &self.pool.shared;
         if !may_retry
-            || !is_infrastructure_failure(error)
+            || !(refused || connection_failed)
             || shared.breaker_state() != BreakerState::Closed
         {
             return result;
         }
-        // Judged from the flags the pool learned from Redis when it first connected; a call
-        // whose commands are not known yet is not retried (waiting to ask would cost more than
-        // the failure).
-        let retry = writes_too || self.pool.read_only.known(call.cmds()) == Some(true);
+        // Otherwise judged from the flags the pool learned from Redis when it first
+        // connected; a call whose commands are not known yet is not retried (waiting to ask
+        // would cost more than the failure).
+        let retry = refused || writes_too || self.pool.read_only.known(call.cmds()) == Some(true);
         if !retry {
             return result;
         }
@@ -221,7 +229,7 @@ impl PooledConnection {
         let response_timeout = self.conn.response_timeout();
         drop(std::mem::replace(&mut self.conn, fresh));
         self.conn.set_response_timeout(response_timeout);
-        tracing::debug!(pool = %shared.name(), %error, "retrying a read on a fresh connection");
+        tracing::debug!(pool = %shared.name(), refused, "retrying a call on a fresh connection");
         let retried = call.send(&mut self.conn).await;
         shared.retried(retried.is_ok());
         retried

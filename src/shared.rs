@@ -49,6 +49,9 @@ pub(crate) struct Shared {
     /// When an existing connection last failed. Idle connections not proven alive since are
     /// suspected of failing the same way, and validated off the caller's path.
     suspect_before: AtomicInstant,
+    /// When a connection was last refused for its role (`READONLY`, ...): connections whose
+    /// role was seen before must show `ROLE master` again before reuse.
+    role_suspect_before: AtomicInstant,
     /// When Redis last answered anything: the prober stays quiet while traffic proves it alive.
     last_answer: AtomicInstant,
     /// A moving average of PING round trips, in nanoseconds: validation waits a few of them
@@ -94,6 +97,7 @@ impl Shared {
             verify_requested: Notify::new(),
             next_connect_at: AtomicInstant::default(),
             suspect_before: AtomicInstant::default(),
+            role_suspect_before: AtomicInstant::default(),
             last_answer: AtomicInstant::default(),
             round_trip_nanos: AtomicU64::new(0),
             last_connect_error: Mutex::new(None),
@@ -252,9 +256,16 @@ impl Shared {
         tracing::debug!(pool = %self.name(), connection_id, reason = reason.as_label(), "evicting redis connection");
         self.metrics.eviction(reason);
         self.replacement_debt.fetch_add(1, Ordering::AcqRel);
+        if reason == EvictionReason::RoleChange {
+            // A failover: the other connections may lead to the demoted node too.
+            self.role_suspect_before.set(Instant::now());
+        }
         if matches!(
             reason,
-            EvictionReason::IoError | EvictionReason::ValidationFailed | EvictionReason::Broken
+            EvictionReason::IoError
+                | EvictionReason::ValidationFailed
+                | EvictionReason::Broken
+                | EvictionReason::RoleChange
         ) {
             // One socket failing says little about Redis: suspect its idle peers and let one
             // fresh connect decide.
@@ -388,6 +399,13 @@ impl Shared {
         self.suspect_before
             .get()
             .is_some_and(|before| last_success < before)
+    }
+
+    /// Whether a connection whose role was last seen at `role_checked` must show it again.
+    pub(crate) fn is_role_suspect(&self, role_checked: Instant) -> bool {
+        self.role_suspect_before
+            .get()
+            .is_some_and(|before| role_checked < before)
     }
 
     /// When Redis last answered anything, on any connection.

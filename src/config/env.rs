@@ -117,6 +117,17 @@ impl FromEnv for u32 {
     }
 }
 
+/// `true` or `false` (also `1`/`0`, `yes`/`no`).
+impl FromEnv for bool {
+    fn from_env(raw: &str) -> Result<Self, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err(format!("{} is not true or false", quoted(raw))),
+        }
+    }
+}
+
 impl FromEnv for f64 {
     fn from_env(raw: &str) -> Result<Self, String> {
         raw.trim()

@@ -403,6 +403,11 @@ settings! {
     startup: StartupMode = StartupMode::Lazy, StartupMode, "STARTUP";
     /// When the circuit breaker trips and how it recovers.
     breaker: BreakerPolicy = BreakerPolicy::default(), BreakerPolicy, "BREAKER";
+    /// Whether the pool wants the primary: each new connection asks `ROLE` (in the round trip
+    /// of its first PING) and one that lands on a replica is not used; after a `READONLY`,
+    /// `MASTERDOWN` or `LOADING` reply the other connections show their role again before
+    /// reuse. Set `false` to read from replicas on purpose.
+    expect_primary: bool = true, bool, "EXPECT_PRIMARY";
     /// How long nothing may answer before the prober PINGs a healthy Redis.
     probe_interval: Duration = defaults::PROBE_INTERVAL, Duration, "PROBE_INTERVAL_MS";
     /// The pause after a failed connect before the pool tries again (doubles per failure).

@@ -52,13 +52,17 @@ struct Link {
 
 #[derive(Debug)]
 struct ProxyState {
-    upstream: SocketAddr,
+    upstream: Mutex<SocketAddr>,
     mode: Mutex<ProxyMode>,
     links: Mutex<Vec<Weak<Link>>>,
     accepted: AtomicU64,
 }
 
 impl ProxyState {
+    fn upstream(&self) -> SocketAddr {
+        *self.upstream.lock().expect("proxy upstream lock")
+    }
+
     fn mode(&self) -> ProxyMode {
         *self.mode.lock().expect("proxy mode lock")
     }
@@ -115,7 +119,7 @@ impl FaultProxy {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(ProxyState {
-            upstream,
+            upstream: Mutex::new(upstream),
             mode: Mutex::new(ProxyMode::Pass),
             links: Mutex::new(Vec::new()),
             accepted: AtomicU64::new(0),
@@ -141,6 +145,12 @@ impl FaultProxy {
     /// Sets what happens to new connections; [`ProxyMode::Delay`] also applies to open ones.
     pub fn set_mode(&self, mode: ProxyMode) {
         *self.state.mode.lock().expect("proxy mode lock") = mode;
+    }
+
+    /// Sends new connections to `upstream` from now on; open ones stay where they are, as
+    /// when a managed Redis's DNS name moves to a promoted replica.
+    pub fn set_upstream(&self, upstream: SocketAddr) {
+        *self.state.upstream.lock().expect("proxy upstream lock") = upstream;
     }
 
     /// Resets (RST) every open connection, both ways; returns how many. When it returns, the
@@ -251,7 +261,7 @@ async fn forward(
         // Connect upstream lazily, so a connection accepted while frozen never reaches Redis.
         let server = match &mut upstream {
             Some(server) => server,
-            None => match TcpStream::connect(state.upstream).await {
+            None => match TcpStream::connect(state.upstream()).await {
                 Ok(server) => upstream.insert(server),
                 Err(e) => {
                     // As a load balancer in front of a dead server: the client is reset.

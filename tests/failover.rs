@@ -1,0 +1,154 @@
+//! F14, a primary failover as managed Redis services do it: the endpoint's DNS name (here the
+//! fault proxy's upstream) moves to a promoted replica while pooled connections stay on the
+//! demoted node. Each test states its fault, its load and what it asserts.
+#![cfg(all(feature = "testkit", feature = "prometheus"))]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::*;
+use redis::AsyncCommands;
+use redis_guard::testkit::{FaultProxy, RedisServer};
+
+fn info_field(server: &RedisServer, section: &str, field: &str) -> Option<String> {
+    let redis::Value::BulkString(info) = server.command(&["INFO", section]).ok()? else {
+        return None;
+    };
+    String::from_utf8_lossy(&info).lines().find_map(|l| {
+        l.strip_prefix(&format!("{field}:"))
+            .map(|v| v.trim().to_owned())
+    })
+}
+
+/// Connections of pool `pool` on `server`, by client name.
+fn pool_clients(server: &RedisServer, pool: &str) -> usize {
+    let Ok(redis::Value::BulkString(list)) = server.command(&["CLIENT", "LIST"]) else {
+        return 0;
+    };
+    String::from_utf8_lossy(&list)
+        .lines()
+        .filter(|l| l.contains(&format!(" name={pool} ")))
+        .count()
+}
+
+/// Fault: under a write load, the replica is promoted, the primary demoted to its replica, and
+/// the endpoint moved to the new primary, while the pool's connections stay on the old one.
+/// Load: 16 workers sending `INCR` through a pool of 8 for 3 s, and `/readyz` sampled every
+/// 50 ms. Asserts: writes fail only around the switch, never after it has settled; every
+/// connection to the demoted node is evicted (`role_change`) and none is left on it; the pool
+/// stays ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f14_a_dns_failover_moves_every_connection_to_the_new_primary() {
+    let old_primary = RedisServer::start().unwrap();
+    let replica = RedisServer::start_with_args(&[]).unwrap();
+    let _: () = replica
+        .command(&["REPLICAOF", "127.0.0.1", &old_primary.port().to_string()])
+        .map(drop)
+        .unwrap();
+    let synced = eventually(Duration::from_secs(5), || {
+        info_field(&replica, "replication", "master_link_status").as_deref() == Some("up")
+    })
+    .await;
+    assert!(synced, "the replica synced");
+    let proxy = FaultProxy::start(old_primary.addr()).await.unwrap();
+    let guard = guard(config(&proxy.url(), "failover")).await;
+    let app = service(guard.clone());
+
+    let running = Arc::new(AtomicBool::new(true));
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let (guard, running) = (guard.clone(), running.clone());
+            tokio::spawn(async move {
+                let mut log = Vec::new();
+                while running.load(Ordering::Relaxed) && log.len() < 100_000 {
+                    let result: Result<i64, String> = async {
+                        let mut conn = guard.get().await.map_err(|e| e.to_string())?;
+                        conn.incr("counter", 1).await.map_err(|e| e.to_string())
+                    }
+                    .await;
+                    log.push((Instant::now(), result));
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                log
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // The failover: promote, demote, move the name.
+    let _: () = replica
+        .command(&["REPLICAOF", "NO", "ONE"])
+        .map(drop)
+        .unwrap();
+    let _: () = old_primary
+        .command(&["REPLICAOF", "127.0.0.1", &replica.port().to_string()])
+        .map(drop)
+        .unwrap();
+    proxy.set_upstream(replica.addr());
+    let switched = Instant::now();
+
+    let mut not_ready = 0;
+    while switched.elapsed() < Duration::from_secs(2) {
+        if call(&app, "/readyz").await.status != StatusCode::OK {
+            not_ready += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.store(false, Ordering::Relaxed);
+    let mut log = Vec::new();
+    for worker in workers {
+        log.extend(worker.await.unwrap());
+    }
+
+    let failed: Vec<_> = log.iter().filter(|(_, r)| r.is_err()).collect();
+    let settled = switched + Duration::from_millis(500);
+    let late: Vec<_> = failed.iter().filter(|(at, _)| *at > settled).collect();
+    assert!(
+        late.is_empty(),
+        "{} writes failed more than 500 ms after the switch, first: {:?}",
+        late.len(),
+        late.first().map(|(_, r)| r)
+    );
+    assert!(
+        log.iter().any(|(at, r)| *at > settled && r.is_ok()),
+        "writes succeed on the new primary"
+    );
+    assert_eq!(not_ready, 0, "/readyz stayed 200 through the failover");
+    assert!(evictions("failover", "role_change") >= 1.0);
+    assert_eq!(
+        pool_clients(&old_primary, "failover"),
+        0,
+        "no connection left on the demoted node"
+    );
+    eprintln!(
+        "F14: {} writes, {} failed (all within 500 ms of the switch), {} role_change evictions",
+        log.len(),
+        failed.len(),
+        evictions("failover", "role_change")
+    );
+}
+
+/// Fault: the endpoint leads to a replica (DNS not yet moved, or a reader endpoint by
+/// mistake). Load: one `get()`. Asserts: a pool that wants the primary does not hand out a
+/// connection to a replica, and says why; with `expect_primary(false)` it reads from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_lands_on_a_replica_is_not_handed_out() {
+    let primary = RedisServer::start().unwrap();
+    let replica = RedisServer::start().unwrap();
+    let _: () = replica
+        .command(&["REPLICAOF", "127.0.0.1", &primary.port().to_string()])
+        .map(drop)
+        .unwrap();
+    let wants_primary = unready_guard(config(&replica.url(), "wants_primary")).await;
+    let err = wants_primary.get().await.unwrap_err();
+    assert!(err.to_string().contains("not the primary"), "{err}");
+
+    let reads = guard(config(&replica.url(), "reads_replica").expect_primary(false)).await;
+    let mut conn = reads.get().await.unwrap();
+    let value: Option<String> = conn.get("k").await.unwrap();
+    assert_eq!(value, None);
+}
