@@ -295,7 +295,8 @@ impl PoolInner {
             let failure = shared.connect_failure();
             tokio::pin!(failure);
             failure.as_mut().enable();
-            let failed_since = shared.failed_connects() > failures_seen;
+            // One decisive failure, or two cut connects, while this caller waited.
+            let failed_since = shared.failed_connects() >= failures_seen + 2;
             let too_late = shared.connects_failing()
                 && shared.next_connect_at().is_some_and(|at| at >= deadline);
             if (failed_since || too_late) && shared.working_links() == 0 {

@@ -88,6 +88,8 @@ mod shared;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod throttle;
+#[cfg(feature = "tls")]
+mod tls;
 mod transport;
 
 pub use breaker::{BreakerPolicy, BreakerState};

@@ -113,9 +113,11 @@ impl GuardManager {
         }
         let outcome = match tokio::time::timeout(budget, self.open_and_ping(id)).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("connect timed out after {budget:?}"),
+            Err(_) => Err(ConnectFailure::Redis(RedisError::from(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connect timed out after {budget:?}"),
+                ),
             ))),
         };
         gate.last_outcome_at = Some(Instant::now());
@@ -125,16 +127,18 @@ impl GuardManager {
                 shared.connected(id);
                 Attempt::Connected(Box::new(conn))
             }
-            Err(e) => {
+            Err(failure) => {
+                let failure = failure.unwrap_tls();
                 let pause = gate.backoff.pause();
                 // Errors from our own sockets and handshakes never contain the URL or password.
-                shared.connect_failed(classify_connect_error(&e), e.to_string(), pause);
-                Attempt::Failed(e)
+                let (kind, decisive) = (failure.kind(), failure.is_decisive());
+                shared.connect_failed(kind, failure.to_string(), pause, decisive);
+                Attempt::Failed(failure.into())
             }
         }
     }
 
-    async fn open_and_ping(&self, id: u64) -> Result<GuardConnection, RedisError> {
+    async fn open_and_ping(&self, id: u64) -> Result<GuardConnection, ConnectFailure> {
         let mut conn = self.open(id).await?;
         let config = self.shared.config();
         conn.introduce(config.name()).await?;
@@ -145,27 +149,48 @@ impl GuardManager {
         Ok(conn)
     }
 
-    async fn open(&self, id: u64) -> Result<GuardConnection, RedisError> {
+    async fn open(&self, id: u64) -> Result<GuardConnection, ConnectFailure> {
         let config = self.shared.config();
         let link = Arc::new(self.shared.link_opened());
         match config.connection.addr() {
             ConnectionAddr::Tcp(host, port) => {
-                let stream = transport::connect_tcp(host, *port, config).await?;
-                let probe = PeerProbe::new(&stream)?;
-                self.handshake(TrackedStream::new(stream, link.clone()), link, probe, id)
+                let stream = transport::connect_tcp(host, *port, config)
                     .await
+                    .map_err(RedisError::from)?;
+                // On the TCP socket, under any TLS session: EOF and resets show there too.
+                let probe = PeerProbe::new(&stream).map_err(RedisError::from)?;
+                #[cfg(feature = "tls")]
+                if let Some(tls) = &config.tls {
+                    let stream =
+                        tls.connect(host, stream).await.map_err(
+                            |e| match crate::tls::tls_failure(&e) {
+                                Some(cause) => ConnectFailure::Tls(cause),
+                                // A reset during the handshake: a transport failure.
+                                None => ConnectFailure::Redis(e.into()),
+                            },
+                        )?;
+                    return Ok(self
+                        .handshake(TrackedStream::new(stream, link.clone()), link, probe, id)
+                        .await?);
+                }
+                Ok(self
+                    .handshake(TrackedStream::new(stream, link.clone()), link, probe, id)
+                    .await?)
             }
             #[cfg(unix)]
             ConnectionAddr::Unix(path) => {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                let probe = PeerProbe::new(&stream)?;
-                self.handshake(TrackedStream::new(stream, link.clone()), link, probe, id)
+                let stream = tokio::net::UnixStream::connect(path)
                     .await
+                    .map_err(RedisError::from)?;
+                let probe = PeerProbe::new(&stream).map_err(RedisError::from)?;
+                Ok(self
+                    .handshake(TrackedStream::new(stream, link.clone()), link, probe, id)
+                    .await?)
             }
-            _ => Err(RedisError::from((
+            _ => Err(ConnectFailure::Redis(RedisError::from((
                 ErrorKind::InvalidClientConfig,
                 "unsupported address type",
-            ))),
+            )))),
         }
     }
 
@@ -241,6 +266,70 @@ pub(crate) fn until_next_attempt(shared: &Shared) -> Duration {
     shared.next_connect_at().map_or(Duration::ZERO, |at| {
         at.saturating_duration_since(Instant::now())
     })
+}
+
+/// Why a connect failed: TLS has no place in redis-rs's errors, so it is kept apart until the
+/// failure is counted.
+#[derive(Debug)]
+enum ConnectFailure {
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    Tls(String),
+    Redis(RedisError),
+}
+
+impl From<RedisError> for ConnectFailure {
+    fn from(e: RedisError) -> Self {
+        ConnectFailure::Redis(e)
+    }
+}
+
+impl From<ConnectFailure> for RedisError {
+    fn from(failure: ConnectFailure) -> Self {
+        match failure {
+            ConnectFailure::Redis(e) => e,
+            ConnectFailure::Tls(cause) => RedisError::from(std::io::Error::other(cause)),
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectFailure::Tls(cause) => f.write_str(cause),
+            ConnectFailure::Redis(e) => e.fmt(f),
+        }
+    }
+}
+
+impl ConnectFailure {
+    /// TLS alerts that arrive after the handshake come back inside redis-rs's errors.
+    fn unwrap_tls(self) -> Self {
+        #[cfg(feature = "tls")]
+        if let ConnectFailure::Redis(e) = &self
+            && let Some(cause) = crate::tls::tls_failure(e)
+        {
+            return ConnectFailure::Tls(cause);
+        }
+        self
+    }
+
+    fn kind(&self) -> ConnectErrorKind {
+        match self {
+            ConnectFailure::Tls(_) => ConnectErrorKind::Tls,
+            ConnectFailure::Redis(e) => classify_connect_error(e),
+        }
+    }
+
+    /// Whether the failure says Redis cannot be had (refused, no answer, credentials or
+    /// certificates refused), rather than that this one connection was cut while it was set
+    /// up (a reset, an EOF: a `CLIENT KILL`, a middlebox), which the next attempt may not
+    /// meet.
+    fn is_decisive(&self) -> bool {
+        match self {
+            ConnectFailure::Tls(_) => true,
+            ConnectFailure::Redis(e) => e.is_connection_refusal() || !e.is_connection_dropped(),
+        }
+    }
 }
 
 fn classify_connect_error(e: &RedisError) -> ConnectErrorKind {

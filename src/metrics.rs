@@ -17,7 +17,7 @@
 //! | `redis_guard_stale_evictions_total` | counter | `reason` (see [`EvictionReason`]) |
 //! | `redis_guard_connections_created_total` | counter | |
 //! | `redis_guard_reconnects_total` | counter | |
-//! | `redis_guard_connect_errors_total` | counter | `kind`=`refused`\|`timeout`\|`auth`\|`other` |
+//! | `redis_guard_connect_errors_total` | counter | `kind`=`refused`\|`timeout`\|`auth`\|`tls`\|`other` |
 //! | `redis_guard_breaker_state` | gauge | | 0 closed, 1 half-open, 2 open |
 //! | `redis_guard_breaker_transitions_total` | counter | `to`=`open`\|`half_open`\|`closed` |
 //! | `redis_guard_ready` | gauge | | 1 when the pool is ready |
@@ -161,15 +161,19 @@ pub enum ConnectErrorKind {
     Timeout,
     /// Redis refused the credentials.
     Auth,
+    /// The TLS handshake failed: unknown CA, wrong host name, expired certificate, client
+    /// certificate required.
+    Tls,
     /// Anything else: DNS, protocol, configuration.
     Other,
 }
 
 impl ConnectErrorKind {
-    const ALL: [ConnectErrorKind; 4] = [
+    const ALL: [ConnectErrorKind; 5] = [
         ConnectErrorKind::Refused,
         ConnectErrorKind::Timeout,
         ConnectErrorKind::Auth,
+        ConnectErrorKind::Tls,
         ConnectErrorKind::Other,
     ];
 
@@ -179,6 +183,7 @@ impl ConnectErrorKind {
             ConnectErrorKind::Refused => "refused",
             ConnectErrorKind::Timeout => "timeout",
             ConnectErrorKind::Auth => "auth",
+            ConnectErrorKind::Tls => "tls",
             ConnectErrorKind::Other => "other",
         }
     }
@@ -216,7 +221,7 @@ pub(crate) struct PoolMetrics {
     evictions: [Counter; EvictionReason::ALL.len()],
     created: Counter,
     reconnects: Counter,
-    connect_errors: [Counter; 4],
+    connect_errors: [Counter; ConnectErrorKind::ALL.len()],
     breaker_state: Gauge,
     breaker_transitions: [Counter; 3],
     ready: Gauge,

@@ -61,8 +61,9 @@ pub(crate) struct Shared {
     last_connect_error: Mutex<Option<String>>,
     /// Whether the last connect attempt failed.
     connects_failing: AtomicBool,
-    /// Failed connect attempts since the pool was created: a waiting checkout compares it with
-    /// the count when it began.
+    /// Failed connect attempts since the pool was created, weighed: 2 for a decisive failure, 1
+    /// for a connection cut while it was set up. A waiting checkout compares it with the count
+    /// when it began.
     failed_connects: AtomicU64,
     /// Evictions not yet made good by a new connection: the next connects are reconnects.
     replacement_debt: AtomicU64,
@@ -169,12 +170,14 @@ impl Shared {
     }
 
     /// A connect attempt failed. `message` must already be free of secrets: it reaches logs,
-    /// errors and `/readyz?verbose`.
+    /// errors and `/readyz?verbose`. `decisive`: the failure says Redis cannot be had (see
+    /// `manager.rs`), so a waiting checkout need not wait for another attempt.
     pub(crate) fn connect_failed(
         &self,
         kind: ConnectErrorKind,
         message: String,
         retry_in: Duration,
+        decisive: bool,
     ) {
         self.metrics.connect_error(kind);
         let first = !self.connects_failing.swap(true, Ordering::AcqRel);
@@ -204,7 +207,10 @@ impl Shared {
         if !answered_since {
             self.on_transition(self.breaker.record_failure(now));
         }
-        self.failed_connects.fetch_add(1, Ordering::AcqRel);
+        // An undecisive failure counts half: a waiter fails on one decisive failure or two
+        // of any kind.
+        self.failed_connects
+            .fetch_add(if decisive { 2 } else { 1 }, Ordering::AcqRel);
         self.connect_failed.notify_waiters();
     }
 

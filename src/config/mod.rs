@@ -35,6 +35,9 @@ mod url;
 
 pub use url::redact_url;
 
+#[cfg(feature = "tls")]
+pub use crate::tls::TlsSettings;
+
 /// The longest duration any timeout or interval may be: longer ones are surely a mistake (or a
 /// "forever" that should be `None`), and keeping every duration this small keeps deadline
 /// arithmetic far from overflow.
@@ -169,6 +172,9 @@ pub struct Config {
     name: String,
     pub(crate) settings: Settings,
     pub(crate) on_connect: Option<ConnectHook>,
+    /// TLS, for `rediss://` URLs or [`ConfigBuilder::tls`].
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::TlsClient>,
 }
 
 impl fmt::Debug for Config {
@@ -178,6 +184,7 @@ impl fmt::Debug for Config {
             .field("name", &self.name)
             .field("settings", &self.settings)
             .field("on_connect", &self.on_connect.as_ref().map(|_| "hook"))
+            .field("tls", &self.uses_tls())
             .finish()
     }
 }
@@ -192,6 +199,8 @@ impl Config {
             name: defaults::NAME.to_owned(),
             settings: Settings::default(),
             on_connect: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -230,6 +239,14 @@ impl Config {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Whether connections use TLS (`rediss://`, or [`ConfigBuilder::tls`]).
+    pub fn uses_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
 }
 
 /// Builds a [`Config`]; [`ConfigBuilder::build`] validates every setting.
@@ -249,6 +266,8 @@ pub struct ConfigBuilder {
     name: String,
     settings: Settings,
     on_connect: Option<ConnectHook>,
+    #[cfg(feature = "tls")]
+    tls: Option<TlsSettings>,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -303,9 +322,46 @@ impl ConfigBuilder {
         self
     }
 
+    /// Uses TLS with `settings` (a custom CA, a client certificate, or `insecure`), also for a
+    /// `redis://` URL; a `rediss://` URL alone uses the system's roots.
+    ///
+    /// ```
+    /// use redis_guard::config::TlsSettings;
+    /// let config = redis_guard::Config::builder("rediss://redis.example.com:6380")
+    ///     .tls(TlsSettings { insecure: true, ..TlsSettings::default() })
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(config.uses_tls());
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, settings: TlsSettings) -> Self {
+        self.tls = Some(settings);
+        self
+    }
+
     /// Validates every setting and returns the [`Config`], or the first problem found.
     pub fn build(self) -> Result<Config, ConfigError> {
-        let connection = url::parse_url(&self.url)?;
+        let url::ParsedUrl {
+            info: connection,
+            tls,
+        } = url::parse_url(&self.url)?;
+        #[cfg(feature = "tls")]
+        let tls = match (tls, self.tls) {
+            (None, None) => None,
+            (from_url, settings) => {
+                let mut settings = settings.unwrap_or_default();
+                settings.insecure |= from_url == Some(true);
+                if !matches!(connection.addr(), redis::ConnectionAddr::Tcp(..)) {
+                    return Err(invalid("tls", "TLS needs a TCP address, not a unix socket"));
+                }
+                Some(
+                    crate::tls::TlsClient::new(&settings)
+                        .map_err(|reason| invalid("tls", reason))?,
+                )
+            }
+        };
+        #[cfg(not(feature = "tls"))]
+        let _ = tls;
         if self.name.is_empty()
             || self.name.chars().count() > 64
             || self.name.chars().any(char::is_control)
@@ -319,6 +375,8 @@ impl ConfigBuilder {
             name: self.name,
             settings: self.settings,
             on_connect: self.on_connect,
+            #[cfg(feature = "tls")]
+            tls,
         })
     }
 }

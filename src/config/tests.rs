@@ -169,11 +169,11 @@ fn bad_urls_are_rejected_naming_the_part_without_repeating_it() {
         ),
         (
             format!("http://u:{SECRET}@host"),
-            "is not redis:// or redis+unix://",
+            "is not redis://, rediss:// or redis+unix://",
         ),
         (
-            format!("rediss://u:{SECRET}@host"),
-            "TLS (rediss://) is not supported yet",
+            format!("rediss://u:{SECRET}@host#nocheck"),
+            "the only fragment a rediss:// URL takes is #insecure",
         ),
         (format!("redis://:{SECRET}@"), "empty host"),
         (format!("not a url {SECRET}"), "expected redis://"),

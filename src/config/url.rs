@@ -25,33 +25,57 @@ fn invalid(reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A checked URL: what redis-rs makes of it, and whether it asks for TLS.
+pub(crate) struct ParsedUrl {
+    pub(crate) info: ConnectionInfo,
+    /// `Some(insecure)` for `rediss://` (`#insecure` skips certificate verification).
+    pub(crate) tls: Option<bool>,
+}
+
 /// Parses and checks `raw`, then hands it to redis-rs.
-pub(crate) fn parse_url(raw: &str) -> Result<ConnectionInfo, ConfigError> {
-    let url = url::Url::parse(raw.trim())
+pub(crate) fn parse_url(raw: &str) -> Result<ParsedUrl, ConfigError> {
+    let mut url = url::Url::parse(raw.trim())
         .map_err(|e| invalid(format!("{e}; expected {TCP_FORM} or {UNIX_FORM}")))?;
-    if url.fragment().is_some() {
-        return Err(invalid(
-            "a fragment (#...) has no meaning in a Redis URL here; remove it",
-        ));
-    }
-    match url.scheme() {
-        "redis" => check_tcp(&url)?,
-        "redis+unix" | "unix" => check_unix(&url)?,
-        "rediss" => {
+    let tls = match (url.scheme(), url.fragment()) {
+        ("rediss", Some("insecure")) => Some(true),
+        ("rediss", None) => Some(false),
+        ("rediss", Some(_)) => {
             return Err(invalid(
-                "TLS (rediss://) is not supported yet; terminate TLS in a sidecar or use redis://",
+                "the only fragment a rediss:// URL takes is #insecure (no certificate check)",
             ));
         }
+        (_, Some(_)) => {
+            return Err(invalid(
+                "a fragment (#...) has no meaning in a Redis URL here; remove it",
+            ));
+        }
+        (_, None) => None,
+    };
+    match url.scheme() {
+        "redis" | "rediss" => check_tcp(&url)?,
+        "redis+unix" | "unix" => check_unix(&url)?,
         other => {
             return Err(invalid(format!(
-                "scheme {other:?} is not redis:// or redis+unix://"
+                "scheme {other:?} is not redis://, rediss:// or redis+unix://"
             )));
         }
     }
-    url.as_str()
+    if tls.is_some() {
+        if !cfg!(feature = "tls") {
+            return Err(invalid(
+                "rediss:// needs redis-guard's `tls` feature; enable it in Cargo.toml",
+            ));
+        }
+        // The pool runs TLS itself, over its own socket: redis-rs sees a plain address.
+        url.set_fragment(None);
+        let _ = url.set_scheme("redis");
+    }
+    let info = url
+        .as_str()
         .into_connection_info()
         // Every part redis-rs reads was checked above; its messages may quote a value.
-        .map_err(|e| invalid(format!("redis-rs refused it ({:?})", e.kind())))
+        .map_err(|e| invalid(format!("redis-rs refused it ({:?})", e.kind())))?;
+    Ok(ParsedUrl { info, tls })
 }
 
 fn check_tcp(url: &url::Url) -> Result<(), ConfigError> {
@@ -219,7 +243,10 @@ pub fn redact_url(url: &str) -> String {
         // Cannot fail: a URL that has a password has a host to hold it.
         let _ = parsed.set_password(Some("***"));
     }
-    parsed.set_fragment(None);
+    // `#insecure` is no secret, and worth seeing in a log.
+    if parsed.fragment() != Some("insecure") {
+        parsed.set_fragment(None);
+    }
     if parsed.query().is_some() {
         let pairs: Vec<(String, String)> = parsed
             .query_pairs()

@@ -17,8 +17,10 @@
 //! # Ok(()) }
 //! ```
 
+mod certs;
 mod proxy;
 mod server;
 
+pub use certs::TestCertificates;
 pub use proxy::{FaultProxy, ProxyMode};
 pub use server::RedisServer;

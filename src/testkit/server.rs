@@ -28,6 +28,8 @@ const PORT_ATTEMPTS: usize = 5;
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    /// The TLS port, for servers started with [`RedisServer::start_tls`].
+    tls_port: Option<u16>,
     args: Vec<String>,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -48,6 +50,7 @@ impl RedisServer {
         let dir = tempfile::Builder::new().prefix("redis-guard-").tempdir()?;
         let mut server = RedisServer {
             port: 0,
+            tls_port: None,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             dir,
             child: None,
@@ -62,6 +65,48 @@ impl RedisServer {
             }
         }
         Err(last_error.expect("at least one attempt"))
+    }
+
+    /// Starts a server that also accepts TLS connections on a second port, with the server
+    /// certificate of `certs`; with `client_auth` it requires a client certificate signed by
+    /// their CA. The plain port stays open for `command` and admin use.
+    pub fn start_tls(
+        certs: &crate::testkit::TestCertificates,
+        client_auth: bool,
+        args: &[&str],
+    ) -> io::Result<RedisServer> {
+        let tls_port = free_port()?;
+        let (cert, key) = certs.server();
+        let mut all: Vec<String> = vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            cert.to_string_lossy().into_owned(),
+            "--tls-key-file".into(),
+            key.to_string_lossy().into_owned(),
+            "--tls-ca-cert-file".into(),
+            certs.ca().to_string_lossy().into_owned(),
+            "--tls-auth-clients".into(),
+            if client_auth { "yes" } else { "no" }.into(),
+        ];
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let mut server = Self::start_with_args(&all)?;
+        server.tls_port = Some(tls_port);
+        Ok(server)
+    }
+
+    /// `rediss://localhost:<tls port>`, for a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss://localhost:{}",
+            self.tls_port.expect("a TLS server")
+        )
+    }
+
+    /// The TLS port's address, for a server started with [`RedisServer::start_tls`].
+    pub fn tls_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.tls_port.expect("a TLS server")))
     }
 
     /// `redis://127.0.0.1:<port>`.

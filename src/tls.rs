@@ -1,0 +1,235 @@
+//! TLS for pooled connections (feature `tls`), with rustls.
+//!
+//! The TLS session runs over the pool's own TCP socket, so everything the pool does on plain
+//! TCP still holds: keepalive and `TCP_USER_TIMEOUT` are set on that socket, EOF and resets
+//! are seen without a round trip (the peek looks at the TCP socket under the TLS session), and
+//! checkout validation is unchanged. The client configuration is built once, at `build()`, so
+//! a missing or unreadable file is a configuration error, not a connect error.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// How to verify the server and, for mutual TLS, who the client is.
+///
+/// ```
+/// use redis_guard::config::TlsSettings;
+/// // System roots and host-name verification: what a managed Redis needs.
+/// let managed = TlsSettings::default();
+/// // A private CA and a client certificate (mutual TLS).
+/// let private = TlsSettings {
+///     ca_file: Some("/etc/redis/ca.pem".into()),
+///     client_cert: Some(("/etc/redis/client.pem".into(), "/etc/redis/client.key".into())),
+///     ..TlsSettings::default()
+/// };
+/// # drop((managed, private));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM file with the CA certificates to trust; `None` trusts the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM files with the client certificate chain and its private key, for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Accept any server certificate, for any name: encryption without authentication, as
+    /// redis-rs's `#insecure`. Never in production.
+    pub insecure: bool,
+}
+
+/// A built client configuration, shared by every connect of a pool.
+#[derive(Clone)]
+pub(crate) struct TlsClient {
+    connector: tokio_rustls::TlsConnector,
+    insecure: bool,
+}
+
+impl fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The configuration holds key material: show only what matters.
+        f.debug_struct("TlsClient")
+            .field("insecure", &self.insecure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsClient {
+    /// Reads the files and builds the rustls configuration; the error says which file and why.
+    pub(crate) fn new(settings: &TlsSettings) -> Result<TlsClient, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?;
+        let builder = if settings.insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        } else {
+            builder.with_root_certificates(roots(settings)?)
+        };
+        let config = match &settings.client_cert {
+            None => builder.with_no_client_auth(),
+            Some((cert_file, key_file)) => {
+                let chain = CertificateDer::pem_file_iter(cert_file)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("cannot read client certificate {cert_file:?}: {e}"))?;
+                let key = PrivateKeyDer::from_pem_file(key_file)
+                    .map_err(|e| format!("cannot read client key {key_file:?}: {e}"))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("client certificate and key do not match: {e}"))?
+            }
+        };
+        Ok(TlsClient {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            insecure: settings.insecure,
+        })
+    }
+
+    /// The TLS handshake over `tcp`, verifying the certificate for `host`. A TLS failure
+    /// carries its `rustls::Error` (see [`tls_failure`]); a transport failure (a reset during
+    /// the handshake) is a plain I/O error.
+    pub(crate) async fn connect(
+        &self,
+        host: &str,
+        tcp: TcpStream,
+    ) -> io::Result<TlsStream<TcpStream>> {
+        let name = ServerName::try_from(host.to_owned()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("TLS: {host:?} is not a valid server name"),
+            )
+        })?;
+        self.connector.connect(name, tcp).await
+    }
+}
+
+fn roots(settings: &TlsSettings) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    match &settings.ca_file {
+        Some(file) => {
+            let certs = CertificateDer::pem_file_iter(file)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("cannot read CA file {file:?}: {e}"))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!("CA file {file:?} holds no usable certificate"));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(
+                    "no system root certificates found; install ca-certificates or set ca_file"
+                        .into(),
+                );
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// If `error` (or what it wraps) is a TLS failure, the failure in words: which check failed,
+/// not rustls's enum. Alerts can arrive after the handshake (TLS 1.3 reports a refused client
+/// certificate on the first read), so this also looks inside redis-rs's I/O errors.
+pub(crate) fn tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(describe(tls));
+        }
+        if let Some(tls) = e
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(describe(tls));
+        }
+        current = e.source();
+    }
+    None
+}
+
+fn describe(tls: &rustls::Error) -> String {
+    use rustls::{AlertDescription, CertificateError, Error};
+    let cause = match tls {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "the server's certificate is not signed by a trusted CA (unknown issuer); set \
+             ca_file to the CA that signed it"
+                .to_owned()
+        }
+        Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => "the server's certificate is not valid for this host name; connect by a name the \
+              certificate lists"
+            .to_owned(),
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "the server's certificate has expired".to_owned(),
+        Error::AlertReceived(AlertDescription::CertificateRequired)
+        | Error::AlertReceived(AlertDescription::HandshakeFailure)
+        | Error::AlertReceived(AlertDescription::BadCertificate) => format!(
+            "the server refused the handshake ({tls}); it may require a client certificate \
+             (client_cert)"
+        ),
+        other => other.to_string(),
+    };
+    format!("TLS handshake failed: {cause}")
+}
+
+/// Accepts any certificate (`insecure`), still checking the handshake's signatures so the
+/// session itself is sound.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
