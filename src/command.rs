@@ -12,11 +12,11 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use redis::aio::MultiplexedConnection;
 use redis::{Arg, Cmd, Value};
-
-use crate::connection::GuardConnection;
 
 /// How long "forever" is for a blocking command with a 0 timeout: long enough never to fire,
 /// small enough that deadline arithmetic cannot overflow.
@@ -48,6 +48,13 @@ pub(crate) fn server_wait(cmd: &Cmd) -> Option<Duration> {
     } else if is("BLMPOP") || is("BZMPOP") {
         seconds(rest.first()?)
     } else if is("XREAD") || is("XREADGROUP") {
+        // XREADGROUP's group and consumer names come first and may be spelled "BLOCK".
+        let rest = match rest.first() {
+            Some(group) if is("XREADGROUP") && group.eq_ignore_ascii_case(b"GROUP") => {
+                rest.get(3..).unwrap_or_default()
+            }
+            _ => rest,
+        };
         // Options precede STREAMS, whose keys and ids could themselves be spelled "BLOCK".
         let options = rest
             .iter()
@@ -70,22 +77,45 @@ pub(crate) struct ReadOnlyCommands {
     /// Lower-case `name` or `name|subcommand` -> whether Redis flags it `readonly`; `None`
     /// when Redis knows no such command.
     known: Mutex<HashMap<String, Option<bool>>>,
+    /// Set while learning or once learned.
+    learning: AtomicBool,
 }
 
 impl ReadOnlyCommands {
-    /// Learns every command Redis has (and their subcommands) from one `COMMAND`. Returns
-    /// whether it could.
-    pub(crate) async fn learn_all(&self, conn: &mut GuardConnection) -> bool {
-        // A large reply (every command Redis has), once, off any caller's path: allow for a
-        // slow link.
-        let timeout = conn.response_timeout().saturating_mul(10);
-        let Ok(Value::Array(entries)) = conn.query_raw(&redis::cmd("COMMAND"), timeout).await
-        else {
-            return false;
-        };
-        let mut known = self.lock();
-        learn_entries(&mut known, &entries);
-        !known.is_empty()
+    /// Lets a later attempt learn.
+    pub(crate) fn learning_failed(&self) {
+        self.learning.store(false, Ordering::Release);
+    }
+
+    /// Claims the one learning of this pool: false if it is under way or done.
+    pub(crate) fn start_learning(&self) -> bool {
+        !self.learning.swap(true, Ordering::AcqRel)
+    }
+
+    /// Learns every command Redis has (and their subcommands) from one `COMMAND` on `handle`,
+    /// a connection of its own (the reply is large and must hold up no caller). A failure
+    /// lets a later attempt try again.
+    pub(crate) async fn learn(
+        &self,
+        mut handle: MultiplexedConnection,
+        response_timeout: Duration,
+    ) {
+        {
+            // Every command Redis has, once: allow for a slow link.
+            handle.set_response_timeout(response_timeout.saturating_mul(10));
+            let learned = match handle.send_packed_command(&redis::cmd("COMMAND")).await {
+                Ok(Value::Array(entries)) => {
+                    let mut known = self.lock();
+                    learn_entries(&mut known, &entries);
+                    !known.is_empty()
+                }
+                _ => false,
+            };
+            tracing::debug!(learned, "learned which commands only read");
+            if !learned {
+                self.learning.store(false, Ordering::Release);
+            }
+        }
     }
 
     /// Whether every command in `cmds` only reads, if Redis has described them all already.
@@ -335,6 +365,21 @@ mod tests {
             wait(&["XREAD", "STREAMS", "BLOCK", "0"]),
             None,
             "a stream named BLOCK"
+        );
+        assert_eq!(
+            wait(&[
+                "XREADGROUP",
+                "GROUP",
+                "BLOCK",
+                "BLOCK",
+                "BLOCK",
+                "1000",
+                "STREAMS",
+                "s",
+                ">"
+            ]),
+            Some(Duration::from_secs(1)),
+            "a group and a consumer named BLOCK"
         );
         assert_eq!(
             wait(&["BLPOP", "jobs", "soon"]),

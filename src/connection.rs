@@ -185,21 +185,6 @@ impl GuardConnection {
         }
     }
 
-    /// Sends `cmd` as the pool's own business, waiting up to `timeout`: no session change
-    /// recorded, but a failure or cancellation poisons the connection like any call's.
-    pub(crate) async fn query_raw(&mut self, cmd: &Cmd, timeout: Duration) -> RedisResult<Value> {
-        self.inner.set_response_timeout(timeout);
-        self.in_flight = true;
-        let result = self.inner.send_packed_command(cmd).await;
-        self.in_flight = false;
-        if let Err(e) = &result
-            && is_infrastructure_failure(e)
-        {
-            self.evict(EvictionReason::IoError);
-        }
-        result
-    }
-
     /// Whether Redis has answered anything on this connection since it was opened (beyond the
     /// connect's own PING): a connection that has is not fresh, so its failure may be its
     /// socket's, not Redis's.
@@ -246,13 +231,14 @@ impl GuardConnection {
         self.expect_primary(role).await?;
         match pinged {
             Ok(Value::SimpleString(_) | Value::BulkString(_)) => {}
-            Ok(Value::ServerError(e)) if e.code() == "NOPERM" => {
+            Ok(Value::ServerError(e)) if proves_the_connection(e.code()) => {
                 tracing::debug!(
                     connection_id = self.id,
-                    "PING forbidden by the ACL; its refusal proves the connection"
+                    code = e.code(),
+                    "PING refused; the refusal proves the connection"
                 );
             }
-            Err(e) if e.code() == Some("NOPERM") => {}
+            Err(e) if e.code().is_some_and(proves_the_connection) => {}
             Ok(Value::ServerError(e)) => return Err(e.into()),
             Err(e) => return Err(e),
             Ok(other) => {
@@ -324,13 +310,14 @@ impl GuardConnection {
                 self.served = true;
                 Ok(())
             }
-            // PING forbidden by the ACL: the refusal came back over this socket, in order.
-            Ok(Ok(Value::ServerError(e))) if e.code() == "NOPERM" => {
+            // PING forbidden by the ACL, or Redis busy with a script: the refusal came back over
+            // this socket, in order.
+            Ok(Ok(Value::ServerError(e))) if proves_the_connection(e.code()) => {
                 self.last_success = Instant::now();
                 self.served = true;
                 Ok(())
             }
-            Ok(Err(e)) if e.code() == Some("NOPERM") => {
+            Ok(Err(e)) if e.code().is_some_and(proves_the_connection) => {
                 self.last_success = Instant::now();
                 self.served = true;
                 Ok(())
@@ -376,10 +363,25 @@ impl GuardConnection {
 
     /// Called once the connect has succeeded (the set-up hook included): what the hook
     /// established is this connection's baseline, not state to evict it for, and the socket
-    /// now counts as one of the pool's working ones.
-    pub(crate) fn established(&mut self) {
+    /// now counts as one of the pool's working ones. A hook that left a transaction, a watch
+    /// or state that cannot be pooled (a subscription, ...) is refused.
+    pub(crate) fn established(&mut self) -> RedisResult<()> {
+        if !self.session.can_be_baseline() {
+            return Err(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "the on_connect hook left the connection inside MULTI or WATCH, or with state \
+                 that cannot be pooled",
+            )));
+        }
         self.session.adopt_as_baseline();
         self.shared.link_established(&self.link);
+        Ok(())
+    }
+
+    /// A handle on the same connection for the pool's own background query, which must not
+    /// hold the connection up.
+    pub(crate) fn background_handle(&self) -> MultiplexedConnection {
+        self.inner.clone()
     }
 
     /// Called by the pool when the connection comes back: decides whether it may be reused.
@@ -489,6 +491,12 @@ pub(crate) fn is_refused_by_role(e: &RedisError) -> bool {
     matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
 }
 
+/// Whether an error reply to a PING still proves the connection works: the ACL forbids `PING`
+/// (`NOPERM`), or Redis is running a slow script (`BUSY`) and will serve again when it ends.
+fn proves_the_connection(code: &str) -> bool {
+    matches!(code, "NOPERM" | "BUSY")
+}
+
 /// Whether a reply in a pipeline is such a refusal (see [`is_refused_by_role`]).
 pub(crate) fn is_role_refusal(value: &Value) -> bool {
     matches!(value, Value::ServerError(e) if matches!(e.code(), "READONLY" | "MASTERDOWN" | "LOADING"))
@@ -527,7 +535,7 @@ impl ConnectionLike for GuardConnection {
             self.in_flight = false;
             self.note_outcome(&result);
             match &result {
-                Ok(_) => self.session.apply(cmd),
+                Ok(reply) => self.session.apply(cmd, reply),
                 Err(e) if !is_infrastructure_failure(e) => self.session.apply_failed(cmd),
                 Err(_) => {}
             }
@@ -561,7 +569,9 @@ impl ConnectionLike for GuardConnection {
                 Ok(values) if values.iter().any(|v| matches!(v, Value::ServerError(_))) => self
                     .session
                     .apply_failed_pipeline(pipeline.cmd_iter(), atomic),
-                Ok(_) => self.session.apply_pipeline(pipeline.cmd_iter(), atomic),
+                Ok(replies) => self
+                    .session
+                    .apply_pipeline(pipeline.cmd_iter(), atomic, replies),
                 Err(e) if !is_infrastructure_failure(e) => self
                     .session
                     .apply_failed_pipeline(pipeline.cmd_iter(), atomic),

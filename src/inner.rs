@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 
-use crate::command::ReadOnlyCommands;
 use crate::config::{Config, StartupMode};
 use crate::connection::{ValidationFailure, Verdict};
 use crate::error::{Error, PoolState, UnavailableReason};
@@ -59,8 +58,6 @@ pub(crate) struct PoolInner {
     pub(crate) pool: bb8::Pool<GuardManager>,
     pub(crate) manager: GuardManager,
     pub(crate) shared: Arc<Shared>,
-    /// Which commands only read, for retries.
-    pub(crate) read_only: ReadOnlyCommands,
     /// The gauge sampler and the prober; they stop with the pool.
     tasks: Mutex<Vec<AbortHandle>>,
 }
@@ -112,7 +109,6 @@ impl PoolInner {
             pool,
             manager,
             shared,
-            read_only: ReadOnlyCommands::default(),
             tasks: Mutex::new(vec![sampler]),
         })
     }

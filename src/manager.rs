@@ -143,10 +143,37 @@ impl GuardManager {
         let config = self.shared.config();
         conn.introduce(config.name()).await?;
         if let Some(hook) = &config.on_connect {
-            hook(&mut conn).await?;
+            // A panic in the user's hook must not unwind through bb8, which would lose the
+            // pool slot; it is a failed connect like any other.
+            CatchUnwind(hook(&mut conn)).await.unwrap_or_else(|_| {
+                Err(RedisError::from((
+                    ErrorKind::Client,
+                    "the on_connect hook panicked",
+                )))
+            })?;
         }
-        conn.established();
+        conn.established()?;
+        if self.shared.read_only().start_learning() {
+            tokio::spawn(self.clone().learn_commands());
+        }
         Ok(conn)
+    }
+
+    /// Learns which commands only read, on a connection of its own that never joins the pool:
+    /// the `COMMAND` reply is large, and must hold up no caller.
+    pub(crate) async fn learn_commands(self) {
+        let shared = &self.shared;
+        let budget = shared.config().connect_timeout();
+        match tokio::time::timeout(budget, self.open(0)).await {
+            Ok(Ok(conn)) => {
+                let timeout = shared.config().response_timeout();
+                shared
+                    .read_only()
+                    .learn(conn.background_handle(), timeout)
+                    .await;
+            }
+            _ => shared.read_only().learning_failed(),
+        }
     }
 
     async fn open(&self, id: u64) -> Result<GuardConnection, ConnectFailure> {
@@ -268,6 +295,27 @@ pub(crate) fn until_next_attempt(shared: &Shared) -> Duration {
     })
 }
 
+/// Polls a future, turning a panic into an error (`futures`' `catch_unwind`, without the crate).
+struct CatchUnwind<F>(F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::pin::Pin::new(&mut *inner).poll(cx)
+        })) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
+}
+
 /// Why a connect failed: TLS has no place in redis-rs's errors, so it is kept apart until the
 /// failure is counted.
 #[derive(Debug)]
@@ -305,10 +353,18 @@ impl ConnectFailure {
     /// TLS alerts that arrive after the handshake come back inside redis-rs's errors.
     fn unwrap_tls(self) -> Self {
         #[cfg(feature = "tls")]
-        if let ConnectFailure::Redis(e) = &self
-            && let Some(cause) = crate::tls::tls_failure(e)
-        {
-            return ConnectFailure::Tls(cause);
+        if let ConnectFailure::Redis(e) = &self {
+            if let Some(cause) = crate::tls::tls_failure(e) {
+                return ConnectFailure::Tls(cause);
+            }
+            // redis-rs may pass the alert on as text only.
+            let message = e.to_string();
+            if message.contains("received fatal alert") {
+                return ConnectFailure::Tls(format!(
+                    "TLS handshake failed: the server refused the handshake ({message}); it may \
+                     require a client certificate (client_cert)"
+                ));
+            }
         }
         self
     }

@@ -217,7 +217,8 @@ impl PooledConnection {
         // Otherwise judged from the flags the pool learned from Redis when it first
         // connected; a call whose commands are not known yet is not retried (waiting to ask
         // would cost more than the failure).
-        let retry = refused || writes_too || self.pool.read_only.known(call.cmds()) == Some(true);
+        let retry =
+            refused || writes_too || self.pool.shared.read_only().known(call.cmds()) == Some(true);
         if !retry {
             return result;
         }

@@ -61,7 +61,6 @@ where
 /// the pool alive.
 async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
     let interval = shared.config().probe_interval();
-    let mut commands_learned = false;
     loop {
         // Registered before the round, so a failure during it is not missed.
         let verify = shared.verification_requested();
@@ -88,9 +87,6 @@ async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
             ping(&inner, Waiting::UpToResponseTimeout).await;
             Duration::from_millis(10)
         } else {
-            if !commands_learned {
-                commands_learned = learn_commands(&inner).await;
-            }
             keep_min_idle(&inner).await;
             let quiet_for = shared.last_answer().map_or(interval, |at| at.elapsed());
             if quiet_for >= interval {
@@ -144,17 +140,6 @@ async fn keep_min_idle(inner: &PoolInner) {
             return;
         }
     }
-}
-
-/// Learns which commands only read from Redis's `COMMAND`, once, so that a failed call can be
-/// judged without a round trip.
-async fn learn_commands(inner: &PoolInner) -> bool {
-    let Some(mut conn) = idle_connection(inner, Waiting::IdleOnly).await else {
-        return false;
-    };
-    let learned = inner.read_only.learn_all(&mut conn).await;
-    tracing::debug!(pool = %inner.name(), learned, "learned which commands only read");
-    learned
 }
 
 /// How long a probe may wait for a connection.
@@ -213,6 +198,10 @@ async fn ping(inner: &PoolInner, waiting: Waiting) {
     let Some(mut conn) = idle_connection(inner, waiting).await else {
         return;
     };
+    // The first connect learns which commands only read; if that failed, try again.
+    if shared.read_only().start_learning() {
+        tokio::spawn(inner.manager.clone().learn_commands());
+    }
     match conn.validate(shared.config().response_timeout()).await {
         Ok(()) => shared.answered(Instant::now()),
         Err(failure) => {

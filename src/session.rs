@@ -2,15 +2,17 @@
 //!
 //! A connection goes back to the pool only if its session is as it was when the connection
 //! joined the pool (its baseline: database, tracking, read-only mode; whatever the set-up hook
-//! established). `SELECT 9` then `SELECT 0` is clean again; `RESET` then `SELECT 9` is not;
-//! `UNWATCH` then `WATCH k` is watching; `WATCH k` then an atomic pipeline (`MULTI ... EXEC`)
-//! is clean. Commands queued inside `MULTI` take effect at `EXEC` and are dropped by
-//! `DISCARD`, as on the server.
+//! established). `SELECT 9` then `SELECT 0` is clean again; `UNWATCH` then `WATCH k` is
+//! watching; `WATCH k` then an atomic pipeline (`MULTI ... EXEC`) is clean. Commands queued
+//! inside `MULTI` take effect at an `EXEC` that runs them, and are dropped by `DISCARD`, by an
+//! `EXEC` refused (`EXECABORT`) and by one that answers nil (a watched key changed), as on the
+//! server. `RESET` is never undone here: it also logs the connection out and drops its
+//! protocol and name.
 //!
 //! Only completed calls are applied: a call cancelled before its reply evicts the connection
 //! anyway (see `connection.rs`), and a call that failed on the wire poisons it.
 
-use redis::{Arg, Cmd};
+use redis::{Arg, Cmd, Value};
 
 /// The parts of a session a next user could trip over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +50,6 @@ enum Effect {
     Discard,
     Watch,
     Unwatch,
-    Reset,
     Select(i64),
     Tracking(bool),
     Readonly(bool),
@@ -83,18 +84,32 @@ impl Session {
         self.current != self.baseline || !self.queued.is_empty()
     }
 
+    /// Whether the current session may be a pooled connection's baseline: not inside a
+    /// transaction or a watch, nothing that cannot be pooled.
+    pub(crate) fn can_be_baseline(&self) -> bool {
+        let s = &self.current;
+        !s.in_multi && !s.watching && !s.tainted && self.queued.is_empty()
+    }
+
     /// Makes the current session the baseline: what the set-up hook establishes is not dirt.
     pub(crate) fn adopt_as_baseline(&mut self) {
         self.baseline = self.current.clone();
     }
 
-    /// Applies a completed single command.
-    pub(crate) fn apply(&mut self, cmd: &Cmd) {
-        self.step(effect_of(cmd));
+    /// Applies a completed single command; `reply` decides whether an `EXEC` ran its queue
+    /// (a nil reply means a watched key changed and nothing ran).
+    pub(crate) fn apply(&mut self, cmd: &Cmd, reply: &Value) {
+        self.step(exec_outcome(effect_of(cmd), reply));
     }
 
-    /// Applies a completed pipeline; `atomic` pipelines are wrapped in `MULTI ... EXEC`.
-    pub(crate) fn apply_pipeline<'c>(&mut self, cmds: impl Iterator<Item = &'c Cmd>, atomic: bool) {
+    /// Applies a completed pipeline; `atomic` pipelines are wrapped in `MULTI ... EXEC`, and
+    /// the transaction's reply (the last of `replies`) decides whether it ran.
+    pub(crate) fn apply_pipeline<'c>(
+        &mut self,
+        cmds: impl Iterator<Item = &'c Cmd>,
+        atomic: bool,
+        replies: &[Value],
+    ) {
         if atomic {
             self.step(Effect::Multi);
         }
@@ -102,15 +117,17 @@ impl Session {
             self.step(effect_of(cmd));
         }
         if atomic {
-            self.step(Effect::Exec);
+            let reply = replies.last().unwrap_or(&Value::Nil);
+            self.step(exec_outcome(Effect::Exec, reply));
         }
     }
 
     /// A single command answered with an error reply: it did nothing, except that `EXEC` and
-    /// `DISCARD` end a transaction whatever they answer (`EXECABORT`).
+    /// `DISCARD` end a transaction whatever they answer; an `EXEC` refused (`EXECABORT`) ran
+    /// nothing of its queue.
     pub(crate) fn apply_failed(&mut self, cmd: &Cmd) {
-        if let effect @ (Effect::Exec | Effect::Discard) = effect_of(cmd) {
-            self.step(effect);
+        if let Effect::Exec | Effect::Discard = effect_of(cmd) {
+            self.step(Effect::Discard);
         }
     }
 
@@ -144,7 +161,6 @@ impl Session {
                     s.watching = false;
                     self.queued.clear();
                 }
-                Effect::Reset => self.reset(),
                 // MULTI inside MULTI and WATCH inside MULTI are refused by the server.
                 Effect::Multi | Effect::Watch => {}
                 other => self.queued.push(other),
@@ -157,17 +173,20 @@ impl Session {
             // Outside MULTI these end nothing but a watch (EXEC errors without MULTI).
             Effect::Exec | Effect::Discard | Effect::Unwatch => s.watching = false,
             Effect::Watch => s.watching = true,
-            Effect::Reset => self.reset(),
             Effect::Select(db) => s.db = db,
             Effect::Tracking(on) => s.tracking = on,
             Effect::Readonly(on) => s.readonly = on,
             Effect::Taint => s.tainted = true,
         }
     }
+}
 
-    fn reset(&mut self) {
-        self.current = State::server_default();
-        self.queued.clear();
+/// An `EXEC` whose reply is nil (a watched key changed) or an error ran nothing: it ends the
+/// transaction like `DISCARD`.
+fn exec_outcome(effect: Effect, reply: &Value) -> Effect {
+    match (effect, reply) {
+        (Effect::Exec, Value::Nil | Value::ServerError(_)) => Effect::Discard,
+        (effect, _) => effect,
     }
 }
 
@@ -195,7 +214,9 @@ fn effect_of(cmd: &Cmd) -> Effect {
     } else if is("UNWATCH") {
         Effect::Unwatch
     } else if is("RESET") {
-        Effect::Reset
+        // RESET also logs the connection out, back to RESP2, and drops its name: none of that
+        // can be restored here.
+        Effect::Taint
     } else if is("SELECT") {
         match args
             .next()
@@ -259,9 +280,16 @@ mod tests {
         cmd
     }
 
+    /// Each command answered `OK`; an `EXEC` answered with the results of what it ran.
     fn run(session: &mut Session, commands: &[&[&str]]) {
-        let cmds: Vec<Cmd> = commands.iter().map(|c| cmd(c)).collect();
-        session.apply_pipeline(cmds.iter(), false);
+        for words in commands {
+            let reply = if words[0].eq_ignore_ascii_case("EXEC") {
+                Value::Array(vec![Value::Okay])
+            } else {
+                Value::Okay
+            };
+            session.apply(&cmd(words), &reply);
+        }
     }
 
     #[test]
@@ -286,10 +314,11 @@ mod tests {
     #[test]
     fn watch_then_an_atomic_pipeline_is_clean() {
         let mut s = Session::new(0);
-        s.apply(&cmd(&["WATCH", "balance"]));
+        s.apply(&cmd(&["WATCH", "balance"]), &Value::Okay);
         assert!(s.is_dirty());
         let pipe = redis::pipe().atomic().set("a", 1).get("a").to_owned();
-        s.apply_pipeline(pipe.cmd_iter(), pipe.is_transaction());
+        let replies = [Value::Array(vec![Value::Okay, Value::Int(1)])];
+        s.apply_pipeline(pipe.cmd_iter(), pipe.is_transaction(), &replies);
         assert!(!s.is_dirty());
     }
 
@@ -298,6 +327,16 @@ mod tests {
         let mut s = Session::new(0);
         run(&mut s, &[&["RESET"], &["SELECT", "9"]]);
         assert!(s.is_dirty(), "the next user would be on database 9");
+    }
+
+    #[test]
+    fn reset_alone_is_never_undone() {
+        let mut s = Session::new(0);
+        run(&mut s, &[&["RESET"], &["SELECT", "0"]]);
+        assert!(
+            s.is_dirty(),
+            "RESET logged the connection out and dropped its name"
+        );
     }
 
     #[test]
@@ -317,8 +356,6 @@ mod tests {
         assert!(s.is_dirty());
         run(&mut s, &[&["SELECT", "2"]]);
         assert!(!s.is_dirty());
-        run(&mut s, &[&["RESET"]]);
-        assert!(s.is_dirty(), "RESET goes to database 0, not the baseline 2");
     }
 
     #[test]
@@ -328,6 +365,40 @@ mod tests {
         assert!(!s.is_dirty(), "a discarded SELECT never ran");
         run(&mut s, &[&["MULTI"], &["SELECT", "3"], &["EXEC"]]);
         assert!(s.is_dirty(), "an executed SELECT did");
+    }
+
+    #[test]
+    fn an_exec_that_ran_nothing_applies_nothing_of_its_queue() {
+        // SELECT 9 outside, then a transaction that would go back to 0 but does not run.
+        let mut aborted = Session::new(0);
+        run(
+            &mut aborted,
+            &[
+                &["SELECT", "9"],
+                &["WATCH", "k"],
+                &["MULTI"],
+                &["SELECT", "0"],
+            ],
+        );
+        aborted.apply(&cmd(&["EXEC"]), &Value::Nil);
+        assert!(
+            aborted.is_dirty(),
+            "a watched key changed: still on database 9"
+        );
+
+        let mut refused = Session::new(0);
+        run(
+            &mut refused,
+            &[&["SELECT", "9"], &["MULTI"], &["SELECT", "0"]],
+        );
+        refused.apply_failed(&cmd(&["EXEC"]));
+        assert!(refused.is_dirty(), "EXECABORT: still on database 9");
+
+        let mut atomic = Session::new(0);
+        run(&mut atomic, &[&["SELECT", "9"]]);
+        let pipe = redis::pipe().atomic().cmd("SELECT").arg(0).to_owned();
+        atomic.apply_pipeline(pipe.cmd_iter(), true, &[Value::Nil]);
+        assert!(atomic.is_dirty(), "an aborted atomic pipeline ran nothing");
     }
 
     #[test]
@@ -341,19 +412,18 @@ mod tests {
     }
 
     #[test]
-    fn irreversible_state_taints_until_reset() {
+    fn irreversible_state_taints() {
         for words in [
             &["SUBSCRIBE", "ch"][..],
             &["CLIENT", "REPLY", "OFF"],
             &["HELLO", "3"],
             &["READONLY"],
             &["SELECT", "not-a-number"],
+            &["RESET"],
         ] {
             let mut s = Session::new(0);
             run(&mut s, &[words]);
             assert!(s.is_dirty(), "{words:?}");
-            run(&mut s, &[&["RESET"]]);
-            assert!(!s.is_dirty(), "{words:?} then RESET");
         }
     }
 

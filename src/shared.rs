@@ -26,6 +26,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::breaker::{Admission, Breaker, BreakerState, Transition};
 use crate::clock::AtomicInstant;
+use crate::command::ReadOnlyCommands;
 use crate::config::Config;
 use crate::error::{Error, PoolState};
 use crate::metrics::{
@@ -84,6 +85,8 @@ pub(crate) struct Shared {
     /// and connect attempts stop.
     closing: AtomicBool,
     closed: Notify,
+    /// Which commands only read, as Redis describes them: for retries.
+    read_only: Arc<ReadOnlyCommands>,
 }
 
 impl Shared {
@@ -112,6 +115,7 @@ impl Shared {
             checkout_permits: Arc::new(Semaphore::new(config.max_size() as usize)),
             closing: AtomicBool::new(false),
             closed: Notify::new(),
+            read_only: Arc::default(),
             config,
         }
     }
@@ -122,6 +126,11 @@ impl Shared {
 
     pub(crate) fn name(&self) -> &str {
         self.config.name()
+    }
+
+    /// What the pool learned about Redis's commands.
+    pub(crate) fn read_only(&self) -> &Arc<ReadOnlyCommands> {
+        &self.read_only
     }
 
     pub(crate) fn next_connection_id(&self) -> u64 {

@@ -518,3 +518,157 @@ async fn a_write_on_a_dead_connection_fails_at_once() {
         started.elapsed()
     );
 }
+
+/// The database a connection is on, as the server sees it.
+async fn database_of(conn: &mut redis_guard::PooledConnection) -> String {
+    let info: String = redis::cmd("CLIENT")
+        .arg("INFO")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.split_whitespace()
+        .find_map(|field| field.strip_prefix("db="))
+        .unwrap()
+        .to_owned()
+}
+
+/// Fault: none; transactions that run nothing: an `EXEC` answered nil (a watched key changed)
+/// and one refused (`EXECABORT`), each queuing a `SELECT 0` after a `SELECT 9`. Load: one
+/// connection (`max_size(1)`). Asserts: the next user is on database 0, not 9: the
+/// connections were not returned as clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_ran_nothing_changes_nothing() {
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "exec_nothing").max_size(1)).await;
+
+    let mut conn = guard.get().await.unwrap();
+    for step in [&["SELECT", "9"][..], &["WATCH", "k"]] {
+        let _: () = redis::cmd(step[0])
+            .arg(&step[1..])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    // Another client changes the watched key, in database 9.
+    let mut other = redis::Client::open(format!("{}/9", server.url()))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = other.set("k", "changed").await.unwrap();
+    let committed: Option<()> = redis::pipe()
+        .atomic()
+        .cmd("SELECT")
+        .arg(0)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(committed, None, "the watched key changed: EXEC ran nothing");
+    drop(conn);
+    let mut next = guard.get().await.unwrap();
+    assert_eq!(database_of(&mut next).await, "0", "after a nil EXEC");
+    drop(next);
+
+    let mut conn = guard.get().await.unwrap();
+    let _: () = redis::cmd("SELECT")
+        .arg(9)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("MULTI").query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("SELECT")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _ = redis::cmd("GET").query_async::<()>(&mut conn).await; // wrong arity: EXECABORT
+    let aborted = redis::cmd("EXEC").query_async::<()>(&mut conn).await;
+    assert!(aborted.is_err());
+    drop(conn);
+    let mut next = guard.get().await.unwrap();
+    assert_eq!(database_of(&mut next).await, "0", "after EXECABORT");
+}
+
+/// Fault: none; `RESET` on a connection of a password-protected Redis. Load: one connection.
+/// Asserts: the next user gets a connection that is logged in (RESET logs out: that connection
+/// is not reused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_connection_is_not_reused() {
+    let server = RedisServer::start_with_args(&["--requirepass", "reset-secret"]).unwrap();
+    let url = format!("redis://:reset-secret@127.0.0.1:{}", server.port());
+    let guard = guard(config(&url, "after_reset").max_size(1)).await;
+    let mut conn = guard.get().await.unwrap();
+    let _: () = redis::cmd("RESET").query_async(&mut conn).await.unwrap();
+    drop(conn);
+    let mut next = guard.get().await.unwrap();
+    let value: Option<String> = next.get("k").await.unwrap();
+    assert_eq!(value, None);
+    assert_eq!(evictions("after_reset", "dirty"), 1.0);
+}
+
+/// Fault: a Lua script runs longer than `busy-reply-threshold` (Redis answers `BUSY` to every
+/// other command meanwhile). Load: a `GET` every 50 ms while it runs. Asserts: the breaker
+/// stays closed and the pool ready: `BUSY` is a reply from a working Redis, not an outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_script_is_not_an_outage() {
+    let server = RedisServer::start_with_args(&["--busy-reply-threshold", "100"]).unwrap();
+    let guard = guard(config(&server.url(), "busy_script").validation_bypass(Duration::ZERO)).await;
+    let script = {
+        let guard = guard.clone();
+        tokio::spawn(async move {
+            let mut conn = guard.get().await.unwrap();
+            conn.set_response_timeout(Duration::from_secs(5));
+            let spin = "local t = redis.call('TIME') \
+                        while true do local n = redis.call('TIME') \
+                        if (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > 1200000 then break end end";
+            redis::cmd("EVAL_RO")
+                .arg(spin)
+                .arg(0)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+    };
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(mut conn) = guard.get().await {
+            let _ = conn.get::<_, Option<String>>("k").await;
+        }
+        assert_eq!(guard.breaker_state(), BreakerState::Closed);
+        assert!(guard.is_ready());
+    }
+    script.await.unwrap().expect("the script ran to its end");
+}
+
+/// Fault: the set-up hook panics on its first calls. Load: checkouts until it works, then
+/// every slot held at once. Asserts: the panic is a counted connect error, not a lost slot:
+/// afterwards all `max_size` connections can be had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_set_up_hook_is_a_connect_error_and_loses_no_slot() {
+    let server = RedisServer::start().unwrap();
+    let panics = Arc::new(AtomicU64::new(3));
+    let hook_panics = panics.clone();
+    let guard = unready_guard(config(&server.url(), "hook_panics").max_size(3).on_connect(
+        move |conn| {
+            let panic = hook_panics
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok();
+            Box::pin(async move {
+                assert!(!panic, "a bug in the hook");
+                redis::cmd("PING").query_async::<()>(conn).await
+            })
+        },
+    ))
+    .await;
+    assert!(eventually(Duration::from_secs(5), || guard.is_ready()).await);
+    assert!(metric("redis_guard_connect_errors_total", "hook_panics", &[]) >= 1.0);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            timeout(Duration::from_secs(3), guard.get())
+                .await
+                .expect("bounded")
+                .expect("every slot can be had"),
+        );
+    }
+}

@@ -23,9 +23,11 @@ async fn warm(guard: &RedisGuard) -> u32 {
         "warm-up failed: {:?}",
         failures(&outcomes)
     );
-    // The prober may hold one for a moment (its PING, or learning Redis's commands).
-    let settled = eventually(Duration::from_secs(1), || guard.state().in_use == 0).await;
+    // The prober may hold one for a moment (its PING), and the pool learns Redis's commands
+    // once on a connection of its own, closed right after.
+    let settled = eventually(Duration::from_secs(2), || guard.state().in_use == 0).await;
     assert!(settled, "pool settled: {}", guard.state());
+    tokio::time::sleep(Duration::from_millis(200)).await;
     guard.state().connections
 }
 
@@ -42,9 +44,11 @@ async fn assert_no_request_fails(guard: &RedisGuard, pool: &str, reason: &str, d
         failed.len(),
         failed.first()
     );
+    // At least one dead connection was met and counted; the pool's verifying connects after
+    // the fault may be caught by it too, so there can be more than were pooled.
     let evicted = evictions(pool, reason);
     assert!(
-        evicted >= 1.0 && evicted <= f64::from(dead),
+        evicted >= 1.0,
         "{evicted} evictions for {reason}, {dead} connections were dead"
     );
     assert_eq!(

@@ -192,7 +192,11 @@ impl FromEnv for StartupMode {
             Ok(StartupMode::Lazy)
         } else if raw.eq_ignore_ascii_case("fail_fast") {
             Ok(StartupMode::FailFast)
-        } else if let Some(ms) = raw.strip_prefix("wait_for:") {
+        } else if let Some(ms) = raw
+            .get(..9)
+            .filter(|prefix| prefix.eq_ignore_ascii_case("wait_for:"))
+            .map(|_| &raw[9..])
+        {
             Duration::from_env(ms).map(StartupMode::WaitFor)
         } else {
             Err(format!(

@@ -220,7 +220,7 @@ fn bad_urls_are_rejected_naming_the_part_without_repeating_it() {
         ),
         (
             format!("redis://host/?{SECRET}=1"),
-            "is not a setting redis-rs reads from the URL",
+            "a query parameter is not one redis-rs reads from the URL",
         ),
         (
             "redis://host/?db=2".to_owned(),

@@ -6,8 +6,6 @@
 //! `?password=` on a TCP URL, a user name with no password) are refused, not dropped: a service
 //! must not run as Redis's `default` user while its logs suggest otherwise.
 
-use std::borrow::Cow;
-
 use redis::{ConnectionInfo, IntoConnectionInfo};
 
 use super::ConfigError;
@@ -150,17 +148,12 @@ fn check_unix(url: &url::Url) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A parameter is named in the message only when it is a plain word: it is a key, not a value,
-/// but a URL typed wrong can put anything there.
-fn unknown_parameter(key: &str, supported: &str) -> ConfigError {
-    let key = if key.len() <= 32 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        Cow::Owned(format!("{key:?}"))
-    } else {
-        Cow::Borrowed("a query parameter")
-    };
+/// The parameter is not named: it is a key, not a value, but a password pasted in the wrong
+/// place (`?S3cret`) is a key too.
+fn unknown_parameter(_key: &str, supported: &str) -> ConfigError {
     invalid(format!(
-        "{key} is not a setting redis-rs reads from the URL (it reads {supported}); set pool \
-         settings on the builder or with REDIS_GUARD_* variables"
+        "a query parameter is not one redis-rs reads from the URL (it reads {supported}); set \
+         pool settings on the builder or with REDIS_GUARD_* variables"
     ))
 }
 
