@@ -1,8 +1,8 @@
 //! [`GuardManager`]: how connections are opened, paced, checked and retired.
 //!
 //! Every connect of a pool (bb8 filling a slot, start-up, the prober) passes one gate: one
-//! attempt in flight at a time, and after a failed attempt the next one waits out a jittered
-//! backoff, whoever asks for it. However many requests wait on a Redis that refuses, it sees
+//! attempt in flight at a time, and after two failed attempts in a row the next one waits out
+//! a jittered backoff, whoever asks for it. However many requests wait on a Redis that refuses, it sees
 //! at most one connect per backoff pause from this pool, and a waiter sleeps until an outcome
 //! rather than spinning.
 
@@ -38,6 +38,8 @@ pub struct GuardManager {
 struct Gate {
     backoff: Backoff,
     last_outcome_at: Option<Instant>,
+    /// Failed attempts in a row.
+    failures: u32,
 }
 
 /// When an attempt is no longer wanted by the time its turn at the gate comes.
@@ -75,6 +77,7 @@ impl GuardManager {
             gate: Arc::new(tokio::sync::Mutex::new(Gate {
                 backoff,
                 last_outcome_at: None,
+                failures: 0,
             })),
         }
     }
@@ -124,12 +127,22 @@ impl GuardManager {
         match outcome {
             Ok(conn) => {
                 gate.backoff.reset();
+                gate.failures = 0;
                 shared.connected(id);
                 Attempt::Connected(Box::new(conn))
             }
             Err(failure) => {
                 let failure = failure.unwrap_tls();
-                let pause = gate.backoff.pause();
+                // The first failure after a success is tried again at once: a restart or a
+                // connection killed while it was set up is often over by then, and waiting
+                // would hold up the requests of a Redis that is back. The pace starts with the
+                // second.
+                gate.failures = gate.failures.saturating_add(1);
+                let pause = if gate.failures == 1 {
+                    Duration::ZERO
+                } else {
+                    gate.backoff.pause()
+                };
                 // Errors from our own sockets and handshakes never contain the URL or password.
                 let (kind, decisive) = (failure.kind(), failure.is_decisive());
                 shared.connect_failed(kind, failure.to_string(), pause, decisive);

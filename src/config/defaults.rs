@@ -47,9 +47,10 @@ pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(45);
 /// once: readiness is never older than this, at no more than one command per second per
 /// pod, and none while traffic proves Redis alive.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-/// After a failed connect the pool waits this long (plus up to 15 % jitter) before the
-/// next one, whoever asks for it: at most 5 connect attempts a second while Redis is
-/// down, and the first success within about 230 ms of Redis accepting connections again.
+/// After a failed connect the pool tries once more at once, then waits this long (plus up
+/// to 15 % jitter) between attempts, whoever asks for them: at most 5 connect attempts a
+/// second while Redis is down, and the first success within about 230 ms of Redis accepting
+/// connections again.
 pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// The pause doubles per failure up to this. Equal to the minimum by default: a quick
 /// recovery matters more than sparing a Redis that refuses connections in microseconds.

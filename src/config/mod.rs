@@ -468,7 +468,8 @@ settings! {
     expect_primary: bool = true, bool, "EXPECT_PRIMARY";
     /// How long nothing may answer before the prober PINGs a healthy Redis.
     probe_interval: Duration = defaults::PROBE_INTERVAL, Duration, "PROBE_INTERVAL_MS";
-    /// The pause after a failed connect before the pool tries again (doubles per failure).
+    /// The pause between connect attempts from the second failure in a row (doubles per
+    /// failure).
     reconnect_backoff_min: Duration = defaults::RECONNECT_BACKOFF_MIN, Duration, "RECONNECT_BACKOFF_MIN_MS";
     /// The longest pause between connect attempts while Redis is down.
     reconnect_backoff_max: Duration = defaults::RECONNECT_BACKOFF_MAX, Duration, "RECONNECT_BACKOFF_MAX_MS";
