@@ -18,6 +18,14 @@
 //! - **Hygiene.** Explicit connect and response timeouts, TCP keepalive and
 //!   `TCP_USER_TIMEOUT` per socket, jittered lifetimes, and connections carrying session state
 //!   (`MULTI`, `SELECT`, ...) never reused.
+//! - **A circuit breaker that judges Redis**, not one socket and not load: only failed new
+//!   connections count ([`BreakerPolicy`] has the rule); one paced connect attempt at a time
+//!   while Redis is down; readiness kept fresh by a background prober.
+//! - **Commands as users send them**: a cancelled call never leaves its reply (or a blocked
+//!   `BLPOP`) for the next user, blocking commands wait their own timeout, session state is
+//!   tracked in command order, reads that failed with their socket are retried, and a failover
+//!   (`READONLY`) moves every connection to the new primary.
+//! - **TLS** (`rediss://`, feature `tls`) over the same owned socket.
 //! - **Metrics** through the [`metrics`](https://docs.rs/metrics) facade ([`mod@metrics`]), and
 //!   a `/metrics` route with the `prometheus` feature.
 //!
@@ -48,16 +56,20 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`config`] | [`Config`], its builder and defaults, URL redaction |
+//! | [`config`] | [`Config`], its builder and validation, defaults, environment, URLs and redaction |
 //! | `pool` | [`RedisGuard`] and [`PooledConnection`]: the public handle |
 //! | `inner` | the pool's machinery: bb8 and the budgeted checkout loop with validation |
 //! | `manager` | [`GuardManager`]: the connect gate (one attempt at a time, paced), bb8's hooks |
 //! | `transport` | the owned socket: options, address racing, EOF/reset tracking |
-//! | `connection` | [`GuardConnection`]: command outcomes and session state |
+//! | `connection` | [`GuardConnection`]: command outcomes, cancellation, role refusals |
+//! | `session` | what commands do to a connection's server-side state, in command order |
+//! | `command` | how long a blocking command may wait; which commands only read (for retries) |
 //! | `shared` | the one place outcomes are classified, counted, logged and fed to the breaker |
 //! | `breaker` | the breaker's state machine and [`BreakerPolicy`] |
 //! | `probe` | the prober: readiness, verification connects, recovery without traffic |
 //! | `clock` | backoff and lock-free instants |
+//! | `throttle` | log lines that would repeat with traffic, once per interval |
+//! | `tls` | (feature `tls`) rustls over the pool's own socket, handshake failures in words |
 //! | `layer`, `extract` | [`RedisGuardLayer`], [`RequireRedis`], the [`Redis`] extractor, [`RedisRejection`] |
 //! | `health` | [`Health`]: `/livez` and `/readyz` |
 //! | `error` | [`Error`] and its one mapping to HTTP, [`PoolState`] |
