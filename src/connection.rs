@@ -27,7 +27,7 @@ use crate::command;
 use crate::metrics::EvictionReason;
 use crate::session::Session;
 use crate::shared::Shared;
-use crate::transport::{LinkHealth, LinkState, PeerProbe};
+use crate::transport::{LinkHealth, LinkState, PeerProbe, PeerState};
 
 /// A pooled Redis connection. Use it with [`redis::AsyncCommands`] or any `query_async`.
 ///
@@ -163,9 +163,17 @@ impl GuardConnection {
     }
 
     pub(crate) fn verdict(&self, now: Instant) -> Verdict {
-        if !self.link.is_open() || self.probe.peer_closed() {
+        if !self.link.is_open() {
             return Verdict::Evict(EvictionReason::Broken);
         }
+        // An idle connection has nothing to receive. Bytes waiting anyway may be a TLS
+        // `close_notify` ahead of the close (a CLIENT KILL over TLS): prove it with a PING
+        // rather than hand it out inside the bypass window.
+        let unread = match self.probe.peer_state() {
+            PeerState::Closed => return Verdict::Evict(EvictionReason::Broken),
+            PeerState::Unread => true,
+            PeerState::Quiet => false,
+        };
         if self.expires_at.is_some_and(|at| now >= at) {
             return Verdict::Evict(EvictionReason::MaxLifetime);
         }
@@ -176,8 +184,9 @@ impl GuardConnection {
         if role_suspect || self.shared.is_suspect(self.last_success) {
             return Verdict::Suspect;
         }
-        if now.saturating_duration_since(self.last_success)
-            < self.shared.config().validation_bypass()
+        if !unread
+            && now.saturating_duration_since(self.last_success)
+                < self.shared.config().validation_bypass()
         {
             Verdict::Fresh
         } else {

@@ -166,19 +166,41 @@ impl PeerProbe {
         let _ = self.0.shutdown(std::net::Shutdown::Both);
     }
 
-    /// Whether the peer closed (EOF) or reset the socket. Unread data is not a close: it may
-    /// be a late reply the driver has yet to read.
-    pub(crate) fn peer_closed(&self) -> bool {
+    /// What the kernel holds for the socket, without consuming anything.
+    pub(crate) fn peer_state(&self) -> PeerState {
         let mut byte = [std::mem::MaybeUninit::uninit(); 1];
         match self.0.peek(&mut byte) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => !matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ),
+            Ok(0) => PeerState::Closed,
+            Ok(_) => PeerState::Unread,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                PeerState::Quiet
+            }
+            Err(_) => PeerState::Closed,
         }
     }
+
+    /// Whether the peer closed (EOF) or reset the socket.
+    #[cfg(test)]
+    pub(crate) fn peer_closed(&self) -> bool {
+        self.peer_state() == PeerState::Closed
+    }
+}
+
+/// What a peek at a socket found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerState {
+    /// Nothing to read: open and silent.
+    Quiet,
+    /// The peer closed (EOF) or reset it.
+    Closed,
+    /// Bytes the driver has not read yet: a late reply, or, under TLS, a `close_notify` alert
+    /// that precedes the close itself. Not a close, but not proof of a working socket.
+    Unread,
 }
 
 /// A stream that reports EOF and I/O errors to a shared [`LinkHealth`].
