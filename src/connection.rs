@@ -66,6 +66,8 @@ pub struct GuardConnection {
     served: bool,
     /// When the server was last seen to be the primary (at connect, or by `ROLE`).
     role_checked: Instant,
+    /// `ROLE` said replica while the pool wants the primary.
+    on_replica: bool,
 }
 
 impl fmt::Debug for GuardConnection {
@@ -149,6 +151,7 @@ impl GuardConnection {
             validations: 0,
             served: false,
             role_checked: now,
+            on_replica: false,
         }
     }
 
@@ -279,6 +282,7 @@ impl GuardConnection {
             self.role_checked = Instant::now();
             return Ok(());
         }
+        self.on_replica = true;
         Err(RedisError::from((
             redis::ErrorKind::Client,
             "connected to a replica, not the primary",
@@ -385,6 +389,11 @@ impl GuardConnection {
         self.session.adopt_as_baseline();
         self.shared.link_established(&self.link);
         Ok(())
+    }
+
+    /// Whether `ROLE` said replica while the pool wants the primary.
+    pub(crate) fn is_on_replica(&self) -> bool {
+        self.on_replica
     }
 
     /// A handle on the same connection for the pool's own background query, which must not

@@ -145,7 +145,8 @@ impl GuardManager {
                 };
                 // Errors from our own sockets and handshakes never contain the URL or password.
                 let (kind, decisive) = (failure.kind(), failure.is_decisive());
-                shared.connect_failed(kind, failure.to_string(), pause, decisive);
+                let counts = failure.counts_against_redis();
+                shared.connect_failed(kind, failure.to_string(), pause, decisive, counts);
                 Attempt::Failed(failure.into())
             }
         }
@@ -154,7 +155,12 @@ impl GuardManager {
     async fn open_and_ping(&self, id: u64) -> Result<GuardConnection, ConnectFailure> {
         let mut conn = self.open(id).await?;
         let config = self.shared.config();
-        conn.introduce(config.name()).await?;
+        if let Err(e) = conn.introduce(config.name()).await {
+            return Err(match conn.is_on_replica() {
+                true => ConnectFailure::Replica(e.to_string()),
+                false => e.into(),
+            });
+        }
         if let Some(hook) = &config.on_connect {
             // A panic in the user's hook must not unwind through bb8, which would lose the
             // pool slot; it is a failed connect like any other.
@@ -335,6 +341,8 @@ impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
 enum ConnectFailure {
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     Tls(String),
+    /// Redis answered, as a replica: the endpoint does not (yet) lead to the primary.
+    Replica(String),
     Redis(RedisError),
 }
 
@@ -349,6 +357,11 @@ impl From<ConnectFailure> for RedisError {
         match failure {
             ConnectFailure::Redis(e) => e,
             ConnectFailure::Tls(cause) => RedisError::from(std::io::Error::other(cause)),
+            ConnectFailure::Replica(cause) => RedisError::from((
+                ErrorKind::Client,
+                "connected to a replica, not the primary",
+                cause,
+            )),
         }
     }
 }
@@ -356,7 +369,7 @@ impl From<ConnectFailure> for RedisError {
 impl std::fmt::Display for ConnectFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConnectFailure::Tls(cause) => f.write_str(cause),
+            ConnectFailure::Tls(cause) | ConnectFailure::Replica(cause) => f.write_str(cause),
             ConnectFailure::Redis(e) => e.fmt(f),
         }
     }
@@ -385,8 +398,17 @@ impl ConnectFailure {
     fn kind(&self) -> ConnectErrorKind {
         match self {
             ConnectFailure::Tls(_) => ConnectErrorKind::Tls,
+            ConnectFailure::Replica(_) => ConnectErrorKind::Other,
             ConnectFailure::Redis(e) => classify_connect_error(e),
         }
+    }
+
+    /// Whether the failure says Redis cannot be reached, for the breaker. A replica answering
+    /// where the primary was (a DNS name that has not moved yet in a failover) is Redis
+    /// reachable: opening the breaker then would fail reads too and take every pod out of
+    /// the load balancer at once.
+    fn counts_against_redis(&self) -> bool {
+        !matches!(self, ConnectFailure::Replica(_))
     }
 
     /// Whether the failure says Redis cannot be had (refused, no answer, credentials or
@@ -395,7 +417,7 @@ impl ConnectFailure {
     /// meet.
     fn is_decisive(&self) -> bool {
         match self {
-            ConnectFailure::Tls(_) => true,
+            ConnectFailure::Tls(_) | ConnectFailure::Replica(_) => true,
             ConnectFailure::Redis(e) => e.is_connection_refusal() || !e.is_connection_dropped(),
         }
     }

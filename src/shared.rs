@@ -10,6 +10,7 @@
 //! |---|---|---|---|
 //! | a new connection fails (TCP, handshake, AUTH, its first PING) | [`Shared::connect_failed`] | yes, once per attempt | last connect error kept; waiting checkouts on an empty pool fail fast |
 //! | a new connection succeeds | [`Shared::connected`] | success | open breaker moves to half-open; the pool becomes ready |
+//! | a new connection lands on a replica while the pool wants the primary | [`Shared::connect_failed`] | no (Redis answered) | not used; a waiting checkout fails with the cause |
 //! | I/O error or response timeout on an existing connection, a failed validation, a socket found closed | [`Shared::evicted`] | no | the connections idle since are suspect; one verifying connect, whose outcome counts |
 //! | a reply (also an error reply: `WRONGTYPE`, `OOM`, `NOSCRIPT`, ...) | [`Shared::answered`] | success | proves Redis alive to the prober |
 //! | a checkout that waited because every connection was busy (a request or the prober) | [`Shared::checkout_failed`] | no | counted as a timeout |
@@ -180,13 +181,16 @@ impl Shared {
 
     /// A connect attempt failed. `message` must already be free of secrets: it reaches logs,
     /// errors and `/readyz?verbose`. `decisive`: the failure says Redis cannot be had (see
-    /// `manager.rs`), so a waiting checkout need not wait for another attempt.
+    /// `manager.rs`), so a waiting checkout need not wait for another attempt. `counts`: the
+    /// failure says Redis is unreachable (a replica answering instead of the primary does
+    /// not).
     pub(crate) fn connect_failed(
         &self,
         kind: ConnectErrorKind,
         message: String,
         retry_in: Duration,
         decisive: bool,
+        counts: bool,
     ) {
         self.metrics.connect_error(kind);
         let first = !self.connects_failing.swap(true, Ordering::AcqRel);
@@ -213,7 +217,7 @@ impl Shared {
             .last_answer
             .get()
             .is_some_and(|answer| previous_end.is_none_or(|end| answer > end));
-        if !answered_since {
+        if counts && !answered_since {
             self.on_transition(self.breaker.record_failure(now));
         }
         // An undecisive failure counts half: a waiter fails on one decisive failure or two

@@ -152,3 +152,108 @@ async fn a_connection_that_lands_on_a_replica_is_not_handed_out() {
     let value: Option<String> = conn.get("k").await.unwrap();
     assert_eq!(value, None);
 }
+
+/// Fault: the primary is demoted and the replica promoted, but the endpoint (a DNS name with a
+/// TTL) moves only 1 s later: meanwhile new connections land on the demoted node. Load: 16
+/// workers sending `INCR` through a pool of 8. Asserts: the breaker never opens and `/readyz`
+/// stays 200 (Redis is reachable, only not yet at its new address, so no pod should leave the
+/// load balancer); writes fail at most until shortly after the endpoint moved; none is applied
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f14_a_late_moving_endpoint_does_not_open_the_breaker() {
+    let old_primary = RedisServer::start().unwrap();
+    let replica = RedisServer::start().unwrap();
+    let _: () = replica
+        .command(&["REPLICAOF", "127.0.0.1", &old_primary.port().to_string()])
+        .map(drop)
+        .unwrap();
+    let synced = eventually(Duration::from_secs(5), || {
+        info_field(&replica, "replication", "master_link_status").as_deref() == Some("up")
+    })
+    .await;
+    assert!(synced, "the replica synced");
+    let proxy = FaultProxy::start(old_primary.addr()).await.unwrap();
+    let guard = guard(config(&proxy.url(), "late_dns")).await;
+    let app = service(guard.clone());
+
+    let running = Arc::new(AtomicBool::new(true));
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let (guard, running) = (guard.clone(), running.clone());
+            tokio::spawn(async move {
+                let mut log = Vec::new();
+                while running.load(Ordering::Relaxed) && log.len() < 100_000 {
+                    let result: Result<i64, String> = async {
+                        let mut conn = guard.get().await.map_err(|e| e.to_string())?;
+                        conn.incr("counter", 1).await.map_err(|e| e.to_string())
+                    }
+                    .await;
+                    log.push((Instant::now(), result));
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                log
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _: () = old_primary
+        .command(&["REPLICAOF", "127.0.0.1", &replica.port().to_string()])
+        .map(drop)
+        .unwrap();
+    let _: () = replica
+        .command(&["REPLICAOF", "NO", "ONE"])
+        .map(drop)
+        .unwrap();
+    let mut not_ready = 0;
+    let demoted = Instant::now();
+    while demoted.elapsed() < Duration::from_secs(1) {
+        if call(&app, "/readyz").await.status != StatusCode::OK {
+            not_ready += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.set_upstream(replica.addr());
+    let moved = Instant::now();
+    while moved.elapsed() < Duration::from_secs(1) {
+        if call(&app, "/readyz").await.status != StatusCode::OK {
+            not_ready += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.store(false, Ordering::Relaxed);
+    let mut log = Vec::new();
+    for worker in workers {
+        log.extend(worker.await.unwrap());
+    }
+
+    assert_eq!(not_ready, 0, "/readyz stayed 200");
+    assert_eq!(
+        metric(
+            "redis_guard_breaker_transitions_total",
+            "late_dns",
+            &[("to", "open")]
+        ),
+        0.0,
+        "a replica answering is not an outage"
+    );
+    let settled = moved + Duration::from_millis(500);
+    let late = log
+        .iter()
+        .filter(|(at, r)| *at > settled && r.is_err())
+        .count();
+    assert_eq!(late, 0, "writes succeed once the endpoint moved");
+    let acknowledged = log.iter().filter(|(_, r)| r.is_ok()).count() as i64;
+    let redis::Value::BulkString(counter) = replica.command(&["GET", "counter"]).unwrap() else {
+        panic!("GET answers a bulk string")
+    };
+    let counter: i64 = String::from_utf8_lossy(&counter).parse().unwrap();
+    assert!(
+        counter <= acknowledged + 16,
+        "counter {counter}, {acknowledged} acknowledged: a write applied twice"
+    );
+    eprintln!(
+        "F14 late DNS: {} writes, {} failed, counter {counter} for {acknowledged} acknowledged",
+        log.len(),
+        log.iter().filter(|(_, r)| r.is_err()).count()
+    );
+}
