@@ -30,10 +30,11 @@ use std::time::{Duration, Instant};
 /// that fails** (TCP connect, handshake, AUTH, its first PING), counted once per attempt
 /// however many callers waited on it; one that lands on a replica does not count (Redis
 /// answered), nor one made while an existing connection answered (Redis at `maxclients`).
-/// A success is a new connection, or any reply (an error reply such as `WRONGTYPE` included). Never counted: an I/O error or timeout on an existing
-/// connection (it is evicted, its idle peers are suspected, and one fresh connect verifies
-/// Redis: that connect counts), a checkout that waited because every connection was busy, a
-/// reply slower than `validation_timeout` but within `response_timeout`.
+/// A success is a new connection, or any reply (an error reply such as `WRONGTYPE` included).
+/// Never counted: an I/O error or timeout on an existing connection (it is evicted, its idle
+/// peers are suspected, and one fresh connect verifies Redis: that connect counts), a checkout
+/// that waited because every connection was busy, a reply slower than `validation_timeout` but
+/// within `response_timeout`.
 ///
 /// ```
 /// use std::time::Duration;
