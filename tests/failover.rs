@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use common::*;
 use redis::AsyncCommands;
+use redis_guard::RedisGuard;
 use redis_guard::testkit::{FaultProxy, RedisServer};
 
 fn info_field(server: &RedisServer, section: &str, field: &str) -> Option<String> {
@@ -35,6 +36,82 @@ fn pool_clients(server: &RedisServer, pool: &str) -> usize {
         .count()
 }
 
+/// A primary with a synced replica, and a pool reaching the primary through a proxy that
+/// stands for the endpoint's DNS name.
+struct Deployment {
+    old_primary: RedisServer,
+    replica: RedisServer,
+    proxy: FaultProxy,
+    guard: RedisGuard,
+}
+
+impl Deployment {
+    async fn start(pool: &str) -> Deployment {
+        let old_primary = RedisServer::start().unwrap();
+        let replica = RedisServer::start().unwrap();
+        let _: () = replica
+            .command(&["REPLICAOF", "127.0.0.1", &old_primary.port().to_string()])
+            .map(drop)
+            .unwrap();
+        let synced = eventually(Duration::from_secs(5), || {
+            info_field(&replica, "replication", "master_link_status").as_deref() == Some("up")
+        })
+        .await;
+        assert!(synced, "the replica synced");
+        let proxy = FaultProxy::start(old_primary.addr()).await.unwrap();
+        let guard = guard(config(&proxy.url(), pool)).await;
+        Deployment {
+            old_primary,
+            replica,
+            proxy,
+            guard,
+        }
+    }
+}
+
+/// One write: when it was made, and what came of it.
+type Write = (Instant, Result<i64, String>);
+
+/// Workers sending `INCR counter` in a loop, each outcome logged.
+struct Writers {
+    running: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<Vec<Write>>>,
+}
+
+impl Writers {
+    fn start(guard: &RedisGuard, count: usize) -> Writers {
+        let running = Arc::new(AtomicBool::new(true));
+        let workers = (0..count)
+            .map(|_| {
+                let (guard, running) = (guard.clone(), running.clone());
+                tokio::spawn(async move {
+                    let mut log = Vec::new();
+                    while running.load(Ordering::Relaxed) && log.len() < 100_000 {
+                        let result: Result<i64, String> = async {
+                            let mut conn = guard.get().await.map_err(|e| e.to_string())?;
+                            conn.incr("counter", 1).await.map_err(|e| e.to_string())
+                        }
+                        .await;
+                        log.push((Instant::now(), result));
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    log
+                })
+            })
+            .collect();
+        Writers { running, workers }
+    }
+
+    async fn stop(self) -> Vec<Write> {
+        self.running.store(false, Ordering::Relaxed);
+        let mut log = Vec::new();
+        for worker in self.workers {
+            log.extend(worker.await.unwrap());
+        }
+        log
+    }
+}
+
 /// Fault: under a write load, the replica is promoted, the primary demoted to its replica, and
 /// the endpoint moved to the new primary, while the pool's connections stay on the old one.
 /// Load: 16 workers sending `INCR` through a pool of 8 for 3 s, and `/readyz` sampled every
@@ -43,40 +120,14 @@ fn pool_clients(server: &RedisServer, pool: &str) -> usize {
 /// stays ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f14_a_dns_failover_moves_every_connection_to_the_new_primary() {
-    let old_primary = RedisServer::start().unwrap();
-    let replica = RedisServer::start_with_args(&[]).unwrap();
-    let _: () = replica
-        .command(&["REPLICAOF", "127.0.0.1", &old_primary.port().to_string()])
-        .map(drop)
-        .unwrap();
-    let synced = eventually(Duration::from_secs(5), || {
-        info_field(&replica, "replication", "master_link_status").as_deref() == Some("up")
-    })
-    .await;
-    assert!(synced, "the replica synced");
-    let proxy = FaultProxy::start(old_primary.addr()).await.unwrap();
-    let guard = guard(config(&proxy.url(), "failover")).await;
+    let Deployment {
+        old_primary,
+        replica,
+        proxy,
+        guard,
+    } = Deployment::start("failover").await;
     let app = service(guard.clone());
-
-    let running = Arc::new(AtomicBool::new(true));
-    let workers: Vec<_> = (0..16)
-        .map(|_| {
-            let (guard, running) = (guard.clone(), running.clone());
-            tokio::spawn(async move {
-                let mut log = Vec::new();
-                while running.load(Ordering::Relaxed) && log.len() < 100_000 {
-                    let result: Result<i64, String> = async {
-                        let mut conn = guard.get().await.map_err(|e| e.to_string())?;
-                        conn.incr("counter", 1).await.map_err(|e| e.to_string())
-                    }
-                    .await;
-                    log.push((Instant::now(), result));
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                log
-            })
-        })
-        .collect();
+    let writers = Writers::start(&guard, 16);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // The failover: promote, demote, move the name.
@@ -98,11 +149,7 @@ async fn f14_a_dns_failover_moves_every_connection_to_the_new_primary() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    running.store(false, Ordering::Relaxed);
-    let mut log = Vec::new();
-    for worker in workers {
-        log.extend(worker.await.unwrap());
-    }
+    let log = writers.stop().await;
 
     let failed: Vec<_> = log.iter().filter(|(_, r)| r.is_err()).collect();
     let settled = switched + Duration::from_millis(500);
@@ -161,40 +208,14 @@ async fn a_connection_that_lands_on_a_replica_is_not_handed_out() {
 /// twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f14_a_late_moving_endpoint_does_not_open_the_breaker() {
-    let old_primary = RedisServer::start().unwrap();
-    let replica = RedisServer::start().unwrap();
-    let _: () = replica
-        .command(&["REPLICAOF", "127.0.0.1", &old_primary.port().to_string()])
-        .map(drop)
-        .unwrap();
-    let synced = eventually(Duration::from_secs(5), || {
-        info_field(&replica, "replication", "master_link_status").as_deref() == Some("up")
-    })
-    .await;
-    assert!(synced, "the replica synced");
-    let proxy = FaultProxy::start(old_primary.addr()).await.unwrap();
-    let guard = guard(config(&proxy.url(), "late_dns")).await;
+    let Deployment {
+        old_primary,
+        replica,
+        proxy,
+        guard,
+    } = Deployment::start("late_dns").await;
     let app = service(guard.clone());
-
-    let running = Arc::new(AtomicBool::new(true));
-    let workers: Vec<_> = (0..16)
-        .map(|_| {
-            let (guard, running) = (guard.clone(), running.clone());
-            tokio::spawn(async move {
-                let mut log = Vec::new();
-                while running.load(Ordering::Relaxed) && log.len() < 100_000 {
-                    let result: Result<i64, String> = async {
-                        let mut conn = guard.get().await.map_err(|e| e.to_string())?;
-                        conn.incr("counter", 1).await.map_err(|e| e.to_string())
-                    }
-                    .await;
-                    log.push((Instant::now(), result));
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                log
-            })
-        })
-        .collect();
+    let writers = Writers::start(&guard, 16);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _: () = old_primary
         .command(&["REPLICAOF", "127.0.0.1", &replica.port().to_string()])
@@ -220,11 +241,7 @@ async fn f14_a_late_moving_endpoint_does_not_open_the_breaker() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    running.store(false, Ordering::Relaxed);
-    let mut log = Vec::new();
-    for worker in workers {
-        log.extend(worker.await.unwrap());
-    }
+    let log = writers.stop().await;
 
     assert_eq!(not_ready, 0, "/readyz stayed 200");
     assert_eq!(
