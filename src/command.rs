@@ -22,17 +22,40 @@ use redis::{Arg, Cmd, Value};
 /// small enough that deadline arithmetic cannot overflow.
 const FOREVER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
+/// The commands that may block on the server.
+const BLOCKING: &[&str] = &[
+    "BLPOP",
+    "BRPOP",
+    "BLMOVE",
+    "BRPOPLPUSH",
+    "BZPOPMIN",
+    "BZPOPMAX",
+    "BLMPOP",
+    "BZMPOP",
+    "XREAD",
+    "XREADGROUP",
+    "WAIT",
+    "WAITAOF",
+];
+
+/// A command as sent: its name, then its arguments.
+pub(crate) fn words(cmd: &Cmd) -> impl Iterator<Item = &[u8]> {
+    cmd.args_iter().filter_map(|arg| match arg {
+        Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    })
+}
+
 /// How long `cmd` may block on the server before it answers, if it is a blocking command.
+/// Runs for every command sent, so anything but a blocking command costs one name check.
 pub(crate) fn server_wait(cmd: &Cmd) -> Option<Duration> {
-    let args: Vec<&[u8]> = cmd
-        .args_iter()
-        .filter_map(|arg| match arg {
-            Arg::Simple(bytes) => Some(bytes),
-            _ => None,
-        })
-        .collect();
-    let (name, rest) = args.split_first()?;
+    let mut words = words(cmd);
+    let name = words.next()?;
     let is = |word: &str| name.eq_ignore_ascii_case(word.as_bytes());
+    if !BLOCKING.iter().any(|w| is(w)) {
+        return None;
+    }
+    let rest: Vec<&[u8]> = words.collect();
     if [
         "BLPOP",
         "BRPOP",
@@ -44,16 +67,16 @@ pub(crate) fn server_wait(cmd: &Cmd) -> Option<Duration> {
     .iter()
     .any(|w| is(w))
     {
-        seconds(rest.last()?)
+        seconds(rest.last().copied()?)
     } else if is("BLMPOP") || is("BZMPOP") {
-        seconds(rest.first()?)
+        seconds(rest.first().copied()?)
     } else if is("XREAD") || is("XREADGROUP") {
         // XREADGROUP's group and consumer names come first and may be spelled "BLOCK".
         let rest = match rest.first() {
             Some(group) if is("XREADGROUP") && group.eq_ignore_ascii_case(b"GROUP") => {
                 rest.get(3..).unwrap_or_default()
             }
-            _ => rest,
+            _ => &rest[..],
         };
         // Options precede STREAMS, whose keys and ids could themselves be spelled "BLOCK".
         let options = rest
@@ -170,10 +193,7 @@ fn verdict(known: &HashMap<String, Option<bool>>, names: &[String]) -> bool {
 /// The names under which Redis may describe `cmd`: its name, and `name|first-argument` in
 /// case it is a container command (`CLIENT`, `OBJECT`, `XINFO`, ...).
 fn lookup_names(cmd: &Cmd) -> Vec<String> {
-    let mut args = cmd.args_iter().filter_map(|arg| match arg {
-        Arg::Simple(bytes) => std::str::from_utf8(bytes).ok(),
-        _ => None,
-    });
+    let mut args = words(cmd).filter_map(|word| std::str::from_utf8(word).ok());
     let Some(name) = args.next() else {
         return Vec::new();
     };

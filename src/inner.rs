@@ -221,40 +221,31 @@ impl PoolInner {
                 .await?
                 // bb8 only ever times out: its connects report to the gate, not to us.
                 .map_err(|_| self.timed_out(started))?;
-            let mut verdict = conn.verdict(Instant::now());
-            if verdict == Verdict::Suspect {
-                // Off the caller's path, holding a permit of its own so the pool stays within
-                // max_size; when none is free (a saturated pool), the caller validates it.
-                match shared.checkout_permits().clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        tokio::spawn(validate_in_background(conn, permit, shared.clone()));
-                        continue;
-                    }
-                    Err(_) => verdict = Verdict::Validate,
-                }
-            }
-            match verdict {
+            let timeout = || {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                shared.validation_timeout().min(remaining)
+            };
+            match conn.verdict(Instant::now()) {
                 Verdict::Evict(reason) => conn.evict(reason),
                 Verdict::Fresh => {
                     shared.validated(ValidationResult::Skipped);
                     return Ok(conn);
                 }
-                Verdict::Suspect => unreachable!("handled above"),
-                Verdict::Validate => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    match conn
-                        .validate(shared.validation_timeout().min(remaining))
-                        .await
-                    {
-                        Ok(()) => {
-                            shared.validated(ValidationResult::Passed);
+                // Off the caller's path, holding a permit of its own so the pool stays within
+                // max_size; when none is free (a saturated pool), the caller validates it.
+                Verdict::Suspect => match shared.checkout_permits().clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        tokio::spawn(validate_in_background(conn, permit, shared.clone()));
+                    }
+                    Err(_) => {
+                        if validate(&mut conn, shared, timeout()).await {
                             return Ok(conn);
                         }
-                        Err(failure) => {
-                            shared.validated(ValidationResult::Failed);
-                            tracing::debug!(connection_id = conn.connection_id(), %failure, "validation failed");
-                            conn.evict(eviction_reason(&failure));
-                        }
+                    }
+                },
+                Verdict::Validate => {
+                    if validate(&mut conn, shared, timeout()).await {
+                        return Ok(conn);
                     }
                 }
             }
@@ -359,22 +350,33 @@ impl PoolInner {
     }
 }
 
+/// Validates `conn` within `timeout`, counting the outcome; a connection that fails is
+/// evicted. Returns whether it proved alive.
+async fn validate(conn: &mut Bb8Connection, shared: &Shared, timeout: Duration) -> bool {
+    match conn.validate(timeout).await {
+        Ok(()) => {
+            shared.validated(ValidationResult::Passed);
+            true
+        }
+        Err(failure) => {
+            shared.validated(ValidationResult::Failed);
+            tracing::debug!(connection_id = conn.connection_id(), %failure, "validation failed");
+            conn.evict(eviction_reason(&failure));
+            false
+        }
+    }
+}
+
 /// Validates a suspect connection while the caller moves on: a live one goes back to the
-/// pool, a dead one is evicted. It holds its pool slot meanwhile, for at most the validation
-/// timeout.
+/// pool, a dead one is evicted. It holds its pool slot and a permit meanwhile, for at most the
+/// validation timeout.
 async fn validate_in_background(
     mut conn: Bb8Connection,
     _permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
 ) {
-    match conn.validate(shared.validation_timeout()).await {
-        Ok(()) => shared.validated(ValidationResult::Passed),
-        Err(failure) => {
-            shared.validated(ValidationResult::Failed);
-            tracing::debug!(connection_id = conn.connection_id(), %failure, "suspect connection failed validation");
-            conn.evict(eviction_reason(&failure));
-        }
-    }
+    let timeout = shared.validation_timeout();
+    validate(&mut conn, &shared, timeout).await;
 }
 
 /// What a failed validation evicts a connection as.

@@ -12,7 +12,9 @@
 //! Only completed calls are applied: a call cancelled before its reply evicts the connection
 //! anyway (see `connection.rs`), and a call that failed on the wire poisons it.
 
-use redis::{Arg, Cmd, Value};
+use redis::{Cmd, Value};
+
+use crate::command::words;
 
 /// The parts of a session a next user could trip over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,10 +194,7 @@ fn exec_outcome(effect: Effect, reply: &Value) -> Effect {
 
 /// What `cmd` does to the session, from its name and, for a few, its arguments.
 fn effect_of(cmd: &Cmd) -> Effect {
-    let mut args = cmd.args_iter().filter_map(|arg| match arg {
-        Arg::Simple(bytes) => Some(bytes),
-        _ => None,
-    });
+    let mut args = words(cmd);
     let Some(name) = args.next() else {
         return Effect::None;
     };
