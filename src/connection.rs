@@ -25,6 +25,7 @@ use tokio::task::AbortHandle;
 
 use crate::command;
 use crate::metrics::EvictionReason;
+use crate::sentinel::Placement;
 use crate::session::Session;
 use crate::shared::Shared;
 use crate::transport::{LinkHealth, LinkState, PeerProbe, PeerState};
@@ -68,6 +69,8 @@ pub struct GuardConnection {
     role_checked: Instant,
     /// `ROLE` said replica while the pool wants the primary.
     on_replica: bool,
+    /// Under Sentinel: the primary this connection was opened to.
+    placement: Option<Placement>,
 }
 
 impl fmt::Debug for GuardConnection {
@@ -124,6 +127,7 @@ impl GuardConnection {
         shared: Arc<Shared>,
         driver: AbortHandle,
         id: u64,
+        placement: Option<Placement>,
     ) -> Self {
         let now = Instant::now();
         let config = shared.config();
@@ -152,6 +156,7 @@ impl GuardConnection {
             served: false,
             role_checked: now,
             on_replica: false,
+            placement,
         }
     }
 
@@ -180,6 +185,9 @@ impl GuardConnection {
         if self.expires_at.is_some_and(|at| now >= at) {
             return Verdict::Evict(EvictionReason::MaxLifetime);
         }
+        if self.on_demoted_primary() {
+            return Verdict::Evict(EvictionReason::RoleChange);
+        }
         // Before the bypass: a socket frozen right after its last reply looks fresh, and a
         // connection to a node demoted in a failover answers PING like any other.
         let role_suspect =
@@ -195,6 +203,29 @@ impl GuardConnection {
         } else {
             Verdict::Validate
         }
+    }
+
+    /// Under Sentinel: whether the primary moved away from this connection's server. The old
+    /// primary may accept writes for seconds after the announcement, and loses them all when
+    /// it resyncs: nothing more may be sent to it.
+    pub(crate) fn on_demoted_primary(&self) -> bool {
+        match (&self.placement, self.shared.sentinel()) {
+            (Some(placement), Some(watch)) => !placement.is_current(watch),
+            _ => false,
+        }
+    }
+
+    /// Refuses a call before it is sent to a demoted primary: it has not reached Redis, so it
+    /// may go to the new primary whatever it does.
+    fn refuse_if_demoted(&mut self) -> RedisResult<()> {
+        if !self.on_demoted_primary() {
+            return Ok(());
+        }
+        self.evict(EvictionReason::RoleChange);
+        Err(RedisError::from((
+            redis::ErrorKind::Client,
+            NOT_SENT_FAILOVER,
+        )))
     }
 
     /// Whether Redis has answered anything on this connection since it was opened (beyond the
@@ -495,6 +526,15 @@ macro_rules! delegate_connection_like {
 }
 pub(crate) use delegate_connection_like;
 
+/// The error of a call refused before it was sent, because the primary moved.
+const NOT_SENT_FAILOVER: &str = "not sent: the primary moved (Sentinel failover)";
+
+/// Whether a call failed before it was sent (see [`GuardConnection::on_demoted_primary`]):
+/// sending it elsewhere cannot apply it twice.
+pub(crate) fn was_not_sent(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Client && e.to_string().contains(NOT_SENT_FAILOVER)
+}
+
 /// Whether an error means the connection (not the command) failed: the failures that poison
 /// a connection.
 pub(crate) fn is_infrastructure_failure(e: &RedisError) -> bool {
@@ -542,6 +582,7 @@ impl GuardConnection {
 impl ConnectionLike for GuardConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
+            self.refuse_if_demoted()?;
             self.set_reply_wait(std::iter::once(cmd));
             self.in_flight = true;
             let result = match self.inner.send_packed_command(cmd).await {
@@ -568,6 +609,7 @@ impl ConnectionLike for GuardConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
+            self.refuse_if_demoted()?;
             self.set_reply_wait(pipeline.cmd_iter());
             self.in_flight = true;
             let result = self

@@ -95,6 +95,7 @@ mod pool;
 mod probe;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
+mod sentinel;
 mod session;
 mod shared;
 #[cfg(feature = "testkit")]

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::clock::Backoff;
 use crate::connection::GuardConnection;
 use crate::metrics::ConnectErrorKind;
+use crate::sentinel::Placement;
 use crate::shared::Shared;
 use crate::transport::{self, LinkHealth, LinkState, PeerProbe, TrackedStream};
 
@@ -98,6 +99,7 @@ impl GuardManager {
             }
             tokio::select! {
                 () = tokio::time::sleep_until(at.into()) => {}
+                () = shared.primary_moves() => {}
                 () = shared.closed() => return Attempt::Skipped,
             }
         }
@@ -171,6 +173,11 @@ impl GuardManager {
                 )))
             })?;
         }
+        if conn.on_demoted_primary() {
+            return Err(ConnectFailure::Moved(
+                "the primary moved while the connection was opened".to_owned(),
+            ));
+        }
         conn.established()?;
         if self.shared.read_only().start_learning() {
             tokio::spawn(self.clone().learn_commands());
@@ -197,47 +204,62 @@ impl GuardManager {
 
     async fn open(&self, id: u64) -> Result<GuardConnection, ConnectFailure> {
         let config = self.shared.config();
-        let link = Arc::new(self.shared.link_opened());
+        if let Some(watch) = self.shared.sentinel() {
+            let placement = watch
+                .primary(&self.shared)
+                .await
+                .map_err(|failure| ConnectFailure::Sentinel(failure.kind, failure.message))?;
+            let (host, port) = (placement.addr.host.clone(), placement.addr.port);
+            return self.open_tcp(&host, port, id, Some(placement)).await;
+        }
         match config.connection.addr() {
-            ConnectionAddr::Tcp(host, port) => {
-                let stream = transport::connect_tcp(host, *port, config)
-                    .await
-                    .map_err(RedisError::from)?;
-                // On the TCP socket, under any TLS session: EOF and resets show there too.
-                let probe = PeerProbe::new(&stream).map_err(RedisError::from)?;
-                #[cfg(feature = "tls")]
-                if let Some(tls) = &config.tls {
-                    let stream =
-                        tls.connect(host, stream).await.map_err(
-                            |e| match crate::tls::tls_failure(&e) {
-                                Some(cause) => ConnectFailure::Tls(cause),
-                                // A reset during the handshake: a transport failure.
-                                None => ConnectFailure::Redis(e.into()),
-                            },
-                        )?;
-                    return Ok(self
-                        .handshake(TrackedStream::new(stream, link.clone()), link, probe, id)
-                        .await?);
-                }
-                Ok(self
-                    .handshake(TrackedStream::new(stream, link.clone()), link, probe, id)
-                    .await?)
-            }
+            ConnectionAddr::Tcp(host, port) => self.open_tcp(host, *port, id, None).await,
             #[cfg(unix)]
             ConnectionAddr::Unix(path) => {
+                let link = Arc::new(self.shared.link_opened());
                 let stream = tokio::net::UnixStream::connect(path)
                     .await
                     .map_err(RedisError::from)?;
                 let probe = PeerProbe::new(&stream).map_err(RedisError::from)?;
-                Ok(self
-                    .handshake(TrackedStream::new(stream, link.clone()), link, probe, id)
-                    .await?)
+                let stream = TrackedStream::new(stream, link.clone());
+                Ok(self.handshake(stream, link, probe, id, None).await?)
             }
             _ => Err(ConnectFailure::Redis(RedisError::from((
                 ErrorKind::InvalidClientConfig,
                 "unsupported address type",
             )))),
         }
+    }
+
+    async fn open_tcp(
+        &self,
+        host: &str,
+        port: u16,
+        id: u64,
+        placement: Option<Placement>,
+    ) -> Result<GuardConnection, ConnectFailure> {
+        let config = self.shared.config();
+        let link = Arc::new(self.shared.link_opened());
+        let stream = transport::connect_tcp(host, port, config)
+            .await
+            .map_err(RedisError::from)?;
+        // On the TCP socket, under any TLS session: EOF and resets show there too.
+        let probe = PeerProbe::new(&stream).map_err(RedisError::from)?;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &config.tls {
+            let stream =
+                tls.connect(host, stream)
+                    .await
+                    .map_err(|e| match crate::tls::tls_failure(&e) {
+                        Some(cause) => ConnectFailure::Tls(cause),
+                        // A reset during the handshake: a transport failure.
+                        None => ConnectFailure::Redis(e.into()),
+                    })?;
+            let stream = TrackedStream::new(stream, link.clone());
+            return Ok(self.handshake(stream, link, probe, id, placement).await?);
+        }
+        let stream = TrackedStream::new(stream, link.clone());
+        Ok(self.handshake(stream, link, probe, id, placement).await?)
     }
 
     /// Runs the Redis handshake (AUTH, SELECT, ...) and spawns the connection's driver, whose
@@ -248,6 +270,7 @@ impl GuardManager {
         link: Arc<LinkHealth>,
         probe: PeerProbe,
         id: u64,
+        placement: Option<Placement>,
     ) -> Result<GuardConnection, RedisError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -274,6 +297,7 @@ impl GuardManager {
             self.shared.clone(),
             driver,
             id,
+            placement,
         ))
     }
 }
@@ -343,6 +367,10 @@ enum ConnectFailure {
     Tls(String),
     /// Redis answered, as a replica: the endpoint does not (yet) lead to the primary.
     Replica(String),
+    /// Sentinel moved the primary while this connection was opened to the old one.
+    Moved(String),
+    /// No sentinel said where the primary is.
+    Sentinel(ConnectErrorKind, String),
     Redis(RedisError),
 }
 
@@ -362,6 +390,9 @@ impl From<ConnectFailure> for RedisError {
                 "connected to a replica, not the primary",
                 cause,
             )),
+            ConnectFailure::Moved(cause) | ConnectFailure::Sentinel(_, cause) => {
+                RedisError::from((ErrorKind::Client, "cannot find the primary", cause))
+            }
         }
     }
 }
@@ -369,7 +400,10 @@ impl From<ConnectFailure> for RedisError {
 impl std::fmt::Display for ConnectFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConnectFailure::Tls(cause) | ConnectFailure::Replica(cause) => f.write_str(cause),
+            ConnectFailure::Tls(cause)
+            | ConnectFailure::Replica(cause)
+            | ConnectFailure::Moved(cause)
+            | ConnectFailure::Sentinel(_, cause) => f.write_str(cause),
             ConnectFailure::Redis(e) => e.fmt(f),
         }
     }
@@ -398,7 +432,8 @@ impl ConnectFailure {
     fn kind(&self) -> ConnectErrorKind {
         match self {
             ConnectFailure::Tls(_) => ConnectErrorKind::Tls,
-            ConnectFailure::Replica(_) => ConnectErrorKind::Other,
+            ConnectFailure::Replica(_) | ConnectFailure::Moved(_) => ConnectErrorKind::Other,
+            ConnectFailure::Sentinel(kind, _) => *kind,
             ConnectFailure::Redis(e) => classify_connect_error(e),
         }
     }
@@ -408,7 +443,7 @@ impl ConnectFailure {
     /// reachable: opening the breaker then would fail reads too and take every pod out of
     /// the load balancer at once.
     fn counts_against_redis(&self) -> bool {
-        !matches!(self, ConnectFailure::Replica(_))
+        !matches!(self, ConnectFailure::Replica(_) | ConnectFailure::Moved(_))
     }
 
     /// Whether the failure says Redis cannot be had (refused, no answer, credentials or
@@ -417,13 +452,17 @@ impl ConnectFailure {
     /// meet.
     fn is_decisive(&self) -> bool {
         match self {
-            ConnectFailure::Tls(_) | ConnectFailure::Replica(_) => true,
+            ConnectFailure::Tls(_) | ConnectFailure::Replica(_) | ConnectFailure::Sentinel(..) => {
+                true
+            }
+            // The next attempt goes to the new primary.
+            ConnectFailure::Moved(_) => false,
             ConnectFailure::Redis(e) => e.is_connection_refusal() || !e.is_connection_dropped(),
         }
     }
 }
 
-fn classify_connect_error(e: &RedisError) -> ConnectErrorKind {
+pub(crate) fn classify_connect_error(e: &RedisError) -> ConnectErrorKind {
     if e.kind() == ErrorKind::AuthenticationFailed
         || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
     {

@@ -22,6 +22,7 @@
 //! | `redis_guard_breaker_transitions_total` | counter | `to`=`open`\|`half_open`\|`closed` |
 //! | `redis_guard_ready` | gauge | | 1 when the pool is ready |
 //! | `redis_guard_retries_total` | counter | `result`=`ok`\|`failed` |
+//! | `redis_guard_primary_switches_total` | counter | | (under Sentinel) |
 //!
 //! ```
 //! // The names are public constants, for dashboards and tests.
@@ -61,6 +62,8 @@ pub const READY: &str = "redis_guard_ready";
 /// `redis_guard_retries_total{result}`: read-only (or idempotent) calls sent again on a
 /// fresh connection after theirs failed.
 pub const RETRIES_TOTAL: &str = "redis_guard_retries_total";
+/// `redis_guard_primary_switches_total`: times the pool followed Sentinel to a new primary.
+pub const PRIMARY_SWITCHES_TOTAL: &str = "redis_guard_primary_switches_total";
 
 /// Every metric name of the contract, for dashboards and tests.
 pub const ALL: &[&str] = &[
@@ -78,6 +81,7 @@ pub const ALL: &[&str] = &[
     BREAKER_TRANSITIONS_TOTAL,
     READY,
     RETRIES_TOTAL,
+    PRIMARY_SWITCHES_TOTAL,
 ];
 
 /// Histogram buckets for [`CHECKOUT_DURATION_SECONDS`], in seconds: from 50 µs (a hot
@@ -226,6 +230,7 @@ pub(crate) struct PoolMetrics {
     breaker_transitions: [Counter; 3],
     ready: Gauge,
     retries: [Counter; 2],
+    primary_switches: Counter,
 }
 
 impl PoolMetrics {
@@ -254,6 +259,7 @@ impl PoolMetrics {
                 .map(|state| counter(BREAKER_TRANSITIONS_TOTAL, "to", state.as_label())),
             ready: metrics::gauge!(READY, "pool" => pool.clone()),
             retries: ["ok", "failed"].map(|result| counter(RETRIES_TOTAL, "result", result)),
+            primary_switches: metrics::counter!(PRIMARY_SWITCHES_TOTAL, "pool" => pool.clone()),
         }
     }
 
@@ -284,6 +290,10 @@ impl PoolMetrics {
         if replaced_a_lost_one {
             self.reconnects.increment(1);
         }
+    }
+
+    pub(crate) fn primary_moved(&self) {
+        self.primary_switches.increment(1);
     }
 
     pub(crate) fn retry(&self, ok: bool) {
@@ -361,6 +371,10 @@ fn describe() {
     describe_counter!(
         RETRIES_TOTAL,
         "Read-only or idempotent calls retried on a fresh connection, by result."
+    );
+    describe_counter!(
+        PRIMARY_SWITCHES_TOTAL,
+        "Times the pool followed Sentinel to a new primary."
     );
 }
 

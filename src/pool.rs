@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::breaker::BreakerState;
 use crate::config::Config;
 use crate::connection::{
-    GuardConnection, is_infrastructure_failure, is_refused_by_role, is_role_refusal,
+    GuardConnection, is_infrastructure_failure, is_refused_by_role, is_role_refusal, was_not_sent,
 };
 use crate::error::{Error, PoolState};
 use crate::inner::{Bb8Connection, CheckedOut, PoolInner};
@@ -59,6 +59,10 @@ impl RedisGuard {
         let startup = config.startup();
         let inner = PoolInner::new(config);
         tracing::info!(pool = %inner.name(), url = %inner.shared.config().redacted_url(), ?startup, "redis pool created");
+        if inner.shared.sentinel().is_some() {
+            let follower = tokio::spawn(crate::sentinel::follow(inner.shared.clone()));
+            inner.own_task(follower.abort_handle());
+        }
         inner.connect_at_startup(startup).await?;
         // Started after the start-up connect, so that is the only connect attempt until then;
         // it stops when it can no longer upgrade its weak reference to the pool.
@@ -200,6 +204,11 @@ impl PooledConnection {
         // transaction or watch cannot be carried over to another connection.
         let may_retry = self.conn.has_served() && self.conn.session_is_clean();
         let result = call.send(&mut self.conn).await;
+        if matches!(&result, Err(e) if was_not_sent(e)) && self.conn.session_is_clean() {
+            return self
+                .send_on_fresh_connection(call, result, "the primary moved")
+                .await;
+        }
         // A refusal for the server's role (READONLY, MASTERDOWN, LOADING) was given before the
         // command ran: sending it again, even a write, cannot apply it twice.
         let (refused, connection_failed) = match &result {
@@ -222,6 +231,23 @@ impl PooledConnection {
         if !retry {
             return result;
         }
+        let why = if refused {
+            "refused for the server's role"
+        } else {
+            "its connection failed"
+        };
+        self.send_on_fresh_connection(call, result, why).await
+    }
+
+    /// Sends `call` again on a fresh connection; `result` is what the caller gets if none can
+    /// be had.
+    async fn send_on_fresh_connection(
+        &mut self,
+        call: Call<'_>,
+        result: RedisResult<Reply>,
+        why: &'static str,
+    ) -> RedisResult<Reply> {
+        let shared = &self.pool.shared;
         // The failed connection is already marked for eviction; swapping it out closes it.
         let Ok(fresh) = self.pool.replacement().await else {
             shared.retried(false);
@@ -230,7 +256,7 @@ impl PooledConnection {
         let response_timeout = self.conn.response_timeout();
         drop(std::mem::replace(&mut self.conn, fresh));
         self.conn.set_response_timeout(response_timeout);
-        tracing::debug!(pool = %shared.name(), refused, "retrying a call on a fresh connection");
+        tracing::debug!(pool = %shared.name(), why, "retrying a call on a fresh connection");
         let retried = call.send(&mut self.conn).await;
         shared.retried(retried.is_ok());
         retried

@@ -33,6 +33,7 @@ use crate::error::{Error, PoolState};
 use crate::metrics::{
     CheckoutResult, ConnectErrorKind, EvictionReason, PoolMetrics, ValidationResult,
 };
+use crate::sentinel::{PrimaryAddr, SentinelWatch};
 
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -46,6 +47,8 @@ pub(crate) struct Shared {
     connect_failed: Notify,
     /// Wakes the prober: an existing connection failed, verify Redis with a fresh connect.
     verify_requested: Notify,
+    /// Wakes connect attempts waiting out a backoff: the primary moved, try it now.
+    primary_moved: Notify,
     /// When the next connect attempt may start, after a failed one: for `Retry-After`.
     next_connect_at: AtomicInstant,
     /// When an existing connection last failed. Idle connections not proven alive since are
@@ -88,6 +91,8 @@ pub(crate) struct Shared {
     closed: Notify,
     /// Which commands only read, as Redis describes them: for retries.
     read_only: Arc<ReadOnlyCommands>,
+    /// Where the primary is, for a pool under Sentinel.
+    sentinel: Option<SentinelWatch>,
 }
 
 impl Shared {
@@ -100,6 +105,7 @@ impl Shared {
             connected_once: AtomicBool::new(false),
             connect_failed: Notify::new(),
             verify_requested: Notify::new(),
+            primary_moved: Notify::new(),
             next_connect_at: AtomicInstant::default(),
             suspect_before: AtomicInstant::default(),
             role_suspect_before: AtomicInstant::default(),
@@ -117,6 +123,7 @@ impl Shared {
             closing: AtomicBool::new(false),
             closed: Notify::new(),
             read_only: Arc::default(),
+            sentinel: config.sentinel.clone().map(SentinelWatch::new),
             config,
         }
     }
@@ -127,6 +134,11 @@ impl Shared {
 
     pub(crate) fn name(&self) -> &str {
         self.config.name()
+    }
+
+    /// What the pool knows of the primary, under Sentinel.
+    pub(crate) fn sentinel(&self) -> Option<&SentinelWatch> {
+        self.sentinel.as_ref()
     }
 
     /// What the pool learned about Redis's commands.
@@ -225,6 +237,22 @@ impl Shared {
         self.failed_connects
             .fetch_add(if decisive { 2 } else { 1 }, Ordering::AcqRel);
         self.connect_failed.notify_waiters();
+    }
+
+    /// Sentinel moved the primary from `old` to `new`: connections to `old` are retired as
+    /// they are next touched (see `connection.rs`); the next connect may start at once, and
+    /// the prober makes one now, so an open breaker gets its proof from the new primary.
+    pub(crate) fn primary_moved(&self, old: &PrimaryAddr, new: &PrimaryAddr) {
+        tracing::warn!(pool = %self.name(), from = %old, to = %new, "the primary moved (Sentinel failover)");
+        self.metrics.primary_moved();
+        self.next_connect_at.clear();
+        self.primary_moved.notify_waiters();
+        self.verify_requested.notify_one();
+    }
+
+    /// Resolves when the primary moves (under Sentinel): a backoff meant for the old one.
+    pub(crate) fn primary_moves(&self) -> tokio::sync::futures::Notified<'_> {
+        self.primary_moved.notified()
     }
 
     /// Redis answered a command on an existing connection (an error reply counts: it travelled

@@ -31,8 +31,10 @@ use crate::connection::GuardConnection;
 
 pub mod defaults;
 mod env;
+mod sentinel;
 mod url;
 
+pub use sentinel::{DEFAULT_SENTINEL_PORT, Sentinel};
 pub use url::redact_url;
 
 #[cfg(feature = "tls")]
@@ -167,7 +169,11 @@ impl Keepalive {
 /// `Debug` and [`Config::redacted_url`] never show a credential.
 #[derive(Clone)]
 pub struct Config {
+    /// The Redis nodes' settings; under Sentinel its address is a placeholder: the primary's
+    /// is asked for on every connect.
     pub(crate) connection: ConnectionInfo,
+    /// Where to ask for the primary, for a pool under Sentinel.
+    pub(crate) sentinel: Option<Arc<Sentinel>>,
     redacted_url: String,
     name: String,
     pub(crate) settings: Settings,
@@ -194,8 +200,29 @@ impl Config {
     /// or `redis+unix:///path[?db=N&user=U&pass=P]`). Every other setting has a default from
     /// [`defaults`].
     pub fn builder(url: impl Into<String>) -> ConfigBuilder {
+        Self::builder_for(Target::Url(url.into()))
+    }
+
+    /// Starts a builder for the primary that `sentinel` knows: the builder form of a
+    /// `redis+sentinel://` URL (see [`Sentinel`]).
+    ///
+    /// ```
+    /// use redis_guard::config::Sentinel;
+    /// let config = redis_guard::Config::sentinel(
+    ///     Sentinel::new("mymaster").sentinel("10.0.0.1", 26379).sentinel("10.0.0.2", 26379),
+    /// )
+    /// .name("cache")
+    /// .build()
+    /// .unwrap();
+    /// assert_eq!(config.name(), "cache");
+    /// ```
+    pub fn sentinel(sentinel: Sentinel) -> ConfigBuilder {
+        Self::builder_for(Target::Sentinel(sentinel))
+    }
+
+    fn builder_for(target: Target) -> ConfigBuilder {
         ConfigBuilder {
-            url: url.into(),
+            target,
             name: defaults::NAME.to_owned(),
             settings: Settings::default(),
             on_connect: None,
@@ -262,7 +289,7 @@ impl Config {
 /// ```
 #[derive(Clone)]
 pub struct ConfigBuilder {
-    url: String,
+    target: Target,
     name: String,
     settings: Settings,
     on_connect: Option<ConnectHook>,
@@ -274,9 +301,12 @@ impl fmt::Debug for ConfigBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // A URL that does not pass validation is not shown at all: a password typed in the
         // wrong place would be shown as it is.
-        let url = match url::parse_url(&self.url) {
-            Ok(_) => redact_url(&self.url),
-            Err(_) => "<invalid URL>".to_owned(),
+        let url = match &self.target {
+            Target::Url(raw) => match parse_target(raw) {
+                Ok(_) => redact_url(raw),
+                Err(_) => "<invalid URL>".to_owned(),
+            },
+            Target::Sentinel(sentinel) => sentinel.redacted(false),
         };
         f.debug_struct("ConfigBuilder")
             .field("url", &url)
@@ -341,10 +371,31 @@ impl ConfigBuilder {
 
     /// Validates every setting and returns the [`Config`], or the first problem found.
     pub fn build(self) -> Result<Config, ConfigError> {
-        let url::ParsedUrl {
-            info: connection,
-            tls,
-        } = url::parse_url(&self.url)?;
+        let (
+            url::ParsedUrl {
+                info: connection,
+                tls,
+            },
+            sentinel,
+            redacted_url,
+        ) = match &self.target {
+            Target::Url(raw) => {
+                let (parsed, sentinel) = parse_target(raw)?;
+                (parsed, sentinel, redact_url(raw))
+            }
+            Target::Sentinel(sentinel) => {
+                sentinel.validate()?;
+                #[cfg(feature = "tls")]
+                let redacted = sentinel.redacted(self.tls.is_some());
+                #[cfg(not(feature = "tls"))]
+                let redacted = sentinel.redacted(false);
+                (
+                    sentinel_nodes(sentinel, None),
+                    Some(sentinel.clone()),
+                    redacted,
+                )
+            }
+        };
         #[cfg(feature = "tls")]
         let tls = match (tls, self.tls) {
             (None, None) => None,
@@ -370,8 +421,9 @@ impl ConfigBuilder {
         }
         self.settings.validate()?;
         Ok(Config {
-            redacted_url: redact_url(&self.url),
+            redacted_url,
             connection,
+            sentinel: sentinel.map(Arc::new),
             name: self.name,
             settings: self.settings,
             on_connect: self.on_connect,
@@ -379,6 +431,35 @@ impl ConfigBuilder {
             tls,
         })
     }
+}
+
+/// What a pool connects to: a URL, or a primary found through Sentinel.
+#[derive(Clone)]
+enum Target {
+    Url(String),
+    Sentinel(Sentinel),
+}
+
+/// Parses a URL of any scheme: a sentinel URL gives the nodes' settings and the sentinels.
+fn parse_target(raw: &str) -> Result<(url::ParsedUrl, Option<Sentinel>), ConfigError> {
+    match sentinel::parse_sentinel_url(raw)? {
+        Some(parsed) => Ok((
+            sentinel_nodes(&parsed.sentinel, parsed.tls),
+            Some(parsed.sentinel),
+        )),
+        None => Ok((url::parse_url(raw)?, None)),
+    }
+}
+
+/// The nodes' settings under Sentinel, at a placeholder address.
+fn sentinel_nodes(sentinel: &Sentinel, tls: Option<bool>) -> url::ParsedUrl {
+    let info = redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(
+        String::new(),
+        0,
+    ))
+    .expect("an address is always a connection info")
+    .set_redis_settings(sentinel.redis.clone());
+    url::ParsedUrl { info, tls }
 }
 
 /// Each setting once: its doc, its type, its default, what the builder's setter takes, and the

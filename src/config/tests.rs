@@ -169,7 +169,7 @@ fn bad_urls_are_rejected_naming_the_part_without_repeating_it() {
         ),
         (
             format!("http://u:{SECRET}@host"),
-            "is not redis://, rediss:// or redis+unix://",
+            "is not redis://, rediss://, redis+unix:// or redis+sentinel://",
         ),
         (
             format!("rediss://u:{SECRET}@host#nocheck"),
@@ -226,6 +226,47 @@ fn bad_urls_are_rejected_naming_the_part_without_repeating_it() {
             "redis://host/?db=2".to_owned(),
             "put the database in the path",
         ),
+        ("redis+sentinel://s1,s2:26380".to_owned(), "no master name"),
+        (
+            format!("redis+sentinel://s1:{SECRET}/mymaster"),
+            "sentinel 1 has an invalid port",
+        ),
+        (
+            format!("redis+sentinel://s1,:{SECRET}/mymaster"),
+            "sentinel 2 has no host",
+        ),
+        (
+            format!("redis+sentinel://s1/mymaster/{SECRET}"),
+            "the database in the path is not a number",
+        ),
+        (
+            format!("redis+sentinel://s1/mymaster/0/{SECRET}"),
+            "the path holds more than the master name",
+        ),
+        (
+            format!("redis+sentinel://s1/mymaster?password={SECRET}"),
+            "password= is not read from a sentinel URL",
+        ),
+        (
+            "redis+sentinel://s1/mymaster?sentinel_username=ro".to_owned(),
+            "sentinel_username= without sentinel_password=",
+        ),
+        (
+            format!("redis+sentinel://s1/mymaster?{SECRET}=1"),
+            "a query parameter is not one a sentinel URL takes",
+        ),
+        (
+            format!("redis+sentinel://ro@s1/mymaster#{SECRET}"),
+            "a fragment (#...) has no meaning",
+        ),
+        (
+            "redis+sentinel://ro@s1/mymaster".to_owned(),
+            "a user name without a password",
+        ),
+        (
+            "redis+sentinel://[::1/mymaster".to_owned(),
+            "an IPv6 address lacks its ']'",
+        ),
     ];
     for (url, expected) in cases {
         let message = error_of(Config::builder(url.clone()));
@@ -246,6 +287,9 @@ fn every_credential_form_is_redacted_everywhere() {
         format!("redis://:{SECRET}@10.0.0.1"),
         format!("redis+unix:///run/redis.sock?db=1&user=app&pass={SECRET}"),
         format!("unix:///run/redis.sock?pass={SECRET}"),
+        format!("redis+sentinel://:{SECRET}@s1,s2/mymaster"),
+        format!("redis+sentinel://app:{SECRET}@s1/mymaster/3?sentinel_password={SECRET}"),
+        format!("redis+sentinel://s1/mymaster?sentinel_username=mon&sentinel_password={SECRET}"),
     ];
     for url in urls {
         let builder = Config::builder(url.clone());
@@ -276,6 +320,93 @@ fn every_credential_form_is_redacted_everywhere() {
         .unwrap();
     assert_eq!(config.connection.redis_settings().password(), Some(SECRET));
     assert_eq!(config.connection.redis_settings().db(), 2);
+}
+
+#[test]
+fn a_sentinel_url_and_the_builder_form_configure_the_same_pool() {
+    let from_url = Config::builder(format!(
+        "redis+sentinel://app:{SECRET}@10.0.0.1:26380,sentinel.internal,[::1]:26381/cache%2Dprimary/3\
+         ?sentinel_username=mon&sentinel_password=other-{SECRET}&protocol=resp3"
+    ))
+    .build()
+    .unwrap();
+    let sentinel = from_url.sentinel.as_deref().expect("a sentinel pool");
+    assert_eq!(sentinel.master_name(), "cache-primary");
+    assert_eq!(
+        sentinel.sentinels,
+        [
+            ("10.0.0.1".to_owned(), 26380),
+            ("sentinel.internal".to_owned(), DEFAULT_SENTINEL_PORT),
+            ("::1".to_owned(), 26381)
+        ]
+    );
+    assert_eq!(
+        sentinel.sentinel_auth,
+        Some((Some("mon".to_owned()), format!("other-{SECRET}")))
+    );
+    let nodes = from_url.connection.redis_settings();
+    assert_eq!(
+        (nodes.username(), nodes.password(), nodes.db()),
+        (Some("app"), Some(SECRET), 3)
+    );
+    assert_eq!(nodes.protocol(), redis::ProtocolVersion::RESP3);
+    assert_eq!(
+        from_url.redacted_url(),
+        "redis+sentinel://app:***@10.0.0.1:26380,sentinel.internal:26379,[::1]:26381/cache-primary/3\
+         ?sentinel_username=mon&sentinel_password=***"
+    );
+
+    let built = Config::sentinel(
+        Sentinel::new("cache-primary")
+            .sentinel("10.0.0.1", 26380)
+            .sentinel("sentinel.internal", DEFAULT_SENTINEL_PORT)
+            .sentinel("::1", 26381)
+            .sentinel_credentials("mon", format!("other-{SECRET}"))
+            .redis_credentials("app", SECRET)
+            .database(3),
+    )
+    .build()
+    .unwrap();
+    let again = built.sentinel.as_deref().unwrap();
+    assert_eq!(again.sentinels, sentinel.sentinels);
+    assert_eq!(again.sentinel_auth, sentinel.sentinel_auth);
+    assert_eq!(built.connection.redis_settings().db(), 3);
+    assert_eq!(
+        built.redacted_url(),
+        "redis+sentinel://app:***@10.0.0.1:26380,sentinel.internal:26379,[::1]:26381/cache-primary/3\
+         ?sentinel_username=mon&sentinel_password=***"
+    );
+}
+
+#[test]
+fn a_sentinel_builder_without_sentinels_or_name_is_refused() {
+    let cases = [
+        (Sentinel::new("mymaster"), "no sentinel to ask"),
+        (
+            Sentinel::new("").sentinel("s1", 26379),
+            "the master name must be non-empty",
+        ),
+        (
+            Sentinel::new("my master\n").sentinel("s1", 26379),
+            "without spaces",
+        ),
+        (
+            Sentinel::new("mymaster").sentinel("s1", 0),
+            "sentinel 1 has port 0",
+        ),
+        (
+            Sentinel::new("mymaster").sentinel("", 26379),
+            "sentinel 1 has no valid host",
+        ),
+        (
+            Sentinel::new("mymaster").sentinel("s1", 26379).database(-1),
+            "the database number must not be negative",
+        ),
+    ];
+    for (sentinel, expected) in cases {
+        let message = error_of(Config::sentinel(sentinel));
+        assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+    }
 }
 
 #[test]

@@ -15,7 +15,7 @@ const TCP_FORM: &str = "redis://[user:password@]host[:port][/db]";
 const UNIX_FORM: &str = "redis+unix:///path/to/socket[?db=N][&user=U&pass=P]";
 
 /// Query parameters that carry credentials in some client's URL syntax.
-const CREDENTIAL_KEYS: &[&str] = &["pass", "password", "user", "username"];
+pub(super) const CREDENTIAL_KEYS: &[&str] = &["pass", "password", "user", "username"];
 
 fn invalid(reason: impl Into<String>) -> ConfigError {
     ConfigError::InvalidUrl {
@@ -54,7 +54,7 @@ pub(crate) fn parse_url(raw: &str) -> Result<ParsedUrl, ConfigError> {
         "redis+unix" | "unix" => check_unix(&url)?,
         other => {
             return Err(invalid(format!(
-                "scheme {other:?} is not redis://, rediss:// or redis+unix://"
+                "scheme {other:?} is not redis://, rediss://, redis+unix:// or redis+sentinel://"
             )));
         }
     }
@@ -164,7 +164,7 @@ fn decoded(part: &str, what: &str) -> Result<(), ConfigError> {
 }
 
 /// Percent-decodes `part` as redis-rs does (an invalid escape stays as it is), strictly UTF-8.
-fn percent_decode(part: &str) -> Option<String> {
+pub(super) fn percent_decode(part: &str) -> Option<String> {
     let raw = part.as_bytes();
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
@@ -221,10 +221,25 @@ fn check_protocol(value: &str) -> Result<(), ConfigError> {
 ///     "redis+unix:///run/redis.sock?db=1&user=***&pass=***"
 /// );
 /// assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+/// assert_eq!(
+///     redact_url("redis+sentinel://:pa55@s1,s2:26380/mymaster?sentinel_password=pa55"),
+///     "redis+sentinel://:***@s1:26379,s2:26380/mymaster?sentinel_password=***"
+/// );
 /// assert_eq!(redact_url("not a url pa55"), "<unparseable URL>");
 /// assert_eq!(redact_url("localhost:pa55"), "<not a Redis URL>");
 /// ```
 pub fn redact_url(url: &str) -> String {
+    match super::sentinel::parse_sentinel_url(url) {
+        Ok(None) => {}
+        Ok(Some(parsed)) => {
+            let mut redacted = parsed.sentinel.redacted(parsed.tls.is_some());
+            if parsed.tls == Some(true) {
+                redacted.push_str("#insecure");
+            }
+            return redacted;
+        }
+        Err(_) => return "<invalid sentinel URL>".to_owned(),
+    }
     let Ok(mut parsed) = url::Url::parse(url.trim()) else {
         return "<unparseable URL>".to_owned();
     };

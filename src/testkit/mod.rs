@@ -1,5 +1,6 @@
-//! Real parts for tests (feature `testkit`): a [`RedisServer`] process on a free loopback port
-//! and a [`FaultProxy`] that resets, freezes, refuses and delays connections.
+//! Real parts for tests (feature `testkit`): a [`RedisServer`] process on a free loopback port,
+//! a [`SentinelDeployment`] (primary, replica, sentinels), and a [`FaultProxy`] that resets,
+//! freezes, refuses and delays connections.
 //!
 //! They are what redis-guard's own tests use, and they work the same in yours: every fault is
 //! real (a killed process, a reset socket, a silent socket), not a mock.
@@ -19,8 +20,10 @@
 
 mod certs;
 mod proxy;
+mod sentinel;
 mod server;
 
 pub use certs::TestCertificates;
 pub use proxy::{FaultProxy, ProxyMode};
+pub use sentinel::{MASTER_NAME, SentinelDeployment, SentinelOptions};
 pub use server::RedisServer;

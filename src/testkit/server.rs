@@ -31,6 +31,8 @@ pub struct RedisServer {
     /// The TLS port, for servers started with [`RedisServer::start_tls`].
     tls_port: Option<u16>,
     args: Vec<String>,
+    /// For a sentinel: its configuration file (Sentinel rewrites it as it learns).
+    sentinel_config: Option<PathBuf>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -46,12 +48,32 @@ impl RedisServer {
     ///
     /// Fails with a message naming the package to install when `redis-server` is missing.
     pub fn start_with_args(args: &[&str]) -> io::Result<RedisServer> {
+        Self::start_in_mode(args, None)
+    }
+
+    /// Starts a sentinel (`redis-server <config> --sentinel`) whose configuration file holds
+    /// `config` (`sentinel monitor ...` lines and the like), with extra arguments `args`.
+    /// See [`SentinelDeployment`](crate::testkit::SentinelDeployment) for a whole deployment.
+    pub fn start_sentinel(config: &str, args: &[&str]) -> io::Result<RedisServer> {
+        Self::start_in_mode(args, Some(config))
+    }
+
+    fn start_in_mode(args: &[&str], sentinel_config: Option<&str>) -> io::Result<RedisServer> {
         ensure_installed()?;
         let dir = tempfile::Builder::new().prefix("redis-guard-").tempdir()?;
+        let sentinel_config = match sentinel_config {
+            Some(text) => {
+                let path = dir.path().join("sentinel.conf");
+                std::fs::write(&path, text)?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut server = RedisServer {
             port: 0,
             tls_port: None,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
+            sentinel_config,
             dir,
             child: None,
         };
@@ -168,7 +190,19 @@ impl RedisServer {
     /// Runs one command on a fresh admin connection, e.g.
     /// `server.command(&["CLIENT", "KILL", "TYPE", "normal"])`.
     pub fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        let client = redis::Client::open(self.url())?;
+        self.command_as(None, args)
+    }
+
+    /// [`RedisServer::command`] on a server that wants a password.
+    pub fn command_as(
+        &self,
+        password: Option<&str>,
+        args: &[&str],
+    ) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(match password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => self.url(),
+        })?;
         let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
         let mut cmd = redis::cmd(args[0]);
         for arg in &args[1..] {
@@ -180,6 +214,10 @@ impl RedisServer {
     fn spawn(&mut self) -> io::Result<()> {
         let log = self.dir.path().join("redis.log");
         let mut command = Command::new("redis-server");
+        if let Some(config) = &self.sentinel_config {
+            // The configuration file comes first.
+            command.arg(config).arg("--sentinel");
+        }
         command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
@@ -203,8 +241,11 @@ impl RedisServer {
             }
             // The log line too: between picking the free port and binding it, another
             // listener (a proxy, another test's server) may take it and answer the connect.
-            let ready = std::fs::read_to_string(&log)
-                .is_ok_and(|text| text.contains("Ready to accept connections"));
+            let ready_line = match self.sentinel_config {
+                Some(_) => "Sentinel ID is",
+                None => "Ready to accept connections",
+            };
+            let ready = std::fs::read_to_string(&log).is_ok_and(|text| text.contains(ready_line));
             if ready && TcpStream::connect_timeout(&self.addr(), Duration::from_millis(100)).is_ok()
             {
                 self.child = Some(child);

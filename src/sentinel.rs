@@ -1,0 +1,520 @@
+//! Following the primary under Redis Sentinel.
+//!
+//! What the pool knows of the primary is one address and the configuration epoch it came
+//! with; every change passes [`SentinelWatch::learn`], which keeps the newest:
+//!
+//! - every connect asks a sentinel (`SENTINEL MASTER <name>`: the address and its epoch),
+//!   first on the subscriptions' connections, then each sentinel on a connection of its own; when none answers,
+//!   the last known primary is used, so a pool keeps working while the sentinels restart;
+//! - a task keeps a connection to every sentinel subscribed to `+switch-master` (the leader
+//!   of a failover announces it first, the others up to seconds later), and polls on each
+//!   every `probe_interval` in case an announcement is lost; a subscription that fails or
+//!   stops answering is made again;
+//! - an answer with an older epoch than the known one comes from a sentinel that has not
+//!   heard of the failover yet, and is ignored.
+//!
+//! When the primary moves, the generation number goes up: each connection remembers the
+//! address it was opened to, and one whose address is no longer the primary's is retired
+//! before it sends anything more (`connection.rs`). The old primary may still accept writes
+//! for seconds after the announcement (Sentinel reconfigures it as a replica only later), and
+//! every write it acknowledges then is lost when it resyncs.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, RedisError, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+
+use crate::config::{Config, Sentinel};
+use crate::metrics::ConnectErrorKind;
+use crate::shared::Shared;
+use crate::transport;
+
+/// The channel on which sentinels announce a new primary.
+const SWITCH_MASTER: &str = "+switch-master";
+/// The least time one sentinel is given to answer a connect's question.
+const MIN_SENTINEL_BUDGET: Duration = Duration::from_millis(100);
+
+/// Where the primary is: a host (as the sentinels give it, usually an IP) and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PrimaryAddr {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+}
+
+impl std::fmt::Display for PrimaryAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host.contains(':') {
+            true => write!(f, "[{}]:{}", self.host, self.port),
+            false => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// The primary a connection was opened to, and the generation it was the primary in.
+#[derive(Debug, Clone)]
+pub(crate) struct Placement {
+    pub(crate) addr: PrimaryAddr,
+    generation: u64,
+}
+
+impl Placement {
+    /// Whether the connection still leads to the primary: yes while no failover happened
+    /// since it was opened (one atomic load), else if its address is the new primary's.
+    pub(crate) fn is_current(&self, watch: &SentinelWatch) -> bool {
+        self.generation == watch.generation() || watch.is_primary(&self.addr)
+    }
+}
+
+#[derive(Debug)]
+struct Known {
+    addr: PrimaryAddr,
+    /// Sentinel's configuration epoch for this address; each failover raises it.
+    epoch: u64,
+}
+
+/// Why no sentinel said where the primary is.
+#[derive(Debug)]
+pub(crate) struct SentinelFailure {
+    pub(crate) kind: ConnectErrorKind,
+    pub(crate) message: String,
+}
+
+/// What a pool under Sentinel knows of the primary, and its line to the sentinels.
+#[derive(Debug)]
+pub(crate) struct SentinelWatch {
+    sentinel: Arc<Sentinel>,
+    /// The sentinel asked first: the last one that answered.
+    preferred: AtomicUsize,
+    known: Mutex<Option<Known>>,
+    /// Raised each time the primary moves.
+    generation: AtomicU64,
+    /// Each sentinel's subscribed connection, also used for questions while it works.
+    links: Mutex<Vec<Option<MultiplexedConnection>>>,
+    /// Asks the subscriptions to poll now: a connect found one of them not answering.
+    recheck: Notify,
+}
+
+impl SentinelWatch {
+    pub(crate) fn new(sentinel: Arc<Sentinel>) -> Self {
+        Self {
+            preferred: AtomicUsize::new(0),
+            known: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            links: Mutex::new(vec![None; sentinel.sentinels.len()]),
+            recheck: Notify::new(),
+            sentinel,
+        }
+    }
+
+    /// The current generation: it changes whenever the primary moves.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether `addr` is the primary as far as the pool knows.
+    fn is_primary(&self, addr: &PrimaryAddr) -> bool {
+        self.lock_known().as_ref().is_none_or(|k| k.addr == *addr)
+    }
+
+    /// The primary for a new connection: asked of the sentinels (see the module docs).
+    pub(crate) async fn primary(&self, shared: &Shared) -> Result<Placement, SentinelFailure> {
+        let (addr, generation) = self.ask_for_primary(shared).await?;
+        Ok(Placement { addr, generation })
+    }
+
+    async fn ask_for_primary(
+        &self,
+        shared: &Shared,
+    ) -> Result<(PrimaryAddr, u64), SentinelFailure> {
+        let config = shared.config();
+        let count = self.sentinel.sentinels.len();
+        let first = self.preferred.load(Ordering::Relaxed);
+        let order = || (0..count).map(move |k| (first + k) % count);
+        let mut last_failure = None;
+        // The subscriptions' connections first: open and proven by their polls.
+        for i in order() {
+            let Some(mut link) = self.lock_links()[i].clone() else {
+                continue;
+            };
+            let budget = config.response_timeout();
+            match tokio::time::timeout(budget, self.ask(&mut link)).await {
+                Ok(Ok(Some((addr, epoch)))) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(self.learn(addr, epoch, shared));
+                }
+                Ok(Ok(None)) => last_failure = Some(self.unknown_master()),
+                // Its subscription notices too, and subscribes again.
+                _ => self.recheck.notify_waiters(),
+            }
+        }
+        // Then each sentinel on a connection of its own.
+        let budget = (config.connect_timeout() / (count as u32 + 1)).max(MIN_SENTINEL_BUDGET);
+        for i in order() {
+            let asked = async {
+                let mut conn = self.open(i, config, None).await?;
+                self.ask(&mut conn).await
+            };
+            let failure = match tokio::time::timeout(budget, asked).await {
+                Ok(Ok(Some((addr, epoch)))) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(self.learn(addr, epoch, shared));
+                }
+                Ok(Ok(None)) => self.unknown_master(),
+                Ok(Err(e)) => SentinelFailure {
+                    kind: crate::manager::classify_connect_error(&e),
+                    message: format!("sentinel {} did not answer: {e}", self.name_of(i)),
+                },
+                Err(_) => SentinelFailure {
+                    kind: ConnectErrorKind::Timeout,
+                    message: format!(
+                        "sentinel {} did not answer within {budget:?}",
+                        self.name_of(i)
+                    ),
+                },
+            };
+            last_failure = Some(failure);
+        }
+        // The primary may well be up while the sentinels restart.
+        if let Some(known) = self.lock_known().as_ref() {
+            tracing::debug!(pool = %shared.name(), primary = %known.addr, "no sentinel answered; using the last known primary");
+            return Ok((known.addr.clone(), self.generation()));
+        }
+        Err(last_failure.unwrap_or_else(|| SentinelFailure {
+            kind: ConnectErrorKind::Other,
+            message: "no sentinel configured".to_owned(),
+        }))
+    }
+
+    /// Takes in what a sentinel said, and returns the primary the pool now believes in: the
+    /// answer unless the pool knows a newer epoch. A move raises the generation and tells
+    /// `shared`, which retires the connections to the old primary.
+    fn learn(&self, addr: PrimaryAddr, epoch: u64, shared: &Shared) -> (PrimaryAddr, u64) {
+        let mut known = self.lock_known();
+        let moved_from = match known.as_mut() {
+            None => None,
+            Some(k) if k.addr == addr => {
+                k.epoch = k.epoch.max(epoch);
+                return (addr, self.generation());
+            }
+            // A sentinel that has not heard of the last failover yet.
+            Some(k) if epoch <= k.epoch => return (k.addr.clone(), self.generation()),
+            Some(k) => Some(k.addr.clone()),
+        };
+        *known = Some(Known {
+            addr: addr.clone(),
+            epoch,
+        });
+        let generation = match moved_from {
+            Some(_) => self.generation.fetch_add(1, Ordering::AcqRel) + 1,
+            None => self.generation(),
+        };
+        drop(known);
+        match moved_from {
+            Some(old) => shared.primary_moved(&old, &addr),
+            None => {
+                tracing::info!(pool = %shared.name(), primary = %addr, epoch, "primary found through Sentinel");
+            }
+        }
+        (addr, generation)
+    }
+
+    /// A `+switch-master` for this master: the announcing sentinel's newest configuration,
+    /// so one epoch above the known one at least.
+    fn announced(&self, addr: PrimaryAddr, shared: &Shared) {
+        let epoch = self.lock_known().as_ref().map_or(0, |k| k.epoch + 1);
+        self.learn(addr, epoch, shared);
+    }
+
+    /// `SENTINEL MASTER <name>`: the primary's address and epoch, or `None` if this sentinel
+    /// does not monitor a master of that name.
+    async fn ask(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<Option<(PrimaryAddr, u64)>, RedisError> {
+        let reply = conn
+            .send_packed_command(
+                redis::cmd("SENTINEL")
+                    .arg("MASTER")
+                    .arg(&self.sentinel.master_name),
+            )
+            .await?;
+        let fields: Vec<(String, String)> = match reply {
+            Value::ServerError(e) if e.details().is_some_and(|d| d.contains("No such master")) => {
+                return Ok(None);
+            }
+            Value::ServerError(e) => return Err(e.into()),
+            Value::Map(pairs) => pairs
+                .into_iter()
+                .filter_map(|(k, v)| Some((text(&k)?, text(&v)?)))
+                .collect(),
+            Value::Array(items) => items
+                .chunks(2)
+                .filter_map(|pair| Some((text(pair.first()?)?, text(pair.get(1)?)?)))
+                .collect(),
+            other => {
+                return Err(RedisError::from((
+                    redis::ErrorKind::Client,
+                    "unexpected SENTINEL MASTER reply",
+                    format!("{other:?}"),
+                )));
+            }
+        };
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.as_str())
+        };
+        let host = field("ip");
+        let port = field("port").and_then(|p| p.parse().ok());
+        let epoch = field("config-epoch")
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(0);
+        match (host, port) {
+            (Some(host), Some(port)) => Ok(Some((
+                PrimaryAddr {
+                    host: host.to_owned(),
+                    port,
+                },
+                epoch,
+            ))),
+            _ => Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "SENTINEL MASTER reply without ip and port",
+            ))),
+        }
+    }
+
+    /// Opens a connection to sentinel `i` (TLS if the pool uses it), with the sentinels'
+    /// credentials, in RESP3 so that one connection carries the subscription and questions.
+    async fn open(
+        &self,
+        i: usize,
+        config: &Config,
+        pushes: Option<tokio::sync::mpsc::UnboundedSender<PushInfo>>,
+    ) -> Result<MultiplexedConnection, RedisError> {
+        let (host, port) = &self.sentinel.sentinels[i];
+        let tcp = transport::connect_tcp(host, *port, config).await?;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &config.tls {
+            let stream = tls.connect(host, tcp).await?;
+            return self.handshake(stream, config, pushes).await;
+        }
+        self.handshake(tcp, config, pushes).await
+    }
+
+    async fn handshake<S>(
+        &self,
+        stream: S,
+        config: &Config,
+        pushes: Option<tokio::sync::mpsc::UnboundedSender<PushInfo>>,
+    ) -> Result<MultiplexedConnection, RedisError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let info = self
+            .sentinel
+            .sentinel_connection_info()
+            .set_protocol(ProtocolVersion::RESP3);
+        let mut settings =
+            AsyncConnectionConfig::new().set_response_timeout(Some(config.response_timeout()));
+        if let Some(pushes) = pushes {
+            settings = settings.set_push_sender(pushes);
+        }
+        let (conn, driver) =
+            MultiplexedConnection::new_with_config(&info, stream, settings).await?;
+        tokio::spawn(driver);
+        Ok(conn)
+    }
+
+    fn unknown_master(&self) -> SentinelFailure {
+        SentinelFailure {
+            kind: ConnectErrorKind::Other,
+            message: format!(
+                "the sentinels do not monitor a master named {:?}; check the master name",
+                self.sentinel.master_name
+            ),
+        }
+    }
+
+    fn name_of(&self, i: usize) -> String {
+        let (host, port) = &self.sentinel.sentinels[i];
+        PrimaryAddr {
+            host: host.clone(),
+            port: *port,
+        }
+        .to_string()
+    }
+
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, Option<Known>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_links(&self) -> std::sync::MutexGuard<'_, Vec<Option<MultiplexedConnection>>> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Keeps a subscription to `+switch-master` on every sentinel until the pool closes: the
+/// sentinel that led the failover announces it first, the others only once they hear of it
+/// (up to seconds later), and any of them may be down.
+pub(crate) async fn follow(shared: Arc<Shared>) {
+    let Some(watch) = shared.sentinel() else {
+        return;
+    };
+    let count = watch.sentinel.sentinels.len();
+    let followers = (0..count).map(|i| {
+        let shared = &shared;
+        async move {
+            let interval = shared.config().probe_interval();
+            while !shared.is_closing() {
+                subscribe_and_listen(shared, watch, i).await;
+                // Subscribed again after a pause: a sentinel that is down is not hammered.
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = shared.closed() => return,
+                }
+            }
+        }
+    });
+    join_all(followers.collect()).await;
+}
+
+/// Polls every future to its end (`futures`' `join_all`, without the crate).
+async fn join_all<F: std::future::Future<Output = ()>>(futures: Vec<F>) {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for slot in &mut futures {
+            if let Some(future) = slot {
+                if future.as_mut().poll(cx).is_ready() {
+                    *slot = None;
+                } else {
+                    pending = true;
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+}
+
+/// Subscribes on sentinel `i` and follows its announcements, polling every `probe_interval`,
+/// until the connection fails or stops answering.
+async fn subscribe_and_listen(shared: &Shared, watch: &SentinelWatch, i: usize) {
+    let config = shared.config();
+    let (pushes, mut announcements) = tokio::sync::mpsc::unbounded_channel();
+    let subscribed = async {
+        let mut conn = watch.open(i, config, Some(pushes)).await?;
+        conn.subscribe(SWITCH_MASTER).await?;
+        Ok::<_, RedisError>(conn)
+    };
+    let mut conn = match tokio::time::timeout(config.connect_timeout(), subscribed).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(pool = %shared.name(), sentinel = %watch.name_of(i), error = %e, "cannot subscribe to the sentinel");
+            return;
+        }
+        Err(_) => return,
+    };
+    tracing::debug!(pool = %shared.name(), sentinel = %watch.name_of(i), "following the sentinel's announcements");
+    watch.lock_links()[i] = Some(conn.clone());
+    let interval = config.probe_interval();
+    // A failover announced while nobody listened is caught by this first poll.
+    let mut poll_now = true;
+    loop {
+        if poll_now {
+            match tokio::time::timeout(config.response_timeout(), watch.ask(&mut conn)).await {
+                Ok(Ok(Some((addr, epoch)))) => {
+                    watch.learn(addr, epoch, shared);
+                }
+                Ok(Ok(None)) => {}
+                _ => break,
+            }
+        }
+        poll_now = tokio::select! {
+            push = announcements.recv() => match push {
+                Some(push) if push.kind == PushKind::Disconnection => break,
+                Some(push) => {
+                    if let Some(addr) = switch_for(&push, &watch.sentinel.master_name) {
+                        watch.announced(addr, shared);
+                        // Learn the new epoch from the same sentinel.
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => break,
+            },
+            () = tokio::time::sleep(interval) => true,
+            () = watch.recheck.notified() => true,
+            () = shared.closed() => break,
+        };
+    }
+    watch.lock_links()[i] = None;
+}
+
+/// The new primary in a `+switch-master` message for `master_name`:
+/// `<name> <old ip> <old port> <new ip> <new port>`.
+fn switch_for(push: &PushInfo, master_name: &str) -> Option<PrimaryAddr> {
+    if push.kind != PushKind::Message {
+        return None;
+    }
+    let payload = text(push.data.get(1)?)?;
+    let words: Vec<&str> = payload.split(' ').collect();
+    match words.as_slice() {
+        [name, _, _, host, port] if *name == master_name => Some(PrimaryAddr {
+            host: (*host).to_owned(),
+            port: port.parse().ok()?,
+        }),
+        _ => None,
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(payload: &str) -> PushInfo {
+        PushInfo {
+            kind: PushKind::Message,
+            data: vec![
+                Value::BulkString(SWITCH_MASTER.into()),
+                Value::BulkString(payload.into()),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_switch_is_read_for_its_own_master_only() {
+        assert_eq!(
+            switch_for(&message("mymaster 10.0.0.1 6379 10.0.0.2 6380"), "mymaster"),
+            Some(PrimaryAddr {
+                host: "10.0.0.2".into(),
+                port: 6380
+            })
+        );
+        assert_eq!(
+            switch_for(&message("other 10.0.0.1 6379 10.0.0.2 6380"), "mymaster"),
+            None
+        );
+        assert_eq!(switch_for(&message("mymaster garbage"), "mymaster"), None);
+    }
+}

@@ -1,0 +1,246 @@
+//! [`SentinelDeployment`]: a primary, a replica and three sentinels, all real processes on
+//! loopback.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use redis::Value;
+
+use super::RedisServer;
+
+/// The master name the sentinels monitor the primary under.
+pub const MASTER_NAME: &str = "mymaster";
+/// How long a deployment may take to be ready: sentinels find each other and the replica
+/// through the primary's hello channel and `INFO`, every second or two.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Options for a [`SentinelDeployment`].
+///
+/// ```
+/// use std::time::Duration;
+/// use redis_guard::testkit::SentinelOptions;
+///
+/// let options = SentinelOptions {
+///     down_after: Duration::from_millis(500),
+///     ..SentinelOptions::default()
+/// };
+/// assert_eq!(options.sentinels, 3);
+/// ```
+#[derive(Debug, Clone)]
+pub struct SentinelOptions {
+    /// How many sentinels (the quorum is a majority of them).
+    pub sentinels: usize,
+    /// `down-after-milliseconds`: how long the primary may not answer before it is down.
+    pub down_after: Duration,
+    /// `requirepass` (and `masterauth`) of the Redis nodes.
+    pub redis_password: Option<String>,
+    /// `requirepass` of the sentinels (they use it among themselves too).
+    pub sentinel_password: Option<String>,
+}
+
+impl Default for SentinelOptions {
+    fn default() -> Self {
+        Self {
+            sentinels: 3,
+            down_after: Duration::from_secs(1),
+            redis_password: None,
+            sentinel_password: None,
+        }
+    }
+}
+
+/// A primary, a replica of it and sentinels monitoring it as [`MASTER_NAME`], started and
+/// ready to fail over; every process is killed when this is dropped.
+///
+/// ```no_run
+/// use redis_guard::testkit::{SentinelDeployment, SentinelOptions};
+/// use redis_guard::{Config, RedisGuard};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let deployment = SentinelDeployment::start(SentinelOptions::default())?;
+/// let guard = RedisGuard::connect(Config::builder(deployment.url()).build()?).await?;
+/// deployment.failover()?; // SENTINEL FAILOVER: the replica becomes the primary
+/// let _conn = guard.get().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct SentinelDeployment {
+    nodes: [RedisServer; 2],
+    sentinels: Vec<RedisServer>,
+    options: SentinelOptions,
+}
+
+impl SentinelDeployment {
+    /// Starts the deployment and waits until every sentinel knows the replica and the other
+    /// sentinels: until then a failover could not happen.
+    pub fn start(options: SentinelOptions) -> io::Result<SentinelDeployment> {
+        let mut node_args: Vec<String> = Vec::new();
+        if let Some(password) = &options.redis_password {
+            node_args.extend(["--requirepass".into(), password.clone()]);
+            node_args.extend(["--masterauth".into(), password.clone()]);
+        }
+        let args: Vec<&str> = node_args.iter().map(String::as_str).collect();
+        let primary = RedisServer::start_with_args(&args)?;
+        let mut replica_args = args.clone();
+        let primary_port = primary.port().to_string();
+        replica_args.extend(["--replicaof", "127.0.0.1", &primary_port]);
+        let replica = RedisServer::start_with_args(&replica_args)?;
+        let quorum = options.sentinels / 2 + 1;
+        let mut config = format!(
+            "sentinel monitor {MASTER_NAME} 127.0.0.1 {} {quorum}\n\
+             sentinel down-after-milliseconds {MASTER_NAME} {}\n\
+             sentinel failover-timeout {MASTER_NAME} 10000\n\
+             sentinel parallel-syncs {MASTER_NAME} 1\n",
+            primary.port(),
+            options.down_after.as_millis()
+        );
+        if let Some(password) = &options.redis_password {
+            config.push_str(&format!("sentinel auth-pass {MASTER_NAME} {password}\n"));
+        }
+        if let Some(password) = &options.sentinel_password {
+            config.push_str(&format!(
+                "requirepass {password}\nsentinel sentinel-pass {password}\n"
+            ));
+        }
+        let sentinels = (0..options.sentinels)
+            .map(|_| RedisServer::start_sentinel(&config, &[]))
+            .collect::<io::Result<Vec<_>>>()?;
+        let deployment = SentinelDeployment {
+            nodes: [primary, replica],
+            sentinels,
+            options,
+        };
+        deployment.wait_until_ready()?;
+        Ok(deployment)
+    }
+
+    /// `redis+sentinel://[:password@]127.0.0.1:<port>,.../mymaster[?sentinel_password=...]`.
+    pub fn url(&self) -> String {
+        let auth = match &self.options.redis_password {
+            Some(password) => format!(":{password}@"),
+            None => String::new(),
+        };
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port()))
+            .collect();
+        let query = match &self.options.sentinel_password {
+            Some(password) => format!("?sentinel_password={password}"),
+            None => String::new(),
+        };
+        format!(
+            "redis+sentinel://{auth}{}/{MASTER_NAME}{query}",
+            hosts.join(",")
+        )
+    }
+
+    /// The two Redis nodes, primary first as started: after a failover, the first may be the
+    /// replica. See [`SentinelDeployment::primary_port`].
+    pub fn nodes(&mut self) -> &mut [RedisServer; 2] {
+        &mut self.nodes
+    }
+
+    /// The sentinels.
+    pub fn sentinels(&mut self) -> &mut [RedisServer] {
+        &mut self.sentinels
+    }
+
+    /// The port of the primary, as the first sentinel that answers says.
+    pub fn primary_port(&self) -> io::Result<u16> {
+        for sentinel in &self.sentinels {
+            if let Ok(Value::Array(addr)) = self.sentinel_command(
+                sentinel,
+                &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME],
+            ) && let Some(port) = addr.get(1).and_then(text)
+            {
+                return port.parse().map_err(io::Error::other);
+            }
+        }
+        Err(io::Error::other("no sentinel answered"))
+    }
+
+    /// Runs a command on the node listening on `port`, with its password.
+    pub fn node_command(&self, port: u16, args: &[&str]) -> redis::RedisResult<Value> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.port() == port)
+            .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Client, "no such node")))?;
+        node.command_as(self.options.redis_password.as_deref(), args)
+    }
+
+    /// `SENTINEL FAILOVER`: the first sentinel that accepts promotes the replica at once,
+    /// without waiting for the primary to fail.
+    pub fn failover(&self) -> io::Result<()> {
+        let mut last = None;
+        for sentinel in &self.sentinels {
+            match self.sentinel_command(sentinel, &["SENTINEL", "FAILOVER", MASTER_NAME]) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(io::Error::other(format!(
+            "no sentinel started the failover: {last:?}"
+        )))
+    }
+
+    /// Runs a command on a sentinel, with the sentinels' password.
+    pub fn sentinel_command(
+        &self,
+        sentinel: &RedisServer,
+        args: &[&str],
+    ) -> redis::RedisResult<Value> {
+        sentinel.command_as(self.options.sentinel_password.as_deref(), args)
+    }
+
+    /// Waits until every sentinel sees the replica up and every other sentinel.
+    pub fn wait_until_ready(&self) -> io::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if self.sentinels.iter().all(|s| self.sentinel_is_ready(s)) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the sentinels did not see the whole deployment within {READY_TIMEOUT:?}"
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn sentinel_is_ready(&self, sentinel: &RedisServer) -> bool {
+        let replicas = self.sentinel_command(sentinel, &["SENTINEL", "REPLICAS", MASTER_NAME]);
+        let others = self.sentinel_command(sentinel, &["SENTINEL", "SENTINELS", MASTER_NAME]);
+        let replica_up = matches!(&replicas, Ok(Value::Array(list)) if list.iter().any(|r| {
+            field(r, "flags").as_deref() == Some("slave")
+                && field(r, "master-link-status").as_deref() == Some("ok")
+        }));
+        let sentinels_known =
+            matches!(&others, Ok(Value::Array(list)) if list.len() + 1 == self.sentinels.len());
+        replica_up && sentinels_known
+    }
+}
+
+/// A field of a sentinel's description of an instance (a flat list of names and values).
+fn field(instance: &Value, name: &str) -> Option<String> {
+    let Value::Array(items) = instance else {
+        return None;
+    };
+    items
+        .chunks(2)
+        .find(|pair| text(&pair[0]).as_deref() == Some(name))
+        .and_then(|pair| pair.get(1).and_then(text))
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}

@@ -1,0 +1,435 @@
+//! F15, Redis under Sentinel: three `redis-server --sentinel` processes, a primary and a
+//! replica, all real. A pool built on a `redis+sentinel://` URL must find the primary through
+//! the sentinels, follow a failover within 100 ms of its announcement, and never let the
+//! demoted primary acknowledge a write after that: Sentinel turns it into a replica only
+//! seconds later, and every write it acknowledged meanwhile is lost.
+#![cfg(all(feature = "testkit", feature = "prometheus"))]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use redis::AsyncCommands;
+use redis_guard::testkit::{MASTER_NAME, SentinelDeployment, SentinelOptions};
+use redis_guard::{Config, RedisGuard, StartupMode};
+
+/// Writers and readers each, as the issue's measurements.
+const CONCURRENCY: usize = 16;
+/// How late after the announcement the old primary may still acknowledge, and the new one
+/// may first acknowledge.
+const FOLLOW_WITHIN: Duration = Duration::from_millis(100);
+
+/// The earliest `+switch-master` any sentinel published, seen by a subscriber of the test's
+/// own on every sentinel.
+#[derive(Clone, Default)]
+struct Announcement(Arc<Mutex<Option<Instant>>>);
+
+impl Announcement {
+    async fn listen(deployment: &mut SentinelDeployment) -> Announcement {
+        let announcement = Announcement::default();
+        for sentinel in deployment.sentinels().iter() {
+            let client = redis::Client::open(format!("{}?protocol=resp3", sentinel.url())).unwrap();
+            let (pushes, mut received) = tokio::sync::mpsc::unbounded_channel();
+            let settings = redis::AsyncConnectionConfig::new().set_push_sender(pushes);
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&settings)
+                .await
+                .unwrap();
+            conn.subscribe("+switch-master").await.unwrap();
+            let seen = announcement.clone();
+            tokio::spawn(async move {
+                let _subscribed = conn;
+                while let Some(push) = received.recv().await {
+                    if push.kind == redis::PushKind::Message {
+                        seen.0.lock().unwrap().get_or_insert_with(Instant::now);
+                    }
+                }
+            });
+        }
+        announcement
+    }
+
+    fn at(&self) -> Option<Instant> {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// One acknowledged INCR: when, by which node, and the value it returned.
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    at: Instant,
+    port: u16,
+    value: i64,
+}
+
+#[derive(Debug, Default)]
+struct Load {
+    acks: Vec<Ack>,
+    failed_writes: Vec<(Instant, String)>,
+    reads: usize,
+    failed_reads: Vec<(Instant, String)>,
+}
+
+/// INCRs (each with the port of the node that acknowledged it, in the same pipeline) and
+/// GETs at `CONCURRENCY` each, until `stop`.
+async fn run_load(guard: &RedisGuard, stop: Instant) -> Load {
+    let load = Arc::new(Mutex::new(Load::default()));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CONCURRENCY {
+        let (writer, written) = (guard.clone(), load.clone());
+        tasks.spawn(async move {
+            let (guard, load) = (writer, written);
+            while Instant::now() < stop {
+                let acked: Result<(i64, (String, String)), String> = async {
+                    let mut conn = guard.get().await.map_err(|e| e.to_string())?;
+                    redis::pipe()
+                        .cmd("INCR")
+                        .arg("counter")
+                        .cmd("CONFIG")
+                        .arg("GET")
+                        .arg("port")
+                        .query_async(&mut *conn)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                .await;
+                let failed = acked.is_err();
+                match acked {
+                    Ok((value, (_, port))) => load.lock().unwrap().acks.push(Ack {
+                        at: Instant::now(),
+                        port: port.parse().unwrap(),
+                        value,
+                    }),
+                    Err(e) => load.lock().unwrap().failed_writes.push((Instant::now(), e)),
+                }
+                if failed {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+        let (guard, load) = (guard.clone(), load.clone());
+        tasks.spawn(async move {
+            while Instant::now() < stop {
+                let read: Result<Option<i64>, String> = async {
+                    let mut conn = guard.get().await.map_err(|e| e.to_string())?;
+                    conn.get("counter").await.map_err(|e| e.to_string())
+                }
+                .await;
+                let failed = read.is_err();
+                {
+                    let mut load = load.lock().unwrap();
+                    load.reads += 1;
+                    if let Err(e) = read {
+                        load.failed_reads.push((Instant::now(), e));
+                    }
+                }
+                if failed {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Arc::try_unwrap(load).unwrap().into_inner().unwrap()
+}
+
+fn sentinel_config(url: &str, pool: &str) -> redis_guard::ConfigBuilder {
+    config(url, pool).max_size(2 * CONCURRENCY as u32)
+}
+
+/// What a failover run came to, for the assertions and the note.
+struct Run {
+    load: Load,
+    announced: Instant,
+    old_port: u16,
+    new_port: u16,
+    final_counter: i64,
+}
+
+impl Run {
+    fn report(&self, name: &str) {
+        let first_new = self.acks_on(self.new_port).map(|a| a.at).min();
+        let last_old = self.acks_on(self.old_port).map(|a| a.at).max();
+        eprintln!(
+            "{name}: {} writes acked, {} failed; {} reads, {} failed; first write on the new \
+             primary {:?} after the announcement; last write acked by the old primary {:?} \
+             after it; final counter {}",
+            self.load.acks.len(),
+            self.load.failed_writes.len(),
+            self.load.reads,
+            self.load.failed_reads.len(),
+            first_new.map(|at| signed(at, self.announced)),
+            last_old.map(|at| signed(at, self.announced)),
+            self.final_counter,
+        );
+        for (at, e) in self.load.failed_writes.iter().take(3) {
+            eprintln!("  failed write {:?}: {e}", signed(*at, self.announced));
+        }
+    }
+
+    fn acks_on(&self, port: u16) -> impl Iterator<Item = &Ack> {
+        self.load.acks.iter().filter(move |a| a.port == port)
+    }
+
+    /// The new primary acknowledged its first write within [`FOLLOW_WITHIN`] of the
+    /// announcement, and the old one none later than that.
+    fn assert_followed_in_time(&self) {
+        let first_new = self
+            .acks_on(self.new_port)
+            .map(|a| a.at)
+            .min()
+            .expect("writes reached the new primary");
+        assert!(
+            first_new <= self.announced + FOLLOW_WITHIN,
+            "first write on the new primary {:?} after the announcement",
+            signed(first_new, self.announced)
+        );
+        let late: Vec<_> = self
+            .acks_on(self.old_port)
+            .filter(|a| a.at > self.announced + FOLLOW_WITHIN)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "{} writes acknowledged by the demoted primary more than {FOLLOW_WITHIN:?} after \
+             the announcement, the last {:?} after",
+            late.len(),
+            late.last().map(|a| signed(a.at, self.announced))
+        );
+    }
+
+    /// Every INCR acknowledged by the new primary is in its counter once: the counter grew by
+    /// exactly those, plus writes whose outcome is unknown (they failed, but may have run).
+    fn assert_no_write_applied_twice(&self) {
+        let on_new: Vec<i64> = self.acks_on(self.new_port).map(|a| a.value).collect();
+        let base = on_new.iter().min().expect("writes on the new primary") - 1;
+        let grown = self.final_counter - base;
+        let acked = on_new.len() as i64;
+        let unknown = self
+            .load
+            .failed_writes
+            .iter()
+            .filter(|(at, _)| *at >= self.announced)
+            .count() as i64;
+        assert!(
+            grown >= acked && grown <= acked + unknown,
+            "the new primary's counter grew by {grown}, for {acked} acknowledged INCRs and \
+             {unknown} failed ones"
+        );
+    }
+}
+
+fn signed(at: Instant, reference: Instant) -> String {
+    match at.checked_duration_since(reference) {
+        Some(after) => format!("+{after:?}"),
+        None => format!("-{:?}", reference - at),
+    }
+}
+
+/// Runs the load across `fault`, and reads the outcome once the announcement was seen.
+async fn failover_under_load<F: FnOnce(&mut SentinelDeployment)>(
+    deployment: &mut SentinelDeployment,
+    pool: &str,
+    fault: F,
+) -> Run {
+    let guard = common::guard(sentinel_config(&deployment.url(), pool)).await;
+    let old_port = deployment.primary_port().unwrap();
+    let announcement = Announcement::listen(deployment).await;
+    let load = {
+        let guard = guard.clone();
+        tokio::spawn(async move { run_load(&guard, Instant::now() + Duration::from_secs(8)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fault(deployment);
+    let load = load.await.unwrap();
+    let announced = announcement
+        .at()
+        .expect("a sentinel announced the failover");
+    let new_port = deployment.primary_port().unwrap();
+    assert_ne!(new_port, old_port, "the primary moved");
+    let final_counter: i64 = match deployment
+        .node_command(new_port, &["GET", "counter"])
+        .unwrap()
+    {
+        redis::Value::BulkString(v) => String::from_utf8(v).unwrap().parse().unwrap(),
+        other => panic!("counter: {other:?}"),
+    };
+    Run {
+        load,
+        announced,
+        old_port,
+        new_port,
+        final_counter,
+    }
+}
+
+/// Fault: `SENTINEL FAILOVER` while 16 writers and 16 readers run; the old primary stays up
+/// and keeps accepting writes until Sentinel demotes it, seconds later.
+/// Asserts: no read fails, no write fails; the first write lands on the new primary within
+/// 100 ms of the announcement and the old primary acknowledges none after that; no INCR is
+/// applied twice; the pool counts the switch and evicts the old primary's connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_failover_is_followed_within_100ms_without_a_failed_request() {
+    let mut deployment = SentinelDeployment::start(SentinelOptions::default()).unwrap();
+    let pool = "f15-forced";
+    let run = tokio::time::timeout(
+        TEST_DEADLINE,
+        failover_under_load(&mut deployment, pool, |d| d.failover().unwrap()),
+    )
+    .await
+    .expect("bounded");
+    run.report("forced failover");
+    assert!(
+        run.load.failed_reads.is_empty(),
+        "failed reads: {:?}",
+        &run.load.failed_reads[..run.load.failed_reads.len().min(3)]
+    );
+    assert!(
+        run.load.failed_writes.is_empty(),
+        "failed writes: {:?}",
+        &run.load.failed_writes[..run.load.failed_writes.len().min(3)]
+    );
+    run.assert_followed_in_time();
+    run.assert_no_write_applied_twice();
+    assert_eq!(metric("redis_guard_primary_switches_total", pool, &[]), 1.0);
+    assert!(evictions(pool, "role_change") >= 1.0);
+}
+
+/// Fault: kill -9 of the primary (`down-after-milliseconds` 500) under the same load.
+/// Asserts: requests fail only while Sentinel detects the failure (between the kill and the
+/// announcement); the first write lands on the new primary within 100 ms of the
+/// announcement; no INCR is applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_replaced_within_100ms_of_the_announcement() {
+    let mut deployment = SentinelDeployment::start(SentinelOptions {
+        down_after: Duration::from_millis(500),
+        ..SentinelOptions::default()
+    })
+    .unwrap();
+    let killed_at = Arc::new(Mutex::new(None));
+    let killed = killed_at.clone();
+    let run = tokio::time::timeout(
+        TEST_DEADLINE,
+        failover_under_load(&mut deployment, "f15-kill", move |d| {
+            let old = d.primary_port().unwrap();
+            let node = d.nodes().iter_mut().find(|n| n.port() == old).unwrap();
+            *killed.lock().unwrap() = Some(Instant::now());
+            node.kill();
+        }),
+    )
+    .await
+    .expect("bounded");
+    run.report("kill -9");
+    let killed_at = killed_at.lock().unwrap().unwrap();
+    let outside: Vec<_> = run
+        .load
+        .failed_writes
+        .iter()
+        .chain(&run.load.failed_reads)
+        .filter(|(at, _)| *at < killed_at || *at > run.announced + FOLLOW_WITHIN)
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "{} requests failed outside Sentinel's detection, e.g. {:?}",
+        outside.len(),
+        outside
+            .first()
+            .map(|(at, e)| (signed(*at, run.announced), e))
+    );
+    run.assert_followed_in_time();
+    run.assert_no_write_applied_twice();
+}
+
+/// Fault: both Redis nodes down at start-up, only the sentinels up (which, like the nodes,
+/// want a password). Asserts: the pool starts lazily, is not ready, fails requests with the
+/// cause (the primary's address refused) and never shows a password; once the primary is
+/// back, it serves within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_only_the_sentinels_up_at_start_the_pool_waits_for_the_primary() {
+    const NODE_SECRET: &str = "node-s3cret-pw";
+    const SENTINEL_SECRET: &str = "sentinel-s3cret-pw";
+    let mut deployment = SentinelDeployment::start(SentinelOptions {
+        redis_password: Some(NODE_SECRET.into()),
+        sentinel_password: Some(SENTINEL_SECRET.into()),
+        down_after: Duration::from_secs(30),
+        ..SentinelOptions::default()
+    })
+    .unwrap();
+    for node in deployment.nodes().iter_mut() {
+        node.kill();
+    }
+    let pool = "f15-down-at-start";
+    let guard = unready_guard(sentinel_config(&deployment.url(), pool)).await;
+    let error = guard.get().await.expect_err("no primary to connect to");
+    let text = format!("{error} {error:?}");
+    assert!(!guard.is_ready());
+    assert!(text.contains("refused"), "the cause is named: {text}");
+    let readyz = call(&router(guard.clone()), "/readyz?verbose").await;
+    let exported = metrics().render();
+    for shown in [
+        &text,
+        &readyz.body,
+        &exported,
+        &format!("{:?}", guard.config()),
+    ] {
+        assert!(!shown.contains(NODE_SECRET) && !shown.contains(SENTINEL_SECRET));
+    }
+    let primary_port = deployment.primary_port().unwrap();
+    let primary = deployment
+        .nodes()
+        .iter_mut()
+        .find(|n| n.port() == primary_port)
+        .unwrap();
+    primary.start_again().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || guard.is_ready()).await,
+        "ready once the primary is back"
+    );
+    let mut conn = guard.get().await.unwrap();
+    let _: () = conn.set("after", "start").await.unwrap();
+}
+
+/// Fault: every sentinel killed after the pool connected, then every pool connection
+/// killed. Asserts: the pool reconnects to the last primary the sentinels named, and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_keeps_its_primary_while_no_sentinel_answers() {
+    let mut deployment = SentinelDeployment::start(SentinelOptions::default()).unwrap();
+    let pool = "f15-no-sentinel";
+    let guard = common::guard(sentinel_config(&deployment.url(), pool)).await;
+    let primary_port = deployment.primary_port().unwrap();
+    for sentinel in deployment.sentinels().iter_mut() {
+        sentinel.kill();
+    }
+    deployment
+        .node_command(primary_port, &["CLIENT", "KILL", "TYPE", "normal"])
+        .unwrap();
+    let mut conn = guard.get().await.expect("reconnected to the known primary");
+    let _: () = conn.set("no", "sentinel").await.unwrap();
+    assert!(guard.is_ready());
+}
+
+/// A master name the sentinels do not monitor fails the start-up connect with that cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_master_name_is_named_in_the_error() {
+    let deployment = SentinelDeployment::start(SentinelOptions {
+        sentinels: 1,
+        ..SentinelOptions::default()
+    })
+    .unwrap();
+    let url = deployment.url().replace(MASTER_NAME, "no-such-master");
+    let config = Config::builder(url)
+        .name("f15-unknown-master")
+        .startup(StartupMode::FailFast)
+        .build()
+        .unwrap();
+    let error = RedisGuard::connect(config)
+        .await
+        .expect_err("no such master");
+    assert!(
+        error
+            .to_string()
+            .contains("do not monitor a master named \"no-such-master\""),
+        "{error}"
+    );
+}
