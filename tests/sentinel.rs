@@ -21,41 +21,6 @@ const CONCURRENCY: usize = 16;
 /// may first acknowledge.
 const FOLLOW_WITHIN: Duration = Duration::from_millis(100);
 
-/// The earliest `+switch-master` any sentinel published, seen by a subscriber of the test's
-/// own on every sentinel.
-#[derive(Clone, Default)]
-struct Announcement(Arc<Mutex<Option<Instant>>>);
-
-impl Announcement {
-    async fn listen(deployment: &mut SentinelDeployment) -> Announcement {
-        let announcement = Announcement::default();
-        for sentinel in deployment.sentinels().iter() {
-            let client = redis::Client::open(format!("{}?protocol=resp3", sentinel.url())).unwrap();
-            let (pushes, mut received) = tokio::sync::mpsc::unbounded_channel();
-            let settings = redis::AsyncConnectionConfig::new().set_push_sender(pushes);
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&settings)
-                .await
-                .unwrap();
-            conn.subscribe("+switch-master").await.unwrap();
-            let seen = announcement.clone();
-            tokio::spawn(async move {
-                let _subscribed = conn;
-                while let Some(push) = received.recv().await {
-                    if push.kind == redis::PushKind::Message {
-                        seen.0.lock().unwrap().get_or_insert_with(Instant::now);
-                    }
-                }
-            });
-        }
-        announcement
-    }
-
-    fn at(&self) -> Option<Instant> {
-        *self.0.lock().unwrap()
-    }
-}
-
 /// One acknowledged INCR: when, by which node, and the value it returned.
 #[derive(Debug, Clone, Copy)]
 struct Ack {
@@ -235,7 +200,7 @@ async fn failover_under_load<F: FnOnce(&mut SentinelDeployment)>(
 ) -> Run {
     let guard = common::guard(sentinel_config(&deployment.url(), pool)).await;
     let old_port = deployment.primary_port().unwrap();
-    let announcement = Announcement::listen(deployment).await;
+    let announcements = deployment.watch_announcements().await.unwrap();
     let load = {
         let guard = guard.clone();
         tokio::spawn(async move { run_load(&guard, Instant::now() + Duration::from_secs(8)).await })
@@ -243,8 +208,8 @@ async fn failover_under_load<F: FnOnce(&mut SentinelDeployment)>(
     tokio::time::sleep(Duration::from_millis(500)).await;
     fault(deployment);
     let load = load.await.unwrap();
-    let announced = announcement
-        .at()
+    let announced = announcements
+        .first()
         .expect("a sentinel announced the failover");
     let new_port = deployment.primary_port().unwrap();
     assert_ne!(new_port, old_port, "the primary moved");
@@ -313,7 +278,7 @@ async fn a_killed_primary_is_replaced_within_100ms_of_the_announcement() {
         TEST_DEADLINE,
         failover_under_load(&mut deployment, "f15-kill", move |d| {
             let old = d.primary_port().unwrap();
-            let node = d.nodes().iter_mut().find(|n| n.port() == old).unwrap();
+            let node = d.node_at(old).unwrap();
             *killed.lock().unwrap() = Some(Instant::now());
             node.kill();
         }),
@@ -376,12 +341,11 @@ async fn with_only_the_sentinels_up_at_start_the_pool_waits_for_the_primary() {
         assert!(!shown.contains(NODE_SECRET) && !shown.contains(SENTINEL_SECRET));
     }
     let primary_port = deployment.primary_port().unwrap();
-    let primary = deployment
-        .nodes()
-        .iter_mut()
-        .find(|n| n.port() == primary_port)
+    deployment
+        .node_at(primary_port)
+        .unwrap()
+        .start_again()
         .unwrap();
-    primary.start_again().unwrap();
     assert!(
         eventually(Duration::from_secs(5), || guard.is_ready()).await,
         "ready once the primary is back"
@@ -432,4 +396,47 @@ async fn an_unknown_master_name_is_named_in_the_error() {
             .contains("do not monitor a master named \"no-such-master\""),
         "{error}"
     );
+}
+
+/// TLS everywhere (`rediss+sentinel://`, a custom CA): the pool asks the sentinels over TLS,
+/// connects to the primary over TLS, and follows a forced failover; reads never fail.
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_sentinels_and_the_primary_are_reached_and_followed() {
+    use redis_guard::config::TlsSettings;
+    use redis_guard::testkit::TestCertificates;
+
+    let certs = Arc::new(TestCertificates::generate(&["localhost", "127.0.0.1"]).unwrap());
+    let deployment = SentinelDeployment::start(SentinelOptions {
+        tls: Some(certs.clone()),
+        ..SentinelOptions::default()
+    })
+    .unwrap();
+    assert!(deployment.url().starts_with("rediss+sentinel://localhost:"));
+    let builder = sentinel_config(&deployment.url(), "f15-tls").tls(TlsSettings {
+        ca_file: Some(certs.ca()),
+        ..TlsSettings::default()
+    });
+    let guard = common::guard(builder).await;
+    let old_port = deployment.primary_port().unwrap();
+    let mut conn = guard.get().await.unwrap();
+    let _: () = conn.set("over", "tls").await.unwrap();
+    drop(conn);
+    deployment.failover().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut moved = false;
+    while Instant::now() < deadline && !moved {
+        let mut conn = guard.get().await.expect("reads never fail");
+        let value: String = conn.get("over").await.expect("reads never fail");
+        assert_eq!(value, "tls");
+        let port: (String, String) = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("tls-port")
+            .query_async(&mut *conn)
+            .await
+            .unwrap();
+        moved = port.1.parse::<u16>().unwrap() != old_port;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(moved, "the pool reached the new primary over TLS");
 }

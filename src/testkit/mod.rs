@@ -25,5 +25,5 @@ mod server;
 
 pub use certs::TestCertificates;
 pub use proxy::{FaultProxy, ProxyMode};
-pub use sentinel::{MASTER_NAME, SentinelDeployment, SentinelOptions};
+pub use sentinel::{Announcements, MASTER_NAME, SentinelDeployment, SentinelOptions};
 pub use server::RedisServer;

@@ -2,11 +2,12 @@
 //! loopback.
 
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use super::RedisServer;
+use super::{RedisServer, TestCertificates};
 
 /// The master name the sentinels monitor the primary under.
 pub const MASTER_NAME: &str = "mymaster";
@@ -36,6 +37,11 @@ pub struct SentinelOptions {
     pub redis_password: Option<String>,
     /// `requirepass` of the sentinels (they use it among themselves too).
     pub sentinel_password: Option<String>,
+    /// TLS everywhere with these certificates (for names `localhost` and `127.0.0.1`): the
+    /// nodes replicate and the sentinels monitor and talk to each other over TLS, and
+    /// [`SentinelDeployment::url`] is a `rediss+sentinel://` URL. The plain ports stay open
+    /// for admin commands.
+    pub tls: Option<Arc<TestCertificates>>,
 }
 
 impl Default for SentinelOptions {
@@ -45,6 +51,7 @@ impl Default for SentinelOptions {
             down_after: Duration::from_secs(1),
             redis_password: None,
             sentinel_password: None,
+            tls: None,
         }
     }
 }
@@ -79,19 +86,30 @@ impl SentinelDeployment {
             node_args.extend(["--requirepass".into(), password.clone()]);
             node_args.extend(["--masterauth".into(), password.clone()]);
         }
+        if options.tls.is_some() {
+            node_args.extend(["--tls-replication".into(), "yes".into()]);
+        }
         let args: Vec<&str> = node_args.iter().map(String::as_str).collect();
-        let primary = RedisServer::start_with_args(&args)?;
+        let start = |args: &[&str]| match &options.tls {
+            Some(certs) => RedisServer::start_tls(certs, false, args),
+            None => RedisServer::start_with_args(args),
+        };
+        let primary = start(&args)?;
+        // Under TLS, the nodes and the sentinels reach the nodes at their TLS ports.
+        let primary_port = match &options.tls {
+            Some(_) => primary.tls_addr().port(),
+            None => primary.port(),
+        };
         let mut replica_args = args.clone();
-        let primary_port = primary.port().to_string();
-        replica_args.extend(["--replicaof", "127.0.0.1", &primary_port]);
-        let replica = RedisServer::start_with_args(&replica_args)?;
+        let primary_port_text = primary_port.to_string();
+        replica_args.extend(["--replicaof", "127.0.0.1", &primary_port_text]);
+        let replica = start(&replica_args)?;
         let quorum = options.sentinels / 2 + 1;
         let mut config = format!(
-            "sentinel monitor {MASTER_NAME} 127.0.0.1 {} {quorum}\n\
+            "sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} {quorum}\n\
              sentinel down-after-milliseconds {MASTER_NAME} {}\n\
              sentinel failover-timeout {MASTER_NAME} 10000\n\
              sentinel parallel-syncs {MASTER_NAME} 1\n",
-            primary.port(),
             options.down_after.as_millis()
         );
         if let Some(password) = &options.redis_password {
@@ -103,7 +121,23 @@ impl SentinelDeployment {
             ));
         }
         let sentinels = (0..options.sentinels)
-            .map(|_| RedisServer::start_sentinel(&config, &[]))
+            .map(|_| match &options.tls {
+                Some(certs) => {
+                    let tls_port = super::server::free_port()?;
+                    let (cert, key) = certs.server();
+                    let config = format!(
+                        "{config}tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\n\
+                         tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                        cert.display(),
+                        key.display(),
+                        certs.ca().display()
+                    );
+                    let mut sentinel = RedisServer::start_sentinel(&config, &[])?;
+                    sentinel.set_tls_port(tls_port);
+                    Ok(sentinel)
+                }
+                None => RedisServer::start_sentinel(&config, &[]),
+            })
             .collect::<io::Result<Vec<_>>>()?;
         let deployment = SentinelDeployment {
             nodes: [primary, replica],
@@ -114,7 +148,8 @@ impl SentinelDeployment {
         Ok(deployment)
     }
 
-    /// `redis+sentinel://[:password@]127.0.0.1:<port>,.../mymaster[?sentinel_password=...]`.
+    /// `redis+sentinel://[:password@]127.0.0.1:<port>,.../mymaster[?sentinel_password=...]`;
+    /// under TLS, `rediss+sentinel://[:password@]localhost:<TLS port>,...`.
     pub fn url(&self) -> String {
         let auth = match &self.options.redis_password {
             Some(password) => format!(":{password}@"),
@@ -123,16 +158,20 @@ impl SentinelDeployment {
         let hosts: Vec<String> = self
             .sentinels
             .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port()))
+            .map(|s| match self.options.tls {
+                Some(_) => format!("localhost:{}", s.tls_addr().port()),
+                None => format!("127.0.0.1:{}", s.port()),
+            })
             .collect();
+        let scheme = match self.options.tls {
+            Some(_) => "rediss+sentinel",
+            None => "redis+sentinel",
+        };
         let query = match &self.options.sentinel_password {
             Some(password) => format!("?sentinel_password={password}"),
             None => String::new(),
         };
-        format!(
-            "redis+sentinel://{auth}{}/{MASTER_NAME}{query}",
-            hosts.join(",")
-        )
+        format!("{scheme}://{auth}{}/{MASTER_NAME}{query}", hosts.join(","))
     }
 
     /// The two Redis nodes, primary first as started: after a failover, the first may be the
@@ -146,7 +185,15 @@ impl SentinelDeployment {
         &mut self.sentinels
     }
 
-    /// The port of the primary, as the first sentinel that answers says.
+    /// The node listening on `port` (its plain port, or its TLS port under TLS).
+    pub fn node_at(&mut self, port: u16) -> Option<&mut RedisServer> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port() == port || n.has_tls_port(port))
+    }
+
+    /// The port of the primary, as the first sentinel that answers says (its TLS port under
+    /// TLS).
     pub fn primary_port(&self) -> io::Result<u16> {
         for sentinel in &self.sentinels {
             if let Ok(Value::Array(addr)) = self.sentinel_command(
@@ -160,12 +207,13 @@ impl SentinelDeployment {
         Err(io::Error::other("no sentinel answered"))
     }
 
-    /// Runs a command on the node listening on `port`, with its password.
+    /// Runs a command on the node listening on `port` (its plain or TLS port), with its
+    /// password.
     pub fn node_command(&self, port: u16, args: &[&str]) -> redis::RedisResult<Value> {
         let node = self
             .nodes
             .iter()
-            .find(|n| n.port() == port)
+            .find(|n| n.port() == port || n.has_tls_port(port))
             .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Client, "no such node")))?;
         node.command_as(self.options.redis_password.as_deref(), args)
     }
@@ -183,6 +231,38 @@ impl SentinelDeployment {
         Err(io::Error::other(format!(
             "no sentinel started the failover: {last:?}"
         )))
+    }
+
+    /// Subscribes to `+switch-master` on every sentinel (on their plain ports), from now on:
+    /// the returned handle tells when the first announcement arrived.
+    pub async fn watch_announcements(&self) -> redis::RedisResult<Announcements> {
+        let announcements = Announcements::default();
+        for sentinel in &self.sentinels {
+            let url = match &self.options.sentinel_password {
+                Some(password) => format!(
+                    "redis://:{password}@127.0.0.1:{}?protocol=resp3",
+                    sentinel.port()
+                ),
+                None => format!("{}?protocol=resp3", sentinel.url()),
+            };
+            let (pushes, mut received) = tokio::sync::mpsc::unbounded_channel();
+            let settings = redis::AsyncConnectionConfig::new().set_push_sender(pushes);
+            let mut conn = redis::Client::open(url)?
+                .get_multiplexed_async_connection_with_config(&settings)
+                .await?;
+            conn.subscribe("+switch-master").await?;
+            let first = announcements.first.clone();
+            tokio::spawn(async move {
+                let _subscribed = conn;
+                while let Some(push) = received.recv().await {
+                    if push.kind == redis::PushKind::Message {
+                        let mut first = first.lock().unwrap_or_else(|e| e.into_inner());
+                        first.get_or_insert_with(Instant::now);
+                    }
+                }
+            });
+        }
+        Ok(announcements)
     }
 
     /// Runs a command on a sentinel, with the sentinels' password.
@@ -223,6 +303,20 @@ impl SentinelDeployment {
         let sentinels_known =
             matches!(&others, Ok(Value::Array(list)) if list.len() + 1 == self.sentinels.len());
         replica_up && sentinels_known
+    }
+}
+
+/// When the first `+switch-master` of a [`SentinelDeployment`] arrived: see
+/// [`SentinelDeployment::watch_announcements`].
+#[derive(Debug, Clone, Default)]
+pub struct Announcements {
+    first: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl Announcements {
+    /// When the first sentinel announced a new primary, if one did yet.
+    pub fn first(&self) -> Option<Instant> {
+        *self.first.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -118,6 +118,16 @@ impl RedisServer {
         Ok(server)
     }
 
+    /// Records the TLS port a sentinel's configuration file opened.
+    pub(crate) fn set_tls_port(&mut self, port: u16) {
+        self.tls_port = Some(port);
+    }
+
+    /// Whether `port` is this server's TLS port.
+    pub(crate) fn has_tls_port(&self, port: u16) -> bool {
+        self.tls_port == Some(port)
+    }
+
     /// `rediss://localhost:<tls port>`, for a server started with [`RedisServer::start_tls`].
     pub fn tls_url(&self) -> String {
         format!(
@@ -309,7 +319,7 @@ fn ensure_installed() -> io::Result<()> {
     }
 }
 
-fn free_port() -> io::Result<u16> {
+pub(crate) fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())
