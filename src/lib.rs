@@ -61,6 +61,7 @@
 //! | `inner` | the pool's machinery: bb8 and the budgeted checkout loop with validation |
 //! | `manager` | [`GuardManager`]: the connect gate (one attempt at a time, paced), bb8's hooks |
 //! | `transport` | the owned socket: options, address racing, EOF/reset tracking |
+//! | `sentinel` | under Sentinel: where the primary is, `+switch-master` followed on every sentinel |
 //! | `connection` | [`GuardConnection`]: command outcomes, cancellation, role refusals |
 //! | `session` | what commands do to a connection's server-side state, in command order |
 //! | `command` | how long a blocking command may wait; which commands only read (for retries) |

@@ -1,4 +1,4 @@
-//! F15, Redis under Sentinel: three `redis-server --sentinel` processes, a primary and a
+//! F14 under Sentinel: three `redis-server --sentinel` processes, a primary and a
 //! replica, all real. A pool built on a `redis+sentinel://` URL must find the primary through
 //! the sentinels, follow a failover within 100 ms of its announcement, and never let the
 //! demoted primary acknowledge a write after that: Sentinel turns it into a replica only
@@ -237,7 +237,7 @@ async fn failover_under_load<F: FnOnce(&mut SentinelDeployment)>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_failover_is_followed_within_100ms_without_a_failed_request() {
     let mut deployment = SentinelDeployment::start(SentinelOptions::default()).unwrap();
-    let pool = "f15-forced";
+    let pool = "f14s-forced";
     let run = tokio::time::timeout(
         TEST_DEADLINE,
         failover_under_load(&mut deployment, pool, |d| d.failover().unwrap()),
@@ -276,7 +276,7 @@ async fn a_killed_primary_is_replaced_within_100ms_of_the_announcement() {
     let killed = killed_at.clone();
     let run = tokio::time::timeout(
         TEST_DEADLINE,
-        failover_under_load(&mut deployment, "f15-kill", move |d| {
+        failover_under_load(&mut deployment, "f14s-kill", move |d| {
             let old = d.primary_port().unwrap();
             let node = d.node_at(old).unwrap();
             *killed.lock().unwrap() = Some(Instant::now());
@@ -324,7 +324,7 @@ async fn with_only_the_sentinels_up_at_start_the_pool_waits_for_the_primary() {
     for node in deployment.nodes().iter_mut() {
         node.kill();
     }
-    let pool = "f15-down-at-start";
+    let pool = "f14s-down-at-start";
     let guard = unready_guard(sentinel_config(&deployment.url(), pool)).await;
     let error = guard.get().await.expect_err("no primary to connect to");
     let text = format!("{error} {error:?}");
@@ -359,7 +359,7 @@ async fn with_only_the_sentinels_up_at_start_the_pool_waits_for_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_keeps_its_primary_while_no_sentinel_answers() {
     let mut deployment = SentinelDeployment::start(SentinelOptions::default()).unwrap();
-    let pool = "f15-no-sentinel";
+    let pool = "f14s-no-sentinel";
     let guard = common::guard(sentinel_config(&deployment.url(), pool)).await;
     let primary_port = deployment.primary_port().unwrap();
     for sentinel in deployment.sentinels().iter_mut() {
@@ -383,7 +383,7 @@ async fn an_unknown_master_name_is_named_in_the_error() {
     .unwrap();
     let url = deployment.url().replace(MASTER_NAME, "no-such-master");
     let config = Config::builder(url)
-        .name("f15-unknown-master")
+        .name("f14s-unknown-master")
         .startup(StartupMode::FailFast)
         .build()
         .unwrap();
@@ -413,7 +413,7 @@ async fn over_tls_the_sentinels_and_the_primary_are_reached_and_followed() {
     })
     .unwrap();
     assert!(deployment.url().starts_with("rediss+sentinel://localhost:"));
-    let builder = sentinel_config(&deployment.url(), "f15-tls").tls(TlsSettings {
+    let builder = sentinel_config(&deployment.url(), "f14s-tls").tls(TlsSettings {
         ca_file: Some(certs.ca()),
         ..TlsSettings::default()
     });

@@ -25,7 +25,10 @@ const SENTINEL_FORM: &str =
 /// The pool asks the sentinels for the primary on every connect, follows `+switch-master`
 /// announcements (and polls, in case one is missed), and retires every connection to a
 /// demoted primary at once. Build a pool on it with [`Config::sentinel`](super::Config::sentinel),
-/// or write it as a URL (see the [module](self) docs).
+/// or write it as a URL:
+/// `redis+sentinel://[user:password@]host[:port][,host[:port]...]/master_name[/db]`, with the
+/// Redis nodes' credentials before the hosts and the sentinels' own in `sentinel_username=`
+/// and `sentinel_password=` (`rediss+sentinel://` for TLS to both).
 ///
 /// ```
 /// use redis_guard::config::Sentinel;
