@@ -18,7 +18,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use redis_guard::prometheus::PrometheusMetrics;
+use redis_guard::prometheus::{PrometheusBuilder, PrometheusMetrics};
 use redis_guard::testkit::RedisServer;
 use redis_guard::{Config, RedisGuard};
 use tracing_subscriber::EnvFilter;
@@ -30,9 +30,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-
-    // Before the pool, so it registers its series with this recorder.
-    let metrics = PrometheusMetrics::install()?;
 
     // Kept alive for as long as the service runs.
     let mut embedded = None;
@@ -50,6 +47,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let guard = RedisGuard::connect(config).await?;
+
+    // The application's own recorder, with redis-guard's histogram buckets. Installed after
+    // the pool, which registers its series once the recorder is there.
+    let handle = PrometheusMetrics::configure(PrometheusBuilder::new())?.install_recorder()?;
+    let metrics = PrometheusMetrics::from_handle(handle);
 
     let app = demo::app(guard.clone(), &metrics);
 

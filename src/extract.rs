@@ -1,9 +1,21 @@
-//! axum extractors: [`Redis`] (a checked-out, validated connection) and [`RedisGuard`] (the
-//! pool handle), with their rejections.
+//! axum extractors: [`Redis`] (a checked-out, validated connection from the pool of
+//! [`RedisGuardLayer`](crate::RedisGuardLayer)), [`RedisFrom`] (one from a pool in the router's
+//! state, chosen by type) and [`RedisGuard`] (the pool handle, to check out later), with their
+//! rejections.
+//!
+//! Which to take:
+//!
+//! | handler | extractor |
+//! |---|---|
+//! | one pool, uses Redis for its whole run | [`Redis`] (with the layer) |
+//! | several pools | [`RedisFrom<P>`] per pool, pools in the state (a pool missing from the state is a compile error) |
+//! | reads a body, or calls a slow service before or after Redis | [`RedisGuard`] (or `State<P>`), then `get()` when needed: the connection is not held while the body uploads |
+//! | can do without Redis (a cache) | `Option<Redis>` / `Option<RedisFrom<P>>`: `None` when no connection can be had |
 
+use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::request::Parts;
@@ -131,4 +143,176 @@ impl<S: Send + Sync> FromRequestParts<S> for Redis {
         let guard = RedisGuard::from_request_parts(parts, state).await?;
         Ok(Redis(guard.get().await?))
     }
+}
+
+/// `Option<Redis>`: `None` when no connection can be had (the breaker is open, the checkout
+/// timed out), for handlers that can do without, such as a cache. A missing layer is still
+/// a `500`: it is a wiring bug, not an outage.
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Redis {
+    type Rejection = RedisRejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        let guard = RedisGuard::from_request_parts(parts, state).await?;
+        Ok(optional(guard.get().await).map(Redis))
+    }
+}
+
+/// A validated connection from the pool `P` of the router's state, for handlers that use
+/// several pools: `P` is a type of yours that holds a [`RedisGuard`] (one type per pool), and
+/// the state provides it through axum's [`FromRef`]. A handler asking for a pool that the
+/// state does not hold does not compile. Rejects like [`Redis`].
+///
+/// ```
+/// use axum::extract::FromRef;
+/// use redis::AsyncCommands;
+/// use redis_guard::{RedisFrom, RedisGuard};
+///
+/// #[derive(Clone)]
+/// struct Cache(RedisGuard);
+/// #[derive(Clone)]
+/// struct Sessions(RedisGuard);
+/// impl AsRef<RedisGuard> for Cache {
+///     fn as_ref(&self) -> &RedisGuard { &self.0 }
+/// }
+/// impl AsRef<RedisGuard> for Sessions {
+///     fn as_ref(&self) -> &RedisGuard { &self.0 }
+/// }
+///
+/// #[derive(Clone, FromRef)]
+/// struct AppState {
+///     cache: Cache,
+///     sessions: Sessions,
+/// }
+///
+/// async fn profile(
+///     mut cache: RedisFrom<Cache>,
+///     mut sessions: RedisFrom<Sessions>,
+/// ) -> Result<String, redis_guard::Error> {
+///     let user: Option<String> = sessions.get("session:abc").await?;
+///     let profile: Option<String> = cache.get(format!("profile:{}", user.unwrap_or_default())).await?;
+///     Ok(profile.unwrap_or_default())
+/// }
+///
+/// fn app(state: AppState) -> axum::Router {
+///     axum::Router::new()
+///         .route("/profile", axum::routing::get(profile))
+///         .with_state(state)
+/// }
+/// ```
+///
+/// A pool the state does not provide is caught by the compiler:
+///
+/// ```compile_fail
+/// # use redis_guard::{RedisFrom, RedisGuard};
+/// #[derive(Clone)]
+/// struct Cache(RedisGuard);
+/// impl AsRef<RedisGuard> for Cache {
+///     fn as_ref(&self) -> &RedisGuard { &self.0 }
+/// }
+/// async fn handler(_cache: RedisFrom<Cache>) {}
+/// // The state is a plain RedisGuard: there is no Cache to take.
+/// fn app(guard: RedisGuard) -> axum::Router {
+///     axum::Router::new()
+///         .route("/", axum::routing::get(handler))
+///         .with_state(guard)
+/// }
+/// ```
+pub struct RedisFrom<P> {
+    conn: PooledConnection,
+    pool: PhantomData<fn() -> P>,
+}
+
+impl<P> RedisFrom<P> {
+    /// The connection, out of the extractor.
+    pub fn into_inner(self) -> PooledConnection {
+        self.conn
+    }
+}
+
+impl<P> std::fmt::Debug for RedisFrom<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RedisFrom").field(&self.conn).finish()
+    }
+}
+
+impl<P> Deref for RedisFrom<P> {
+    type Target = PooledConnection;
+    fn deref(&self) -> &PooledConnection {
+        &self.conn
+    }
+}
+
+impl<P> DerefMut for RedisFrom<P> {
+    fn deref_mut(&mut self) -> &mut PooledConnection {
+        &mut self.conn
+    }
+}
+
+impl<P> redis::aio::ConnectionLike for RedisFrom<P> {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        self.conn.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.conn.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
+
+impl<S, P> FromRequestParts<S> for RedisFrom<P>
+where
+    S: Send + Sync,
+    P: FromRef<S> + AsRef<RedisGuard>,
+{
+    type Rejection = RedisRejection;
+
+    async fn from_request_parts(_parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let guard = P::from_ref(state).as_ref().clone();
+        let conn = guard.get().await?;
+        Ok(RedisFrom {
+            conn,
+            pool: PhantomData,
+        })
+    }
+}
+
+/// `Option<RedisFrom<P>>`: `None` when no connection can be had, as `Option<Redis>`.
+impl<S, P> OptionalFromRequestParts<S> for RedisFrom<P>
+where
+    S: Send + Sync,
+    P: FromRef<S> + AsRef<RedisGuard>,
+{
+    type Rejection = RedisRejection;
+
+    async fn from_request_parts(
+        _parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        let guard = P::from_ref(state).as_ref().clone();
+        let checked_out = guard.get().await;
+        Ok(optional(checked_out).map(|conn| RedisFrom {
+            conn,
+            pool: PhantomData,
+        }))
+    }
+}
+
+/// A checkout's outcome for an optional extractor: no connection is `None`, and logged once
+/// by the pool like any failed checkout.
+fn optional(checked_out: Result<PooledConnection, Error>) -> Option<PooledConnection> {
+    checked_out.ok()
 }

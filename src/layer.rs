@@ -20,6 +20,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use axum::response::{IntoResponse, Response};
@@ -30,16 +32,26 @@ use tower_service::Service;
 use crate::pool::RedisGuard;
 
 /// A layer that makes a [`RedisGuard`] available to the [`Redis`](crate::Redis) and
-/// [`RedisGuard`] extractors. Cloning it clones one `Arc`.
+/// [`RedisGuard`] extractors: the simple case of one pool. Cloning it clones one `Arc`.
+///
+/// For several pools, put them in the router's state and use
+/// [`RedisFrom`](crate::RedisFrom): a request has room for one `RedisGuard` in its
+/// extensions, so of two stacked layers the handler sees only the innermost's pool. That
+/// mistake is logged (once, as an error) rather than left silent.
 #[derive(Debug, Clone)]
 pub struct RedisGuardLayer {
     guard: RedisGuard,
+    /// Set once a request arrived carrying another pool's guard.
+    warned: Arc<AtomicBool>,
 }
 
 impl RedisGuardLayer {
     /// A layer that serves `guard` to the wrapped routes.
     pub fn new(guard: RedisGuard) -> Self {
-        Self { guard }
+        Self {
+            guard,
+            warned: Arc::default(),
+        }
     }
 }
 
@@ -50,6 +62,7 @@ impl<S> Layer<S> for RedisGuardLayer {
         RedisGuardService {
             inner,
             guard: self.guard.clone(),
+            warned: self.warned.clone(),
         }
     }
 }
@@ -60,6 +73,7 @@ impl<S> Layer<S> for RedisGuardLayer {
 pub struct RedisGuardService<S> {
     inner: S,
     guard: RedisGuard,
+    warned: Arc<AtomicBool>,
 }
 
 impl<S, B> Service<Request<B>> for RedisGuardService<S>
@@ -75,7 +89,20 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        request.extensions_mut().insert(self.guard.clone());
+        let outer = request.extensions_mut().insert(self.guard.clone());
+        if let Some(outer) = outer
+            && !outer.is_same_pool(&self.guard)
+            && !self.warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::error!(
+                pool = %self.guard.name(),
+                hidden = %outer.name(),
+                "two RedisGuardLayers on one route: its handlers get pool '{}' only, never '{}'; \
+                 for several pools put them in the router's state and use RedisFrom<P>",
+                self.guard.name(),
+                outer.name()
+            );
+        }
         self.inner.call(request)
     }
 }
@@ -90,29 +117,29 @@ where
 ///
 /// ```no_run
 /// use axum::{Router, routing::get};
-/// use redis_guard::{RedisGuard, RedisGuardLayer, RequireRedis};
+/// use redis_guard::{RedisGuard, RedisGuardLayer, RequireRedisLayer};
 ///
 /// # fn demo(guard: RedisGuard) {
 /// let app: Router = Router::new()
 ///     .route("/cart", get(|| async { "from redis" }))
-///     .route_layer(RequireRedis::new(guard.clone()))
+///     .route_layer(RequireRedisLayer::new(guard.clone()))
 ///     .route("/about", get(|| async { "works without redis" }))
 ///     .layer(RedisGuardLayer::new(guard));
 /// # }
 /// ```
 #[derive(Debug, Clone)]
-pub struct RequireRedis {
+pub struct RequireRedisLayer {
     guard: RedisGuard,
 }
 
-impl RequireRedis {
+impl RequireRedisLayer {
     /// Refuses requests while `guard`'s breaker is open.
     pub fn new(guard: RedisGuard) -> Self {
         Self { guard }
     }
 }
 
-impl<S> Layer<S> for RequireRedis {
+impl<S> Layer<S> for RequireRedisLayer {
     type Service = RequireRedisService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -123,7 +150,7 @@ impl<S> Layer<S> for RequireRedis {
     }
 }
 
-/// The service made by [`RequireRedis`].
+/// The service made by [`RequireRedisLayer`].
 #[derive(Debug, Clone)]
 pub struct RequireRedisService<S> {
     inner: S,

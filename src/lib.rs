@@ -71,7 +71,7 @@
 //! | `clock` | backoff and lock-free instants |
 //! | `throttle` | log lines that would repeat with traffic, once per interval |
 //! | `tls` | (feature `tls`) rustls over the pool's own socket, handshake failures in words |
-//! | `layer`, `extract` | [`RedisGuardLayer`], [`RequireRedis`], the [`Redis`] extractor, [`RedisRejection`] |
+//! | `layer`, `extract` | [`RedisGuardLayer`], [`RequireRedisLayer`], the [`Redis`] extractor, [`RedisRejection`] |
 //! | `health` | [`Health`]: `/livez` and `/readyz` |
 //! | `error` | [`Error`] and its one mapping to HTTP, [`PoolState`] |
 //! | [`mod@metrics`] | the metric contract |
@@ -111,10 +111,10 @@ pub use breaker::{BreakerPolicy, BreakerState};
 pub use config::{Config, ConfigBuilder, ConfigError, StartupMode};
 pub use connection::GuardConnection;
 pub use error::{Error, PoolState, UnavailableReason};
-pub use extract::{Redis, RedisRejection};
+pub use extract::{Redis, RedisFrom, RedisRejection};
 pub use health::Health;
 pub use layer::{
-    RedisGuardLayer, RedisGuardService, RequireRedis, RequireRedisFuture, RequireRedisService,
+    RedisGuardLayer, RedisGuardService, RequireRedisFuture, RequireRedisLayer, RequireRedisService,
 };
 pub use manager::GuardManager;
 pub use pool::{Idempotent, PooledConnection, RedisGuard};

@@ -2,9 +2,12 @@
 //!
 //! Every series goes through the [`metrics`] facade, so the application's recorder (the
 //! `prometheus` feature's, axum-prometheus', an OpenTelemetry bridge) receives them; every
-//! series carries a `pool` label. Handles are registered once per pool, when the pool is
-//! created: **install your recorder before calling
-//! [`RedisGuard::connect`](crate::RedisGuard::connect)**, or the series go nowhere.
+//! series carries a `pool` label. Handles are registered when the pool is created; a pool
+//! created before the recorder was installed registers them once it is (checked every
+//! second). Give your recorder the histogram buckets below ([`CHECKOUT_DURATION_BUCKETS`],
+//! [`CONNECTION_HOLD_BUCKETS`]; the `prometheus` feature's `configure` does it for a
+//! `PrometheusBuilder`), or the histograms render as summaries and the dashboard's `_bucket`
+//! queries find nothing.
 //!
 //! | name | type | labels |
 //! |---|---|---|
@@ -13,6 +16,7 @@
 //! | `redis_guard_pool_pending_checkouts` | gauge | |
 //! | `redis_guard_checkouts_total` | counter | `result`=`ok`\|`timeout`\|`rejected`\|`error` |
 //! | `redis_guard_checkout_duration_seconds` | histogram | |
+//! | `redis_guard_connection_hold_seconds` | histogram | |
 //! | `redis_guard_validations_total` | counter | `result`=`passed`\|`failed`\|`skipped` |
 //! | `redis_guard_stale_evictions_total` | counter | `reason` (see [`EvictionReason`]) |
 //! | `redis_guard_connections_created_total` | counter | |
@@ -43,6 +47,9 @@ pub const POOL_PENDING_CHECKOUTS: &str = "redis_guard_pool_pending_checkouts";
 pub const CHECKOUTS_TOTAL: &str = "redis_guard_checkouts_total";
 /// `redis_guard_checkout_duration_seconds`: time to hand out a validated connection.
 pub const CHECKOUT_DURATION_SECONDS: &str = "redis_guard_checkout_duration_seconds";
+/// `redis_guard_connection_hold_seconds`: how long a checked-out connection was held, from
+/// checkout to its return (HikariCP's "usage"). Long holds starve other requests.
+pub const CONNECTION_HOLD_SECONDS: &str = "redis_guard_connection_hold_seconds";
 /// `redis_guard_validations_total{result}`: checkout validations.
 pub const VALIDATIONS_TOTAL: &str = "redis_guard_validations_total";
 /// `redis_guard_stale_evictions_total{reason}`: connections evicted as stale or unusable.
@@ -72,6 +79,7 @@ pub const ALL: &[&str] = &[
     POOL_PENDING_CHECKOUTS,
     CHECKOUTS_TOTAL,
     CHECKOUT_DURATION_SECONDS,
+    CONNECTION_HOLD_SECONDS,
     VALIDATIONS_TOTAL,
     STALE_EVICTIONS_TOTAL,
     CONNECTIONS_CREATED_TOTAL,
@@ -91,6 +99,19 @@ pub const CHECKOUT_DURATION_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0,
 ];
+
+/// Histogram buckets for [`CONNECTION_HOLD_SECONDS`], in seconds: from 100 µs (one command) to
+/// a minute (a blocking worker).
+pub const CONNECTION_HOLD_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// Whether a metrics recorder is installed: the facade's no-op recorder, used until one is,
+/// has no state.
+pub(crate) fn recorder_installed() -> bool {
+    metrics::with_recorder(|recorder| std::mem::size_of_val(recorder) != 0)
+}
 
 /// Why a connection was evicted: the `reason` label of [`STALE_EVICTIONS_TOTAL`].
 ///
@@ -221,6 +242,7 @@ pub(crate) struct PoolMetrics {
     pending: Gauge,
     checkouts: [Counter; 4],
     checkout_duration: Histogram,
+    hold: Histogram,
     validations: [Counter; 3],
     evictions: [Counter; EvictionReason::ALL.len()],
     created: Counter,
@@ -246,6 +268,7 @@ impl PoolMetrics {
             checkouts: ["ok", "timeout", "rejected", "error"]
                 .map(|result| counter(CHECKOUTS_TOTAL, "result", result)),
             checkout_duration: metrics::histogram!(CHECKOUT_DURATION_SECONDS, "pool" => pool.clone()),
+            hold: metrics::histogram!(CONNECTION_HOLD_SECONDS, "pool" => pool.clone()),
             validations: ["passed", "failed", "skipped"]
                 .map(|result| counter(VALIDATIONS_TOTAL, "result", result)),
             evictions: EvictionReason::ALL
@@ -275,6 +298,10 @@ impl PoolMetrics {
         if let Some(seconds) = seconds {
             self.checkout_duration.record(seconds);
         }
+    }
+
+    pub(crate) fn held(&self, seconds: f64) {
+        self.hold.record(seconds);
     }
 
     pub(crate) fn validation(&self, result: ValidationResult) {
@@ -347,6 +374,11 @@ fn describe() {
         CHECKOUT_DURATION_SECONDS,
         Unit::Seconds,
         "Time to hand out a validated Redis connection."
+    );
+    describe_histogram!(
+        CONNECTION_HOLD_SECONDS,
+        Unit::Seconds,
+        "How long a checked-out Redis connection was held before its return."
     );
     describe_counter!(VALIDATIONS_TOTAL, "Checkout validations, by result.");
     describe_counter!(

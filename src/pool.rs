@@ -6,7 +6,7 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
@@ -36,6 +36,14 @@ use crate::probe;
 #[derive(Clone)]
 pub struct RedisGuard {
     inner: Arc<PoolInner>,
+}
+
+/// A pool is its own handle, so [`RedisFrom<RedisGuard>`](crate::RedisFrom) works with a
+/// `RedisGuard` as the router's state.
+impl AsRef<RedisGuard> for RedisGuard {
+    fn as_ref(&self) -> &RedisGuard {
+        self
+    }
 }
 
 impl fmt::Debug for RedisGuard {
@@ -91,6 +99,7 @@ impl RedisGuard {
             conn,
             _permit: permit,
             pool: self.inner.clone(),
+            checked_out_at: Instant::now(),
         })
     }
 
@@ -111,12 +120,17 @@ impl RedisGuard {
     }
 
     /// The error a dependent request gets right now, if the breaker is open: what
-    /// [`RequireRedis`](crate::RequireRedis) answers with.
+    /// [`RequireRedisLayer`](crate::RequireRedisLayer) answers with.
     pub fn refusal(&self) -> Option<Error> {
         (self.breaker_state() == BreakerState::Open).then(|| {
             self.inner.shared.checkout_rejected();
             self.inner.rejected()
         })
+    }
+
+    /// Whether `other` is a handle on the same pool.
+    pub(crate) fn is_same_pool(&self, other: &RedisGuard) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     pub(crate) fn shared(&self) -> &crate::shared::Shared {
@@ -159,6 +173,14 @@ pub struct PooledConnection {
     _permit: tokio::sync::OwnedSemaphorePermit,
     /// For a replacement connection when a call fails with its connection.
     pool: Arc<PoolInner>,
+    /// For `redis_guard_connection_hold_seconds`.
+    checked_out_at: Instant,
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        self.pool.shared.returned(self.checked_out_at.elapsed());
+    }
 }
 
 impl fmt::Debug for PooledConnection {

@@ -11,9 +11,24 @@
 //! # Ok(()) }
 //! ```
 //!
-//! An application that already has a recorder (axum-prometheus, an OpenTelemetry bridge)
-//! keeps it: [`PrometheusMetrics::install`] then fails with
-//! [`InstallError::RecorderAlreadySet`], and redis-guard's series go to that recorder.
+//! An application that builds its own `PrometheusBuilder` gives it redis-guard's histogram
+//! buckets with [`PrometheusMetrics::configure`], installs it as it likes, and serves
+//! `/metrics` from its handle with [`PrometheusMetrics::from_handle`]. Pools created before the
+//! recorder register their series once it is installed.
+//!
+//! ```no_run
+//! use redis_guard::prometheus::{PrometheusBuilder, PrometheusMetrics};
+//!
+//! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let builder = PrometheusMetrics::configure(PrometheusBuilder::new())?;
+//! let handle = builder.install_recorder()?;
+//! let app: axum::Router = PrometheusMetrics::from_handle(handle).router();
+//! # Ok(()) }
+//! ```
+//!
+//! An application with another recorder (an OpenTelemetry bridge) keeps it: redis-guard's
+//! series go there; configure its histograms with
+//! [`CHECKOUT_DURATION_BUCKETS`] and [`CONNECTION_HOLD_BUCKETS`].
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -21,9 +36,15 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use http::header;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::Matcher;
+/// The exporter's builder and handle, re-exported so that yours match the version
+/// redis-guard is built with.
+pub use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::metrics::{CHECKOUT_DURATION_BUCKETS, CHECKOUT_DURATION_SECONDS};
+use crate::metrics::{
+    CHECKOUT_DURATION_BUCKETS, CHECKOUT_DURATION_SECONDS, CONNECTION_HOLD_BUCKETS,
+    CONNECTION_HOLD_SECONDS,
+};
 
 /// How often histogram upkeep runs; the exporter's own default.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -37,7 +58,7 @@ static INSTALLING: Mutex<()> = Mutex::new(());
 #[non_exhaustive]
 pub enum InstallError {
     /// Another metrics recorder is installed; it receives redis-guard's series. Serve
-    /// `/metrics` from it.
+    /// `/metrics` from it ([`PrometheusMetrics::from_handle`] for a Prometheus one).
     #[error(
         "a metrics recorder is already installed; it receives redis-guard's series, serve /metrics from it"
     )]
@@ -64,16 +85,31 @@ impl PrometheusMetrics {
                 handle: handle.clone(),
             });
         }
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full(CHECKOUT_DURATION_SECONDS.to_owned()),
-                CHECKOUT_DURATION_BUCKETS,
-            )
-            .map_err(|e| InstallError::Build(e.to_string()))?
-            .build_recorder();
+        let recorder = Self::configure(PrometheusBuilder::new())?.build_recorder();
         let handle = recorder.handle();
         metrics::set_global_recorder(recorder).map_err(|_| InstallError::RecorderAlreadySet)?;
         let handle = INSTALLED.get_or_init(|| handle).clone();
+        Ok(Self::from_handle(handle))
+    }
+
+    /// Gives `builder` the buckets of redis-guard's histograms, so that they render as
+    /// histograms (the dashboard's `_bucket` queries) rather than summaries.
+    pub fn configure(builder: PrometheusBuilder) -> Result<PrometheusBuilder, InstallError> {
+        [
+            (CHECKOUT_DURATION_SECONDS, CHECKOUT_DURATION_BUCKETS),
+            (CONNECTION_HOLD_SECONDS, CONNECTION_HOLD_BUCKETS),
+        ]
+        .into_iter()
+        .try_fold(builder, |builder, (name, buckets)| {
+            builder
+                .set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
+                .map_err(|e| InstallError::Build(e.to_string()))
+        })
+    }
+
+    /// Serves a recorder the application installed itself (see [`PrometheusMetrics::configure`]),
+    /// and runs its histogram upkeep on the current Tokio runtime, if any.
+    pub fn from_handle(handle: PrometheusHandle) -> PrometheusMetrics {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let upkeep = handle.clone();
             runtime.spawn(async move {
@@ -84,7 +120,7 @@ impl PrometheusMetrics {
                 }
             });
         }
-        Ok(PrometheusMetrics { handle })
+        PrometheusMetrics { handle }
     }
 
     /// The current metrics in the Prometheus text format.

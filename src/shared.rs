@@ -20,7 +20,7 @@
 //! metrics themselves.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
@@ -38,7 +38,12 @@ use crate::sentinel::{PrimaryAddr, SentinelWatch};
 #[derive(Debug)]
 pub(crate) struct Shared {
     config: Config,
+    /// The series, registered when the pool was created.
     metrics: PoolMetrics,
+    /// The series registered again once a recorder arrived, for a pool created before it
+    /// (which got the facade's no-op handles).
+    late_metrics: OnceLock<PoolMetrics>,
+    awaiting_recorder: AtomicBool,
     breaker: Breaker,
     /// Set by the first successful connect: before it the pool is not ready, yet requests are
     /// not refused (they wait for that connect).
@@ -99,8 +104,14 @@ impl Shared {
     pub(crate) fn new(config: Config) -> Self {
         let metrics = PoolMetrics::register(config.name());
         metrics.breaker(BreakerState::Closed, false, false);
+        let awaiting_recorder = !crate::metrics::recorder_installed();
+        if awaiting_recorder {
+            tracing::debug!(pool = %config.name(), "no metrics recorder installed yet; the pool's series are registered once one is");
+        }
         Self {
             metrics,
+            late_metrics: OnceLock::new(),
+            awaiting_recorder: AtomicBool::new(awaiting_recorder),
             breaker: Breaker::new(config.breaker()),
             connected_once: AtomicBool::new(false),
             connect_failed: Notify::new(),
@@ -132,6 +143,26 @@ impl Shared {
         &self.config
     }
 
+    /// The pool's series: those registered once a recorder arrived, if the pool was created
+    /// before it.
+    fn metrics(&self) -> &PoolMetrics {
+        self.late_metrics.get().unwrap_or(&self.metrics)
+    }
+
+    /// Registers the series with a recorder installed after the pool was created (checked with
+    /// every gauge sample), and sets the gauges that only change on transitions.
+    fn register_with_late_recorder(&self) {
+        if !self.awaiting_recorder.load(Ordering::Relaxed) || !crate::metrics::recorder_installed()
+        {
+            return;
+        }
+        self.awaiting_recorder.store(false, Ordering::Relaxed);
+        let metrics = PoolMetrics::register(self.name());
+        metrics.breaker(self.breaker.state(), false, self.is_ready());
+        let _ = self.late_metrics.set(metrics);
+        tracing::info!(pool = %self.name(), "metrics recorder found; the pool's series are registered");
+    }
+
     pub(crate) fn name(&self) -> &str {
         self.config.name()
     }
@@ -160,7 +191,7 @@ impl Shared {
                 debt.checked_sub(1)
             })
             .is_ok();
-        self.metrics.connection_created(replaced);
+        self.metrics().connection_created(replaced);
         self.last_attempt_end.set(Instant::now());
         let recovered = self.connects_failing.swap(false, Ordering::AcqRel);
         *self.lock_last_error() = None;
@@ -179,7 +210,7 @@ impl Shared {
         };
         if first && transition.is_none() {
             // Readiness changed without a breaker transition.
-            self.metrics
+            self.metrics()
                 .breaker(self.breaker.state(), false, self.is_ready());
         }
         self.on_transition(transition);
@@ -204,7 +235,7 @@ impl Shared {
         decisive: bool,
         counts: bool,
     ) {
-        self.metrics.connect_error(kind);
+        self.metrics().connect_error(kind);
         let first = !self.connects_failing.swap(true, Ordering::AcqRel);
         let changed = {
             let mut last = self.lock_last_error();
@@ -239,12 +270,17 @@ impl Shared {
         self.connect_failed.notify_waiters();
     }
 
+    /// A checked-out connection went back to the pool after `held`.
+    pub(crate) fn returned(&self, held: Duration) {
+        self.metrics().held(held.as_secs_f64());
+    }
+
     /// Sentinel moved the primary from `old` to `new`: connections to `old` are retired as
     /// they are next touched (see `connection.rs`); the next connect may start at once, and
     /// the prober makes one now, so an open breaker gets its proof from the new primary.
     pub(crate) fn primary_moved(&self, old: &PrimaryAddr, new: &PrimaryAddr) {
         tracing::warn!(pool = %self.name(), from = %old, to = %new, "the primary moved (Sentinel failover)");
-        self.metrics.primary_moved();
+        self.metrics().primary_moved();
         self.next_connect_at.clear();
         self.primary_moved.notify_waiters();
         self.verify_requested.notify_one();
@@ -301,7 +337,7 @@ impl Shared {
             return;
         }
         tracing::debug!(pool = %self.name(), connection_id, reason = reason.as_label(), "evicting redis connection");
-        self.metrics.eviction(reason);
+        self.metrics().eviction(reason);
         self.replacement_debt.fetch_add(1, Ordering::AcqRel);
         if reason == EvictionReason::RoleChange {
             // A failover: the other connections may lead to the demoted node too.
@@ -323,7 +359,7 @@ impl Shared {
 
     /// A call that failed with its connection was sent again on a fresh one.
     pub(crate) fn retried(&self, ok: bool) {
-        self.metrics.retry(ok);
+        self.metrics().retry(ok);
     }
 
     /// A PING took `took`: folded into the round-trip average (one eighth per sample).
@@ -354,11 +390,11 @@ impl Shared {
     }
 
     pub(crate) fn validated(&self, result: ValidationResult) {
-        self.metrics.validation(result);
+        self.metrics().validation(result);
     }
 
     pub(crate) fn checkout_succeeded(&self, waited: Duration) {
-        self.metrics
+        self.metrics()
             .checkout(CheckoutResult::Ok, Some(waited.as_secs_f64()));
         // A half-open trial that got a working connection.
         if self.breaker.state() == BreakerState::HalfOpen {
@@ -374,20 +410,21 @@ impl Shared {
             Error::Timeout { .. } => CheckoutResult::Timeout,
             _ => CheckoutResult::Error,
         };
-        self.metrics.checkout(result, None);
+        self.metrics().checkout(result, None);
         tracing::debug!(%error, "redis checkout failed");
     }
 
     /// Refused by the breaker: counted, not logged (there may be thousands a second).
     pub(crate) fn checkout_rejected(&self) {
-        self.metrics.checkout(CheckoutResult::Rejected, None);
+        self.metrics().checkout(CheckoutResult::Rejected, None);
     }
 
     pub(crate) fn sample_pool_state(&self, state: &PoolState) {
         if self.is_closing() {
             return;
         }
-        self.metrics
+        self.register_with_late_recorder();
+        self.metrics()
             .set_pool_state(state.idle, state.in_use, state.max_size, state.waiting);
     }
 
@@ -418,7 +455,7 @@ impl Shared {
                 )
             }
         }
-        self.metrics.breaker(to, true, self.is_ready());
+        self.metrics().breaker(to, true, self.is_ready());
     }
 
     // --- What the outcomes add up to -----------------------------------------------------
@@ -520,7 +557,7 @@ impl Shared {
     pub(crate) fn close(&self) {
         self.closing.store(true, Ordering::Release);
         self.closed.notify_waiters();
-        self.metrics.withdraw();
+        self.metrics().withdraw();
     }
 
     pub(crate) fn is_closing(&self) -> bool {

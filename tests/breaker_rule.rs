@@ -134,7 +134,7 @@ async fn first_get_after_a_lazy_connect_is_served() {
 }
 
 /// Fault: none; the service's first request arrives the instant a Lazy `connect` returns,
-/// through `RequireRedis`, as a freshly started pod would get it. Load: one `/echo`.
+/// through `RequireRedisLayer`, as a freshly started pod would get it. Load: one `/echo`.
 /// Asserts: 200, not a 503 from the breaker: readiness may still say 503, but a request is
 /// not refused before the first connect has had its chance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +250,7 @@ async fn a_saturated_pool_keeps_the_breaker_closed_and_stays_ready() {
 /// Fault: F11, every pooled connection freezes (no FIN, no RST) right after traffic, so all
 /// of them are inside the 500 ms validation bypass window; new connections still pass.
 /// Load: warm-up of 400 echoes at concurrency 16 on `max_size(16)`, then 200 echoes at
-/// concurrency 8 through `RequireRedis`. Asserts: no request is refused by the breaker (no
+/// concurrency 8 through `RequireRedisLayer`. Asserts: no request is refused by the breaker (no
 /// `Redis unavailable` 503, no rejected checkout, no transition to open); at most one request
 /// per frozen connection fails (only those in flight on a frozen socket); the breaker is
 /// Closed at the end.

@@ -5,7 +5,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use redis::AsyncCommands;
 use redis_guard::prometheus::PrometheusMetrics;
-use redis_guard::{Health, Redis, RedisGuard, RedisGuardLayer, RequireRedis};
+use redis_guard::{Health, Redis, RedisGuard, RedisGuardLayer, RequireRedisLayer};
 use serde_json::{Value, json};
 
 async fn visits(mut redis: Redis) -> Result<Json<Value>, redis_guard::Error> {
@@ -22,7 +22,7 @@ pub fn app(guard: RedisGuard, metrics: &PrometheusMetrics) -> Router {
             get(visits).head(|| async { StatusCode::METHOD_NOT_ALLOWED }),
         )
         // While Redis is down, /visits answers 503 at once instead of waiting on timeouts.
-        .route_layer(RequireRedis::new(guard.clone()))
+        .route_layer(RequireRedisLayer::new(guard.clone()))
         .layer(RedisGuardLayer::new(guard.clone()))
         .merge(Health::new().require(guard).router())
         .merge(metrics.router())

@@ -14,7 +14,7 @@ use axum::routing::get;
 use http_body_util::BodyExt;
 use redis_guard::prometheus::PrometheusMetrics;
 use redis_guard::{
-    Config, ConfigBuilder, Health, Redis, RedisGuard, RedisGuardLayer, RequireRedis,
+    Config, ConfigBuilder, Health, Redis, RedisGuard, RedisGuardLayer, RequireRedisLayer,
 };
 use tower::ServiceExt;
 
@@ -112,13 +112,13 @@ pub fn router(guard: RedisGuard) -> Router {
         .layer(RedisGuardLayer::new(guard))
 }
 
-/// The routes of [`router`] behind `RequireRedis`, with `/livez` and `/readyz` beside them,
+/// The routes of [`router`] behind `RequireRedisLayer`, with `/livez` and `/readyz` beside them,
 /// as a service would mount them.
 pub fn service(guard: RedisGuard) -> Router {
     Router::new()
         .route("/echo", get(echo))
         .route("/hold", get(hold))
-        .route_layer(RequireRedis::new(guard.clone()))
+        .route_layer(RequireRedisLayer::new(guard.clone()))
         .layer(RedisGuardLayer::new(guard.clone()))
         .merge(Health::new().require(guard).router())
 }
@@ -232,4 +232,32 @@ pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) ->
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     condition()
+}
+
+/// What `future` logs (every level, every target) while it runs, as text: the subscriber is
+/// scoped to this future, so other tests' logs do not mix in.
+pub async fn capture_logs<F: std::future::Future>(future: F) -> String {
+    use tracing::instrument::WithSubscriber;
+    let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || LogSink(sink.clone()))
+        .finish();
+    future.with_subscriber(subscriber).await;
+    String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
+}
+
+struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -1,0 +1,216 @@
+//! A service as users build it: two pools in one handler, handlers that read request bodies,
+//! handlers that can do without Redis, and the wiring mistakes that used to be silent. Each
+//! test states its setup and what it asserts.
+#![cfg(all(feature = "testkit", feature = "prometheus"))]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::FromRef;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use common::*;
+use redis::AsyncCommands;
+use redis_guard::testkit::RedisServer;
+use redis_guard::{Redis, RedisFrom, RedisGuard, RedisGuardLayer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Clone)]
+struct Cache(RedisGuard);
+#[derive(Clone)]
+struct Sessions(RedisGuard);
+
+impl AsRef<RedisGuard> for Cache {
+    fn as_ref(&self) -> &RedisGuard {
+        &self.0
+    }
+}
+
+impl AsRef<RedisGuard> for Sessions {
+    fn as_ref(&self) -> &RedisGuard {
+        &self.0
+    }
+}
+
+#[derive(Clone, FromRef)]
+struct AppState {
+    cache: Cache,
+    sessions: Sessions,
+}
+
+/// Setup: two servers, a pool on each, both in the router's state; one handler takes a
+/// connection from each. Asserts: each write lands on its own server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_handler_uses_two_pools_chosen_by_type() {
+    let (cache_server, sessions_server) =
+        (RedisServer::start().unwrap(), RedisServer::start().unwrap());
+    let state = AppState {
+        cache: Cache(guard(config(&cache_server.url(), "app-cache")).await),
+        sessions: Sessions(guard(config(&sessions_server.url(), "app-sessions")).await),
+    };
+    async fn both(
+        mut cache: RedisFrom<Cache>,
+        mut sessions: RedisFrom<Sessions>,
+    ) -> Result<String, redis_guard::Error> {
+        let _: () = cache.set("which", "cache").await?;
+        let _: () = sessions.set("which", "sessions").await?;
+        Ok("ok".to_owned())
+    }
+    let app = Router::new().route("/both", get(both)).with_state(state);
+    let outcome = call(&app, "/both").await;
+    assert_eq!(outcome.status, StatusCode::OK, "{}", outcome.body);
+    let value = |server: &RedisServer| match server.command(&["GET", "which"]).unwrap() {
+        redis::Value::BulkString(v) => String::from_utf8(v).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(value(&cache_server), "cache");
+    assert_eq!(value(&sessions_server), "sessions");
+}
+
+/// Setup: two `RedisGuardLayer`s stacked on one route. Asserts: the handler gets the inner
+/// layer's pool, and the mistake is reported (logged once), not silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacked_layers_are_reported() {
+    let server = RedisServer::start().unwrap();
+    let inner = unready_guard(config(&server.url(), "layer-inner")).await;
+    let outer = unready_guard(config(&server.url(), "layer-outer")).await;
+    let app = Router::new()
+        .route(
+            "/name",
+            get(|guard: RedisGuard| async move { guard.name().to_owned() }),
+        )
+        .layer(RedisGuardLayer::new(inner))
+        .layer(RedisGuardLayer::new(outer));
+    let logs = common::capture_logs(async {
+        for _ in 0..3 {
+            assert_eq!(call(&app, "/name").await.body, "layer-inner");
+        }
+    })
+    .await;
+    let reports = logs.matches("two RedisGuardLayers on one route").count();
+    assert_eq!(reports, 1, "reported once: {logs}");
+    assert!(
+        logs.contains("RedisFrom"),
+        "says what to do instead: {logs}"
+    );
+}
+
+/// Setup: a pool of 2; ten clients upload 1 KiB bodies a byte every 10 ms to a handler that
+/// reads the body before it checks out (it takes `RedisGuard`). Asserts: meanwhile a
+/// `Redis` handler is served at once; and the same uploads to a handler that takes `Redis`
+/// itself do starve it (what the late checkout is for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_uploads_do_not_starve_a_handler_that_checks_out_late() {
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "late-checkout").max_size(2)).await;
+    async fn late(guard: RedisGuard, body: String) -> Result<String, redis_guard::Error> {
+        let mut conn = guard.get().await?;
+        let n: i64 = conn.incr("uploads", body.len()).await?;
+        Ok(n.to_string())
+    }
+    async fn early(mut redis: Redis, body: String) -> Result<String, redis_guard::Error> {
+        let n: i64 = redis.incr("uploads", body.len()).await?;
+        Ok(n.to_string())
+    }
+    async fn visits(mut redis: Redis) -> Result<String, redis_guard::Error> {
+        let n: i64 = redis.incr("visits", 1).await?;
+        Ok(n.to_string())
+    }
+    let app = Router::new()
+        .route("/late", post(late))
+        .route("/early", post(early))
+        .route("/visits", get(visits))
+        .layer(RedisGuardLayer::new(guard));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    for (route, starves) in [("/late", false), ("/early", true)] {
+        let uploads: Vec<_> = (0..10)
+            .map(|_| tokio::spawn(slow_upload(addr, route, Duration::from_secs(3))))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let status = http_get(addr, "/visits").await;
+        let took = started.elapsed();
+        if starves {
+            assert_eq!(status, 503, "{route}: every connection held by an upload");
+        } else {
+            assert_eq!(status, 200, "{route}");
+            assert!(
+                took < Duration::from_millis(500),
+                "{route}: served in {took:?}"
+            );
+        }
+        for upload in uploads {
+            let _ = upload.await;
+        }
+    }
+}
+
+/// Setup: a handler taking `Option<Redis>`, and the pool's Redis stopped. Asserts: the
+/// handler runs with `None` (it answers from elsewhere) instead of the request failing; with
+/// Redis up it gets a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optional_connection_is_none_while_redis_is_down() {
+    let mut server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "optional")).await;
+    async fn cached(redis: Option<Redis>) -> &'static str {
+        match redis {
+            Some(_) => "from redis",
+            None => "from the database",
+        }
+    }
+    let app = Router::new()
+        .route("/cached", get(cached))
+        .layer(RedisGuardLayer::new(guard.clone()));
+    assert_eq!(call(&app, "/cached").await.body, "from redis");
+    server.stop();
+    let outcome = call(&app, "/cached").await;
+    assert_eq!(
+        (outcome.status, outcome.body.as_str()),
+        (StatusCode::OK, "from the database")
+    );
+    server.start_again().unwrap();
+    assert!(eventually(Duration::from_secs(5), || guard.is_ready()).await);
+    assert_eq!(call(&app, "/cached").await.body, "from redis");
+}
+
+/// Sends `POST route` with a 1 KiB body, a byte at a time over `over`.
+async fn slow_upload(addr: std::net::SocketAddr, route: &str, over: Duration) {
+    const LEN: usize = 100;
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return;
+    };
+    let head = format!("POST {route} HTTP/1.1\r\nhost: x\r\ncontent-length: {LEN}\r\n\r\n");
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    for _ in 0..LEN {
+        tokio::time::sleep(over / LEN as u32).await;
+        if stream.write_all(b"x").await.is_err() {
+            return;
+        }
+    }
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply)).await;
+}
+
+/// `GET route` over a new connection; the status code.
+async fn http_get(addr: std::net::SocketAddr, route: &str) -> u16 {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {route} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&reply)
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap()
+}
