@@ -71,8 +71,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl http://{addr}/metrics");
     serve(listener, app, shutdown_signal()).await;
     println!("shutting down");
-    // The pool first, then the embedded redis-server: a `kill` of the demo leaves no orphan.
-    drop(guard);
+    // The pool first (requests still running get their connections back within the grace),
+    // then the embedded redis-server: a `kill` of the demo leaves no orphan.
+    let still_in_use = guard.close(Duration::from_secs(5)).await;
+    if still_in_use > 0 {
+        println!("{still_in_use} connection(s) still in use at shutdown");
+    }
     drop(embedded);
     Ok(())
 }

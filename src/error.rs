@@ -74,6 +74,10 @@ pub enum UnavailableReason {
         /// The connect failure, redacted.
         cause: String,
     },
+    /// The pool was closed ([`RedisGuard::close`](crate::RedisGuard::close)): the service is
+    /// shutting down.
+    #[error("the pool is closed")]
+    Closed,
     /// [`StartupMode::FailFast`](crate::StartupMode::FailFast) or
     /// [`WaitFor`](crate::StartupMode::WaitFor) found no Redis.
     #[error("no connection at start-up: {cause}")]

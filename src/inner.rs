@@ -36,6 +36,8 @@ use crate::shared::Shared;
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 /// bb8's reaper runs at this rate unless the idle timeout asks for a finer one.
 const MAX_REAPER_RATE: Duration = Duration::from_secs(30);
+/// How often closing looks whether the connections in use came back.
+const CLOSE_POLL: Duration = Duration::from_millis(10);
 
 /// Whether a waited-for step starts over after a failed connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,12 +115,39 @@ impl PoolInner {
         })
     }
 
+    /// Closes the pool: see [`RedisGuard::close`](crate::RedisGuard::close). Returns how many
+    /// connections were still in use when `grace` ran out.
+    pub(crate) async fn close(&self, grace: Duration) -> u32 {
+        let shared = &self.shared;
+        shared.close();
+        for task in self.lock_tasks().drain(..) {
+            task.abort();
+        }
+        let max = shared.config().max_size() as usize;
+        let deadline = Instant::now() + grace;
+        while shared.checkout_permits().available_permits() < max && Instant::now() < deadline {
+            tokio::time::sleep(CLOSE_POLL.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+        }
+        // Idle connections are handed out to be dropped: a closing pool keeps none.
+        for _ in 0..self.pool.state().idle_connections {
+            match tokio::time::timeout(CLOSE_POLL, self.pool.get()).await {
+                Ok(Ok(conn)) => drop(conn),
+                _ => break,
+            }
+        }
+        let in_use = max.saturating_sub(shared.checkout_permits().available_permits());
+        tracing::info!(pool = %self.name(), in_use, "redis pool closed");
+        in_use as u32
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<AbortHandle>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Keeps `task` running until the pool drops.
     pub(crate) fn own_task(&self, task: AbortHandle) {
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+        self.lock_tasks().push(task);
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -154,6 +183,9 @@ impl PoolInner {
 
     pub(crate) async fn checkout(&self) -> Result<CheckedOut, Error> {
         let shared = &self.shared;
+        if shared.is_closing() {
+            return Err(self.unavailable(UnavailableReason::Closed));
+        }
         let Some(_admission) = shared.admit() else {
             shared.checkout_rejected();
             return Err(self.rejected());
@@ -182,7 +214,7 @@ impl PoolInner {
                 failures_seen,
             )
             .await?
-            .map_err(|_closed| self.timed_out(started))?;
+            .map_err(|_closed| self.unavailable(UnavailableReason::Closed))?;
         let conn = self
             .validated_connection(started, deadline, failures_seen)
             .await?;

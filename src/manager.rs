@@ -327,7 +327,8 @@ impl bb8::ManageConnection for GuardManager {
     }
 
     fn has_broken(&self, conn: &mut GuardConnection) -> bool {
-        !conn.on_return()
+        // A closed pool keeps nothing.
+        !conn.on_return() || self.shared.is_closing()
     }
 }
 

@@ -103,6 +103,27 @@ impl RedisGuard {
         })
     }
 
+    /// Closes the pool for a graceful shutdown: from now on checkouts fail with
+    /// [`UnavailableReason::Closed`](crate::UnavailableReason::Closed) and `/readyz` answers
+    /// 503; it waits up to `grace` for the connections in use to come back (their requests
+    /// finish, none is cut mid-command), closes every socket, and stops the pool's background
+    /// tasks (prober, Sentinel subscriptions). A connection still in use after `grace` is
+    /// closed when it comes back. Every clone of the handle sees the pool closed.
+    ///
+    /// Returns how many connections were still in use when `grace` ran out (0: all came back).
+    ///
+    /// ```no_run
+    /// # async fn demo(guard: redis_guard::RedisGuard) {
+    /// use std::time::Duration;
+    /// // On SIGTERM, after the HTTP server stopped accepting requests:
+    /// let still_in_use = guard.close(Duration::from_secs(5)).await;
+    /// assert_eq!(still_in_use, 0);
+    /// # }
+    /// ```
+    pub async fn close(&self, grace: Duration) -> u32 {
+        self.inner.close(grace).await
+    }
+
     /// When a refused caller should try again: the pool's next connect attempt, at least 1 s.
     pub fn retry_after(&self) -> Duration {
         self.inner.retry_after()

@@ -470,7 +470,9 @@ impl Shared {
 
     /// Ready: a connect has succeeded and the breaker is closed.
     pub(crate) fn is_ready(&self) -> bool {
-        self.connected_once.load(Ordering::Acquire) && self.breaker.state() == BreakerState::Closed
+        self.connected_once.load(Ordering::Acquire)
+            && self.breaker.state() == BreakerState::Closed
+            && !self.is_closing()
     }
 
     pub(crate) fn has_connected(&self) -> bool {
@@ -557,6 +559,8 @@ impl Shared {
     pub(crate) fn close(&self) {
         self.closing.store(true, Ordering::Release);
         self.closed.notify_waiters();
+        // Callers waiting for a connection fail at once; permits given back still count.
+        self.checkout_permits.close();
         self.metrics().withdraw();
     }
 

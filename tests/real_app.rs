@@ -214,3 +214,65 @@ async fn http_get(addr: std::net::SocketAddr, route: &str) -> u16 {
         .and_then(|code| code.parse().ok())
         .unwrap()
 }
+
+/// Setup: 16 tasks checking out a pool of 4, each holding its connection 20 ms between two
+/// commands. `close(2 s)` after 300 ms. Asserts: it returns within the bound with every
+/// connection back (0 in use); no request was cut mid-command (every failure is a refused
+/// checkout, "closed"); later checkouts fail at once with that reason; the pool is not ready;
+/// Redis lists none of its connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_under_load_waits_for_requests_and_cuts_none() {
+    use redis_guard::{Error, UnavailableReason};
+    let server = RedisServer::start().unwrap();
+    let pool = "closing";
+    let guard = guard(config(&server.url(), pool).max_size(4)).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..16 {
+        let guard = guard.clone();
+        tasks.spawn(async move {
+            let (mut served, mut refused) = (0, 0);
+            let key = format!("close:{task}");
+            for _ in 0..1000 {
+                let mut conn = match guard.get().await {
+                    Ok(conn) => conn,
+                    Err(Error::Unavailable { reason: UnavailableReason::Closed, .. }) => {
+                        refused += 1;
+                        break;
+                    }
+                    Err(other) => panic!("checkout: {other}"),
+                };
+                let _: () = conn.set(&key, "v").await.expect("not cut mid-request");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _: String = conn.get(&key).await.expect("not cut mid-request");
+                served += 1;
+            }
+            (served, refused)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let in_use = guard.close(Duration::from_secs(2)).await;
+    let took = started.elapsed();
+    assert_eq!(in_use, 0, "every connection came back");
+    assert!(took < Duration::from_secs(2), "closed in {took:?}");
+    let (mut served, mut refused) = (0, 0);
+    while let Some(outcome) = tasks.join_next().await {
+        let (s, r) = outcome.expect("no request failed mid-command");
+        served += s;
+        refused += r;
+    }
+    assert!(served > 0 && refused == 16, "{served} served, {refused} refused");
+    assert!(!guard.is_ready());
+    let error = guard.get().await.expect_err("closed");
+    assert!(error.to_string().contains("closed"), "{error}");
+    let listed = eventually(Duration::from_secs(2), || {
+        match server.command(&["CLIENT", "LIST"]) {
+            Ok(redis::Value::BulkString(list)) => {
+                !String::from_utf8_lossy(&list).contains(&format!("name={pool} "))
+            }
+            _ => false,
+        }
+    })
+    .await;
+    assert!(listed, "no connection of the pool left on Redis");
+}
