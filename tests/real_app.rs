@@ -235,7 +235,10 @@ async fn close_under_load_waits_for_requests_and_cuts_none() {
             for _ in 0..1000 {
                 let mut conn = match guard.get().await {
                     Ok(conn) => conn,
-                    Err(Error::Unavailable { reason: UnavailableReason::Closed, .. }) => {
+                    Err(Error::Unavailable {
+                        reason: UnavailableReason::Closed,
+                        ..
+                    }) => {
                         refused += 1;
                         break;
                     }
@@ -261,7 +264,10 @@ async fn close_under_load_waits_for_requests_and_cuts_none() {
         served += s;
         refused += r;
     }
-    assert!(served > 0 && refused == 16, "{served} served, {refused} refused");
+    assert!(
+        served > 0 && refused == 16,
+        "{served} served, {refused} refused"
+    );
     assert!(!guard.is_ready());
     let error = guard.get().await.expect_err("closed");
     assert!(error.to_string().contains("closed"), "{error}");
@@ -275,4 +281,52 @@ async fn close_under_load_waits_for_requests_and_cuts_none() {
     })
     .await;
     assert!(listed, "no connection of the pool left on Redis");
+}
+
+/// Setup: this test binary run again as a child that starts a `RedisServer` and waits; the
+/// child is then killed with SIGKILL (no destructor runs). Asserts: its redis-server dies with
+/// it (the port stops answering within 2 s): no orphan survives a test binary or demo that is
+/// killed.
+#[test]
+fn a_testkit_server_dies_with_the_process_that_started_it() {
+    const HOLDER: &str = "REDIS_GUARD_TEST_HOLDER";
+    if std::env::var_os(HOLDER).is_some() {
+        let server = RedisServer::start().unwrap();
+        println!("port={}", server.port());
+        std::thread::sleep(Duration::from_secs(60));
+        return;
+    }
+    use std::io::BufRead;
+    let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_testkit_server_dies_with_the_process_that_started_it",
+            "--nocapture",
+        ])
+        .env(HOLDER, "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let port: u16 = stdout
+        .lines()
+        .map_while(Result::ok)
+        .take(50)
+        .find_map(|line| line.strip_prefix("port=").map(|p| p.parse().unwrap()))
+        .expect("the holder started a server");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        std::net::TcpStream::connect(addr).is_ok(),
+        "the server runs"
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while std::net::TcpStream::connect(addr).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server outlived its parent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

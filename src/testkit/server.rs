@@ -239,7 +239,7 @@ impl RedisServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut child = command.spawn()?;
+        let mut child = spawn_tied_to_this_process(command)?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = child.try_wait()? {
@@ -302,6 +302,60 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Spawns `command` so that it dies with this process, however this process ends (a test
+/// binary killed by a timeout, a demo killed with SIGKILL): no `redis-server` is left orphaned.
+///
+/// Linux's parent-death signal fires when the *thread* that spawned the child exits, so every
+/// child is spawned from one thread that lives as long as the process.
+fn spawn_tied_to_this_process(command: Command) -> io::Result<Child> {
+    use std::sync::Mutex;
+    use std::sync::mpsc;
+
+    type Request = (Command, mpsc::Sender<io::Result<Child>>);
+    static SPAWNER: Mutex<Option<mpsc::Sender<Request>>> = Mutex::new(None);
+
+    let (reply, result) = mpsc::channel();
+    let mut spawner = SPAWNER.lock().unwrap_or_else(|e| e.into_inner());
+    let sender = spawner.get_or_insert_with(|| {
+        let (sender, requests) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("redis-guard-testkit-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in requests {
+                    tie_to_parent(&mut command);
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("spawner thread");
+        sender
+    });
+    sender
+        .send((command, reply))
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    drop(spawner);
+    result
+        .recv()
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?
+}
+
+#[cfg(target_os = "linux")]
+fn tie_to_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe, and the closure touches nothing else between fork
+    // and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn tie_to_parent(_command: &mut Command) {}
 
 fn ensure_installed() -> io::Result<()> {
     match Command::new("redis-server")
