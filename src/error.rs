@@ -18,7 +18,18 @@ use crate::throttle::Throttle;
 /// println!("{state}"); // "3 connections (1 idle, 2 in use) of at most 10, 0 waiting"
 /// # }
 /// ```
+///
+/// With the `serde` feature it serializes, for a status endpoint of your own:
+///
+/// ```
+/// # #[cfg(feature = "serde")]
+/// # async fn demo(guard: redis_guard::RedisGuard) {
+/// let json = serde_json::to_string(&guard.state()).unwrap();
+/// // {"connections":3,"idle":1,"in_use":2,"max_size":10,"waiting":0}
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct PoolState {
     /// Live connections.
@@ -251,4 +262,29 @@ pub(crate) fn problem_response(
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use super::PoolState;
+    use crate::BreakerState;
+
+    #[test]
+    fn pool_state_and_breaker_state_serialize_with_their_field_names() {
+        let state = PoolState {
+            connections: 3,
+            idle: 1,
+            in_use: 2,
+            max_size: 10,
+            waiting: 0,
+        };
+        assert_eq!(
+            serde_json::to_string(&state).unwrap(),
+            r#"{"connections":3,"idle":1,"in_use":2,"max_size":10,"waiting":0}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&BreakerState::HalfOpen).unwrap(),
+            r#""half_open""#
+        );
+    }
 }

@@ -20,9 +20,17 @@
 //! let app: Router = Router::new().merge(Health::new().require(sessions).optional(cache).router());
 //! # }
 //! ```
+//!
+//! The service's other dependencies join the same `/readyz` with [`Health::check`]: any async
+//! check, run in the background every interval and answered from its last result, like the
+//! pools.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
@@ -34,8 +42,38 @@ use crate::breaker::BreakerState;
 use crate::pool::RedisGuard;
 
 const HEALTH_JSON: &str = "application/health+json";
+/// The shortest interval a custom check runs at.
+const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The checks behind `/readyz`, and the router serving `/livez` and `/readyz`.
+///
+/// Each Redis pool is a check named `redis:<pool name>`, read from the state its prober keeps
+/// fresh; [`Health::check`] adds any other dependency (a database, a downstream API). A
+/// required check failing makes `/readyz` answer 503; an optional one reports `warn` and keeps
+/// it at 200. See the `/readyz` conventions in the [module docs](crate::Health#endpoints).
+///
+/// # Endpoints
+///
+/// - `/livez`: 200 while the process serves; never looks at a dependency.
+/// - `/readyz`: 200 `ok` when every required check passes, else 503; `?verbose` lists each
+///   check, `?exclude=NAME` skips one, `/readyz/NAME` answers for one, and
+///   `Accept: application/health+json` gives the IETF health-check format.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use redis_guard::{Health, RedisGuard};
+///
+/// # fn demo(cache: RedisGuard, sessions: RedisGuard) {
+/// let health = Health::new()
+///     .require(sessions)
+///     .optional(cache)
+///     .check("postgres", Duration::from_secs(2), || async {
+///         // e.g. `SELECT 1` on the service's database pool
+///         Ok::<(), String>(())
+///     });
+/// let app: axum::Router = axum::Router::new().merge(health.router());
+/// # }
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     checks: Vec<Check>,
@@ -43,47 +81,130 @@ pub struct Health {
 
 #[derive(Debug, Clone)]
 struct Check {
-    /// `redis:<pool name>`.
+    /// `redis:<pool name>`, or the name given to [`Health::check`].
     name: String,
-    guard: RedisGuard,
+    source: Source,
     optional: bool,
 }
 
-/// One check's verdict.
+#[derive(Debug, Clone)]
+enum Source {
+    Pool(RedisGuard),
+    Custom(Arc<CustomCheck>),
+}
+
+/// The future a custom check returns.
+type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A check of the application's, run in the background; readiness reads its last result.
+struct CustomCheck {
+    run: Box<dyn Fn() -> CheckFuture + Send + Sync>,
+    every: Duration,
+    /// `None` until the first run ends.
+    last: Mutex<Option<Result<(), String>>>,
+    started: AtomicBool,
+}
+
+impl std::fmt::Debug for CustomCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CustomCheck")
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CustomCheck {
+    fn result(&self) -> Option<Result<(), String>> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Starts the background runs, once, if a Tokio runtime is there to run them.
+    fn start(self: &Arc<Self>) {
+        if self.started.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self.started.swap(true, Ordering::Relaxed) {
+            runtime.spawn(run_custom(Arc::downgrade(self)));
+        }
+    }
+}
+
+/// Runs a custom check every interval (bounded by the interval) until its router is dropped.
+async fn run_custom(check: Weak<CustomCheck>) {
+    loop {
+        let Some(strong) = check.upgrade() else {
+            return;
+        };
+        let every = strong.every;
+        let result = match tokio::time::timeout(every, (strong.run)()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {every:?}")),
+        };
+        *strong.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+        drop(strong);
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// One check's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
+enum CheckStatus {
     Pass,
     Warn,
     Fail,
 }
 
 impl Check {
-    fn verdict(&self) -> Verdict {
-        match (self.guard.is_ready(), self.optional) {
-            (true, _) => Verdict::Pass,
-            (false, true) => Verdict::Warn,
-            (false, false) => Verdict::Fail,
+    fn status(&self) -> CheckStatus {
+        let passing = match &self.source {
+            Source::Pool(guard) => guard.is_ready(),
+            Source::Custom(check) => {
+                check.start();
+                matches!(check.result(), Some(Ok(())))
+            }
+        };
+        match (passing, self.optional) {
+            (true, _) => CheckStatus::Pass,
+            (false, true) => CheckStatus::Warn,
+            (false, false) => CheckStatus::Fail,
         }
     }
 
     /// The check's entry in `application/health+json`.
-    fn json(&self, verdict: Verdict) -> serde_json::Value {
-        let mut entry = serde_json::json!({
-            "componentType": "datastore",
-            "status": verdict_label(verdict),
-            "observedValue": self.guard.breaker_state().as_label(),
-        });
-        if verdict != Verdict::Pass {
+    fn json(&self, status: CheckStatus) -> serde_json::Value {
+        let mut entry = match &self.source {
+            Source::Pool(guard) => serde_json::json!({
+                "componentType": "datastore",
+                "observedValue": guard.breaker_state().as_label(),
+            }),
+            Source::Custom(_) => serde_json::json!({ "componentType": "component" }),
+        };
+        entry["status"] = status_label(status).into();
+        if status != CheckStatus::Pass {
             entry["output"] = self.output().into();
         }
         serde_json::json!([entry])
     }
 
     /// Why it is not passing, in words safe to show anyone: no hosts, no credentials (connect
-    /// errors come from the pool's own sockets and handshakes, which hold neither).
+    /// errors come from the pool's own sockets and handshakes, which hold neither; a custom
+    /// check's error is the application's own text).
     fn output(&self) -> String {
-        let shared = self.guard.shared();
-        let state = match self.guard.breaker_state() {
+        let guard = match &self.source {
+            Source::Pool(guard) => guard,
+            Source::Custom(check) => {
+                return match check.result() {
+                    None => "not checked yet".into(),
+                    Some(Ok(())) => "ok".into(),
+                    Some(Err(e)) => one_line(&e),
+                };
+            }
+        };
+        let shared = guard.shared();
+        let state = match guard.breaker_state() {
             BreakerState::Closed if shared.has_connected() => return "ok".into(),
             BreakerState::Closed if shared.connects_failing() => "unreachable: cannot connect",
             BreakerState::Closed => "connecting",
@@ -116,7 +237,50 @@ impl Health {
     fn add(mut self, guard: RedisGuard, optional: bool) -> Self {
         self.checks.push(Check {
             name: format!("redis:{}", guard.name()),
-            guard,
+            source: Source::Pool(guard),
+            optional,
+        });
+        self
+    }
+
+    /// Adds a check readiness depends on: `check` runs in the background every `every` (and
+    /// must answer within it), and `/readyz` answers from its last result, so probes never
+    /// wait on it and a flood of them never reaches the dependency. Until its first run ends
+    /// it counts as failing. Its error text is shown by `?verbose` and `health+json`: keep
+    /// secrets out of it.
+    pub fn check<F, Fut>(self, name: impl Into<String>, every: Duration, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.add_custom(name.into(), every, check, false)
+    }
+
+    /// [`Health::check`] for a dependency whose failure reports `warn` but keeps readiness
+    /// at 200.
+    pub fn optional_check<F, Fut>(self, name: impl Into<String>, every: Duration, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.add_custom(name.into(), every, check, true)
+    }
+
+    fn add_custom<F, Fut>(mut self, name: String, every: Duration, check: F, optional: bool) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        let run: Box<dyn Fn() -> CheckFuture + Send + Sync> =
+            Box::new(move || Box::pin(check()) as CheckFuture);
+        self.checks.push(Check {
+            name,
+            source: Source::Custom(Arc::new(CustomCheck {
+                run,
+                every: every.max(MIN_CHECK_INTERVAL),
+                last: Mutex::new(None),
+                started: AtomicBool::new(false),
+            })),
             optional,
         });
         self
@@ -125,6 +289,11 @@ impl Health {
     /// `GET /livez`, `GET /readyz` and `GET /readyz/{check}`; merge it into the application's
     /// router, outside any layer that needs Redis.
     pub fn router<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
+        for check in &self.checks {
+            if let Source::Custom(check) = &check.source {
+                check.start();
+            }
+        }
         Router::new()
             .route("/livez", get(livez))
             .route("/readyz", get(readyz))
@@ -210,13 +379,13 @@ async fn readyz(
     headers: HeaderMap,
 ) -> Response {
     let options = Options::parse(query.as_deref());
-    let checks: Vec<(&Check, Verdict)> = health
+    let checks: Vec<(&Check, CheckStatus)> = health
         .checks
         .iter()
         .filter(|c| !options.exclude.contains(&c.name))
-        .map(|c| (c, c.verdict()))
+        .map(|c| (c, c.status()))
         .collect();
-    let failed = checks.iter().any(|(_, v)| *v == Verdict::Fail);
+    let failed = checks.iter().any(|(_, v)| *v == CheckStatus::Fail);
     let status = if failed {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -226,7 +395,7 @@ async fn readyz(
     if wants_health_json(&headers) {
         let overall = if failed {
             "fail"
-        } else if checks.iter().any(|(_, v)| *v == Verdict::Warn) {
+        } else if checks.iter().any(|(_, v)| *v == CheckStatus::Warn) {
             "warn"
         } else {
             "pass"
@@ -248,14 +417,14 @@ async fn readyz(
     let mut body = String::new();
     for (check, verdict) in &checks {
         let _ = match verdict {
-            Verdict::Pass => writeln!(body, "[+]{} ok", check.name),
-            Verdict::Warn => writeln!(
+            CheckStatus::Pass => writeln!(body, "[+]{} ok", check.name),
+            CheckStatus::Warn => writeln!(
                 body,
                 "[+]{} warn: {} (optional)",
                 check.name,
                 check.output()
             ),
-            Verdict::Fail => writeln!(body, "[-]{} failed: {}", check.name, check.output()),
+            CheckStatus::Fail => writeln!(body, "[-]{} failed: {}", check.name, check.output()),
         };
     }
     // Only names of real checks are repeated: the query is the client's text.
@@ -290,8 +459,8 @@ async fn readyz_one(
     let Some(check) = health.checks.iter().find(|c| c.name == name) else {
         return text(StatusCode::NOT_FOUND, "no such check");
     };
-    let verdict = check.verdict();
-    let status = if verdict == Verdict::Fail {
+    let verdict = check.status();
+    let status = if verdict == CheckStatus::Fail {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
@@ -300,22 +469,22 @@ async fn readyz_one(
         return health_json(
             status,
             serde_json::json!({
-                "status": verdict_label(verdict),
+                "status": status_label(verdict),
                 "checks": { check.name.clone(): check.json(verdict) },
             }),
         );
     }
     match verdict {
-        Verdict::Fail => text(status, check.output()),
+        CheckStatus::Fail => text(status, check.output()),
         _ => text(status, "ok"),
     }
 }
 
-fn verdict_label(verdict: Verdict) -> &'static str {
+fn status_label(verdict: CheckStatus) -> &'static str {
     match verdict {
-        Verdict::Pass => "pass",
-        Verdict::Warn => "warn",
-        Verdict::Fail => "fail",
+        CheckStatus::Pass => "pass",
+        CheckStatus::Warn => "warn",
+        CheckStatus::Fail => "fail",
     }
 }
 

@@ -59,7 +59,7 @@
 //! | [`config`] | [`Config`], its builder and validation, defaults, environment, URLs and redaction |
 //! | `pool` | [`RedisGuard`] and [`PooledConnection`]: the public handle |
 //! | `inner` | the pool's machinery: bb8 and the budgeted checkout loop with validation |
-//! | `manager` | [`GuardManager`]: the connect gate (one attempt at a time, paced), bb8's hooks |
+//! | `manager` | `GuardManager`: the connect gate (one attempt at a time, paced), bb8's hooks |
 //! | `transport` | the owned socket: options, address racing, EOF/reset tracking |
 //! | `sentinel` | under Sentinel: where the primary is, `+switch-master` followed on every sentinel |
 //! | `connection` | [`GuardConnection`]: command outcomes, cancellation, role refusals |
@@ -116,7 +116,6 @@ pub use health::Health;
 pub use layer::{
     RedisGuardLayer, RedisGuardService, RequireRedisFuture, RequireRedisLayer, RequireRedisService,
 };
-pub use manager::GuardManager;
 pub use pool::{Idempotent, PooledConnection, RedisGuard};
 /// The redis-rs version redis-guard is built on, for `AsyncCommands` and friends.
 pub use redis;

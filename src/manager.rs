@@ -28,7 +28,7 @@ use crate::transport::{self, LinkHealth, LinkState, PeerProbe, TrackedStream};
 /// closed, that failed a command, or that carries session state is not put back. The pool,
 /// not bb8, validates at checkout, so that a recently used connection skips the PING.
 #[derive(Debug, Clone)]
-pub struct GuardManager {
+pub(crate) struct GuardManager {
     shared: Arc<Shared>,
     /// Held for the whole of one attempt (FIFO): one connect in flight per pool. Holds the
     /// backoff that paces the attempt after a failure, and when the last attempt ended.

@@ -330,3 +330,55 @@ fn a_testkit_server_dies_with_the_process_that_started_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Setup: a Redis pool and a Postgres-like dependency (a TCP listener standing for the
+/// database) checked every 100 ms by `Health::check`. Asserts: `/readyz` is 200 while both
+/// answer; once the database stops, 503 within a second with the check named in `?verbose`,
+/// while the Redis check still passes; the checks run in the background (a flood of probes
+/// does not reach the database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_check_joins_readyz() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "with-postgres")).await;
+    let database = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = database.local_addr().unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let health = redis_guard::Health::new()
+        .require(guard)
+        .check("postgres", Duration::from_millis(100), move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            async move {
+                tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("cannot reach the database: {e}"))
+            }
+        });
+    let app: Router = Router::new().merge(health.router());
+    assert!(wait_for_status(&app, StatusCode::OK).await, "ready while both answer");
+    let before = runs.load(Ordering::Relaxed);
+    for _ in 0..200 {
+        call(&app, "/readyz").await;
+    }
+    assert!(runs.load(Ordering::Relaxed) - before < 10, "probes do not run the check");
+    drop(database);
+    assert!(wait_for_status(&app, StatusCode::SERVICE_UNAVAILABLE).await, "503 once the database is gone");
+    let verbose = call(&app, "/readyz?verbose").await.body;
+    assert!(verbose.contains("[-]postgres failed: cannot reach the database"), "{verbose}");
+    assert!(verbose.contains("[+]redis:with-postgres ok"), "{verbose}");
+}
+
+/// Polls `/readyz` until it answers `status`, for up to a second.
+async fn wait_for_status(app: &Router, status: StatusCode) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        if call(app, "/readyz").await.status == status {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
