@@ -106,7 +106,11 @@ impl BreakerPolicy {
 /// assert_eq!(redis_guard::BreakerState::Open.as_gauge(), 2.0);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(rename_all = "snake_case"))]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 #[repr(u8)]
 pub enum BreakerState {
     /// Calls flow.

@@ -46,6 +46,26 @@ pub(crate) fn words(cmd: &Cmd) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// A command's name for a span (`db.operation.name`), upper case, without allocating: only
+/// the name, never an argument (a key or value may be personal data).
+pub(crate) struct OperationName<'a>(pub(crate) Option<&'a [u8]>);
+
+impl OperationName<'_> {
+    pub(crate) fn of(cmd: &Cmd) -> OperationName<'_> {
+        OperationName(words(cmd).next())
+    }
+}
+
+impl std::fmt::Display for OperationName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for &byte in self.0.unwrap_or(b"?") {
+            f.write_char(char::from(byte.to_ascii_uppercase()).min('~'))?;
+        }
+        Ok(())
+    }
+}
+
 /// How long `cmd` may block on the server before it answers, if it is a blocking command.
 /// Runs for every command sent, so anything but a blocking command costs one name check.
 pub(crate) fn server_wait(cmd: &Cmd) -> Option<Duration> {

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::task::AbortHandle;
+use tracing::Instrument;
 
 use crate::command;
 use crate::metrics::EvictionReason;
@@ -71,6 +72,15 @@ pub struct GuardConnection {
     on_replica: bool,
     /// Under Sentinel: the primary this connection was opened to.
     placement: Option<Placement>,
+    /// Where the connection leads (`server.address` and `server.port` in spans).
+    server: Server,
+}
+
+/// A connection's server, as OpenTelemetry's `server.address` and `server.port`.
+#[derive(Debug, Clone)]
+pub(crate) struct Server {
+    pub(crate) address: String,
+    pub(crate) port: Option<u16>,
 }
 
 impl fmt::Debug for GuardConnection {
@@ -128,6 +138,7 @@ impl GuardConnection {
         driver: AbortHandle,
         id: u64,
         placement: Option<Placement>,
+        server: Server,
     ) -> Self {
         let now = Instant::now();
         let config = shared.config();
@@ -157,6 +168,7 @@ impl GuardConnection {
             role_checked: now,
             on_replica: false,
             placement,
+            server,
         }
     }
 
@@ -579,27 +591,55 @@ impl GuardConnection {
     }
 }
 
+impl GuardConnection {
+    /// A span per call, after OpenTelemetry's database conventions: the operation's name and
+    /// the server, never a key or value. Free when no subscriber wants DEBUG spans.
+    fn call_span(&self, operation: &dyn fmt::Display, batch: Option<usize>) -> tracing::Span {
+        tracing::debug_span!(
+            "redis.command",
+            otel.name = %operation,
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = %operation,
+            db.operation.batch.size = batch,
+            db.namespace = self.session_db(),
+            server.address = %self.server.address,
+            server.port = self.server.port,
+            redis_guard.pool = %self.shared.name(),
+            redis_guard.connection_id = self.id,
+        )
+    }
+
+    fn session_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
 impl ConnectionLike for GuardConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            self.refuse_if_demoted()?;
-            self.set_reply_wait(std::iter::once(cmd));
-            self.in_flight = true;
-            let result = match self.inner.send_packed_command(cmd).await {
-                // An error reply, as the error it is (redis-rs's query_async would make it one
-                // anyway): so it is judged here like any failure.
-                Ok(Value::ServerError(e)) => Err(RedisError::from(e)),
-                other => other,
-            };
-            self.in_flight = false;
-            self.note_outcome(&result);
-            match &result {
-                Ok(reply) => self.session.apply(cmd, reply),
-                Err(e) if !is_infrastructure_failure(e) => self.session.apply_failed(cmd),
-                Err(_) => {}
+        let span = self.call_span(&command::OperationName::of(cmd), None);
+        Box::pin(
+            async move {
+                self.refuse_if_demoted()?;
+                self.set_reply_wait(std::iter::once(cmd));
+                self.in_flight = true;
+                let result = match self.inner.send_packed_command(cmd).await {
+                    // An error reply, as the error it is (redis-rs's query_async would make it one
+                    // anyway): so it is judged here like any failure.
+                    Ok(Value::ServerError(e)) => Err(RedisError::from(e)),
+                    other => other,
+                };
+                self.in_flight = false;
+                self.note_outcome(&result);
+                match &result {
+                    Ok(reply) => self.session.apply(cmd, reply),
+                    Err(e) if !is_infrastructure_failure(e) => self.session.apply_failed(cmd),
+                    Err(_) => {}
+                }
+                result
             }
-            result
-        })
+            .instrument(span),
+        )
     }
 
     fn req_packed_commands<'a>(
@@ -608,37 +648,47 @@ impl ConnectionLike for GuardConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            self.refuse_if_demoted()?;
-            self.set_reply_wait(pipeline.cmd_iter());
-            self.in_flight = true;
-            let result = self
-                .inner
-                .send_packed_commands(pipeline, offset, count)
-                .await;
-            self.in_flight = false;
-            self.note_outcome(&result);
-            if let Ok(values) = &result
-                && values.iter().any(is_role_refusal)
-            {
-                self.evict(EvictionReason::RoleChange);
+        let operation = if pipeline.is_transaction() {
+            "MULTI"
+        } else {
+            "PIPELINE"
+        };
+        let span = self.call_span(&operation, Some(count));
+        Box::pin(
+            async move {
+                self.refuse_if_demoted()?;
+                self.set_reply_wait(pipeline.cmd_iter());
+                self.in_flight = true;
+                let result = self
+                    .inner
+                    .send_packed_commands(pipeline, offset, count)
+                    .await;
+                self.in_flight = false;
+                self.note_outcome(&result);
+                if let Ok(values) = &result
+                    && values.iter().any(is_role_refusal)
+                {
+                    self.evict(EvictionReason::RoleChange);
+                }
+                let atomic = pipeline.is_transaction();
+                match &result {
+                    // Some commands were refused: which ones ran is not known.
+                    Ok(values) if values.iter().any(|v| matches!(v, Value::ServerError(_))) => self
+                        .session
+                        .apply_failed_pipeline(pipeline.cmd_iter(), atomic),
+                    Ok(replies) => {
+                        self.session
+                            .apply_pipeline(pipeline.cmd_iter(), atomic, replies)
+                    }
+                    Err(e) if !is_infrastructure_failure(e) => self
+                        .session
+                        .apply_failed_pipeline(pipeline.cmd_iter(), atomic),
+                    Err(_) => {}
+                }
+                result
             }
-            let atomic = pipeline.is_transaction();
-            match &result {
-                // Some commands were refused: which ones ran is not known.
-                Ok(values) if values.iter().any(|v| matches!(v, Value::ServerError(_))) => self
-                    .session
-                    .apply_failed_pipeline(pipeline.cmd_iter(), atomic),
-                Ok(replies) => self
-                    .session
-                    .apply_pipeline(pipeline.cmd_iter(), atomic, replies),
-                Err(e) if !is_infrastructure_failure(e) => self
-                    .session
-                    .apply_failed_pipeline(pipeline.cmd_iter(), atomic),
-                Err(_) => {}
-            }
-            result
-        })
+            .instrument(span),
+        )
     }
 
     fn get_db(&self) -> i64 {

@@ -14,7 +14,7 @@ use redis::{AsyncConnectionConfig, ConnectionAddr, ErrorKind, RedisError};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::clock::Backoff;
-use crate::connection::GuardConnection;
+use crate::connection::{GuardConnection, Server};
 use crate::metrics::ConnectErrorKind;
 use crate::sentinel::Placement;
 use crate::shared::Shared;
@@ -222,7 +222,13 @@ impl GuardManager {
                     .map_err(RedisError::from)?;
                 let probe = PeerProbe::new(&stream).map_err(RedisError::from)?;
                 let stream = TrackedStream::new(stream, link.clone());
-                Ok(self.handshake(stream, link, probe, id, None).await?)
+                let server = Server {
+                    address: path.display().to_string(),
+                    port: None,
+                };
+                Ok(self
+                    .handshake(stream, link, probe, id, None, server)
+                    .await?)
             }
             _ => Err(ConnectFailure::Redis(RedisError::from((
                 ErrorKind::InvalidClientConfig,
@@ -239,6 +245,10 @@ impl GuardManager {
         placement: Option<Placement>,
     ) -> Result<GuardConnection, ConnectFailure> {
         let config = self.shared.config();
+        let server = Server {
+            address: host.to_owned(),
+            port: Some(port),
+        };
         let link = Arc::new(self.shared.link_opened());
         let stream = transport::connect_tcp(host, port, config)
             .await
@@ -256,10 +266,14 @@ impl GuardManager {
                         None => ConnectFailure::Redis(e.into()),
                     })?;
             let stream = TrackedStream::new(stream, link.clone());
-            return Ok(self.handshake(stream, link, probe, id, placement).await?);
+            return Ok(self
+                .handshake(stream, link, probe, id, placement, server)
+                .await?);
         }
         let stream = TrackedStream::new(stream, link.clone());
-        Ok(self.handshake(stream, link, probe, id, placement).await?)
+        Ok(self
+            .handshake(stream, link, probe, id, placement, server)
+            .await?)
     }
 
     /// Runs the Redis handshake (AUTH, SELECT, ...) and spawns the connection's driver, whose
@@ -271,6 +285,7 @@ impl GuardManager {
         probe: PeerProbe,
         id: u64,
         placement: Option<Placement>,
+        server: Server,
     ) -> Result<GuardConnection, RedisError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -298,6 +313,7 @@ impl GuardManager {
             driver,
             id,
             placement,
+            server,
         ))
     }
 }

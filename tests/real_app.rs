@@ -346,9 +346,10 @@ async fn a_custom_check_joins_readyz() {
     let addr = database.local_addr().unwrap();
     let runs = Arc::new(AtomicUsize::new(0));
     let counted = runs.clone();
-    let health = redis_guard::Health::new()
-        .require(guard)
-        .check("postgres", Duration::from_millis(100), move || {
+    let health = redis_guard::Health::new().require(guard).check(
+        "postgres",
+        Duration::from_millis(100),
+        move || {
             counted.fetch_add(1, Ordering::Relaxed);
             async move {
                 tokio::net::TcpStream::connect(addr)
@@ -356,18 +357,31 @@ async fn a_custom_check_joins_readyz() {
                     .map(drop)
                     .map_err(|e| format!("cannot reach the database: {e}"))
             }
-        });
+        },
+    );
     let app: Router = Router::new().merge(health.router());
-    assert!(wait_for_status(&app, StatusCode::OK).await, "ready while both answer");
+    assert!(
+        wait_for_status(&app, StatusCode::OK).await,
+        "ready while both answer"
+    );
     let before = runs.load(Ordering::Relaxed);
     for _ in 0..200 {
         call(&app, "/readyz").await;
     }
-    assert!(runs.load(Ordering::Relaxed) - before < 10, "probes do not run the check");
+    assert!(
+        runs.load(Ordering::Relaxed) - before < 10,
+        "probes do not run the check"
+    );
     drop(database);
-    assert!(wait_for_status(&app, StatusCode::SERVICE_UNAVAILABLE).await, "503 once the database is gone");
+    assert!(
+        wait_for_status(&app, StatusCode::SERVICE_UNAVAILABLE).await,
+        "503 once the database is gone"
+    );
     let verbose = call(&app, "/readyz?verbose").await.body;
-    assert!(verbose.contains("[-]postgres failed: cannot reach the database"), "{verbose}");
+    assert!(
+        verbose.contains("[-]postgres failed: cannot reach the database"),
+        "{verbose}"
+    );
     assert!(verbose.contains("[+]redis:with-postgres ok"), "{verbose}");
 }
 
@@ -381,4 +395,90 @@ async fn wait_for_status(app: &Router, status: StatusCode) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+/// Setup: a subscriber recording every span, and a handler-like sequence: `SET` with a key
+/// and a value, a pipeline, a transaction. Asserts: one `redis.command` span per call with
+/// OpenTelemetry's database fields (operation name, batch size, server address and port), and
+/// no key or value in any span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_has_a_span_with_the_operation_and_never_a_key_or_value() {
+    use std::sync::{Arc, Mutex};
+    use tracing::instrument::WithSubscriber;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[derive(Clone, Default)]
+    struct Spans(Arc<Mutex<Vec<String>>>);
+    struct Fields<'a>(&'a mut String);
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!(" {}={:?}", field.name(), value));
+        }
+    }
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Spans {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _id: &tracing::span::Id,
+            _ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let mut line = attrs.metadata().name().to_owned();
+            attrs.record(&mut Fields(&mut line));
+            self.0.lock().unwrap().push(line);
+        }
+    }
+
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "spans")).await;
+    let spans = Spans::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(spans.clone())
+        .with(tracing_subscriber::filter::LevelFilter::DEBUG);
+    async {
+        let mut conn = guard.get().await.unwrap();
+        let _: () = conn
+            .set("user:42:email", "someone@example.com")
+            .await
+            .unwrap();
+        let _: (i64, i64) = redis::pipe()
+            .incr("visits:secret-key", 1)
+            .incr("visits:secret-key", 1)
+            .query_async(&mut *conn)
+            .await
+            .unwrap();
+        let _: (i64,) = redis::pipe()
+            .atomic()
+            .incr("visits:secret-key", 1)
+            .query_async(&mut *conn)
+            .await
+            .unwrap();
+    }
+    .with_subscriber(subscriber)
+    .await;
+    let recorded = spans.0.lock().unwrap().clone();
+    let commands: Vec<&String> = recorded
+        .iter()
+        .filter(|s| s.starts_with("redis.command"))
+        .collect();
+    let port = format!("server.port={}", server.port());
+    let expect = |operation: &str, batch: &str| {
+        commands.iter().any(|s| {
+            s.contains(&format!("db.operation.name={operation}"))
+                && s.contains(batch)
+                && s.contains("server.address=127.0.0.1")
+                && s.contains(&port)
+                && s.contains("db.system.name=\"redis\"")
+        })
+    };
+    assert!(expect("SET", ""), "{commands:#?}");
+    assert!(
+        expect("PIPELINE", "db.operation.batch.size=2"),
+        "{commands:#?}"
+    );
+    assert!(expect("MULTI", ""), "{commands:#?}");
+    for span in &recorded {
+        for secret in ["user:42", "someone@example.com", "secret-key"] {
+            assert!(!span.contains(secret), "a span shows {secret}: {span}");
+        }
+    }
 }
