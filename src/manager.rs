@@ -43,6 +43,20 @@ struct Gate {
     failures: u32,
 }
 
+/// A byte stream to Redis: TCP, TLS over TCP, or a unix socket.
+pub(crate) trait RedisStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> RedisStream for T {}
+pub(crate) type BoxedStream = Box<dyn RedisStream>;
+
+/// A socket opened to Redis, before the Redis handshake.
+struct Opened {
+    stream: BoxedStream,
+    /// The TCP (or unix) socket under any TLS, for EOF and reset checks.
+    probe: PeerProbe,
+    server: Server,
+    placement: Option<Placement>,
+}
+
 /// When an attempt is no longer wanted by the time its turn at the gate comes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Skip {
@@ -203,77 +217,93 @@ impl GuardManager {
     }
 
     async fn open(&self, id: u64) -> Result<GuardConnection, ConnectFailure> {
-        let config = self.shared.config();
-        if let Some(watch) = self.shared.sentinel() {
-            let placement = watch
-                .primary(&self.shared)
-                .await
-                .map_err(|failure| ConnectFailure::Sentinel(failure.kind, failure.message))?;
-            let (host, port) = (placement.addr.host.clone(), placement.addr.port);
-            return self.open_tcp(&host, port, id, Some(placement)).await;
-        }
-        match config.connection.addr() {
-            ConnectionAddr::Tcp(host, port) => self.open_tcp(host, *port, id, None).await,
-            #[cfg(unix)]
-            ConnectionAddr::Unix(path) => {
-                let link = Arc::new(self.shared.link_opened());
-                let stream = tokio::net::UnixStream::connect(path)
-                    .await
-                    .map_err(RedisError::from)?;
-                let probe = PeerProbe::new(&stream).map_err(RedisError::from)?;
-                let stream = TrackedStream::new(stream, link.clone());
-                let server = Server {
-                    address: path.display().to_string(),
-                    port: None,
-                };
-                Ok(self
-                    .handshake(stream, link, probe, id, None, server)
-                    .await?)
-            }
-            _ => Err(ConnectFailure::Redis(RedisError::from((
-                ErrorKind::InvalidClientConfig,
-                "unsupported address type",
-            )))),
-        }
-    }
-
-    async fn open_tcp(
-        &self,
-        host: &str,
-        port: u16,
-        id: u64,
-        placement: Option<Placement>,
-    ) -> Result<GuardConnection, ConnectFailure> {
-        let config = self.shared.config();
-        let server = Server {
-            address: host.to_owned(),
-            port: Some(port),
-        };
+        let Opened {
+            stream,
+            probe,
+            server,
+            placement,
+        } = self.open_stream().await?;
         let link = Arc::new(self.shared.link_opened());
-        let stream = transport::connect_tcp(host, port, config)
-            .await
-            .map_err(RedisError::from)?;
-        // On the TCP socket, under any TLS session: EOF and resets show there too.
-        let probe = PeerProbe::new(&stream).map_err(RedisError::from)?;
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &config.tls {
-            let stream =
-                tls.connect(host, stream)
-                    .await
-                    .map_err(|e| match crate::tls::tls_failure(&e) {
-                        Some(cause) => ConnectFailure::Tls(cause),
-                        // A reset during the handshake: a transport failure.
-                        None => ConnectFailure::Redis(e.into()),
-                    })?;
-            let stream = TrackedStream::new(stream, link.clone());
-            return Ok(self
-                .handshake(stream, link, probe, id, placement, server)
-                .await?);
-        }
         let stream = TrackedStream::new(stream, link.clone());
         Ok(self
             .handshake(stream, link, probe, id, placement, server)
             .await?)
+    }
+
+    /// Opens a socket (and its TLS session) to where Redis is now: the configured address, or
+    /// the primary the sentinels name. Shared by pooled connections and subscriptions.
+    async fn open_stream(&self) -> Result<Opened, ConnectFailure> {
+        let config = self.shared.config();
+        let (host, port, placement) = match (self.shared.sentinel(), config.connection.addr()) {
+            (Some(watch), _) => {
+                let placement = watch
+                    .primary(&self.shared)
+                    .await
+                    .map_err(|failure| ConnectFailure::Sentinel(failure.kind, failure.message))?;
+                let (host, port) = (placement.addr.host.clone(), placement.addr.port);
+                (host, port, Some(placement))
+            }
+            (None, ConnectionAddr::Tcp(host, port)) => (host.clone(), *port, None),
+            #[cfg(unix)]
+            (None, ConnectionAddr::Unix(path)) => {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(RedisError::from)?;
+                let probe = PeerProbe::new(&stream).map_err(RedisError::from)?;
+                return Ok(Opened {
+                    stream: Box::new(stream),
+                    probe,
+                    server: Server {
+                        address: path.display().to_string(),
+                        port: None,
+                    },
+                    placement: None,
+                });
+            }
+            _ => {
+                return Err(ConnectFailure::Redis(RedisError::from((
+                    ErrorKind::InvalidClientConfig,
+                    "unsupported address type",
+                ))));
+            }
+        };
+        let tcp = transport::connect_tcp(&host, port, config)
+            .await
+            .map_err(RedisError::from)?;
+        // On the TCP socket, under any TLS session: EOF and resets show there too.
+        let probe = PeerProbe::new(&tcp).map_err(RedisError::from)?;
+        let stream: BoxedStream = match () {
+            #[cfg(feature = "tls")]
+            () if config.tls.is_some() => {
+                let tls = config.tls.as_ref().expect("checked");
+                Box::new(tls.connect(&host, tcp).await.map_err(|e| {
+                    match crate::tls::tls_failure(&e) {
+                        Some(cause) => ConnectFailure::Tls(cause),
+                        // A reset during the handshake: a transport failure.
+                        None => ConnectFailure::Redis(e.into()),
+                    }
+                })?)
+            }
+            () => Box::new(tcp),
+        };
+        Ok(Opened {
+            stream,
+            probe,
+            server: Server {
+                address: host,
+                port: Some(port),
+            },
+            placement,
+        })
+    }
+
+    /// A socket for a subscription (see `pubsub.rs`): opened like a pooled connection's, its
+    /// failure as a `RedisError`.
+    pub(crate) async fn open_subscription_stream(&self) -> Result<BoxedStream, RedisError> {
+        match self.open_stream().await {
+            Ok(opened) => Ok(opened.stream),
+            Err(failure) => Err(failure.unwrap_tls().into()),
+        }
     }
 
     /// Runs the Redis handshake (AUTH, SELECT, ...) and spawns the connection's driver, whose

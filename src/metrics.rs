@@ -27,6 +27,7 @@
 //! | `redis_guard_ready` | gauge | | 1 when the pool is ready |
 //! | `redis_guard_retries_total` | counter | `result`=`ok`\|`failed` |
 //! | `redis_guard_primary_switches_total` | counter | | (under Sentinel) |
+//! | `redis_guard_pubsub_resubscriptions_total` | counter | | subscriptions lost and made again |
 //!
 //! ```
 //! // The names are public constants, for dashboards and tests.
@@ -72,6 +73,10 @@ pub const RETRIES_TOTAL: &str = "redis_guard_retries_total";
 /// `redis_guard_primary_switches_total`: times the pool followed Sentinel to a new primary.
 pub const PRIMARY_SWITCHES_TOTAL: &str = "redis_guard_primary_switches_total";
 
+/// `redis_guard_pubsub_resubscriptions_total`: subscriptions lost (restart, kill, reset,
+/// frozen socket) and made again; each is a gap in which messages were missed.
+pub const PUBSUB_RESUBSCRIPTIONS_TOTAL: &str = "redis_guard_pubsub_resubscriptions_total";
+
 /// Every metric name of the contract, for dashboards and tests.
 pub const ALL: &[&str] = &[
     POOL_CONNECTIONS,
@@ -90,6 +95,7 @@ pub const ALL: &[&str] = &[
     READY,
     RETRIES_TOTAL,
     PRIMARY_SWITCHES_TOTAL,
+    PUBSUB_RESUBSCRIPTIONS_TOTAL,
 ];
 
 /// Histogram buckets for [`CHECKOUT_DURATION_SECONDS`], in seconds: from 50 µs (a hot
@@ -253,6 +259,7 @@ pub(crate) struct PoolMetrics {
     ready: Gauge,
     retries: [Counter; 2],
     primary_switches: Counter,
+    resubscriptions: Counter,
 }
 
 impl PoolMetrics {
@@ -283,6 +290,7 @@ impl PoolMetrics {
             ready: metrics::gauge!(READY, "pool" => pool.clone()),
             retries: ["ok", "failed"].map(|result| counter(RETRIES_TOTAL, "result", result)),
             primary_switches: metrics::counter!(PRIMARY_SWITCHES_TOTAL, "pool" => pool.clone()),
+            resubscriptions: metrics::counter!(PUBSUB_RESUBSCRIPTIONS_TOTAL, "pool" => pool.clone()),
         }
     }
 
@@ -317,6 +325,10 @@ impl PoolMetrics {
         if replaced_a_lost_one {
             self.reconnects.increment(1);
         }
+    }
+
+    pub(crate) fn resubscribed(&self) {
+        self.resubscriptions.increment(1);
     }
 
     pub(crate) fn primary_moved(&self) {
@@ -403,6 +415,10 @@ fn describe() {
     describe_counter!(
         RETRIES_TOTAL,
         "Read-only or idempotent calls retried on a fresh connection, by result."
+    );
+    describe_counter!(
+        PUBSUB_RESUBSCRIPTIONS_TOTAL,
+        "Subscriptions lost and made again (messages in between were missed)."
     );
     describe_counter!(
         PRIMARY_SWITCHES_TOTAL,

@@ -103,6 +103,28 @@ impl RedisGuard {
         })
     }
 
+    /// Subscribes to the channels and patterns of `subscription` on a connection of its own,
+    /// kept by the pool: PINGed while quiet, and after a restart, a kill, a reset or a frozen
+    /// socket connected and subscribed again on its own, the gap reported in the stream (see
+    /// [`Subscriber`](crate::Subscriber)). Fails if the first subscription cannot be made
+    /// within `connect_timeout`.
+    ///
+    /// ```no_run
+    /// use redis_guard::{PubSubEvent, Subscription};
+    /// # async fn demo(guard: redis_guard::RedisGuard) -> Result<(), redis_guard::Error> {
+    /// let mut events = guard.subscribe(Subscription::new().pattern("events.*")).await?;
+    /// if let Some(PubSubEvent::Message(message)) = events.next().await {
+    ///     println!("on {}", message.get_channel_name());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe(
+        &self,
+        subscription: crate::Subscription,
+    ) -> Result<crate::Subscriber, Error> {
+        Ok(crate::pubsub::subscribe(&self.inner, subscription).await?)
+    }
+
     /// Closes the pool for a graceful shutdown: from now on checkouts fail with
     /// [`UnavailableReason::Closed`](crate::UnavailableReason::Closed) and `/readyz` answers
     /// 503; it waits up to `grace` for the connections in use to come back (their requests

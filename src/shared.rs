@@ -270,6 +270,11 @@ impl Shared {
         self.connect_failed.notify_waiters();
     }
 
+    /// A subscription was lost and made again.
+    pub(crate) fn resubscribed(&self) {
+        self.metrics().resubscribed();
+    }
+
     /// A checked-out connection went back to the pool after `held`.
     pub(crate) fn returned(&self, held: Duration) {
         self.metrics().held(held.as_secs_f64());

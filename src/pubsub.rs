@@ -1,0 +1,274 @@
+//! Health-checked pub/sub: [`Subscriber`], from [`RedisGuard::subscribe`].
+//!
+//! A subscription needs a connection of its own (a subscribed connection takes no other
+//! commands), so it never comes from the pool. A task owns it: it PINGs it every
+//! [`HEALTH_PING_INTERVAL`] (Redis answers a PING in subscribed mode), so a frozen socket is
+//! found within about half a second; on a restart, a `CLIENT KILL`, a reset or a freeze it
+//! reconnects (at the pool's reconnect pace while Redis refuses) and subscribes again to every
+//! channel and pattern. Messages published while it was away are lost (pub/sub keeps
+//! nothing): the stream says so with [`PubSubEvent::Gap`] before the first message after it.
+//!
+//! Messages wait in a bounded queue of [`QUEUE_CAPACITY`]; a consumer that falls behind slows
+//! the reading, and Redis disconnects a subscriber whose output buffer overflows
+//! (`client-output-buffer-limit pubsub`), which shows as a gap.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::PubSub;
+use redis::{Msg, RedisError};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use crate::clock::Backoff;
+use crate::inner::PoolInner;
+use crate::shared::Shared;
+
+/// How often an idle subscription is PINGed.
+pub const HEALTH_PING_INTERVAL: Duration = Duration::from_millis(250);
+/// Messages held for a consumer that has not taken them yet.
+pub const QUEUE_CAPACITY: usize = 1024;
+
+/// Channels and patterns to subscribe to.
+///
+/// ```
+/// let subscription = redis_guard::Subscription::new()
+///     .channel("orders")
+///     .pattern("events.*");
+/// # drop(subscription);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Subscription {
+    channels: Vec<String>,
+    patterns: Vec<String>,
+}
+
+impl Subscription {
+    /// Nothing yet: add channels and patterns.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Subscribes to `channel` (`SUBSCRIBE`).
+    pub fn channel(mut self, channel: impl Into<String>) -> Self {
+        self.channels.push(channel.into());
+        self
+    }
+
+    /// Subscribes to channels matching `pattern` (`PSUBSCRIBE`).
+    pub fn pattern(mut self, pattern: impl Into<String>) -> Self {
+        self.patterns.push(pattern.into());
+        self
+    }
+}
+
+/// What a [`Subscriber`] receives.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PubSubEvent {
+    /// A published message.
+    Message(Msg),
+    /// The subscription was lost and has been made again: messages published in between were
+    /// missed. Comes before the first message after the gap.
+    Gap(Gap),
+}
+
+/// A break in a subscription: see [`PubSubEvent::Gap`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Gap {
+    /// Why the subscription was lost (redacted: no host, no credential).
+    pub cause: String,
+    /// From losing it to subscribing again.
+    pub lasted: Duration,
+}
+
+/// A subscription that survives restarts, kills, resets and frozen sockets; see
+/// [`RedisGuard::subscribe`](crate::RedisGuard::subscribe). Dropping it unsubscribes and
+/// closes its connection.
+///
+/// ```no_run
+/// use redis_guard::{PubSubEvent, Subscription};
+/// # async fn demo(guard: redis_guard::RedisGuard) -> Result<(), redis_guard::Error> {
+/// let mut orders = guard.subscribe(Subscription::new().channel("orders")).await?;
+/// while let Some(event) = orders.next().await {
+///     match event {
+///         PubSubEvent::Message(message) => {
+///             let payload: String = message.get_payload()?;
+///             println!("{}: {payload}", message.get_channel_name());
+///         }
+///         // Re-read what the messages would have told (the orders table, a stream).
+///         PubSubEvent::Gap(gap) => println!("missed messages for {:?}", gap.lasted),
+///         _ => {}
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Subscriber {
+    events: mpsc::Receiver<PubSubEvent>,
+    task: AbortHandle,
+}
+
+impl Subscriber {
+    /// The next message or gap; `None` once the pool is closed.
+    pub async fn next(&mut self) -> Option<PubSubEvent> {
+        self.events.recv().await
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        // The task owns the connection: aborting it drops the socket.
+        self.task.abort();
+    }
+}
+
+/// Subscribes once (the caller's first subscription must work, or the caller hears why), then
+/// hands the connection to a task that keeps it.
+pub(crate) async fn subscribe(
+    inner: &Arc<PoolInner>,
+    subscription: Subscription,
+) -> Result<Subscriber, RedisError> {
+    let shared = inner.shared.clone();
+    let budget = shared.config().connect_timeout();
+    let pubsub = tokio::time::timeout(budget, open(inner, &subscription))
+        .await
+        .map_err(|_| timed_out(budget))??;
+    let (sender, events) = mpsc::channel(QUEUE_CAPACITY);
+    let task = tokio::spawn(keep(
+        Arc::downgrade(inner),
+        shared,
+        subscription,
+        pubsub,
+        sender,
+    ));
+    Ok(Subscriber {
+        events,
+        task: task.abort_handle(),
+    })
+}
+
+/// A connection, subscribed to everything in `subscription`.
+async fn open(inner: &PoolInner, subscription: &Subscription) -> Result<PubSub, RedisError> {
+    let shared = &inner.shared;
+    let stream = inner.manager.open_subscription_stream().await?;
+    let mut pubsub = PubSub::new(shared.config().connection.redis_settings(), stream).await?;
+    if !subscription.channels.is_empty() {
+        pubsub.subscribe(&subscription.channels).await?;
+    }
+    if !subscription.patterns.is_empty() {
+        pubsub.psubscribe(&subscription.patterns).await?;
+    }
+    Ok(pubsub)
+}
+
+/// Forwards messages, PINGs while quiet, and subscribes again whenever the connection is lost,
+/// until the subscriber or the pool is dropped.
+async fn keep(
+    pool: std::sync::Weak<PoolInner>,
+    shared: Arc<Shared>,
+    subscription: Subscription,
+    mut pubsub: PubSub,
+    events: mpsc::Sender<PubSubEvent>,
+) {
+    let config = shared.config();
+    let mut backoff = Backoff::new(
+        config.reconnect_backoff_min(),
+        config.reconnect_backoff_max(),
+    );
+    loop {
+        let cause = match forward(&shared, &mut pubsub, &events).await {
+            Lost::Consumer => return,
+            Lost::Connection(cause) => cause,
+        };
+        drop(pubsub);
+        let lost_at = Instant::now();
+        tracing::info!(pool = %shared.name(), %cause, "subscription lost; subscribing again");
+        // Again at once, then at the pool's reconnect pace while Redis refuses.
+        let mut pause = Duration::ZERO;
+        pubsub = loop {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = events.closed() => return,
+                () = shared.closed() => return,
+            }
+            let Some(inner) = pool.upgrade() else { return };
+            let budget = config.connect_timeout();
+            let attempt = tokio::time::timeout(budget, open(&inner, &subscription)).await;
+            drop(inner);
+            match attempt {
+                Ok(Ok(pubsub)) => break pubsub,
+                Ok(Err(e)) => {
+                    tracing::debug!(pool = %shared.name(), error = %e, "subscribing again failed")
+                }
+                Err(_) => tracing::debug!(pool = %shared.name(), "subscribing again timed out"),
+            }
+            pause = backoff.pause();
+        };
+        backoff.reset();
+        let lasted = lost_at.elapsed();
+        shared.resubscribed();
+        tracing::info!(pool = %shared.name(), ?lasted, "subscribed again");
+        if events
+            .send(PubSubEvent::Gap(Gap { cause, lasted }))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+enum Lost {
+    /// The subscriber was dropped.
+    Consumer,
+    /// The connection closed, failed or stopped answering PINGs.
+    Connection(String),
+}
+
+/// Forwards messages until the connection is lost or nobody listens.
+async fn forward(shared: &Shared, pubsub: &mut PubSub, events: &mpsc::Sender<PubSubEvent>) -> Lost {
+    let mut quiet_since = Instant::now();
+    loop {
+        let next = tokio::time::timeout(HEALTH_PING_INTERVAL, next_message(pubsub)).await;
+        match next {
+            Ok(Some(message)) => {
+                quiet_since = Instant::now();
+                if events.send(PubSubEvent::Message(message)).await.is_err() {
+                    return Lost::Consumer;
+                }
+            }
+            Ok(None) => return Lost::Connection("the connection closed".into()),
+            Err(_) if events.is_closed() => return Lost::Consumer,
+            Err(_) => {
+                if quiet_since.elapsed() < HEALTH_PING_INTERVAL {
+                    continue;
+                }
+                let timeout = shared.validation_timeout();
+                match tokio::time::timeout(timeout, pubsub.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => quiet_since = Instant::now(),
+                    Ok(Err(e)) => return Lost::Connection(e.to_string()),
+                    Err(_) => {
+                        return Lost::Connection(format!("no PING reply within {timeout:?}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The next message on the subscription; `None` when the connection closed.
+async fn next_message(pubsub: &mut PubSub) -> Option<Msg> {
+    use futures_core::Stream;
+    let messages = pubsub.on_message();
+    let mut messages = std::pin::pin!(messages);
+    std::future::poll_fn(|cx| messages.as_mut().poll_next(cx)).await
+}
+
+fn timed_out(budget: Duration) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("subscribing timed out after {budget:?}"),
+    ))
+}

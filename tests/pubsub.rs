@@ -1,0 +1,202 @@
+//! Pub/sub through the faults of F1-F5: a subscriber through the fault proxy, a publisher
+//! numbering its messages straight to Redis. Each fault must cost a reported gap and nothing
+//! else: the subscription is made again within a second, every missing number falls inside a
+//! gap the stream reported, nothing arrives twice or out of order, and nothing is left on
+//! Redis once the subscriber is dropped.
+#![cfg(all(feature = "testkit", feature = "prometheus"))]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use redis_guard::testkit::{FaultProxy, RedisServer};
+use redis_guard::{PubSubEvent, Subscriber, Subscription};
+
+const CHANNEL: &str = "numbers";
+/// How long after a fault the subscription must be back.
+const BACK_WITHIN: Duration = Duration::from_secs(1);
+
+/// What the subscriber saw: numbers in order, with gaps marked.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Number(u64),
+    Gap,
+}
+
+/// Publishes 1, 2, 3, ... every 2 ms until stopped; a number is used only once Redis accepted
+/// it (a failed PUBLISH is sent again with the same number).
+fn publish_numbers(server: &RedisServer, stop: Arc<AtomicBool>) -> Arc<AtomicU64> {
+    let published = Arc::new(AtomicU64::new(0));
+    let count = published.clone();
+    let client = redis::Client::open(server.url()).unwrap();
+    tokio::spawn(async move {
+        let mut conn = None;
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if conn.is_none() {
+                conn = client.get_multiplexed_async_connection().await.ok();
+            }
+            let Some(c) = conn.as_mut() else { continue };
+            let next = count.load(Ordering::Relaxed) + 1;
+            let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(CHANNEL)
+                .arg(next)
+                .query_async(c)
+                .await;
+            match sent {
+                Ok(_) => count.store(next, Ordering::Relaxed),
+                Err(_) => conn = None,
+            }
+        }
+    });
+    published
+}
+
+/// Reads events until `until` returns true on what was seen, or `limit` passes.
+async fn read_until(
+    subscriber: &mut Subscriber,
+    seen: &mut Vec<(Instant, Seen)>,
+    limit: Duration,
+    until: impl Fn(&[(Instant, Seen)]) -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    while !until(seen) && Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, subscriber.next()).await {
+            Ok(Some(PubSubEvent::Message(message))) => {
+                let n: u64 = message.get_payload().unwrap();
+                seen.push((Instant::now(), Seen::Number(n)));
+            }
+            Ok(Some(PubSubEvent::Gap(gap))) => {
+                assert!(!gap.cause.is_empty());
+                seen.push((Instant::now(), Seen::Gap));
+            }
+            Ok(Some(other)) => panic!("unexpected event {other:?}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+}
+
+/// Setup: F1 restart, F2 `CLIENT KILL TYPE pubsub`, F4 RST of every proxied connection, F5
+/// every proxied connection frozen (no FIN, no RST). Asserts, per fault: a gap is reported and
+/// messages flow again within 1 s of the fault (of Redis being back, for the restart); over
+/// the whole run, numbers only grow, and every missing number lies inside a reported gap; the
+/// metric counts each resubscription; once the subscriber is dropped, no subscribed client is
+/// left on Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_survives_f1_to_f5_reporting_every_gap() {
+    let mut server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let pool = "pubsub-faults";
+    let guard = guard(config(&proxy.url(), pool)).await;
+    let mut subscriber = guard
+        .subscribe(Subscription::new().channel(CHANNEL))
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let published = publish_numbers(&server, stop.clone());
+    let mut seen = Vec::new();
+    let flowing = |seen: &[(Instant, Seen)]| {
+        seen.iter()
+            .filter(|(_, s)| matches!(s, Seen::Number(_)))
+            .count()
+            >= 20
+    };
+    read_until(&mut subscriber, &mut seen, Duration::from_secs(5), flowing).await;
+    assert!(flowing(&seen), "messages flow: {seen:?}");
+
+    for fault in ["F1 restart", "F2 CLIENT KILL", "F4 RST", "F5 freeze"] {
+        let gaps_before = seen.iter().filter(|(_, s)| *s == Seen::Gap).count();
+        match fault {
+            "F1 restart" => server.restart().unwrap(),
+            "F2 CLIENT KILL" => drop(server.command(&["CLIENT", "KILL", "TYPE", "pubsub"])),
+            "F4 RST" => drop(proxy.reset_all().await),
+            _ => drop(proxy.freeze_all().await),
+        }
+        let fault_over = Instant::now();
+        let back = |seen: &[(Instant, Seen)]| {
+            let gaps = seen.iter().filter(|(_, s)| *s == Seen::Gap).count();
+            gaps > gaps_before && matches!(seen.last(), Some((_, Seen::Number(_))))
+        };
+        read_until(&mut subscriber, &mut seen, Duration::from_secs(5), back).await;
+        assert!(
+            back(&seen),
+            "{fault}: a gap, then messages again: {:?}",
+            &seen[seen.len().saturating_sub(5)..]
+        );
+        let resumed = seen.last().unwrap().0 - fault_over;
+        assert!(
+            resumed <= BACK_WITHIN,
+            "{fault}: messages again after {resumed:?}"
+        );
+        read_until(
+            &mut subscriber,
+            &mut seen,
+            Duration::from_millis(200),
+            |_| false,
+        )
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+
+    let mut last = 0;
+    let mut gap_since_last = false;
+    for (_, event) in &seen {
+        match event {
+            Seen::Gap => gap_since_last = true,
+            Seen::Number(n) => {
+                assert!(*n > last, "{n} after {last}: out of order or twice");
+                assert!(
+                    *n == last + 1 || gap_since_last || last == 0,
+                    "{} missing between {last} and {n} with no gap reported",
+                    n - last - 1
+                );
+                last = *n;
+                gap_since_last = false;
+            }
+        }
+    }
+    assert!(
+        last + 1000 > published.load(Ordering::Relaxed),
+        "kept up with the publisher"
+    );
+    assert_eq!(
+        metric("redis_guard_pubsub_resubscriptions_total", pool, &[]),
+        4.0
+    );
+
+    // Dropping the subscriber closes its connection: the proxy sees it go (the connections
+    // frozen by F5 stay open there, as a black hole would keep them, and so does the pool's).
+    let open_before = proxy.open_connections();
+    drop(subscriber);
+    let closed = eventually(Duration::from_secs(2), || {
+        proxy.open_connections() + 1 == open_before
+    })
+    .await;
+    assert!(
+        closed,
+        "the subscription's connection is closed once the subscriber is dropped"
+    );
+}
+
+/// Setup: Redis down when subscribing. Asserts: `subscribe` fails with the cause within the
+/// connect budget instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_while_redis_is_down_fails_with_the_cause() {
+    let mut server = RedisServer::start().unwrap();
+    let guard = unready_guard(config(&server.url(), "pubsub-down")).await;
+    server.stop();
+    let started = Instant::now();
+    let error = guard
+        .subscribe(Subscription::new().channel(CHANNEL).pattern("events.*"))
+        .await
+        .expect_err("Redis is down");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        error.to_string().to_lowercase().contains("refused"),
+        "{error}"
+    );
+}
