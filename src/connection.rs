@@ -76,6 +76,14 @@ pub struct GuardConnection {
     server: Server,
 }
 
+/// Where a connection leads.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) server: Server,
+    /// Under Sentinel: the primary it was opened to.
+    pub(crate) placement: Option<Placement>,
+}
+
 /// A connection's server, as OpenTelemetry's `server.address` and `server.port`.
 #[derive(Debug, Clone)]
 pub(crate) struct Server {
@@ -137,8 +145,7 @@ impl GuardConnection {
         shared: Arc<Shared>,
         driver: AbortHandle,
         id: u64,
-        placement: Option<Placement>,
-        server: Server,
+        Peer { server, placement }: Peer,
     ) -> Self {
         let now = Instant::now();
         let config = shared.config();

@@ -14,7 +14,7 @@ use redis::{AsyncConnectionConfig, ConnectionAddr, ErrorKind, RedisError};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::clock::Backoff;
-use crate::connection::{GuardConnection, Server};
+use crate::connection::{GuardConnection, Peer, Server};
 use crate::metrics::ConnectErrorKind;
 use crate::sentinel::Placement;
 use crate::shared::Shared;
@@ -226,7 +226,7 @@ impl GuardManager {
         let link = Arc::new(self.shared.link_opened());
         let stream = TrackedStream::new(stream, link.clone());
         Ok(self
-            .handshake(stream, link, probe, id, placement, server)
+            .handshake(stream, link, probe, id, Peer { server, placement })
             .await?)
     }
 
@@ -314,8 +314,7 @@ impl GuardManager {
         link: Arc<LinkHealth>,
         probe: PeerProbe,
         id: u64,
-        placement: Option<Placement>,
-        server: Server,
+        peer: Peer,
     ) -> Result<GuardConnection, RedisError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -342,8 +341,7 @@ impl GuardManager {
             self.shared.clone(),
             driver,
             id,
-            placement,
-            server,
+            peer,
         ))
     }
 }
