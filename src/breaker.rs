@@ -102,6 +102,20 @@ impl BreakerPolicy {
 /// The breaker's state, as reported by [`RedisGuard::breaker_state`](crate::RedisGuard::breaker_state)
 /// and the `redis_guard_breaker_state` gauge (0, 1, 2).
 ///
+/// ```text
+///            connect failures >= consecutive threshold, or
+///            failure rate >= threshold over the window (with enough calls)
+///   Closed ─────────────────────────────────────────────► Open
+///     ▲                                                 │  ▲
+///     │ trial_successes                a connect succeeds │  │ a connect fails
+///     │                                                 ▼  │
+///     └───────────────────────────────────────────── HalfOpen
+/// ```
+///
+/// Open moves to half-open when a connect succeeds: the pool keeps trying in the background,
+/// so a service with no traffic recovers too. While half-open, `trial_concurrency` calls are
+/// let through and the rest are refused as while open; `trial_successes` of them close it.
+///
 /// ```
 /// assert_eq!(redis_guard::BreakerState::Open.as_gauge(), 2.0);
 /// ```

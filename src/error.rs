@@ -124,6 +124,52 @@ fn last_error(error: &Option<String>) -> String {
 /// assert_eq!(response.status(), 503);
 /// assert_eq!(response.headers()["retry-after"], "2");
 /// ```
+///
+/// # In your own error type
+///
+/// A handler's `?` meets two error types: `redis_guard::Error` from the checkout and
+/// `redis::RedisError` from each command. An application error takes both through
+/// `redis_guard::Error` (which has `From<RedisError>`), and answers as it does:
+///
+/// ```
+/// use axum::response::{IntoResponse, Response};
+/// use redis::AsyncCommands;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// enum AppError {
+///     #[error(transparent)]
+///     Redis(#[from] redis_guard::Error),
+///     #[error("no such user")]
+///     NotFound,
+/// }
+///
+/// // Rust does not chain `From`: this one line lets `?` take a command's error.
+/// impl From<redis::RedisError> for AppError {
+///     fn from(e: redis::RedisError) -> Self {
+///         AppError::Redis(e.into())
+///     }
+/// }
+///
+/// impl IntoResponse for AppError {
+///     fn into_response(self) -> Response {
+///         match self {
+///             AppError::Redis(e) => e.into_response(), // 503 with Retry-After, or 500
+///             AppError::NotFound => (http::StatusCode::NOT_FOUND, "no such user").into_response(),
+///         }
+///     }
+/// }
+///
+/// async fn user(guard: redis_guard::RedisGuard) -> Result<String, AppError> {
+///     let mut conn = guard.get().await?; // redis_guard::Error
+///     let name: Option<String> = conn.get("user:1:name").await?; // redis::RedisError
+///     name.ok_or(AppError::NotFound)
+/// }
+/// fn app(guard: redis_guard::RedisGuard) -> axum::Router {
+///     axum::Router::new()
+///         .route("/user", axum::routing::get(user))
+///         .layer(redis_guard::RedisGuardLayer::new(guard))
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

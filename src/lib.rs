@@ -25,7 +25,12 @@
 //!   `BLPOP`) for the next user, blocking commands wait their own timeout, session state is
 //!   tracked in command order, reads that failed with their socket are retried, and a failover
 //!   (`READONLY`) moves every connection to the new primary.
-//! - **TLS** (`rediss://`, feature `tls`) over the same owned socket.
+//! - **TLS** (`rediss://`, feature `tls`) over the same owned socket, and **Sentinel**
+//!   (`redis+sentinel://`): the primary followed within milliseconds of a failover.
+//! - **A real service's needs**: several pools chosen by type ([`RedisFrom`]), late checkout
+//!   for handlers that read bodies, `Option<Redis>`, health-checked pub/sub
+//!   ([`RedisGuard::subscribe`]), graceful [`close`](RedisGuard::close), readiness checks of
+//!   other dependencies ([`Health::check`]), a span per command.
 //! - **Metrics** through the [`metrics`](https://docs.rs/metrics) facade ([`mod@metrics`]), and
 //!   a `/metrics` route with the `prometheus` feature.
 //!
@@ -72,12 +77,13 @@
 //! | `clock` | backoff and lock-free instants |
 //! | `throttle` | log lines that would repeat with traffic, once per interval |
 //! | `tls` | (feature `tls`) rustls over the pool's own socket, handshake failures in words |
-//! | `layer`, `extract` | [`RedisGuardLayer`], [`RequireRedisLayer`], the [`Redis`] extractor, [`RedisRejection`] |
-//! | `health` | [`Health`]: `/livez` and `/readyz` |
+//! | `layer` | [`RedisGuardLayer`] (one pool per request), [`RequireRedisLayer`] (503 while the breaker is open) |
+//! | `extract` | the [`Redis`], [`RedisFrom`] and [`RedisGuard`] extractors, which to take when, [`RedisRejection`] |
+//! | `health` | [`Health`]: `/livez` and `/readyz`, with checks of the service's other dependencies |
 //! | `error` | [`Error`] and its one mapping to HTTP, [`PoolState`] |
 //! | [`mod@metrics`] | the metric contract |
-//! | `prometheus` | (feature `prometheus`) the `/metrics` route |
-//! | `testkit` | (feature `testkit`) a real `redis-server` and a fault-injecting proxy |
+//! | `prometheus` | (feature `prometheus`) the `/metrics` route; buckets for your own `PrometheusBuilder` |
+//! | `testkit` | (feature `testkit`) a real `redis-server`, a Sentinel deployment and a fault-injecting proxy |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations)]
 

@@ -92,6 +92,19 @@ impl RedisGuard {
     /// it does when the pool has no connection and a connect attempt fails while it waits:
     /// waiting out the budget would only hide the cause. Before the pool's first connection
     /// it is not refused: it waits for that connect.
+    ///
+    /// The steps, all under `checkout_timeout`:
+    ///
+    /// 1. the breaker admits the call, or it is refused at once;
+    /// 2. the caller waits for a slot in arrival order (first come, first served);
+    /// 3. it takes the most recently used idle connection, or a new one (every connect of the
+    ///    pool passes one gate: one attempt at a time, paced after failures);
+    /// 4. a connection whose socket is known closed, that outlived its lifetime, or that leads
+    ///    to a demoted primary is evicted without a round trip, and the next one is taken;
+    /// 5. one suspected of having failed like a peer that just failed is PINGed off the
+    ///    caller's path, and the next one is taken meanwhile;
+    /// 6. one that completed a command within `validation_bypass` is handed out as is;
+    /// 7. any other is PINGed under `validation_timeout`, and evicted if that fails.
     pub async fn get(&self) -> Result<PooledConnection, Error> {
         let span = tracing::debug_span!("redis_guard.checkout", pool = %self.name());
         let CheckedOut { conn, permit } = self.inner.checkout().instrument(span).await?;
