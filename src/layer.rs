@@ -1,22 +1,5 @@
-//! [`RedisGuardLayer`]: puts a [`RedisGuard`] into every request's extensions.
-//!
-//! ```no_run
-//! use axum::{Router, routing::get};
-//! use redis::AsyncCommands;
-//! use redis_guard::{Config, Redis, RedisGuard, RedisGuardLayer};
-//!
-//! async fn visits(mut redis: Redis) -> Result<String, redis_guard::Error> {
-//!     let n: i64 = redis.incr("visits", 1).await?;
-//!     Ok(n.to_string())
-//! }
-//!
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let guard = RedisGuard::connect(Config::from_env()?).await?;
-//! let app: Router = Router::new()
-//!     .route("/visits", get(visits))
-//!     .layer(RedisGuardLayer::new(guard));
-//! # Ok(()) }
-//! ```
+//! Tower layers: [`RedisGuardLayer`] puts a pool's handle into each request, and
+//! [`RequireRedisLayer`] answers 503 at once while the pool's breaker is open.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,7 +15,26 @@ use tower_service::Service;
 use crate::pool::RedisGuard;
 
 /// A layer that makes a [`RedisGuard`] available to the [`Redis`](crate::Redis) and
-/// [`RedisGuard`] extractors: the simple case of one pool. Cloning it clones one `Arc`.
+/// [`RedisGuard`] extractors: the simple case of one pool. Cloning it clones one `Arc`. It
+/// only adds the handle to the request: routes that never touch Redis never check out.
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use redis::AsyncCommands;
+/// use redis_guard::{Config, Redis, RedisGuard, RedisGuardLayer};
+///
+/// async fn visits(mut redis: Redis) -> Result<String, redis_guard::Error> {
+///     let n: i64 = redis.incr("visits", 1).await?;
+///     Ok(n.to_string())
+/// }
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let guard = RedisGuard::connect(Config::from_env()?).await?;
+/// let app: Router = Router::new()
+///     .route("/visits", get(visits))
+///     .layer(RedisGuardLayer::new(guard));
+/// # Ok(()) }
+/// ```
 ///
 /// For several pools, put them in the router's state and use
 /// [`RedisFrom`](crate::RedisFrom): a request has room for one `RedisGuard` in its
