@@ -278,9 +278,10 @@ impl PooledConnection {
     }
 
     async fn send(&mut self, call: Call<'_>, writes_too: bool) -> RedisResult<Reply> {
-        // Judged before the call: a fresh connection failing says Redis failed, and a
-        // transaction or watch cannot be carried over to another connection.
-        let may_retry = self.conn.has_served() && self.conn.session_is_clean();
+        // Judged before the call: a transaction or watch cannot be carried over to another
+        // connection, and a fresh connection that fails without an answer says Redis failed.
+        let clean = self.conn.session_is_clean();
+        let served = self.conn.has_served();
         let result = call.send(&mut self.conn).await;
         if matches!(&result, Err(e) if was_not_sent(e)) && self.conn.session_is_clean() {
             return self
@@ -294,6 +295,11 @@ impl PooledConnection {
             Ok(Reply::Many(values)) => (values.iter().any(is_role_refusal), false),
             Ok(Reply::One(_)) => (false, false),
         };
+        // A fresh connection whose socket was closed under it (EOF, reset) met a server that
+        // closed it: one shutting down in a restart, which took the connection just before it
+        // stopped listening. The next connection goes to the server that replaces it.
+        let closed_under_it = matches!(&result, Err(e) if e.is_connection_dropped());
+        let may_retry = clean && (served || closed_under_it);
         let shared = &self.pool.shared;
         if !may_retry
             || !(refused || connection_failed)
