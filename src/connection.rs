@@ -48,7 +48,8 @@ use crate::transport::{LinkHealth, LinkState, PeerProbe, PeerState};
 pub struct GuardConnection {
     inner: MultiplexedConnection,
     link: Arc<LinkHealth>,
-    probe: PeerProbe,
+    /// Shared with the Sentinel watch, which shuts the socket when its server is demoted.
+    probe: Arc<PeerProbe>,
     shared: Arc<Shared>,
     driver: AbortHandle,
     id: u64,
@@ -155,6 +156,10 @@ impl GuardConnection {
             now + lifetime.mul_f64(1.0 - jitter)
         });
         let session = Session::new(config.connection.redis_settings().db());
+        let probe = Arc::new(probe);
+        if let (Some(placement), Some(watch)) = (&placement, shared.sentinel()) {
+            watch.register(placement, &probe);
+        }
         let response_timeout = config.response_timeout();
         Self {
             inner,
@@ -190,6 +195,10 @@ impl GuardConnection {
     }
 
     pub(crate) fn verdict(&self, now: Instant) -> Verdict {
+        // First: its socket was shut because of it.
+        if self.on_demoted_primary() {
+            return Verdict::Evict(EvictionReason::RoleChange);
+        }
         if !self.link.is_open() {
             return Verdict::Evict(EvictionReason::Broken);
         }
@@ -457,7 +466,9 @@ impl GuardConnection {
         self.returned_at = Instant::now();
         self.response_timeout = self.shared.config().response_timeout();
         if self.eviction.is_none() {
-            let reason = if !self.link.is_open() {
+            let reason = if self.on_demoted_primary() {
+                Some(EvictionReason::RoleChange)
+            } else if !self.link.is_open() {
                 Some(EvictionReason::Broken)
             } else if self.in_flight {
                 Some(EvictionReason::Cancelled)
@@ -477,6 +488,10 @@ impl GuardConnection {
 
     fn note_outcome<T>(&mut self, result: &RedisResult<T>) {
         match result {
+            // Its socket was shut because the primary moved away from it.
+            Err(e) if is_infrastructure_failure(e) && self.on_demoted_primary() => {
+                self.evict(EvictionReason::RoleChange)
+            }
             Err(e) if is_infrastructure_failure(e) => self.evict(EvictionReason::IoError),
             // The socket works, but the server cannot take commands as the primary any more.
             Err(e) if is_refused_by_role(e) => {

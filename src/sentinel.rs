@@ -20,7 +20,7 @@
 //! every write it acknowledges then is lost when it resyncs.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 use crate::config::{Config, Sentinel};
 use crate::metrics::ConnectErrorKind;
 use crate::shared::Shared;
-use crate::transport;
+use crate::transport::{self, PeerProbe};
 
 /// The channel on which sentinels announce a new primary.
 const SWITCH_MASTER: &str = "+switch-master";
@@ -96,6 +96,10 @@ pub(crate) struct SentinelWatch {
     links: Mutex<Vec<Option<MultiplexedConnection>>>,
     /// Asks the subscriptions to poll now: a connect found one of them not answering.
     recheck: Notify,
+    /// The sockets of the pool's connections, by the primary they lead to: shut when it is
+    /// demoted, so that calls in flight there (a `BLPOP` waiting for seconds, a write the old
+    /// primary would acknowledge and then lose) fail at once rather than complete there.
+    sockets: Mutex<Vec<(PrimaryAddr, Weak<PeerProbe>)>>,
 }
 
 impl SentinelWatch {
@@ -106,6 +110,7 @@ impl SentinelWatch {
             generation: AtomicU64::new(0),
             links: Mutex::new(vec![None; sentinel.sentinels.len()]),
             recheck: Notify::new(),
+            sockets: Mutex::default(),
             sentinel,
         }
     }
@@ -113,6 +118,30 @@ impl SentinelWatch {
     /// The current generation: it changes whenever the primary moves.
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Remembers the socket of a connection opened to `placement`'s primary.
+    pub(crate) fn register(&self, placement: &Placement, probe: &Arc<PeerProbe>) {
+        let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        sockets.retain(|(_, socket)| socket.strong_count() > 0);
+        sockets.push((placement.addr.clone(), Arc::downgrade(probe)));
+    }
+
+    /// Shuts the sockets of every connection to `old`.
+    fn cut_connections_to(&self, old: &PrimaryAddr) -> usize {
+        let mut sockets = self.sockets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cut = 0;
+        sockets.retain(|(addr, socket)| {
+            if addr != old {
+                return socket.strong_count() > 0;
+            }
+            if let Some(socket) = socket.upgrade() {
+                socket.shutdown();
+                cut += 1;
+            }
+            false
+        });
+        cut
     }
 
     /// Whether `addr` is the primary as far as the pool knows.
@@ -132,101 +161,174 @@ impl SentinelWatch {
     ) -> Result<(PrimaryAddr, u64), SentinelFailure> {
         let config = shared.config();
         let count = self.sentinel.sentinels.len();
-        let first = self.preferred.load(Ordering::Relaxed);
-        let order = || (0..count).map(move |k| (first + k) % count);
-        let mut last_failure = None;
-        // The subscriptions' connections first: open and proven by their polls.
-        for i in order() {
-            let Some(mut link) = self.lock_links()[i].clone() else {
-                continue;
-            };
-            let budget = config.response_timeout();
-            match tokio::time::timeout(budget, self.ask(&mut link)).await {
-                Ok(Ok(Some((addr, epoch)))) => {
+        // The subscriptions' connections first, all at once: open and proven by their polls,
+        // so an answer takes a round trip. A frozen sentinel must not hold up the connect,
+        // hence the short budget, and its link is dropped so that no connect waits on it
+        // again before its subscription is made anew.
+        let links: Vec<(usize, MultiplexedConnection)> = self
+            .lock_links()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, link)| Some((i, link.clone()?)))
+            .collect();
+        if !links.is_empty() {
+            let budget = shared.validation_timeout();
+            let questions = links
+                .into_iter()
+                .map(|(i, mut link)| {
+                    Box::pin(async move {
+                        match tokio::time::timeout(budget, self.ask(&mut link)).await {
+                            Ok(Ok(Some(answer))) => Ok((i, answer)),
+                            Ok(Ok(None)) => Err((i, Some(self.unknown_master()))),
+                            Ok(Err(e)) => Err((i, Some(self.failure(i, &e)))),
+                            Err(_) => Err((i, None)),
+                        }
+                    }) as Question<'_>
+                })
+                .collect();
+            match first_answer(questions).await {
+                Ok((i, (addr, epoch))) => {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok(self.learn(addr, epoch, shared));
                 }
-                Ok(Ok(None)) => last_failure = Some(self.unknown_master()),
-                // Its subscription notices too, and subscribes again.
-                _ => self.recheck.notify_waiters(),
+                Err(failures) => {
+                    let mut links = self.lock_links();
+                    for (i, _) in &failures {
+                        links[*i] = None;
+                    }
+                    drop(links);
+                    self.recheck.notify_waiters();
+                }
             }
         }
-        // Then each sentinel on a connection of its own.
-        let budget = (config.connect_timeout() / (count as u32 + 1)).max(MIN_SENTINEL_BUDGET);
-        for i in order() {
-            let asked = async {
-                let mut conn = self.open(i, config, None).await?;
-                self.ask(&mut conn).await
-            };
-            let failure = match tokio::time::timeout(budget, asked).await {
-                Ok(Ok(Some((addr, epoch)))) => {
-                    self.preferred.store(i, Ordering::Relaxed);
-                    return Ok(self.learn(addr, epoch, shared));
-                }
-                Ok(Ok(None)) => self.unknown_master(),
-                Ok(Err(e)) => SentinelFailure {
-                    kind: crate::manager::classify_connect_error(&e),
-                    message: format!("sentinel {} did not answer: {e}", self.name_of(i)),
-                },
-                Err(_) => SentinelFailure {
-                    kind: ConnectErrorKind::Timeout,
-                    message: format!(
-                        "sentinel {} did not answer within {budget:?}",
-                        self.name_of(i)
-                    ),
-                },
-            };
-            last_failure = Some(failure);
-        }
-        // The primary may well be up while the sentinels restart.
+        // The primary may well be up while the sentinels restart or stop answering.
         if let Some(known) = self.lock_known().as_ref() {
             tracing::debug!(pool = %shared.name(), primary = %known.addr, "no sentinel answered; using the last known primary");
             return Ok((known.addr.clone(), self.generation()));
         }
-        Err(last_failure.unwrap_or_else(|| SentinelFailure {
-            kind: ConnectErrorKind::Other,
-            message: "no sentinel configured".to_owned(),
-        }))
+        // Nothing known yet (start-up): every sentinel on a connection of its own, at once,
+        // within half the connect budget.
+        let budget = (config.connect_timeout() / 2).max(MIN_SENTINEL_BUDGET);
+        let questions = (0..count)
+            .map(|i| {
+                Box::pin(async move {
+                    let asked = async {
+                        let mut conn = self.open(i, config, None).await?;
+                        self.ask(&mut conn).await
+                    };
+                    match tokio::time::timeout(budget, asked).await {
+                        Ok(Ok(Some(answer))) => Ok((i, answer)),
+                        Ok(Ok(None)) => Err((i, Some(self.unknown_master()))),
+                        Ok(Err(e)) => Err((i, Some(self.failure(i, &e)))),
+                        Err(_) => Err((
+                            i,
+                            Some(SentinelFailure {
+                                kind: ConnectErrorKind::Timeout,
+                                message: format!(
+                                    "sentinel {} did not answer within {budget:?}",
+                                    self.name_of(i)
+                                ),
+                            }),
+                        )),
+                    }
+                }) as Question<'_>
+            })
+            .collect();
+        match first_answer(questions).await {
+            Ok((i, (addr, epoch))) => {
+                self.preferred.store(i, Ordering::Relaxed);
+                Ok(self.learn(addr, epoch, shared))
+            }
+            // The first sentinel's failure: the one an operator would look at first.
+            Err(failures) => Err(failures
+                .into_iter()
+                .min_by_key(|(i, _)| *i)
+                .and_then(|(_, failure)| failure)
+                .unwrap_or_else(|| SentinelFailure {
+                    kind: ConnectErrorKind::Other,
+                    message: "no sentinel configured".to_owned(),
+                })),
+        }
     }
 
-    /// Takes in what a sentinel said, and returns the primary the pool now believes in: the
-    /// answer unless the pool knows a newer epoch. A move raises the generation and tells
+    /// A sentinel's error in words: a refusal (credentials, ACL) or a failure to reach it.
+    fn failure(&self, i: usize, e: &RedisError) -> SentinelFailure {
+        #[cfg(feature = "tls")]
+        if let Some(cause) = crate::tls::tls_failure(e) {
+            return SentinelFailure {
+                kind: ConnectErrorKind::Tls,
+                message: format!("sentinel {}: {cause}", self.name_of(i)),
+            };
+        }
+        let what = match e.code() {
+            Some(_) => "refused",
+            None => "cannot be reached",
+        };
+        SentinelFailure {
+            kind: crate::manager::classify_connect_error(e),
+            message: format!("sentinel {} {what}: {e}", self.name_of(i)),
+        }
+    }
+
+    /// Takes in what a sentinel said (`SENTINEL MASTER`: an address and its configuration
+    /// epoch), and returns the primary the pool now believes in. Another address than the
+    /// known one wins only with a newer epoch: an equal or older one comes from a sentinel
+    /// that has not heard of the last failover. A move raises the generation and tells
     /// `shared`, which retires the connections to the old primary.
     fn learn(&self, addr: PrimaryAddr, epoch: u64, shared: &Shared) -> (PrimaryAddr, u64) {
         let mut known = self.lock_known();
-        let moved_from = match known.as_mut() {
-            None => None,
+        match known.as_mut() {
             Some(k) if k.addr == addr => {
                 k.epoch = k.epoch.max(epoch);
-                return (addr, self.generation());
+                (addr, self.generation())
             }
-            // A sentinel that has not heard of the last failover yet.
-            Some(k) if epoch <= k.epoch => return (k.addr.clone(), self.generation()),
-            Some(k) => Some(k.addr.clone()),
+            Some(k) if epoch <= k.epoch => (k.addr.clone(), self.generation()),
+            _ => {
+                drop(known);
+                self.move_to(addr, epoch, shared)
+            }
+        }
+    }
+
+    /// A `+switch-master` for this master: the announcing sentinel moved to `addr` under a
+    /// newer epoch than the one the pool knew for the old address. The pool moves at once and
+    /// keeps the old epoch until a `SENTINEL MASTER` gives the new one (asked right after):
+    /// an answer for the old address then carries the old epoch, which no longer wins, and a
+    /// later failover's carries a newer one, which does.
+    fn announced(&self, addr: PrimaryAddr, shared: &Shared) {
+        let epoch = {
+            let known = self.lock_known();
+            match known.as_ref() {
+                Some(k) if k.addr == addr => return,
+                Some(k) => k.epoch,
+                None => 0,
+            }
         };
-        *known = Some(Known {
+        self.move_to(addr, epoch, shared);
+    }
+
+    fn move_to(&self, addr: PrimaryAddr, epoch: u64, shared: &Shared) -> (PrimaryAddr, u64) {
+        let mut known = self.lock_known();
+        let old = known.replace(Known {
             addr: addr.clone(),
             epoch,
         });
-        let generation = match moved_from {
+        let generation = match old {
             Some(_) => self.generation.fetch_add(1, Ordering::AcqRel) + 1,
             None => self.generation(),
         };
         drop(known);
-        match moved_from {
-            Some(old) => shared.primary_moved(&old, &addr),
+        match old {
+            Some(old) => {
+                shared.primary_moved(&old.addr, &addr);
+                let cut = self.cut_connections_to(&old.addr);
+                tracing::debug!(pool = %shared.name(), cut, "connections to the demoted primary shut");
+            }
             None => {
                 tracing::info!(pool = %shared.name(), primary = %addr, epoch, "primary found through Sentinel");
             }
         }
         (addr, generation)
-    }
-
-    /// A `+switch-master` for this master: the announcing sentinel's newest configuration,
-    /// so one epoch above the known one at least.
-    fn announced(&self, addr: PrimaryAddr, shared: &Shared) {
-        let epoch = self.lock_known().as_ref().map_or(0, |k| k.epoch + 1);
-        self.learn(addr, epoch, shared);
     }
 
     /// `SENTINEL MASTER <name>`: the primary's address and epoch, or `None` if this sentinel
@@ -384,6 +486,41 @@ pub(crate) async fn follow(shared: Arc<Shared>) {
     join_all(followers.collect()).await;
 }
 
+/// A sentinel's answer: its index, the primary and its epoch.
+type Answer = (usize, (PrimaryAddr, u64));
+/// Why a sentinel gave none: its index, and the failure (`None`: no answer in time).
+type NoAnswer = (usize, Option<SentinelFailure>);
+/// A question to one sentinel.
+type Question<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Answer, NoAnswer>> + Send + 'a>>;
+
+/// Polls every question at once; the first answer wins (the others are dropped), else every
+/// failure.
+async fn first_answer(questions: Vec<Question<'_>>) -> Result<Answer, Vec<NoAnswer>> {
+    let mut pending: Vec<_> = questions.into_iter().map(Some).collect();
+    let mut failures = Vec::new();
+    std::future::poll_fn(|cx| {
+        for slot in &mut pending {
+            if let Some(question) = slot
+                && let std::task::Poll::Ready(outcome) = question.as_mut().poll(cx)
+            {
+                *slot = None;
+                match outcome {
+                    Ok(answer) => return std::task::Poll::Ready(Some(answer)),
+                    Err(failure) => failures.push(failure),
+                }
+            }
+        }
+        if pending.iter().all(Option::is_none) {
+            std::task::Poll::Ready(None)
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+    .ok_or(failures)
+}
+
 /// Polls every future to its end (`futures`' `join_all`, without the crate).
 async fn join_all<F: std::future::Future<Output = ()>>(futures: Vec<F>) {
     let mut futures: Vec<_> = futures.into_iter().map(Box::pin).map(Some).collect();
@@ -432,7 +569,7 @@ async fn subscribe_and_listen(shared: &Shared, watch: &SentinelWatch, i: usize) 
     let mut poll_now = true;
     loop {
         if poll_now {
-            match tokio::time::timeout(config.response_timeout(), watch.ask(&mut conn)).await {
+            match tokio::time::timeout(shared.validation_timeout(), watch.ask(&mut conn)).await {
                 Ok(Ok(Some((addr, epoch)))) => {
                     watch.learn(addr, epoch, shared);
                 }
@@ -500,6 +637,60 @@ mod tests {
                 Value::BulkString(payload.into()),
             ],
         }
+    }
+
+    fn addr(port: u16) -> PrimaryAddr {
+        PrimaryAddr {
+            host: "10.0.0.1".into(),
+            port,
+        }
+    }
+
+    fn watch_and_shared() -> (SentinelWatch, Shared) {
+        let config = crate::Config::builder("redis+sentinel://s1,s2,s3/mymaster")
+            .build()
+            .unwrap();
+        let watch = SentinelWatch::new(config.sentinel.clone().unwrap());
+        (watch, Shared::new(config))
+    }
+
+    fn primary(watch: &SentinelWatch) -> (u16, u64) {
+        let known = watch.lock_known();
+        let known = known.as_ref().unwrap();
+        (known.addr.port, known.epoch)
+    }
+
+    /// Every sentinel announces the same failover: the epoch must not grow with each, or a
+    /// later failover announced only through polls (its true epoch one above) is ignored.
+    #[test]
+    fn a_failover_missed_after_one_announced_is_still_followed() {
+        let (watch, shared) = watch_and_shared();
+        watch.learn(addr(1), 0, &shared);
+        for _ in 0..3 {
+            watch.announced(addr(2), &shared);
+        }
+        assert_eq!(watch.generation(), 1);
+        // The poll right after the announcement gives the true epoch.
+        watch.learn(addr(2), 1, &shared);
+        // A sentinel that has not heard of it yet is ignored.
+        watch.learn(addr(1), 0, &shared);
+        assert_eq!(primary(&watch), (2, 1));
+        // The next failover, seen only by a poll.
+        watch.learn(addr(1), 2, &shared);
+        assert_eq!(primary(&watch), (1, 2));
+        assert_eq!(watch.generation(), 2);
+    }
+
+    /// Right after an announcement, before the true epoch is known, a lagging sentinel's
+    /// answer for the old primary does not move the pool back.
+    #[test]
+    fn a_lagging_sentinel_does_not_undo_an_announcement() {
+        let (watch, shared) = watch_and_shared();
+        watch.learn(addr(1), 5, &shared);
+        watch.announced(addr(2), &shared);
+        watch.learn(addr(1), 5, &shared);
+        assert_eq!(primary(&watch).0, 2);
+        assert_eq!(watch.generation(), 1);
     }
 
     #[test]

@@ -81,7 +81,13 @@ impl Sentinel {
     /// One more sentinel to ask. They are asked in order, starting with the one that
     /// answered last.
     pub fn sentinel(mut self, host: impl Into<String>, port: u16) -> Self {
-        self.sentinels.push((host.into(), port));
+        let host: String = host.into();
+        // `[::1]` as in a URL, or `::1`: the same address.
+        let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(bare) => bare.to_owned(),
+            None => host,
+        };
+        self.sentinels.push((host, port));
         self
     }
 
@@ -154,9 +160,7 @@ impl Sentinel {
             )));
         }
         for (i, (host, port)) in self.sentinels.iter().enumerate() {
-            let valid = host.parse::<std::net::IpAddr>().is_ok()
-                || (!host.is_empty() && url::Host::parse(host).is_ok());
-            if !valid {
+            if !is_host(host) {
                 return Err(invalid(format!("sentinel {} has no valid host", i + 1)));
             }
             if *port == 0 {
@@ -220,6 +224,25 @@ impl Sentinel {
         }
         out
     }
+}
+
+/// An IP address, or a DNS name: labels of letters, digits, `-` and `_`, not starting or
+/// ending with `-`, and no empty label.
+fn is_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
 }
 
 fn escape(part: &str) -> String {
@@ -378,10 +401,16 @@ fn parse_host(raw: &str, n: usize) -> Result<(String, u16), ConfigError> {
         };
         (addr.to_owned(), port)
     } else {
-        match raw.rsplit_once(':') {
+        let split = match raw.rsplit_once(':') {
             Some((host, port)) => (host.to_owned(), Some(port)),
             None => (raw.to_owned(), None),
+        };
+        if split.0.contains(':') {
+            return Err(invalid(format!(
+                "sentinel {n}: an IPv6 address goes in brackets: [::1]:26379"
+            )));
         }
+        split
     };
     if host.is_empty() {
         return Err(invalid(format!(

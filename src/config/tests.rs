@@ -267,6 +267,18 @@ fn bad_urls_are_rejected_naming_the_part_without_repeating_it() {
             "redis+sentinel://[::1/mymaster".to_owned(),
             "an IPv6 address lacks its ']'",
         ),
+        (
+            "redis+sentinel://fe80::1:26379/mymaster".to_owned(),
+            "an IPv6 address goes in brackets",
+        ),
+        (
+            "redis+sentinel://h1;h2:26379/mymaster".to_owned(),
+            "sentinel 1 has no valid host",
+        ),
+        (
+            "redis+sentinel://127.0.0.1.:26379/mymaster".to_owned(),
+            "sentinel 1 has no valid host",
+        ),
     ];
     for (url, expected) in cases {
         let message = error_of(Config::builder(url.clone()));
@@ -369,6 +381,8 @@ fn a_sentinel_url_and_the_builder_form_configure_the_same_pool() {
     .unwrap();
     let again = built.sentinel.as_deref().unwrap();
     assert_eq!(again.sentinels, sentinel.sentinels);
+    let bracketed = Sentinel::new("m").sentinel("[::1]", 26381);
+    assert_eq!(bracketed.sentinels, [("::1".to_owned(), 26381)]);
     assert_eq!(again.sentinel_auth, sentinel.sentinel_auth);
     assert_eq!(built.connection.redis_settings().db(), 3);
     assert_eq!(

@@ -152,7 +152,7 @@ impl SentinelDeployment {
     /// under TLS, `rediss+sentinel://[:password@]localhost:<TLS port>,...`.
     pub fn url(&self) -> String {
         let auth = match &self.options.redis_password {
-            Some(password) => format!(":{password}@"),
+            Some(password) => format!(":{}@", percent_encode(password)),
             None => String::new(),
         };
         let hosts: Vec<String> = self
@@ -168,7 +168,7 @@ impl SentinelDeployment {
             None => "redis+sentinel",
         };
         let query = match &self.options.sentinel_password {
-            Some(password) => format!("?sentinel_password={password}"),
+            Some(password) => format!("?sentinel_password={}", percent_encode(password)),
             None => String::new(),
         };
         format!("{scheme}://{auth}{}/{MASTER_NAME}{query}", hosts.join(","))
@@ -238,16 +238,15 @@ impl SentinelDeployment {
     pub async fn watch_announcements(&self) -> redis::RedisResult<Announcements> {
         let announcements = Announcements::default();
         for sentinel in &self.sentinels {
-            let url = match &self.options.sentinel_password {
-                Some(password) => format!(
-                    "redis://:{password}@127.0.0.1:{}?protocol=resp3",
-                    sentinel.port()
-                ),
-                None => format!("{}?protocol=resp3", sentinel.url()),
-            };
+            let info = sentinel.connection_info(self.options.sentinel_password.as_deref());
+            let resp3 = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            let info = info.set_redis_settings(resp3);
             let (pushes, mut received) = tokio::sync::mpsc::unbounded_channel();
             let settings = redis::AsyncConnectionConfig::new().set_push_sender(pushes);
-            let mut conn = redis::Client::open(url)?
+            let mut conn = redis::Client::open(info)?
                 .get_multiplexed_async_connection_with_config(&settings)
                 .await?;
             conn.subscribe("+switch-master").await?;
@@ -318,6 +317,18 @@ impl Announcements {
     pub fn first(&self) -> Option<Instant> {
         *self.first.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Every byte but letters, digits and `-._~` as `%XX`: safe in the user info and the query.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// A field of a sentinel's description of an instance (a flat list of names and values).

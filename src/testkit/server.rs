@@ -164,14 +164,30 @@ impl RedisServer {
     /// Stops the server gracefully (SIGTERM) and waits for it to exit. Clients see their
     /// connections closed (EOF).
     pub fn stop(&mut self) {
+        // std can only SIGKILL; SIGTERM is a graceful shutdown, as an orchestrated restart.
+        self.signal("-TERM");
+        self.reap();
+    }
+
+    /// Freezes the process (SIGSTOP): its sockets stay open and the kernel still completes TCP
+    /// handshakes, but nothing answers, as a server stuck in swap or a paused VM.
+    /// [`resume`](Self::resume) lets it go on.
+    pub fn pause(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [`pause`](Self::pause)d server go on (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&mut self, signal: &str) {
         if let Some(child) = self.child.as_mut() {
-            // std can only SIGKILL; SIGTERM is a graceful shutdown, as an orchestrated restart.
             let _ = Command::new("kill")
-                .arg("-TERM")
+                .arg(signal)
                 .arg(child.id().to_string())
                 .status();
         }
-        self.reap();
     }
 
     /// Kills the server (SIGKILL), as a crash would.
@@ -209,16 +225,27 @@ impl RedisServer {
         password: Option<&str>,
         args: &[&str],
     ) -> redis::RedisResult<redis::Value> {
-        let client = redis::Client::open(match password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
-            None => self.url(),
-        })?;
+        let client = redis::Client::open(self.connection_info(password))?;
         let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
         let mut cmd = redis::cmd(args[0]);
         for arg in &args[1..] {
             cmd.arg(*arg);
         }
         cmd.query(&mut conn)
+    }
+
+    /// How to reach the server's plain port, with `password` if given (any characters).
+    pub(crate) fn connection_info(&self, password: Option<&str>) -> redis::ConnectionInfo {
+        let mut redis = redis::RedisConnectionInfo::default();
+        if let Some(password) = password {
+            redis = redis.set_password(password);
+        }
+        redis::IntoConnectionInfo::into_connection_info(redis::ConnectionAddr::Tcp(
+            "127.0.0.1".into(),
+            self.port,
+        ))
+        .expect("an address is a connection info")
+        .set_redis_settings(redis)
     }
 
     fn spawn(&mut self) -> io::Result<()> {
