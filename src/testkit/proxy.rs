@@ -270,7 +270,11 @@ async fn forward(
                 }
             },
         };
+        // A command first: once a fault is broadcast, no more bytes cross a link before it
+        // applies, so a connection cannot finish a handshake (and be handed out) in the middle
+        // of a reset that was meant to hit it.
         tokio::select! {
+            biased;
             changed = commands.changed() => {
                 if changed.is_err() {
                     return Ok(());
