@@ -534,8 +534,8 @@ impl Drop for GuardConnection {
 /// Implements `ConnectionLike` for a wrapper by handing every call to `self.$field`, so that
 /// `AsyncCommands` and `query_async(&mut wrapper)` work on the wrappers users hold.
 macro_rules! delegate_connection_like {
-    ($wrapper:ty, $field:tt) => {
-        impl redis::aio::ConnectionLike for $wrapper {
+    (impl<$($generic:ident),*> $wrapper:ty, $field:tt) => {
+        impl<$($generic),*> redis::aio::ConnectionLike for $wrapper {
             fn req_packed_command<'a>(
                 &'a mut self,
                 cmd: &'a redis::Cmd,

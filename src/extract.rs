@@ -56,7 +56,7 @@ impl DerefMut for Redis {
     }
 }
 
-crate::connection::delegate_connection_like!(Redis, 0);
+crate::connection::delegate_connection_like!(impl<> Redis, 0);
 
 /// Why [`Redis`] or [`RedisGuard`] could not be extracted.
 ///
@@ -251,27 +251,7 @@ impl<P> DerefMut for RedisFrom<P> {
     }
 }
 
-impl<P> redis::aio::ConnectionLike for RedisFrom<P> {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a redis::Cmd,
-    ) -> redis::RedisFuture<'a, redis::Value> {
-        self.conn.req_packed_command(cmd)
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        self.conn.req_packed_commands(pipeline, offset, count)
-    }
-
-    fn get_db(&self) -> i64 {
-        self.conn.get_db()
-    }
-}
+crate::connection::delegate_connection_like!(impl<P> RedisFrom<P>, conn);
 
 impl<S, P> FromRequestParts<S> for RedisFrom<P>
 where
