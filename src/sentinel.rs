@@ -1,25 +1,28 @@
 //! Following the primary under Redis Sentinel.
 //!
 //! What the pool knows of the primary is one address and the configuration epoch it came
-//! with; every change passes [`SentinelWatch::learn`], which keeps the newest:
+//! with. Another address replaces it only with a newer epoch ([`SentinelWatch::learn`]) or
+//! through a `+switch-master` announcement:
 //!
-//! - every connect asks a sentinel (`SENTINEL MASTER <name>`: the address and its epoch),
-//!   first on the subscriptions' connections, then each sentinel on a connection of its own; when none answers,
-//!   the last known primary is used, so a pool keeps working while the sentinels restart;
+//! - every connect asks the sentinels (`SENTINEL MASTER <name>`: the address and its epoch):
+//!   all subscriptions' connections at once, under a short budget; when none answers, the
+//!   last known primary is used (a pool keeps working while the sentinels restart or hang);
+//!   with none known yet, every sentinel on a connection of its own;
 //! - a task keeps a connection to every sentinel subscribed to `+switch-master` (the leader
 //!   of a failover announces it first, the others up to seconds later), and polls on each
 //!   every `probe_interval` in case an announcement is lost; a subscription that fails or
 //!   stops answering is made again;
-//! - an answer with an older epoch than the known one comes from a sentinel that has not
-//!   heard of the failover yet, and is ignored.
+//! - an answer with the known epoch or an older one for another address comes from a
+//!   sentinel that has not heard of the failover yet, and is ignored.
 //!
 //! When the primary moves, the generation number goes up: each connection remembers the
 //! address it was opened to, and one whose address is no longer the primary's is retired
-//! before it sends anything more (`connection.rs`). The old primary may still accept writes
-//! for seconds after the announcement (Sentinel reconfigures it as a replica only later), and
-//! every write it acknowledges then is lost when it resyncs.
+//! before it sends anything more (`connection.rs`); the sockets of those in use are shut at
+//! once. The old primary may still accept writes for seconds after the announcement
+//! (Sentinel reconfigures it as a replica only later), and every write it acknowledges then
+//! is lost when it resyncs.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -87,8 +90,6 @@ pub(crate) struct SentinelFailure {
 #[derive(Debug)]
 pub(crate) struct SentinelWatch {
     sentinel: Arc<Sentinel>,
-    /// The sentinel asked first: the last one that answered.
-    preferred: AtomicUsize,
     known: Mutex<Option<Known>>,
     /// Raised each time the primary moves.
     generation: AtomicU64,
@@ -105,7 +106,6 @@ pub(crate) struct SentinelWatch {
 impl SentinelWatch {
     pub(crate) fn new(sentinel: Arc<Sentinel>) -> Self {
         Self {
-            preferred: AtomicUsize::new(0),
             known: Mutex::new(None),
             generation: AtomicU64::new(0),
             links: Mutex::new(vec![None; sentinel.sentinels.len()]),
@@ -187,10 +187,7 @@ impl SentinelWatch {
                 })
                 .collect();
             match first_answer(questions).await {
-                Ok((i, (addr, epoch))) => {
-                    self.preferred.store(i, Ordering::Relaxed);
-                    return Ok(self.learn(addr, epoch, shared));
-                }
+                Ok((_, (addr, epoch))) => return Ok(self.learn(addr, epoch, shared)),
                 Err(failures) => {
                     let mut links = self.lock_links();
                     for (i, _) in &failures {
@@ -235,10 +232,7 @@ impl SentinelWatch {
             })
             .collect();
         match first_answer(questions).await {
-            Ok((i, (addr, epoch))) => {
-                self.preferred.store(i, Ordering::Relaxed);
-                Ok(self.learn(addr, epoch, shared))
-            }
+            Ok((_, (addr, epoch))) => Ok(self.learn(addr, epoch, shared)),
             // The first sentinel's failure: the one an operator would look at first.
             Err(failures) => Err(failures
                 .into_iter()

@@ -78,8 +78,8 @@ impl Sentinel {
         }
     }
 
-    /// One more sentinel to ask. They are asked in order, starting with the one that
-    /// answered last.
+    /// One more sentinel to ask. They are asked all at once; the first answer counts, unless
+    /// another sentinel already named a primary under a newer configuration epoch.
     pub fn sentinel(mut self, host: impl Into<String>, port: u16) -> Self {
         let host: String = host.into();
         // `[::1]` as in a URL, or `::1`: the same address.
