@@ -139,8 +139,11 @@ async fn run_custom(check: Weak<CustomCheck>) {
             return;
         };
         let every = strong.every;
-        let result = match tokio::time::timeout(every, (strong.run)()).await {
-            Ok(result) => result,
+        // A panicking check is a failing one, and runs again: the task must outlive it.
+        let run = crate::manager::CatchUnwind((strong.run)());
+        let result = match tokio::time::timeout(every, run).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_panic)) => Err("the check panicked".to_owned()),
             Err(_) => Err(format!("no answer within {every:?}")),
         };
         *strong.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);

@@ -191,7 +191,11 @@ impl PoolInner {
             return Err(self.rejected());
         };
         let started = Instant::now();
-        let result = self.checkout_within_budget(started).await;
+        let mut result = self.checkout_within_budget(started).await;
+        if result.is_err() && shared.is_closing() {
+            // Whatever it met on the way, it failed because the pool closed under it.
+            result = Err(self.unavailable(UnavailableReason::Closed));
+        }
         match &result {
             Ok(_) => shared.checkout_succeeded(started.elapsed()),
             Err(error) => shared.checkout_failed(error),
@@ -335,6 +339,7 @@ impl PoolInner {
                     ask_again_at = None;
                     step.set(tokio::time::timeout_at(deadline.into(), make()));
                 }
+                () = shared.closed() => return Err(self.unavailable(UnavailableReason::Closed)),
             }
         }
     }
@@ -364,7 +369,7 @@ impl PoolInner {
         })
     }
 
-    fn unavailable(&self, reason: UnavailableReason) -> Error {
+    pub(crate) fn unavailable(&self, reason: UnavailableReason) -> Error {
         Error::Unavailable {
             pool: self.name().to_owned(),
             reason,

@@ -72,7 +72,7 @@
 //! | `command` | how long a blocking command may wait; which commands only read (for retries) |
 //! | `shared` | the one place outcomes are classified, counted, logged and fed to the breaker |
 //! | `breaker` | the breaker's state machine and [`BreakerPolicy`] |
-//! | `pubsub` | [`Subscriber`]: subscriptions that PING, reconnect, resubscribe and report gaps |
+//! | [`mod@pubsub`] | [`Subscriber`]: subscriptions that PING, reconnect, resubscribe and report gaps |
 //! | `probe` | the prober: readiness, verification connects, recovery without traffic |
 //! | `clock` | backoff and lock-free instants |
 //! | `throttle` | log lines that would repeat with traffic, once per interval |
@@ -103,7 +103,7 @@ mod pool;
 mod probe;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
-mod pubsub;
+pub mod pubsub;
 mod sentinel;
 mod session;
 mod shared;

@@ -130,7 +130,13 @@ impl GuardManager {
         if let Some(deadline) = deadline {
             budget = budget.min(deadline.saturating_duration_since(Instant::now()));
         }
-        let outcome = match tokio::time::timeout(budget, self.open_and_ping(id)).await {
+        let connecting = tokio::time::timeout(budget, self.open_and_ping(id));
+        // A pool that closes stops waiting for a connect it no longer wants.
+        let connected = tokio::select! {
+            connected = connecting => connected,
+            () = shared.closed() => return Attempt::Skipped,
+        };
+        let outcome = match connected {
             Ok(outcome) => outcome,
             Err(_) => Err(ConnectFailure::Redis(RedisError::from(
                 std::io::Error::new(
@@ -384,7 +390,7 @@ pub(crate) fn until_next_attempt(shared: &Shared) -> Duration {
 }
 
 /// Polls a future, turning a panic into an error (`futures`' `catch_unwind`, without the crate).
-struct CatchUnwind<F>(F);
+pub(crate) struct CatchUnwind<F>(pub(crate) F);
 
 impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
     type Output = std::thread::Result<F::Output>;

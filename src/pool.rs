@@ -119,8 +119,9 @@ impl RedisGuard {
     /// Subscribes to the channels and patterns of `subscription` on a connection of its own,
     /// kept by the pool: PINGed while quiet, and after a restart, a kill, a reset or a frozen
     /// socket connected and subscribed again on its own, the gap reported in the stream (see
-    /// [`Subscriber`](crate::Subscriber)). Fails if the first subscription cannot be made
-    /// within `connect_timeout`.
+    /// [`Subscriber`](crate::Subscriber)). Fails with [`Error::Unavailable`] (a 503) if the
+    /// first subscription cannot be made within `connect_timeout`, or while the pool is
+    /// closed or its breaker open. Closing the pool ends every subscription's stream.
     ///
     /// ```no_run
     /// use redis_guard::{PubSubEvent, Subscription};
@@ -135,15 +136,16 @@ impl RedisGuard {
         &self,
         subscription: crate::Subscription,
     ) -> Result<crate::Subscriber, Error> {
-        Ok(crate::pubsub::subscribe(&self.inner, subscription).await?)
+        crate::pubsub::subscribe(&self.inner, subscription).await
     }
 
     /// Closes the pool for a graceful shutdown: from now on checkouts fail with
     /// [`UnavailableReason::Closed`](crate::UnavailableReason::Closed) and `/readyz` answers
     /// 503; it waits up to `grace` for the connections in use to come back (their requests
-    /// finish, none is cut mid-command), closes every socket, and stops the pool's background
-    /// tasks (prober, Sentinel subscriptions). A connection still in use after `grace` is
-    /// closed when it comes back. Every clone of the handle sees the pool closed.
+    /// finish, none is cut mid-command), closes the idle sockets, ends every subscription's
+    /// stream, and stops the pool's background tasks (prober, Sentinel subscriptions). A
+    /// connection still in use after `grace` is closed when it comes back. Every clone of the
+    /// handle sees the pool closed.
     ///
     /// Returns how many connections were still in use when `grace` ran out (0: all came back).
     ///

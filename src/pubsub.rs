@@ -8,9 +8,10 @@
 //! channel and pattern. Messages published while it was away are lost (pub/sub keeps
 //! nothing): the stream says so with [`PubSubEvent::Gap`] before the first message after it.
 //!
-//! Messages wait in a bounded queue of [`QUEUE_CAPACITY`]; a consumer that falls behind slows
-//! the reading, and Redis disconnects a subscriber whose output buffer overflows
-//! (`client-output-buffer-limit pubsub`), which shows as a gap.
+//! Messages wait in a bounded queue of [`QUEUE_CAPACITY`]. When a consumer falls behind so far
+//! that the queue is full, the subscription is dropped (memory stays bounded) and made again
+//! once the consumer has taken a message: that shows as a gap too. Closing or dropping the
+//! pool ends the stream.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::clock::Backoff;
+use crate::error::{Error, UnavailableReason};
 use crate::inner::PoolInner;
 use crate::shared::Shared;
 
@@ -79,7 +81,8 @@ pub enum PubSubEvent {
 pub struct Gap {
     /// Why the subscription was lost (redacted: no host, no credential).
     pub cause: String,
-    /// From losing it to subscribing again.
+    /// From the old subscription's last sign of life (a message, or a PING reply) to the new
+    /// subscription: messages published in this time may have been missed.
     pub lasted: Duration,
 }
 
@@ -125,16 +128,32 @@ impl Drop for Subscriber {
 }
 
 /// Subscribes once (the caller's first subscription must work, or the caller hears why), then
-/// hands the connection to a task that keeps it.
+/// hands the connection to a task that keeps it. Refused like a checkout while the pool is
+/// closed or its breaker open.
 pub(crate) async fn subscribe(
     inner: &Arc<PoolInner>,
     subscription: Subscription,
-) -> Result<Subscriber, RedisError> {
+) -> Result<Subscriber, Error> {
     let shared = inner.shared.clone();
+    if shared.is_closing() {
+        return Err(inner.unavailable(UnavailableReason::Closed));
+    }
+    if shared.admit().is_none() {
+        return Err(inner.rejected());
+    }
     let budget = shared.config().connect_timeout();
-    let pubsub = tokio::time::timeout(budget, open(inner, &subscription))
-        .await
-        .map_err(|_| timed_out(budget))??;
+    let cannot_connect =
+        |cause: String| inner.unavailable(UnavailableReason::CannotConnect { cause });
+    let pubsub = match tokio::time::timeout(budget, open(inner, &subscription)).await {
+        Ok(Ok(pubsub)) => pubsub,
+        // From the pool's own sockets and handshakes: no URL, no password.
+        Ok(Err(e)) => return Err(cannot_connect(e.to_string())),
+        Err(_) => {
+            return Err(cannot_connect(format!(
+                "subscribing timed out after {budget:?}"
+            )));
+        }
+    };
     let (sender, events) = mpsc::channel(QUEUE_CAPACITY);
     let task = tokio::spawn(keep(
         Arc::downgrade(inner),
@@ -164,7 +183,7 @@ async fn open(inner: &PoolInner, subscription: &Subscription) -> Result<PubSub, 
 }
 
 /// Forwards messages, PINGs while quiet, and subscribes again whenever the connection is lost,
-/// until the subscriber or the pool is dropped.
+/// until the subscriber is dropped or the pool closes (which ends the stream).
 async fn keep(
     pool: std::sync::Weak<PoolInner>,
     shared: Arc<Shared>,
@@ -178,13 +197,21 @@ async fn keep(
         config.reconnect_backoff_max(),
     );
     loop {
-        let cause = match forward(&shared, &mut pubsub, &events).await {
+        let (cause, alive_at) = match forward(&shared, &mut pubsub, &events).await {
             Lost::Consumer => return,
-            Lost::Connection(cause) => cause,
+            Lost::Connection { cause, alive_at } => (cause, alive_at),
         };
         drop(pubsub);
-        let lost_at = Instant::now();
         tracing::info!(pool = %shared.name(), %cause, "subscription lost; subscribing again");
+        // Room in the queue first: a consumer that fell behind catches up before new messages
+        // come, and the gap is reported in that room.
+        let room = tokio::select! {
+            room = events.reserve() => match room {
+                Ok(room) => room,
+                Err(_) => return,
+            },
+            () = shared.closed() => return,
+        };
         // Again at once, then at the pool's reconnect pace while Redis refuses.
         let mut pause = Duration::ZERO;
         pubsub = loop {
@@ -207,51 +234,57 @@ async fn keep(
             pause = backoff.pause();
         };
         backoff.reset();
-        let lasted = lost_at.elapsed();
+        let lasted = alive_at.elapsed();
         shared.resubscribed();
         tracing::info!(pool = %shared.name(), ?lasted, "subscribed again");
-        if events
-            .send(PubSubEvent::Gap(Gap { cause, lasted }))
-            .await
-            .is_err()
-        {
-            return;
-        }
+        room.send(PubSubEvent::Gap(Gap { cause, lasted }));
     }
 }
 
 enum Lost {
-    /// The subscriber was dropped.
+    /// The subscriber was dropped, or the pool closed.
     Consumer,
-    /// The connection closed, failed or stopped answering PINGs.
-    Connection(String),
+    /// The connection closed, failed or stopped answering PINGs, or the consumer fell behind.
+    /// `alive_at`: its last sign of life (a message or a PING reply), where the gap may begin.
+    Connection { cause: String, alive_at: Instant },
 }
 
-/// Forwards messages until the connection is lost or nobody listens.
+/// Forwards messages until the connection is lost, the consumer falls behind (the queue is
+/// full: the connection is dropped rather than let redis-rs buffer without bound), nobody
+/// listens or the pool closes.
 async fn forward(shared: &Shared, pubsub: &mut PubSub, events: &mpsc::Sender<PubSubEvent>) -> Lost {
-    let mut quiet_since = Instant::now();
+    let mut alive_at = Instant::now();
+    let lost = |cause: String, alive_at: Instant| Lost::Connection { cause, alive_at };
     loop {
-        let next = tokio::time::timeout(HEALTH_PING_INTERVAL, next_message(pubsub)).await;
+        let next = tokio::select! {
+            next = tokio::time::timeout(HEALTH_PING_INTERVAL, next_message(pubsub)) => next,
+            () = shared.closed() => return Lost::Consumer,
+        };
         match next {
             Ok(Some(message)) => {
-                quiet_since = Instant::now();
-                if events.send(PubSubEvent::Message(message)).await.is_err() {
-                    return Lost::Consumer;
+                alive_at = Instant::now();
+                match events.try_send(PubSubEvent::Message(message)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        let cause = format!(
+                            "the subscriber fell behind ({QUEUE_CAPACITY} messages waiting)"
+                        );
+                        return lost(cause, alive_at);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Lost::Consumer,
                 }
             }
-            Ok(None) => return Lost::Connection("the connection closed".into()),
+            Ok(None) => return lost("the connection closed".into(), alive_at),
             Err(_) if events.is_closed() => return Lost::Consumer,
             Err(_) => {
-                if quiet_since.elapsed() < HEALTH_PING_INTERVAL {
+                if alive_at.elapsed() < HEALTH_PING_INTERVAL {
                     continue;
                 }
                 let timeout = shared.validation_timeout();
                 match tokio::time::timeout(timeout, pubsub.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => quiet_since = Instant::now(),
-                    Ok(Err(e)) => return Lost::Connection(e.to_string()),
-                    Err(_) => {
-                        return Lost::Connection(format!("no PING reply within {timeout:?}"));
-                    }
+                    Ok(Ok(_)) => alive_at = Instant::now(),
+                    Ok(Err(e)) => return lost(e.to_string(), alive_at),
+                    Err(_) => return lost(format!("no PING reply within {timeout:?}"), alive_at),
                 }
             }
         }
@@ -264,11 +297,4 @@ async fn next_message(pubsub: &mut PubSub) -> Option<Msg> {
     let messages = pubsub.on_message();
     let mut messages = std::pin::pin!(messages);
     std::future::poll_fn(|cx| messages.as_mut().poll_next(cx)).await
-}
-
-fn timed_out(budget: Duration) -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        format!("subscribing timed out after {budget:?}"),
-    ))
 }

@@ -183,7 +183,7 @@ async fn a_subscription_survives_f1_to_f5_reporting_every_gap() {
 }
 
 /// Setup: Redis down when subscribing. Asserts: `subscribe` fails with the cause within the
-/// connect budget instead of hanging.
+/// connect budget instead of hanging, as an outage (503), not a bug (500).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribing_while_redis_is_down_fails_with_the_cause() {
     let mut server = RedisServer::start().unwrap();
@@ -199,4 +199,85 @@ async fn subscribing_while_redis_is_down_fails_with_the_cause() {
         error.to_string().to_lowercase().contains("refused"),
         "{error}"
     );
+}
+
+/// Setup: a subscriber, then `close()` on the pool. Asserts: the stream ends (`next()` is
+/// `None`) at once, the connection leaves Redis, and a new subscription is refused as closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_pool_ends_every_subscription() {
+    use redis_guard::{Error, UnavailableReason};
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "pubsub-close")).await;
+    let mut subscriber = guard
+        .subscribe(Subscription::new().channel(CHANNEL))
+        .await
+        .unwrap();
+    assert_eq!(guard.close(Duration::from_secs(1)).await, 0);
+    let ended = tokio::time::timeout(Duration::from_secs(1), subscriber.next()).await;
+    assert!(matches!(ended, Ok(None)), "the stream ends: {ended:?}");
+    let gone = eventually(Duration::from_secs(2), || {
+        match server.command(&["PUBSUB", "NUMSUB", CHANNEL]) {
+            Ok(redis::Value::Array(reply)) => reply.get(1) == Some(&redis::Value::Int(0)),
+            _ => false,
+        }
+    })
+    .await;
+    assert!(gone, "no subscriber left on Redis");
+    let refused = guard.subscribe(Subscription::new().channel(CHANNEL)).await;
+    assert!(matches!(
+        refused,
+        Err(Error::Unavailable {
+            reason: UnavailableReason::Closed,
+            ..
+        })
+    ));
+}
+
+/// Setup: a subscriber that reads nothing while 3,000 messages are published, then reads.
+/// Asserts: it gets at most the queue's worth of old messages, then a gap, then new messages:
+/// a consumer that falls behind costs a bounded queue and a reported gap, not memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_falls_behind_gets_a_gap_not_unbounded_memory() {
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "pubsub-slow")).await;
+    let mut subscriber = guard
+        .subscribe(Subscription::new().channel(CHANNEL))
+        .await
+        .unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut publisher = client.get_multiplexed_async_connection().await.unwrap();
+    for n in 1..=3000u64 {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(CHANNEL)
+            .arg(n)
+            .query_async(&mut publisher)
+            .await
+            .unwrap();
+    }
+    // Let the subscription notice the full queue and drop its connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut before_gap = 0;
+    let mut gap = None;
+    while gap.is_none() {
+        match tokio::time::timeout(Duration::from_secs(2), subscriber.next()).await {
+            Ok(Some(PubSubEvent::Message(_))) => before_gap += 1,
+            Ok(Some(PubSubEvent::Gap(g))) => gap = Some(g),
+            other => panic!("expected messages then a gap, got {other:?}"),
+        }
+    }
+    assert!(
+        before_gap <= redis_guard::pubsub::QUEUE_CAPACITY,
+        "{before_gap} queued"
+    );
+    assert!(gap.unwrap().cause.contains("fell behind"));
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(CHANNEL)
+        .arg(4000)
+        .query_async(&mut publisher)
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(2), subscriber.next()).await {
+        Ok(Some(PubSubEvent::Message(m))) => assert_eq!(m.get_payload::<u64>().unwrap(), 4000),
+        other => panic!("messages flow again: {other:?}"),
+    }
 }

@@ -482,3 +482,70 @@ async fn every_call_has_a_span_with_the_operation_and_never_a_key_or_value() {
         }
     }
 }
+
+/// Setup: a custom check that panics on every run after its first. Asserts: the panic counts
+/// as a failure (503, "the check panicked"), and the check keeps running: once it stops
+/// panicking, readiness comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_check_fails_and_keeps_running() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    let health = redis_guard::Health::new().check("flaky", Duration::from_millis(100), move || {
+        let run = counted.fetch_add(1, Ordering::Relaxed);
+        async move {
+            if (1..5).contains(&run) {
+                panic!("the check's own bug");
+            }
+            Ok(())
+        }
+    });
+    let app: Router = Router::new().merge(health.router());
+    assert!(
+        wait_for_status(&app, StatusCode::OK).await,
+        "the first run passes"
+    );
+    assert!(
+        wait_for_status(&app, StatusCode::SERVICE_UNAVAILABLE).await,
+        "a panic fails it"
+    );
+    let verbose = call(&app, "/readyz?verbose").await.body;
+    assert!(
+        verbose.contains("[-]flaky failed: the check panicked"),
+        "{verbose}"
+    );
+    assert!(
+        wait_for_status(&app, StatusCode::OK).await,
+        "it runs again and recovers"
+    );
+    assert!(runs.load(Ordering::Relaxed) >= 6);
+}
+
+/// Setup: every connection frozen at the proxy (accepted, never answered), a checkout waiting
+/// on its connect, then `close(100 ms)`. Asserts: the waiting checkout fails at once as
+/// closed, not after the connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_a_checkout_that_waits_on_a_connect() {
+    use redis_guard::testkit::{FaultProxy, ProxyMode};
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    proxy.set_mode(ProxyMode::Freeze);
+    let guard = unready_guard(config(&proxy.url(), "close-connecting")).await;
+    let waiting = {
+        let guard = guard.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            (guard.get().await.map(drop), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    guard.close(Duration::from_millis(100)).await;
+    let (result, waited) = waiting.await.unwrap();
+    let error = result.expect_err("closed");
+    assert!(error.to_string().contains("closed"), "{error}");
+    assert!(
+        waited < Duration::from_millis(600),
+        "failed after {waited:?}"
+    );
+}
