@@ -1,4 +1,4 @@
-//! Health-checked pub/sub: [`Subscriber`], from [`RedisGuard::subscribe`].
+//! Health-checked pub/sub: [`Subscriber`], from [`RedisGuard::subscribe`](crate::RedisGuard::subscribe).
 //!
 //! A subscription needs a connection of its own (a subscribed connection takes no other
 //! commands), so it never comes from the pool. A task owns it: it PINGs it every
