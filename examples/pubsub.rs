@@ -54,7 +54,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     publishing.abort();
-    listener.abort();
+    // Closing the pool ends the subscriber's stream, and with it the listener.
     guard.close(Duration::from_secs(1)).await;
+    listener.await?;
     Ok(())
 }
