@@ -18,7 +18,7 @@ use crate::connection::{GuardConnection, Peer, Server};
 use crate::metrics::ConnectErrorKind;
 use crate::sentinel::Placement;
 use crate::shared::Shared;
-use crate::transport::{self, LinkHealth, LinkState, PeerProbe, TrackedStream};
+use crate::transport::{self, BoxedStream, LinkHealth, LinkState, PeerProbe, TrackedStream};
 
 /// The `bb8::ManageConnection` behind a [`RedisGuard`](crate::RedisGuard).
 ///
@@ -42,11 +42,6 @@ struct Gate {
     /// Failed attempts in a row.
     failures: u32,
 }
-
-/// A byte stream to Redis: TCP, TLS over TCP, or a unix socket.
-pub(crate) trait RedisStream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> RedisStream for T {}
-pub(crate) type BoxedStream = Box<dyn RedisStream>;
 
 /// A socket opened to Redis, before the Redis handshake.
 struct Opened {
@@ -273,25 +268,13 @@ impl GuardManager {
                 ))));
             }
         };
-        let tcp = transport::connect_tcp(&host, port, config)
+        let (stream, probe) = transport::connect_secured(&host, port, config)
             .await
-            .map_err(RedisError::from)?;
-        // On the TCP socket, under any TLS session: EOF and resets show there too.
-        let probe = PeerProbe::new(&tcp).map_err(RedisError::from)?;
-        let stream: BoxedStream = match () {
-            #[cfg(feature = "tls")]
-            () if config.tls.is_some() => {
-                let tls = config.tls.as_ref().expect("checked");
-                Box::new(tls.connect(&host, tcp).await.map_err(|e| {
-                    match crate::tls::tls_failure(&e) {
-                        Some(cause) => ConnectFailure::Tls(cause),
-                        // A reset during the handshake: a transport failure.
-                        None => ConnectFailure::Redis(e.into()),
-                    }
-                })?)
-            }
-            () => Box::new(tcp),
-        };
+            .map_err(|e| match tls_failure(&e) {
+                Some(cause) => ConnectFailure::Tls(cause),
+                // A refusal, a timeout, or a reset during the TLS handshake.
+                None => ConnectFailure::Redis(e.into()),
+            })?;
         Ok(Opened {
             stream,
             probe,
@@ -407,6 +390,17 @@ impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
             Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
             Err(panic) => std::task::Poll::Ready(Err(panic)),
         }
+    }
+}
+
+/// The TLS failure `error` carries, in words, if any.
+fn tls_failure(error: &std::io::Error) -> Option<String> {
+    #[cfg(feature = "tls")]
+    return crate::tls::tls_failure(error);
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = error;
+        None
     }
 }
 

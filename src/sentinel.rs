@@ -28,13 +28,12 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, RedisError, Value};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 
 use crate::config::{Config, Sentinel};
 use crate::metrics::ConnectErrorKind;
 use crate::shared::Shared;
-use crate::transport::{self, PeerProbe};
+use crate::transport::{self, BoxedStream, PeerProbe};
 
 /// The channel on which sentinels announce a new primary.
 const SWITCH_MASTER: &str = "+switch-master";
@@ -178,7 +177,7 @@ impl SentinelWatch {
                 .map(|(i, mut link)| {
                     Box::pin(async move {
                         match tokio::time::timeout(budget, self.ask(&mut link)).await {
-                            Ok(Ok(Some(answer))) => Ok((i, answer)),
+                            Ok(Ok(Some(answer))) => Ok(answer),
                             Ok(Ok(None)) => Err((i, Some(self.unknown_master()))),
                             Ok(Err(e)) => Err((i, Some(self.failure(i, &e)))),
                             Err(_) => Err((i, None)),
@@ -187,7 +186,7 @@ impl SentinelWatch {
                 })
                 .collect();
             match first_answer(questions).await {
-                Ok((_, (addr, epoch))) => return Ok(self.learn(addr, epoch, shared)),
+                Ok((addr, epoch)) => return Ok(self.learn(addr, epoch, shared)),
                 Err(failures) => {
                     let mut links = self.lock_links();
                     for (i, _) in &failures {
@@ -214,7 +213,7 @@ impl SentinelWatch {
                         self.ask(&mut conn).await
                     };
                     match tokio::time::timeout(budget, asked).await {
-                        Ok(Ok(Some(answer))) => Ok((i, answer)),
+                        Ok(Ok(Some(answer))) => Ok(answer),
                         Ok(Ok(None)) => Err((i, Some(self.unknown_master()))),
                         Ok(Err(e)) => Err((i, Some(self.failure(i, &e)))),
                         Err(_) => Err((
@@ -232,7 +231,7 @@ impl SentinelWatch {
             })
             .collect();
         match first_answer(questions).await {
-            Ok((_, (addr, epoch))) => Ok(self.learn(addr, epoch, shared)),
+            Ok((addr, epoch)) => Ok(self.learn(addr, epoch, shared)),
             // The first sentinel's failure: the one an operator would look at first.
             Err(failures) => Err(failures
                 .into_iter()
@@ -394,24 +393,16 @@ impl SentinelWatch {
         pushes: Option<tokio::sync::mpsc::UnboundedSender<PushInfo>>,
     ) -> Result<MultiplexedConnection, RedisError> {
         let (host, port) = &self.sentinel.sentinels[i];
-        let tcp = transport::connect_tcp(host, *port, config).await?;
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &config.tls {
-            let stream = tls.connect(host, tcp).await?;
-            return self.handshake(stream, config, pushes).await;
-        }
-        self.handshake(tcp, config, pushes).await
+        let (stream, _probe) = transport::connect_secured(host, *port, config).await?;
+        self.handshake(stream, config, pushes).await
     }
 
-    async fn handshake<S>(
+    async fn handshake(
         &self,
-        stream: S,
+        stream: BoxedStream,
         config: &Config,
         pushes: Option<tokio::sync::mpsc::UnboundedSender<PushInfo>>,
-    ) -> Result<MultiplexedConnection, RedisError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    ) -> Result<MultiplexedConnection, RedisError> {
         let info = self
             .sentinel
             .sentinel_connection_info()
@@ -480,8 +471,8 @@ pub(crate) async fn follow(shared: Arc<Shared>) {
     join_all(followers.collect()).await;
 }
 
-/// A sentinel's answer: its index, the primary and its epoch.
-type Answer = (usize, (PrimaryAddr, u64));
+/// A sentinel's answer: the primary and its epoch.
+type Answer = (PrimaryAddr, u64);
 /// Why a sentinel gave none: its index, and the failure (`None`: no answer in time).
 type NoAnswer = (usize, Option<SentinelFailure>);
 /// A question to one sentinel.

@@ -268,6 +268,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedStream<S> {
 /// not the whole connect timeout, and a live address behind it still connects.
 const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 
+/// A byte stream to Redis: TCP, TLS over TCP, or a unix socket.
+pub(crate) trait RedisStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> RedisStream for T {}
+pub(crate) type BoxedStream = Box<dyn RedisStream>;
+
+/// [`connect_tcp`], then the TLS handshake if `config` asks for TLS (verifying `host`). Also
+/// returns the probe on the TCP socket, under any TLS session: EOF and resets show there too.
+/// A TLS failure is an I/O error carrying its `rustls::Error` (see `tls::tls_failure`).
+pub(crate) async fn connect_secured(
+    host: &str,
+    port: u16,
+    config: &Config,
+) -> io::Result<(BoxedStream, PeerProbe)> {
+    let tcp = connect_tcp(host, port, config).await?;
+    let probe = PeerProbe::new(&tcp)?;
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &config.tls {
+        return Ok((Box::new(tls.connect(host, tcp).await?), probe));
+    }
+    Ok((Box::new(tcp), probe))
+}
+
 /// Opens a TCP connection to `host:port` with the socket options from `config`. The host name
 /// is resolved on every call, so a DNS change (a managed Redis failing over) is followed by
 /// the next connect. With several addresses, attempts are started [`ATTEMPT_DELAY`] apart

@@ -387,11 +387,16 @@ async fn a_pool_keeps_its_primary_while_no_sentinel_answers() {
     for sentinel in deployment.sentinels().iter_mut() {
         sentinel.kill();
     }
+    let created = metric("redis_guard_connections_created_total", pool, &[]);
     deployment
         .node_command(primary_port, &["CLIENT", "KILL", "TYPE", "normal"])
         .unwrap();
     let mut conn = guard.get().await.expect("reconnected to the known primary");
     let _: () = conn.set("no", "sentinel").await.unwrap();
+    assert!(
+        metric("redis_guard_connections_created_total", pool, &[]) > created,
+        "served by a connection opened while no sentinel answered"
+    );
     assert!(guard.is_ready());
 }
 
