@@ -19,9 +19,14 @@ const OUTAGE: Duration = Duration::from_secs(3);
 /// Service between outages, so every pool is back to steady state.
 const STEADY: Duration = Duration::from_secs(2);
 const CONCURRENCY: usize = 32;
-/// The contenders of [`NAMES`] compared here: redis-guard, bb8-redis and deadpool-redis with
-/// their defaults.
-const CONTENDERS: [usize; 3] = [0, 1, 3];
+/// The contenders of [`NAMES`] compared here: redis-guard in both modes, bb8-redis and
+/// deadpool-redis with their defaults.
+const CONTENDERS: [usize; 4] = [
+    common::GUARD,
+    common::GUARD_SHARED,
+    common::BB8_DEFAULT,
+    common::DEADPOOL,
+];
 /// Requests made this long after the stop are "while down": every pool has noticed by then.
 const NOTICED: Duration = Duration::from_millis(500);
 

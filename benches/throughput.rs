@@ -209,8 +209,8 @@ fn main() {
         println!("\n### GET throughput, pool of {POOL_SIZE}, loopback redis-server, 2 cores shared by client and server\n");
         for concurrency in [1usize, 32, 128] {
             println!("\nconcurrency {concurrency}\n");
-            println!("| client | ops/s | p50 | p99 | max | vs bb8 no check | vs bb8 default |");
-            println!("|---|---|---|---|---|---|---|");
+            println!("| client | ops/s | p50 | p99 | max | vs bb8 no check | vs bb8 default | vs ConnectionManager |");
+            println!("|---|---|---|---|---|---|---|---|");
             let mut rows = Vec::new();
             for (name, contender) in &contenders {
                 let contender = contender.clone();
@@ -225,40 +225,50 @@ fn main() {
                 "redis-benchmark -t get (reference)".to_owned(),
                 redis_benchmark(server.port(), concurrency),
             ));
-            let no_check = rows[2].1.ops_per_sec;
-            let default = rows[1].1.ops_per_sec;
+            let no_check = rows[common::BB8_NO_CHECK].1.ops_per_sec;
+            let default = rows[common::BB8_DEFAULT].1.ops_per_sec;
+            let manager = rows[common::MANAGER].1.ops_per_sec;
             for (name, m) in &rows {
                 println!(
-                    "| {name} | {:.0} | {} | {} | {} | {:.2}x | {:.2}x |",
+                    "| {name} | {:.0} | {} | {} | {} | {:.2}x | {:.2}x | {:.2}x |",
                     m.ops_per_sec,
                     micros(m.p50),
                     micros(m.p99),
                     micros(m.max),
                     m.ops_per_sec / no_check,
                     m.ops_per_sec / default,
+                    m.ops_per_sec / manager,
                 );
             }
         }
 
         // The same handler (one GET) behind redis-guard's layer and extractor, and on a bare
         // bb8-redis pool in router state, driven over loopback HTTP.
-        let Contender::Guard(guard) = &contenders[0].1 else { unreachable!() };
-        let Contender::Bb8(bare) = &contenders[2].1 else { unreachable!() };
+        let Contender::Guard(guard) = &contenders[common::GUARD].1 else { unreachable!() };
+        let Contender::Guard(shared) = &contenders[common::GUARD_SHARED].1 else { unreachable!() };
+        let Contender::Bb8(bare) = &contenders[common::BB8_NO_CHECK].1 else { unreachable!() };
         let app = Router::new()
             .route("/guard", get(guard_handler))
             .layer(RedisGuardLayer::new(guard.clone()))
+            .merge(
+                Router::new()
+                    .route("/shared", get(guard_handler))
+                    .layer(RedisGuardLayer::new(shared.clone())),
+            )
             .merge(Router::new().route("/bb8", get(bb8_handler)).with_state(bare.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         let concurrency = 32;
         let guarded = http_load(addr, "/guard", concurrency).await;
+        let shared = http_load(addr, "/shared", concurrency).await;
         let plain = http_load(addr, "/bb8", concurrency).await;
         println!("\n### axum handler doing one GET, over loopback HTTP/1.1 keep-alive, concurrency {concurrency}\n");
         println!("| handler | requests/s | p50 | p99 | max | ratio |");
         println!("|---|---|---|---|---|---|");
         for (name, m) in [
-            ("redis-guard layer + `Redis` extractor", &guarded),
+            ("redis-guard exclusive: layer + `Redis` extractor", &guarded),
+            ("redis-guard shared: layer + `Redis` extractor", &shared),
             ("bare bb8-redis pool in state (no check)", &plain),
         ] {
             println!(

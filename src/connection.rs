@@ -250,10 +250,7 @@ impl GuardConnection {
             return Ok(());
         }
         self.evict(EvictionReason::RoleChange);
-        Err(RedisError::from((
-            redis::ErrorKind::Client,
-            NOT_SENT_FAILOVER,
-        )))
+        Err(not_sent_failover())
     }
 
     /// Whether Redis has answered anything on this connection since it was opened (beyond the
@@ -487,25 +484,75 @@ impl GuardConnection {
     }
 
     fn note_outcome<T>(&mut self, result: &RedisResult<T>) {
-        match result {
+        match Outcome::of(result) {
             // Its socket was shut because the primary moved away from it.
-            Err(e) if is_infrastructure_failure(e) && self.on_demoted_primary() => {
+            Outcome::ConnectionFailed if self.on_demoted_primary() => {
                 self.evict(EvictionReason::RoleChange)
             }
-            Err(e) if is_infrastructure_failure(e) => self.evict(EvictionReason::IoError),
-            // The socket works, but the server cannot take commands as the primary any more.
-            Err(e) if is_refused_by_role(e) => {
+            Outcome::ConnectionFailed => self.evict(EvictionReason::IoError),
+            Outcome::RefusedByRole => {
                 self.last_success = Instant::now();
                 self.shared.answered(self.last_success);
                 self.evict(EvictionReason::RoleChange);
             }
-            // A reply, or an error reply (WRONGTYPE, NOSCRIPT, ...): it travelled a working
-            // socket.
-            _ => {
+            Outcome::Answered => {
                 self.last_success = Instant::now();
                 self.served = true;
                 self.shared.answered(self.last_success);
             }
+        }
+    }
+
+    /// Marks the connection evicted for `reason` without counting it again: a shared
+    /// connection's eviction is counted when it is retired, and the connection is given back
+    /// only once the calls in flight on it have ended.
+    pub(crate) fn evicted_already(&mut self, reason: EvictionReason) {
+        self.eviction.get_or_insert(reason);
+        self.link.close(LinkState::Retired);
+    }
+
+    /// What a shared connection needs to serve calls without borrowing this one.
+    pub(crate) fn parts(&self) -> SharedParts {
+        SharedParts {
+            handle: self.inner.clone(),
+            link: self.link.clone(),
+            probe: self.probe.clone(),
+            id: self.id,
+            expires_at: self.expires_at,
+            placement: self.placement.clone(),
+            server: self.server.clone(),
+        }
+    }
+}
+
+/// The pieces of a connection a shared connection works with: see [`GuardConnection::parts`].
+pub(crate) struct SharedParts {
+    pub(crate) handle: MultiplexedConnection,
+    pub(crate) link: Arc<LinkHealth>,
+    pub(crate) probe: Arc<PeerProbe>,
+    pub(crate) id: u64,
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) placement: Option<Placement>,
+    pub(crate) server: Server,
+}
+
+/// What a call's result says about its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// An I/O error, a reset or a response timeout: the connection failed, not the command.
+    ConnectionFailed,
+    /// The server cannot take commands as the primary (`READONLY`, ...), over a working socket.
+    RefusedByRole,
+    /// A reply, or an error reply (`WRONGTYPE`, `NOSCRIPT`, ...): it travelled a working socket.
+    Answered,
+}
+
+impl Outcome {
+    pub(crate) fn of<T>(result: &RedisResult<T>) -> Outcome {
+        match result {
+            Err(e) if is_infrastructure_failure(e) => Outcome::ConnectionFailed,
+            Err(e) if is_refused_by_role(e) => Outcome::RefusedByRole,
+            _ => Outcome::Answered,
         }
     }
 }
@@ -528,6 +575,75 @@ impl Drop for GuardConnection {
         self.link.close(LinkState::Retired);
         self.probe.shutdown();
         self.driver.abort();
+    }
+}
+
+/// One call as redis-rs hands it over: a command, or a pipeline's slice of replies.
+#[derive(Clone, Copy)]
+pub(crate) enum Call<'a> {
+    One(&'a Cmd),
+    Many(&'a Pipeline, usize, usize),
+}
+
+/// The reply to a [`Call`].
+pub(crate) enum Reply {
+    One(Value),
+    Many(Vec<Value>),
+}
+
+impl<'a> Call<'a> {
+    pub(crate) fn cmds(&self) -> Box<dyn Iterator<Item = &'a Cmd> + 'a> {
+        match *self {
+            Call::One(cmd) => Box::new(std::iter::once(cmd)),
+            Call::Many(pipeline, ..) => Box::new(pipeline.cmd_iter()),
+        }
+    }
+
+    /// Sends the call on a pooled connection, which judges its outcome.
+    pub(crate) async fn send(self, conn: &mut GuardConnection) -> RedisResult<Reply> {
+        match self {
+            Call::One(cmd) => conn.req_packed_command(cmd).await.map(Reply::One),
+            Call::Many(pipeline, offset, count) => conn
+                .req_packed_commands(pipeline, offset, count)
+                .await
+                .map(Reply::Many),
+        }
+    }
+
+    /// Sends the call on a multiplexed handle; an error reply to a single command becomes the
+    /// error it is, as on a pooled connection.
+    pub(crate) async fn send_multiplexed(
+        self,
+        handle: &mut MultiplexedConnection,
+    ) -> RedisResult<Reply> {
+        match self {
+            Call::One(cmd) => match handle.send_packed_command(cmd).await {
+                Ok(Value::ServerError(e)) => Err(RedisError::from(e)),
+                other => other.map(Reply::One),
+            },
+            Call::Many(pipeline, offset, count) => handle
+                .send_packed_commands(pipeline, offset, count)
+                .await
+                .map(Reply::Many),
+        }
+    }
+
+    /// The span of this call on a connection.
+    pub(crate) fn operation(&self) -> (command::OperationName<'a>, Option<usize>) {
+        match *self {
+            Call::One(cmd) => (command::OperationName::of(cmd), None),
+            Call::Many(pipeline, _, count) => (
+                command::OperationName(Some(pipeline_operation(pipeline).as_bytes())),
+                Some(count),
+            ),
+        }
+    }
+}
+
+impl Reply {
+    /// Whether a pipeline's replies hold a refusal for the server's role.
+    pub(crate) fn refused_by_role(&self) -> bool {
+        matches!(self, Reply::Many(values) if values.iter().any(is_role_refusal))
     }
 }
 
@@ -562,6 +678,11 @@ pub(crate) use delegate_connection_like;
 
 /// The error of a call refused before it was sent, because the primary moved.
 const NOT_SENT_FAILOVER: &str = "not sent: the primary moved (Sentinel failover)";
+
+/// The error of a call refused before it was sent to a demoted primary.
+pub(crate) fn not_sent_failover() -> RedisError {
+    RedisError::from((redis::ErrorKind::Client, NOT_SENT_FAILOVER))
+}
 
 /// Whether a call failed before it was sent (see [`GuardConnection::on_demoted_primary`]):
 /// sending it elsewhere cannot apply it twice.
@@ -614,26 +735,49 @@ impl GuardConnection {
 }
 
 impl GuardConnection {
-    /// A span per call, after OpenTelemetry's database conventions: the operation's name and
-    /// the server, never a key or value. Free when no subscriber wants DEBUG spans.
     fn call_span(&self, operation: &dyn fmt::Display, batch: Option<usize>) -> tracing::Span {
-        tracing::debug_span!(
-            "redis.command",
-            otel.name = %operation,
-            otel.kind = "client",
-            db.system.name = "redis",
-            db.operation.name = %operation,
-            db.operation.batch.size = batch,
-            db.namespace = self.session_db(),
-            server.address = %self.server.address,
-            server.port = self.server.port,
-            redis_guard.pool = %self.shared.name(),
-            redis_guard.connection_id = self.id,
+        call_span(
+            &self.shared,
+            &self.server,
+            self.id,
+            self.inner.get_db(),
+            operation,
+            batch,
         )
     }
+}
 
-    fn session_db(&self) -> i64 {
-        self.inner.get_db()
+/// A span per call, after OpenTelemetry's database conventions: the operation's name and the
+/// server, never a key or value. Free when no subscriber wants DEBUG spans.
+pub(crate) fn call_span(
+    shared: &Shared,
+    server: &Server,
+    connection_id: u64,
+    db: i64,
+    operation: &dyn fmt::Display,
+    batch: Option<usize>,
+) -> tracing::Span {
+    tracing::debug_span!(
+        "redis.command",
+        otel.name = %operation,
+        otel.kind = "client",
+        db.system.name = "redis",
+        db.operation.name = %operation,
+        db.operation.batch.size = batch,
+        db.namespace = db,
+        server.address = %server.address,
+        server.port = server.port,
+        redis_guard.pool = %shared.name(),
+        redis_guard.connection_id = connection_id,
+    )
+}
+
+/// The operation name of a pipeline's span.
+pub(crate) fn pipeline_operation(pipeline: &Pipeline) -> &'static str {
+    if pipeline.is_transaction() {
+        "MULTI"
+    } else {
+        "PIPELINE"
     }
 }
 
@@ -670,12 +814,7 @@ impl ConnectionLike for GuardConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let operation = if pipeline.is_transaction() {
-            "MULTI"
-        } else {
-            "PIPELINE"
-        };
-        let span = self.call_span(&operation, Some(count));
+        let span = self.call_span(&pipeline_operation(pipeline), Some(count));
         Box::pin(
             async move {
                 self.refuse_if_demoted()?;

@@ -36,8 +36,11 @@ pub struct PoolState {
     pub connections: u32,
     /// Connections waiting in the pool.
     pub idle: u32,
-    /// Connections checked out.
+    /// Connections checked out by one caller each.
     pub in_use: u32,
+    /// In shared mode, connections every checkout's plain commands go over (not counted in
+    /// `in_use` nor `idle`).
+    pub shared: u32,
     /// The configured maximum.
     pub max_size: u32,
     /// Callers inside a checkout, waiting for a connection or its validation.
@@ -48,9 +51,13 @@ impl fmt::Display for PoolState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} connections ({} idle, {} in use) of at most {}, {} waiting",
-            self.connections, self.idle, self.in_use, self.max_size, self.waiting
-        )
+            "{} connections ({} idle, {} in use",
+            self.connections, self.idle, self.in_use
+        )?;
+        if self.shared > 0 {
+            write!(f, ", {} shared", self.shared)?;
+        }
+        write!(f, ") of at most {}, {} waiting", self.max_size, self.waiting)
     }
 }
 
@@ -321,12 +328,13 @@ mod serde_tests {
             connections: 3,
             idle: 1,
             in_use: 2,
+            shared: 0,
             max_size: 10,
             waiting: 0,
         };
         assert_eq!(
             serde_json::to_string(&state).unwrap(),
-            r#"{"connections":3,"idle":1,"in_use":2,"max_size":10,"waiting":0}"#
+            r#"{"connections":3,"idle":1,"in_use":2,"shared":0,"max_size":10,"waiting":0}"#
         );
         assert_eq!(
             serde_json::to_string(&BreakerState::HalfOpen).unwrap(),

@@ -25,11 +25,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 
-use crate::config::{Config, StartupMode};
+use crate::config::{Config, PoolMode, StartupMode};
 use crate::connection::{ValidationFailure, Verdict};
 use crate::error::{Error, PoolState, UnavailableReason};
 use crate::manager::{self, Attempt, GuardManager, Skip};
 use crate::metrics::{EvictionReason, ValidationResult};
+use crate::multiplexed::{Pick, SharedConnection, SharedConnections};
 use crate::shared::Shared;
 
 /// How often the pool gauges are sampled.
@@ -60,6 +61,8 @@ pub(crate) struct PoolInner {
     pub(crate) pool: bb8::Pool<GuardManager>,
     pub(crate) manager: GuardManager,
     pub(crate) shared: Arc<Shared>,
+    /// In shared mode, the connections every checkout's plain commands go over.
+    pub(crate) multiplexed: Option<SharedConnections>,
     /// The gauge sampler and the prober; they stop with the pool.
     tasks: Mutex<Vec<AbortHandle>>,
 }
@@ -106,12 +109,17 @@ impl PoolInner {
             .reaper_rate(reaper_rate)
             .error_sink(Box::new(bb8::NopErrorSink))
             .build_unchecked(manager.clone());
-        let sampler = tokio::spawn(sample_gauges(shared.clone(), pool.clone())).abort_handle();
-        Arc::new(PoolInner {
-            pool,
-            manager,
-            shared,
-            tasks: Mutex::new(vec![sampler]),
+        let multiplexed = (config.mode() == PoolMode::Shared)
+            .then(|| SharedConnections::new(config.shared_connections()));
+        Arc::new_cyclic(|weak: &std::sync::Weak<PoolInner>| {
+            let sampler = tokio::spawn(sample_gauges(weak.clone())).abort_handle();
+            PoolInner {
+                pool,
+                manager,
+                shared,
+                multiplexed,
+                tasks: Mutex::new(vec![sampler]),
+            }
         })
     }
 
@@ -122,6 +130,10 @@ impl PoolInner {
         shared.close();
         for task in self.lock_tasks().drain(..) {
             task.abort();
+        }
+        // Each shared connection closes when its calls have ended, giving its permit back.
+        if let Some(multiplexed) = &self.multiplexed {
+            multiplexed.clear();
         }
         let max = shared.config().max_size() as usize;
         let deadline = Instant::now() + grace;
@@ -182,6 +194,31 @@ impl PoolInner {
     }
 
     pub(crate) async fn checkout(&self) -> Result<CheckedOut, Error> {
+        self.admitted(|started| self.checkout_within_budget(started))
+            .await
+    }
+
+    /// A shared-mode checkout: a shared connection proven as a checkout proves an exclusive
+    /// one, under the same admission, budget and metrics.
+    pub(crate) async fn checkout_shared(self: &Arc<Self>) -> Result<Arc<SharedConnection>, Error> {
+        self.admitted(|started| self.shared_connection_within(started))
+            .await
+    }
+
+    /// Another shared connection for a call whose connection failed under it, within a
+    /// budget of its own.
+    pub(crate) async fn another_shared_connection(
+        self: &Arc<Self>,
+    ) -> Result<Arc<SharedConnection>, Error> {
+        let _waiting = self.shared.wait();
+        self.shared_connection_within(Instant::now()).await
+    }
+
+    /// Runs a checkout step under the breaker's admission, and counts its outcome.
+    async fn admitted<T, F: Future<Output = Result<T, Error>>>(
+        &self,
+        step: impl FnOnce(Instant) -> F,
+    ) -> Result<T, Error> {
         let shared = &self.shared;
         if shared.is_closing() {
             return Err(self.unavailable(UnavailableReason::Closed));
@@ -191,7 +228,7 @@ impl PoolInner {
             return Err(self.rejected());
         };
         let started = Instant::now();
-        let mut result = self.checkout_within_budget(started).await;
+        let mut result = step(started).await;
         if result.is_err() && shared.is_closing() {
             // Whatever it met on the way, it failed because the pool closed under it.
             result = Err(self.unavailable(UnavailableReason::Closed));
@@ -201,6 +238,104 @@ impl PoolInner {
             Err(error) => shared.checkout_failed(error),
         }
         result
+    }
+
+    /// A usable shared connection before `started + checkout_timeout`: a ready one, one
+    /// proven by a PING, or a new one for an empty slot. Empty slots found on the way are
+    /// refilled in the background.
+    async fn shared_connection_within(
+        self: &Arc<Self>,
+        started: Instant,
+    ) -> Result<Arc<SharedConnection>, Error> {
+        let shared = &self.shared;
+        let multiplexed = self
+            .multiplexed
+            .as_ref()
+            .expect("shared connections in shared mode");
+        let deadline = started + shared.config().checkout_timeout();
+        let mut empty = Vec::new();
+        // Each turn retires a dead connection, proves one, or fills a slot: bounded by the
+        // deadline, and by the slots when nothing waits.
+        loop {
+            if shared.is_closing() {
+                return Err(self.unavailable(UnavailableReason::Closed));
+            }
+            empty.clear();
+            let pick = multiplexed.pick(shared, &mut empty);
+            for &index in &empty {
+                self.refill_in_background(index);
+            }
+            match pick {
+                Pick::Ready(connection) => return Ok(connection),
+                Pick::Check(connection) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let timeout = shared.validation_timeout().min(remaining);
+                    if connection.check(shared, timeout).await {
+                        return Ok(connection);
+                    }
+                    multiplexed.forget(&connection);
+                }
+                Pick::Empty(index) => {
+                    if let Some(connection) = self.refill(index, started, deadline).await? {
+                        return Ok(connection);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timed_out(started));
+            }
+        }
+    }
+
+    /// Opens a connection for slot `index`, unless another caller filled it meanwhile (then
+    /// `None`: look again).
+    async fn refill(
+        &self,
+        index: usize,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<Option<Arc<SharedConnection>>, Error> {
+        let multiplexed = self.multiplexed.as_ref().expect("shared mode");
+        let refilling = tokio::time::timeout_at(deadline.into(), multiplexed.refilling(index))
+            .await
+            .map_err(|_| self.timed_out(started))?;
+        self.refill_holding(index, started, refilling).await
+    }
+
+    /// [`refill`](Self::refill) for the holder of the slot's refill lock.
+    async fn refill_holding(
+        &self,
+        index: usize,
+        started: Instant,
+        _refilling: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<Option<Arc<SharedConnection>>, Error> {
+        let multiplexed = self.multiplexed.as_ref().expect("shared mode");
+        if multiplexed.is_filled(index) {
+            return Ok(None);
+        }
+        let CheckedOut { conn, permit } = self.checkout_within_budget(started).await?;
+        let connection = SharedConnection::new(conn, permit);
+        tracing::debug!(pool = %self.name(), connection_id = connection.id(), "shared connection in use");
+        multiplexed.fill(index, connection.clone());
+        Ok(Some(connection))
+    }
+
+    /// Fills slot `index` off the caller's path, unless someone is filling it already.
+    fn refill_in_background(self: &Arc<Self>, index: usize) {
+        let Some(multiplexed) = &self.multiplexed else {
+            return;
+        };
+        if self.shared.is_closing() {
+            return;
+        }
+        let Some(refilling) = multiplexed.try_refilling(index) else {
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let Some(pool) = pool.upgrade() else { return };
+            let _ = pool.refill_holding(index, Instant::now(), refilling).await;
+        });
     }
 
     async fn checkout_within_budget(&self, started: Instant) -> Result<CheckedOut, Error> {
@@ -383,13 +518,27 @@ impl PoolInner {
     }
 
     pub(crate) fn state(&self) -> PoolState {
-        pool_state(&self.pool, &self.shared)
+        let state = self.pool.state();
+        let shared_connections = self.multiplexed.as_ref().map_or(0, SharedConnections::live);
+        let in_use = state.connections.saturating_sub(state.idle_connections);
+        PoolState {
+            connections: state.connections,
+            idle: state.idle_connections,
+            in_use: in_use.saturating_sub(shared_connections),
+            shared: shared_connections.min(in_use),
+            max_size: self.shared.config().max_size(),
+            waiting: self.shared.waiting(),
+        }
     }
 }
 
 /// Validates `conn` within `timeout`, counting the outcome; a connection that fails is
 /// evicted. Returns whether it proved alive.
-async fn validate(conn: &mut Bb8Connection, shared: &Shared, timeout: Duration) -> bool {
+pub(crate) async fn validate(
+    conn: &mut Bb8Connection,
+    shared: &Shared,
+    timeout: Duration,
+) -> bool {
     match conn.validate(timeout).await {
         Ok(()) => {
             shared.validated(ValidationResult::Passed);
@@ -424,23 +573,13 @@ fn eviction_reason(failure: &ValidationFailure) -> EvictionReason {
     }
 }
 
-fn pool_state(pool: &bb8::Pool<GuardManager>, shared: &Shared) -> PoolState {
-    let state = pool.state();
-    PoolState {
-        connections: state.connections,
-        idle: state.idle_connections,
-        in_use: state.connections.saturating_sub(state.idle_connections),
-        max_size: shared.config().max_size(),
-        waiting: shared.waiting(),
-    }
-}
-
-/// Samples the pool gauges from one snapshot; aborted when the pool drops.
-async fn sample_gauges(shared: Arc<Shared>, pool: bb8::Pool<GuardManager>) {
+/// Samples the pool gauges from one snapshot; ends when the pool drops.
+async fn sample_gauges(pool: std::sync::Weak<PoolInner>) {
     let mut tick = tokio::time::interval(GAUGE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        shared.sample_pool_state(&pool_state(&pool, &shared));
+        let Some(pool) = pool.upgrade() else { return };
+        pool.shared.sample_pool_state(&pool.state());
     }
 }

@@ -99,6 +99,7 @@ mod inner;
 mod layer;
 mod manager;
 pub mod metrics;
+mod multiplexed;
 mod pool;
 mod probe;
 #[cfg(feature = "prometheus")]
@@ -116,7 +117,7 @@ mod transport;
 
 pub use breaker::{BreakerPolicy, BreakerState};
 #[doc(inline)]
-pub use config::{Config, ConfigBuilder, ConfigError, StartupMode};
+pub use config::{Config, ConfigBuilder, ConfigError, PoolMode, StartupMode};
 pub use connection::GuardConnection;
 pub use error::{Error, PoolState, UnavailableReason};
 pub use extract::{Redis, RedisFrom, RedisRejection};
@@ -124,7 +125,7 @@ pub use health::Health;
 pub use layer::{
     RedisGuardLayer, RedisGuardService, RequireRedisFuture, RequireRedisLayer, RequireRedisService,
 };
-pub use pool::{Idempotent, PooledConnection, RedisGuard};
+pub use pool::{Checkout, Idempotent, PooledConnection, RedisGuard};
 pub use pubsub::{Gap, PubSubEvent, Subscriber, Subscription};
 /// The redis-rs version redis-guard is built on, for `AsyncCommands` and friends.
 pub use redis;

@@ -11,7 +11,7 @@
 //!
 //! | name | type | labels |
 //! |---|---|---|
-//! | `redis_guard_pool_connections` | gauge | `state`=`idle`\|`in_use` |
+//! | `redis_guard_pool_connections` | gauge | `state`=`idle`\|`in_use`\|`shared` |
 //! | `redis_guard_pool_max_connections` | gauge | |
 //! | `redis_guard_pool_pending_checkouts` | gauge | |
 //! | `redis_guard_checkouts_total` | counter | `result`=`ok`\|`timeout`\|`rejected`\|`error` |
@@ -244,6 +244,7 @@ pub(crate) enum ValidationResult {
 pub(crate) struct PoolMetrics {
     idle: Gauge,
     in_use: Gauge,
+    shared: Gauge,
     max: Gauge,
     pending: Gauge,
     checkouts: [Counter; 4],
@@ -270,6 +271,7 @@ impl PoolMetrics {
         Self {
             idle: metrics::gauge!(POOL_CONNECTIONS, "pool" => pool.clone(), "state" => "idle"),
             in_use: metrics::gauge!(POOL_CONNECTIONS, "pool" => pool.clone(), "state" => "in_use"),
+            shared: metrics::gauge!(POOL_CONNECTIONS, "pool" => pool.clone(), "state" => "shared"),
             max: metrics::gauge!(POOL_MAX_CONNECTIONS, "pool" => pool.clone()),
             pending: metrics::gauge!(POOL_PENDING_CHECKOUTS, "pool" => pool.clone()),
             checkouts: ["ok", "timeout", "rejected", "error"]
@@ -294,11 +296,12 @@ impl PoolMetrics {
         }
     }
 
-    pub(crate) fn set_pool_state(&self, idle: u32, in_use: u32, max: u32, pending: usize) {
-        self.idle.set(idle);
-        self.in_use.set(in_use);
-        self.max.set(max);
-        self.pending.set(pending as f64);
+    pub(crate) fn set_pool_state(&self, state: &crate::PoolState) {
+        self.idle.set(state.idle);
+        self.in_use.set(state.in_use);
+        self.shared.set(state.shared);
+        self.max.set(state.max_size);
+        self.pending.set(state.waiting as f64);
     }
 
     pub(crate) fn checkout(&self, result: CheckoutResult, seconds: Option<f64>) {
@@ -355,7 +358,9 @@ impl PoolMetrics {
     /// Zeroes the gauges of a pool that is gone: the facade cannot unregister a series, and a
     /// dropped pool must not go on reporting itself ready or holding connections.
     pub(crate) fn withdraw(&self) {
-        self.set_pool_state(0, 0, 0, 0);
+        for gauge in [&self.idle, &self.in_use, &self.shared, &self.max, &self.pending] {
+            gauge.set(0.0);
+        }
         self.breaker_state.set(0.0);
         self.ready.set(0.0);
     }

@@ -15,10 +15,11 @@ use tracing::Instrument;
 use crate::breaker::BreakerState;
 use crate::config::Config;
 use crate::connection::{
-    GuardConnection, is_infrastructure_failure, is_refused_by_role, is_role_refusal, was_not_sent,
+    Call, Reply, is_infrastructure_failure, is_refused_by_role, is_role_refusal, was_not_sent,
 };
 use crate::error::{Error, PoolState};
 use crate::inner::{Bb8Connection, CheckedOut, PoolInner};
+use crate::multiplexed::SharedConnection;
 use crate::probe;
 
 /// A health-checked pool of Redis connections: cheap to clone, one per Redis instance.
@@ -105,13 +106,24 @@ impl RedisGuard {
     ///    caller's path, and the next one is taken meanwhile;
     /// 6. one that completed a command within `validation_bypass` is handed out as is;
     /// 7. any other is PINGed under `validation_timeout`, and evicted if that fails.
+    ///
+    /// In [`PoolMode::Shared`](crate::PoolMode::Shared) the same steps apply to the shared
+    /// connection the checkout's plain commands will go over (3: a connection is opened when
+    /// a slot is empty; 5: a suspect one is PINGed by one caller while the others wait for
+    /// its answer), and the first command that needs a connection of its own takes an
+    /// exclusive one through steps 2 to 7.
     pub async fn get(&self) -> Result<PooledConnection, Error> {
         let span = tracing::debug_span!("redis_guard.checkout", pool = %self.name());
-        let CheckedOut { conn, permit } = self.inner.checkout().instrument(span).await?;
+        let lease = match self.inner.multiplexed {
+            None => self.inner.checkout().instrument(span).await?.into(),
+            Some(_) => Held::Shared(self.inner.checkout_shared().instrument(span).await?),
+        };
         Ok(PooledConnection {
-            conn,
-            _permit: permit,
-            pool: self.inner.clone(),
+            checkout: Checkout {
+                held: lease,
+                pool: self.inner.clone(),
+                response_timeout: self.config().response_timeout(),
+            },
             checked_out_at: Instant::now(),
         })
     }
@@ -214,53 +226,158 @@ impl RedisGuard {
 /// A checked-out connection; back to the pool on drop.
 ///
 /// Implements [`ConnectionLike`], so every [`redis::AsyncCommands`] method works on it, and
-/// derefs to [`GuardConnection`].
-///
-/// **Safe retries.** A call made only of read-only commands (by Redis's own `COMMAND` flags,
-/// learned when the pool first connects) that fails with its connection (I/O error, reset, response timeout) on a connection
-/// that had served before, outside a transaction, while the breaker is closed, is sent once
-/// more on a fresh connection within a new checkout budget: a socket that died in the pool
-/// does not fail a read. Writes are never sent twice (the first may have been applied),
-/// unless the caller says the call is idempotent with [`PooledConnection::idempotent`]. After
-/// a failure the handle holds a fresh connection whenever one was needed to decide, so later
-/// calls work. Counted in `redis_guard_retries_total`.
+/// derefs to the [`Checkout`] that does the work (so `query_async(&mut *conn)`, as written
+/// for bb8, works too).
 pub struct PooledConnection {
-    conn: Bb8Connection,
-    /// Released after the connection went back to bb8 (fields drop in order), so the next
-    /// caller in line finds it there.
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    /// For a replacement connection when a call fails with its connection.
-    pool: Arc<PoolInner>,
+    checkout: Checkout,
     /// For `redis_guard_connection_hold_seconds`.
     checked_out_at: Instant,
 }
 
 impl Drop for PooledConnection {
     fn drop(&mut self) {
-        self.pool.shared.returned(self.checked_out_at.elapsed());
+        self.checkout
+            .pool
+            .shared
+            .returned(self.checked_out_at.elapsed());
     }
 }
 
 impl fmt::Debug for PooledConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.conn, f)
+        fmt::Debug::fmt(&self.checkout, f)
     }
 }
 
 impl Deref for PooledConnection {
-    type Target = GuardConnection;
-    fn deref(&self) -> &GuardConnection {
-        &self.conn
+    type Target = Checkout;
+    fn deref(&self) -> &Checkout {
+        &self.checkout
     }
 }
 
 impl DerefMut for PooledConnection {
-    fn deref_mut(&mut self) -> &mut GuardConnection {
-        &mut self.conn
+    fn deref_mut(&mut self) -> &mut Checkout {
+        &mut self.checkout
     }
 }
 
-impl PooledConnection {
+crate::connection::delegate_connection_like!(impl<> PooledConnection, checkout);
+
+/// What a [`PooledConnection`] holds, and where its calls go: a connection of its own, or in
+/// shared mode the pool's shared connections until a command needs one of its own.
+///
+/// **Shared mode.** In [`PoolMode::Shared`](crate::PoolMode::Shared) the checkout holds no
+/// connection of its own: each plain command goes over one of the pool's shared connections.
+/// The first command that needs a connection of its own (`MULTI`, `WATCH`, `SELECT`, a
+/// blocking command such as `BLPOP`, a subscription, other session state) takes an exclusive
+/// connection from the pool, and every later call of this checkout goes there, so a
+/// `WATCH`, the reads after it and the transaction share one session. An atomic pipeline of
+/// plain commands is sent as one `MULTI ... EXEC` write and stays on the shared connection.
+///
+/// **Safe retries.** A call made only of read-only commands (by Redis's own `COMMAND` flags,
+/// learned when the pool first connects) that fails with its connection (I/O error, reset,
+/// response timeout) on a connection that had served before, outside a transaction, while the
+/// breaker is closed, is sent once more on a fresh connection within a new checkout budget: a
+/// socket that died in the pool does not fail a read. Writes are never sent twice (the first
+/// may have been applied), unless the caller says the call is idempotent with
+/// [`Checkout::idempotent`]. After a failure the checkout holds a fresh connection whenever
+/// one was needed to decide, so later calls work. Counted in `redis_guard_retries_total`.
+///
+/// ```no_run
+/// use redis::AsyncCommands;
+/// # async fn demo(guard: redis_guard::RedisGuard) -> Result<(), redis_guard::Error> {
+/// let mut conn = guard.get().await?;
+/// let n: i64 = conn.incr("visits", 1).await?;
+/// let name: Option<String> = redis::cmd("GET").arg("name").query_async(&mut *conn).await?;
+/// # Ok(()) }
+/// ```
+pub struct Checkout {
+    held: Held,
+    /// For a replacement connection when a call fails with its connection.
+    pool: Arc<PoolInner>,
+    /// The reply wait for calls over a shared connection, in this checkout.
+    response_timeout: Duration,
+}
+
+/// What a checkout holds.
+enum Held {
+    /// A connection of its own, with the permit that keeps its place in the pool.
+    Own {
+        conn: Bb8Connection,
+        /// Released after the connection went back to bb8 (fields drop in order), so the
+        /// next caller in line finds it there.
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    },
+    /// Shared mode: the shared connection its plain commands go over.
+    Shared(Arc<SharedConnection>),
+}
+
+impl From<CheckedOut> for Held {
+    fn from(CheckedOut { conn, permit }: CheckedOut) -> Self {
+        Held::Own {
+            conn,
+            _permit: permit,
+        }
+    }
+}
+
+impl fmt::Debug for Checkout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.held {
+            Held::Own { conn, .. } => fmt::Debug::fmt(&**conn, f),
+            Held::Shared(connection) => f
+                .debug_struct("Checkout")
+                .field("shared_connection_id", &connection.id())
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl Checkout {
+    /// The id of the connection the next call goes over (in shared mode, a shared one until
+    /// a command needs a connection of its own): unique within the pool, for logs and tests.
+    pub fn connection_id(&self) -> u64 {
+        match &self.held {
+            Held::Own { conn, .. } => conn.connection_id(),
+            Held::Shared(connection) => connection.id(),
+        }
+    }
+
+    /// Whether that connection's socket is still open as far as can be known without a round
+    /// trip.
+    pub fn is_open(&self) -> bool {
+        match &self.held {
+            Held::Own { conn, .. } => conn.is_open(),
+            Held::Shared(connection) => connection.is_open(),
+        }
+    }
+
+    /// Whether calls go over a shared connection (shared mode, until a command needed a
+    /// connection of its own).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.held, Held::Shared(_))
+    }
+
+    /// Sets how long ordinary commands wait for their reply for the rest of this checkout
+    /// (a slow `EVAL`, a big `KEYS`); the pool's `response_timeout` applies again to the next
+    /// checkout. Blocking commands wait their own timeout on top of this.
+    ///
+    /// ```no_run
+    /// # async fn demo(guard: redis_guard::RedisGuard) -> Result<(), redis_guard::Error> {
+    /// use std::time::Duration;
+    /// let mut conn = guard.get().await?;
+    /// conn.set_response_timeout(Duration::from_secs(10));
+    /// let _: () = redis::cmd("EVAL").arg("return 1").arg(0).query_async(&mut conn).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn set_response_timeout(&mut self, timeout: Duration) {
+        self.response_timeout = timeout;
+        if let Held::Own { conn, .. } = &mut self.held {
+            conn.set_response_timeout(timeout);
+        }
+    }
+
     /// This connection, for calls the caller knows are safe to send twice (`SET k v`,
     /// `DEL k`, an `INCR` whose double application is acceptable): they are retried like
     /// reads.
@@ -280,19 +397,44 @@ impl PooledConnection {
     }
 
     async fn send(&mut self, call: Call<'_>, writes_too: bool) -> RedisResult<Reply> {
+        if let Held::Shared(connection) = &self.held {
+            if !call.cmds().any(crate::session::needs_own_connection) {
+                let connection = connection.clone();
+                return self.send_shared(connection, call, writes_too).await;
+            }
+            self.take_own_connection().await?;
+        }
+        let Held::Own { conn, .. } = &mut self.held else {
+            unreachable!("a connection of its own was just taken");
+        };
         // Judged before the call: a transaction or watch cannot be carried over to another
         // connection, and a fresh connection that fails without an answer says Redis failed.
-        let clean = self.conn.session_is_clean();
-        let served = self.conn.has_served();
-        let result = call.send(&mut self.conn).await;
-        if matches!(&result, Err(e) if was_not_sent(e)) && self.conn.session_is_clean() {
+        let clean = conn.session_is_clean();
+        let served = conn.has_served();
+        let result = call.send(conn).await;
+        if matches!(&result, Err(e) if was_not_sent(e)) && conn.session_is_clean() {
             return self
                 .send_on_fresh_connection(call, result, "the primary moved")
                 .await;
         }
+        match self.retry_reason(call, &result, clean, served, writes_too) {
+            Some(why) => self.send_on_fresh_connection(call, result, why).await,
+            None => result,
+        }
+    }
+
+    /// Whether a failed call may be sent once more on another connection, and why.
+    fn retry_reason(
+        &self,
+        call: Call<'_>,
+        result: &RedisResult<Reply>,
+        clean: bool,
+        served: bool,
+        writes_too: bool,
+    ) -> Option<&'static str> {
         // A refusal for the server's role (READONLY, MASTERDOWN, LOADING) was given before the
         // command ran: sending it again, even a write, cannot apply it twice.
-        let (refused, connection_failed) = match &result {
+        let (refused, connection_failed) = match result {
             Err(e) => (is_refused_by_role(e), is_infrastructure_failure(e)),
             Ok(Reply::Many(values)) => (values.iter().any(is_role_refusal), false),
             Ok(Reply::One(_)) => (false, false),
@@ -300,29 +442,84 @@ impl PooledConnection {
         // A fresh connection whose socket was closed under it (EOF, reset) met a server that
         // closed it: one shutting down in a restart, which took the connection just before it
         // stopped listening. The next connection goes to the server that replaces it.
-        let closed_under_it = matches!(&result, Err(e) if e.is_connection_dropped());
+        let closed_under_it = matches!(result, Err(e) if e.is_connection_dropped());
         let may_retry = clean && (served || closed_under_it);
-        let shared = &self.pool.shared;
         if !may_retry
             || !(refused || connection_failed)
-            || shared.breaker_state() != BreakerState::Closed
+            || self.pool.shared.breaker_state() != BreakerState::Closed
         {
-            return result;
+            return None;
         }
         // Otherwise judged from the flags the pool learned from Redis when it first
         // connected; a call whose commands are not known yet is not retried (waiting to ask
         // would cost more than the failure).
-        let retry =
-            refused || writes_too || self.pool.shared.read_only().known(call.cmds()) == Some(true);
-        if !retry {
-            return result;
-        }
-        let why = if refused {
-            "refused for the server's role"
+        if refused {
+            Some("refused for the server's role")
+        } else if writes_too || self.pool.shared.read_only().known(call.cmds()) == Some(true) {
+            Some("its connection failed")
         } else {
-            "its connection failed"
+            None
+        }
+    }
+
+    /// Shared mode: sends `call` over `connection`, or over another shared connection if that
+    /// one is known closed; a call that failed with its connection is retried on another by
+    /// the rules of [`send`](Self::send).
+    async fn send_shared(
+        &mut self,
+        mut connection: Arc<SharedConnection>,
+        call: Call<'_>,
+        writes_too: bool,
+    ) -> RedisResult<Reply> {
+        if !connection.is_open() {
+            connection = self.another_shared_connection().await?;
+        }
+        let shared = &self.pool.shared;
+        let served = connection.has_served();
+        let result = connection.call(shared, call, self.response_timeout).await;
+        let why = if matches!(&result, Err(e) if was_not_sent(e)) {
+            Some("the primary moved")
+        } else {
+            self.retry_reason(call, &result, true, served, writes_too)
         };
-        self.send_on_fresh_connection(call, result, why).await
+        let Some(why) = why else {
+            return result;
+        };
+        let Ok(fresh) = self.another_shared_connection().await else {
+            self.pool.shared.retried(false);
+            return result;
+        };
+        tracing::debug!(pool = %self.pool.name(), why, "retrying a call on another shared connection");
+        let retried = fresh.call(&self.pool.shared, call, self.response_timeout).await;
+        self.pool.shared.retried(retried.is_ok());
+        retried
+    }
+
+    /// Moves this checkout onto another shared connection, within a budget of its own.
+    async fn another_shared_connection(&mut self) -> RedisResult<Arc<SharedConnection>> {
+        let connection = self
+            .pool
+            .another_shared_connection()
+            .await
+            .map_err(no_connection)?;
+        self.held = Held::Shared(connection.clone());
+        Ok(connection)
+    }
+
+    /// Shared mode: takes a connection of its own for the rest of this checkout.
+    async fn take_own_connection(&mut self) -> RedisResult<()> {
+        let span = tracing::debug_span!("redis_guard.checkout", pool = %self.pool.name());
+        let checked_out = self
+            .pool
+            .checkout()
+            .instrument(span)
+            .await
+            .map_err(no_connection)?;
+        self.held = checked_out.into();
+        if let Held::Own { conn, .. } = &mut self.held {
+            conn.set_response_timeout(self.response_timeout);
+        }
+        Ok(())
     }
 
     /// Sends `call` again on a fresh connection; `result` is what the caller gets if none can
@@ -339,51 +536,30 @@ impl PooledConnection {
             shared.retried(false);
             return result;
         };
-        let response_timeout = self.conn.response_timeout();
-        drop(std::mem::replace(&mut self.conn, fresh));
-        self.conn.set_response_timeout(response_timeout);
+        let Held::Own { conn, .. } = &mut self.held else {
+            unreachable!("only a connection of its own is replaced");
+        };
+        let response_timeout = conn.response_timeout();
+        drop(std::mem::replace(conn, fresh));
+        conn.set_response_timeout(response_timeout);
         tracing::debug!(pool = %shared.name(), why, "retrying a call on a fresh connection");
-        let retried = call.send(&mut self.conn).await;
+        let retried = call.send(conn).await;
         shared.retried(retried.is_ok());
         retried
     }
 }
 
-/// A [`PooledConnection`] whose calls may be retried even when they write: see
-/// [`PooledConnection::idempotent`].
+/// The error a call gets when no connection could be had for it: the checkout's error
+/// (unavailable, timed out) as an I/O error, so it answers 503 like a connection failure and
+/// is never retried.
+fn no_connection(error: Error) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::other(error.to_string()))
+}
+
+/// A [`Checkout`] whose calls may be retried even when they write: see
+/// [`Checkout::idempotent`].
 #[derive(Debug)]
-pub struct Idempotent<'a>(&'a mut PooledConnection);
-
-/// One call as redis-rs hands it over: a command, or a pipeline's slice of replies.
-#[derive(Clone, Copy)]
-enum Call<'a> {
-    One(&'a Cmd),
-    Many(&'a Pipeline, usize, usize),
-}
-
-enum Reply {
-    One(Value),
-    Many(Vec<Value>),
-}
-
-impl Call<'_> {
-    fn cmds(&self) -> Box<dyn Iterator<Item = &Cmd> + '_> {
-        match self {
-            Call::One(cmd) => Box::new(std::iter::once(*cmd)),
-            Call::Many(pipeline, ..) => Box::new(pipeline.cmd_iter()),
-        }
-    }
-
-    async fn send(self, conn: &mut GuardConnection) -> RedisResult<Reply> {
-        match self {
-            Call::One(cmd) => conn.req_packed_command(cmd).await.map(Reply::One),
-            Call::Many(pipeline, offset, count) => conn
-                .req_packed_commands(pipeline, offset, count)
-                .await
-                .map(Reply::Many),
-        }
-    }
-}
+pub struct Idempotent<'a>(&'a mut Checkout);
 
 /// The `ConnectionLike` of a handle whose calls go through [`PooledConnection::send`].
 macro_rules! retrying_connection_like {
@@ -417,11 +593,14 @@ macro_rules! retrying_connection_like {
 
             fn get_db(&self) -> i64 {
                 let $conn = self;
-                $pooled.conn.get_db()
+                match &$pooled.held {
+                    Held::Own { conn, .. } => conn.get_db(),
+                    Held::Shared(connection) => connection.db(),
+                }
             }
         }
     };
 }
 
-retrying_connection_like!(PooledConnection, this => this, false);
+retrying_connection_like!(Checkout, this => this, false);
 retrying_connection_like!(Idempotent<'_>, this => this.0, true);

@@ -58,6 +58,15 @@ enum Effect {
     Taint,
 }
 
+/// Whether `cmd` needs a connection of its own: it changes the session (`MULTI`, `WATCH`,
+/// `SELECT`, a subscription, ...), so the commands after it depend on which connection they
+/// are sent on, or it blocks (`BLPOP`, `XREAD BLOCK`, `WAIT`), which would hold up every
+/// reply queued behind it on a shared one. Plain commands, and plain commands in an atomic
+/// pipeline (sent as one `MULTI ... EXEC` write), do not.
+pub(crate) fn needs_own_connection(cmd: &Cmd) -> bool {
+    effect_of(cmd) != Effect::None || crate::command::server_wait(cmd).is_some()
+}
+
 /// A connection's session: where it started and where it is now.
 #[derive(Debug, Clone)]
 pub(crate) struct Session {

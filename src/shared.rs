@@ -429,8 +429,7 @@ impl Shared {
             return;
         }
         self.register_with_late_recorder();
-        self.metrics()
-            .set_pool_state(state.idle, state.in_use, state.max_size, state.waiting);
+        self.metrics().set_pool_state(state);
     }
 
     fn on_transition(&self, transition: Transition) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bb8_redis::RedisConnectionManager;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use redis_guard::{Config, RedisGuard, StartupMode};
+use redis_guard::{Config, PoolMode, RedisGuard, StartupMode};
 
 pub const POOL_SIZE: u32 = 16;
 
@@ -30,13 +30,21 @@ pub enum Contender {
 }
 
 /// Names and builders, in table order.
-pub const NAMES: [&str; 5] = [
-    "redis-guard (validation on)",
+pub const NAMES: [&str; 6] = [
+    "redis-guard exclusive (validation on)",
+    "redis-guard shared (1 multiplexed connection)",
     "bb8-redis, PING on checkout (default)",
     "bb8-redis, no check",
     "deadpool-redis",
     "redis-rs ConnectionManager (1 multiplexed connection)",
 ];
+/// Indices into [`NAMES`].
+pub const GUARD: usize = 0;
+pub const GUARD_SHARED: usize = 1;
+pub const BB8_DEFAULT: usize = 2;
+pub const BB8_NO_CHECK: usize = 3;
+pub const DEADPOOL: usize = 4;
+pub const MANAGER: usize = 5;
 
 impl Contender {
     /// Builds contender `index` of [`NAMES`] for `url` without waiting for Redis, except
@@ -48,9 +56,14 @@ impl Contender {
         limit: Duration,
     ) -> Result<Contender, String> {
         Ok(match index {
-            0 => {
+            GUARD | GUARD_SHARED => {
+                let mode = match index {
+                    GUARD => PoolMode::Exclusive,
+                    _ => PoolMode::Shared,
+                };
                 let config = Config::builder(url)
                     .name(name)
+                    .mode(mode)
                     .max_size(POOL_SIZE)
                     .startup(StartupMode::Lazy)
                     .build()
@@ -61,13 +74,13 @@ impl Contender {
                         .map_err(|e| e.to_string())?,
                 )
             }
-            1 | 2 => Contender::Bb8(
+            BB8_DEFAULT | BB8_NO_CHECK => Contender::Bb8(
                 bb8::Pool::builder()
                     .max_size(POOL_SIZE)
-                    .test_on_check_out(index == 1)
+                    .test_on_check_out(index == BB8_DEFAULT)
                     .build_unchecked(RedisConnectionManager::new(url).map_err(|e| e.to_string())?),
             ),
-            3 => {
+            DEADPOOL => {
                 let mut config = deadpool_redis::Config::from_url(url);
                 config.pool = Some(deadpool_redis::PoolConfig::new(POOL_SIZE as usize));
                 Contender::Deadpool(

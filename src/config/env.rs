@@ -8,7 +8,7 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use super::{Config, ConfigError, Keepalive, StartupMode, invalid};
+use super::{Config, ConfigError, Keepalive, PoolMode, StartupMode, invalid};
 use crate::breaker::BreakerPolicy;
 
 /// What [`super::Settings::read_env`] asks for each setting: `(suffix, setting name)` ->
@@ -181,6 +181,20 @@ impl FromEnv for Option<Keepalive> {
             interval: Duration::from_secs(whole(interval)?),
             retries: whole(retries)?,
         }))
+    }
+}
+
+/// `exclusive` or `shared`.
+impl FromEnv for PoolMode {
+    fn from_env(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if raw.eq_ignore_ascii_case("exclusive") {
+            Ok(PoolMode::Exclusive)
+        } else if raw.eq_ignore_ascii_case("shared") {
+            Ok(PoolMode::Shared)
+        } else {
+            Err(format!("{} is not exclusive or shared", quoted(raw)))
+        }
     }
 }
 

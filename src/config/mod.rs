@@ -77,6 +77,36 @@ pub enum StartupMode {
     FailFast,
 }
 
+/// How the pool's connections serve callers.
+///
+/// ```
+/// use redis_guard::{Config, PoolMode};
+///
+/// let config = Config::builder("redis://127.0.0.1:6379")
+///     .mode(PoolMode::Shared)
+///     .shared_connections(2)
+///     .build()
+///     .unwrap();
+/// assert_eq!(config.mode(), PoolMode::Shared);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum PoolMode {
+    /// Each checkout holds a connection of its own until it is dropped, as bb8 and deadpool
+    /// hand them out: one command in flight per connection.
+    #[default]
+    Exclusive,
+    /// Plain commands from every checkout are pipelined over
+    /// [`shared_connections`](ConfigBuilder::shared_connections) multiplexed connections, as
+    /// redis-rs's `ConnectionManager` does, with the same guarantees as exclusive connections
+    /// (a closed socket is never used, one that stops answering is replaced, reads are sent
+    /// again after a connection failure). A command that needs a connection of its own (a
+    /// transaction, `WATCH`, a blocking command, `SELECT` and other session state) moves the
+    /// checkout onto an exclusive connection for the rest of its life, decided from the
+    /// command itself.
+    Shared,
+}
+
 /// A configuration that failed validation. The message says what to change.
 ///
 /// ```
@@ -538,6 +568,11 @@ settings! {
     /// Linux `TCP_USER_TIMEOUT` (1 ms to about 49 days); `None` leaves the system default.
     /// Ignored elsewhere.
     tcp_user_timeout: Option<Duration> = Some(defaults::TCP_USER_TIMEOUT), impl Into<Option<Duration>>, "TCP_USER_TIMEOUT_MS";
+    /// Whether checkouts hold a connection of their own or share multiplexed ones.
+    mode: PoolMode = PoolMode::Exclusive, PoolMode, "MODE";
+    /// In [`PoolMode::Shared`]: how many connections the plain commands are pipelined over
+    /// (1 to `max_size - 1`: the rest serve the commands that need a connection of their own).
+    shared_connections: u32 = defaults::SHARED_CONNECTIONS, u32, "SHARED_CONNECTIONS";
     /// What start-up does when Redis is unreachable.
     startup: StartupMode = StartupMode::Lazy, StartupMode, "STARTUP";
     /// When the circuit breaker trips and how it recovers.
@@ -646,6 +681,20 @@ impl Settings {
                     format!("{timeout:?} must be from 1 ms to {} ms, or None", u32::MAX),
                 ));
             }
+        }
+        if self.mode == PoolMode::Shared
+            && !(1..self.max_size).contains(&self.shared_connections)
+        {
+            return Err(invalid(
+                "shared_connections",
+                format!(
+                    "{} shared connections with max_size {} leave none for the commands that \
+                     need a connection of their own; use from 1 to max_size - 1 ({})",
+                    self.shared_connections,
+                    self.max_size,
+                    self.max_size.saturating_sub(1)
+                ),
+            ));
         }
         if self.startup == StartupMode::WaitFor(Duration::ZERO) {
             return Err(invalid(

@@ -1,0 +1,419 @@
+//! Shared mode ([`PoolMode::Shared`](crate::PoolMode::Shared)): plain commands from every
+//! checkout pipelined over a few multiplexed connections, each watched as closely as an
+//! exclusive one.
+//!
+//! A shared connection is an ordinary pool connection (opened through the same gate, proven by
+//! the same first PING) that the pool keeps checked out for everyone, with its permit, so the
+//! pool stays within `max_size`. What keeps the guarantees of exclusive connections:
+//!
+//! - a socket known closed is never used: the driver records EOF and resets as it reads, and
+//!   when no call is in flight (the driver may not have run since the peer closed) a peek asks
+//!   the kernel, as a checkout does;
+//! - one that has answered nothing within `validation_bypass`, or that a peer's failure made
+//!   suspect, is PINGed first, by one caller while the others wait for that answer;
+//! - a call that fails with its connection (I/O error, response timeout) retires it: no new
+//!   call goes to it, the calls in flight on it end by their own timeouts, and it closes when
+//!   the last one has; the eviction counts as any other, so its peers become suspect and one
+//!   verifying connect decides what the breaker makes of it. The checkout then sends reads
+//!   (and calls it was told are idempotent) once more on another connection (`pool.rs`);
+//! - a call to a primary demoted by Sentinel is refused before it is sent;
+//! - a command that needs a connection of its own never comes here: `pool.rs` moves the
+//!   checkout onto an exclusive connection first.
+//!
+//! A cancelled call leaves nothing behind: the multiplexed driver reads its reply and drops it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::RedisResult;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use crate::connection::{
+    Call, Outcome, Reply, Server, SharedParts, call_span, not_sent_failover,
+};
+use crate::inner::Bb8Connection;
+use crate::metrics::EvictionReason;
+use crate::sentinel::Placement;
+use crate::shared::Shared;
+use crate::transport::{LinkHealth, PeerProbe, PeerState};
+
+/// The slots of a shared-mode pool, each holding at most one shared connection.
+pub(crate) struct SharedConnections {
+    slots: Box<[Slot]>,
+    /// Where the next pick starts, so calls spread over the connections.
+    next: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Slot {
+    connection: RwLock<Option<Arc<SharedConnection>>>,
+    /// Held while a connection is being opened for the slot: one at a time.
+    refilling: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// What a pick found.
+pub(crate) enum Pick {
+    /// A connection that may be used at once.
+    Ready(Arc<SharedConnection>),
+    /// A connection to PING before use (idle too long, or suspect).
+    Check(Arc<SharedConnection>),
+    /// No usable connection: slot `n` is empty.
+    Empty(usize),
+}
+
+impl SharedConnections {
+    pub(crate) fn new(count: u32) -> Self {
+        SharedConnections {
+            slots: (0..count).map(|_| Slot::default()).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next usable connection, round robin. Connections found dead are retired and their
+    /// slots emptied; `empty` collects the slots that need a connection.
+    pub(crate) fn pick(&self, shared: &Shared, empty: &mut Vec<usize>) -> Pick {
+        let count = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut check = None;
+        for i in 0..count {
+            let index = (start + i) % count;
+            let Some(connection) = self.current(index) else {
+                empty.push(index);
+                continue;
+            };
+            match connection.condition(shared, now) {
+                Condition::Ready => return Pick::Ready(connection),
+                Condition::Check => {
+                    check.get_or_insert(connection);
+                }
+                Condition::Dead(reason) => {
+                    connection.retire(reason);
+                    self.remove(index, &connection);
+                    empty.push(index);
+                }
+            }
+        }
+        match (check, empty.first()) {
+            (Some(connection), _) => Pick::Check(connection),
+            (None, Some(&index)) => Pick::Empty(index),
+            // Every slot was taken between the two looks; the caller looks again.
+            (None, None) => Pick::Empty(start % count),
+        }
+    }
+
+    fn current(&self, index: usize) -> Option<Arc<SharedConnection>> {
+        self.slots[index]
+            .connection
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Empties slot `index` if it still holds `connection`.
+    pub(crate) fn remove(&self, index: usize, connection: &Arc<SharedConnection>) {
+        let mut slot = self.slots[index]
+            .connection
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, connection)) {
+            *slot = None;
+        }
+    }
+
+    /// Empties the slot that holds `connection`, wherever it is.
+    pub(crate) fn forget(&self, connection: &Arc<SharedConnection>) {
+        for index in 0..self.slots.len() {
+            self.remove(index, connection);
+        }
+    }
+
+    /// The refill lock of slot `index`: whoever holds it opens the slot's next connection.
+    pub(crate) async fn refilling(&self, index: usize) -> tokio::sync::OwnedMutexGuard<()> {
+        self.slots[index].refilling.clone().lock_owned().await
+    }
+
+    /// The refill lock of slot `index`, if no one holds it.
+    pub(crate) fn try_refilling(&self, index: usize) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.slots[index].refilling.clone().try_lock_owned().ok()
+    }
+
+    /// Whether slot `index` holds a connection that is not known dead.
+    pub(crate) fn is_filled(&self, index: usize) -> bool {
+        self.current(index).is_some_and(|c| c.link.is_open())
+    }
+
+    /// Puts a new connection in slot `index`.
+    pub(crate) fn fill(&self, index: usize, connection: Arc<SharedConnection>) {
+        *self.slots[index]
+            .connection
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(connection);
+    }
+
+    /// Shared connections that may still work.
+    pub(crate) fn live(&self) -> u32 {
+        (0..self.slots.len())
+            .filter(|&i| self.current(i).is_some_and(|c| c.link.is_open()))
+            .count() as u32
+    }
+
+    /// Empties every slot (the pool is closing): each connection closes once the calls on it
+    /// have ended.
+    pub(crate) fn clear(&self) {
+        for slot in self.slots.iter() {
+            slot.connection
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        }
+    }
+}
+
+/// What a shared connection is fit for right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Condition {
+    Ready,
+    Check,
+    Dead(EvictionReason),
+}
+
+/// One connection shared by every checkout of the pool.
+pub(crate) struct SharedConnection {
+    /// The pool connection behind it. Locked only to validate it (one PING at a time) or to
+    /// mark it evicted, never on a call's path; dropped (back to the pool, which closes it if
+    /// it was retired) when the last call on it has ended.
+    conn: tokio::sync::Mutex<Bb8Connection>,
+    _permit: OwnedSemaphorePermit,
+    handle: MultiplexedConnection,
+    link: Arc<LinkHealth>,
+    probe: Arc<PeerProbe>,
+    id: u64,
+    expires_at: Option<Instant>,
+    placement: Option<Placement>,
+    server: Server,
+    db: i64,
+    /// When Redis last answered on it, as nanoseconds after `opened`.
+    last_success: AtomicU64,
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Redis answered a call on it: a later failure may be the socket's, not Redis's.
+    served: AtomicBool,
+    retired: AtomicBool,
+}
+
+impl SharedConnection {
+    pub(crate) fn new(conn: Bb8Connection, permit: OwnedSemaphorePermit) -> Arc<Self> {
+        let SharedParts {
+            handle,
+            link,
+            probe,
+            id,
+            expires_at,
+            placement,
+            server,
+        } = conn.parts();
+        let db = handle.get_db();
+        Arc::new(SharedConnection {
+            conn: tokio::sync::Mutex::new(conn),
+            _permit: permit,
+            handle,
+            link,
+            probe,
+            id,
+            expires_at,
+            placement,
+            server,
+            db,
+            last_success: AtomicU64::new(0),
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn db(&self) -> i64 {
+        self.db
+    }
+
+    /// Whether new calls may go to it, as far as is known without a round trip.
+    pub(crate) fn is_open(&self) -> bool {
+        self.link.is_open() && !self.retired.load(Ordering::Acquire)
+    }
+
+    /// Whether Redis has answered a call on it.
+    pub(crate) fn has_served(&self) -> bool {
+        self.served.load(Ordering::Acquire)
+    }
+
+    fn last_success(&self) -> Instant {
+        self.opened + Duration::from_nanos(self.last_success.load(Ordering::Acquire))
+    }
+
+    fn answered(&self, at: Instant) {
+        let nanos = u64::try_from(at.saturating_duration_since(self.opened).as_nanos());
+        self.last_success
+            .fetch_max(nanos.unwrap_or(u64::MAX), Ordering::AcqRel);
+    }
+
+    fn on_demoted_primary(&self, shared: &Shared) -> bool {
+        match (&self.placement, shared.sentinel()) {
+            (Some(placement), Some(watch)) => !placement.is_current(watch),
+            _ => false,
+        }
+    }
+
+    /// The checks of a checkout's verdict (`connection.rs`), for a connection others may be
+    /// using: the peek only when no call is in flight, since replies on their way are bytes
+    /// too, and a call in flight sees a close itself.
+    fn condition(&self, shared: &Shared, now: Instant) -> Condition {
+        if !self.is_open() {
+            return Condition::Dead(EvictionReason::Broken);
+        }
+        if self.on_demoted_primary(shared) {
+            return Condition::Dead(EvictionReason::RoleChange);
+        }
+        if self.expires_at.is_some_and(|at| now >= at) {
+            return Condition::Dead(EvictionReason::MaxLifetime);
+        }
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.probe.peer_state() == PeerState::Closed
+        {
+            return Condition::Dead(EvictionReason::Broken);
+        }
+        let last_success = self.last_success();
+        let config = shared.config();
+        let role_suspect = config.expect_primary() && shared.is_role_suspect(last_success);
+        if role_suspect
+            || shared.is_suspect(last_success)
+            || now.saturating_duration_since(last_success) >= config.validation_bypass()
+        {
+            Condition::Check
+        } else {
+            Condition::Ready
+        }
+    }
+
+    /// PINGs it, unless another caller proved it meanwhile. Returns whether it may be used;
+    /// one that fails is retired.
+    pub(crate) async fn check(&self, shared: &Shared, timeout: Duration) -> bool {
+        let mut conn = self.conn.lock().await;
+        match self.condition(shared, Instant::now()) {
+            Condition::Ready => return true,
+            Condition::Dead(reason) => {
+                self.retire_locked(&mut conn, reason);
+                return false;
+            }
+            Condition::Check => {}
+        }
+        if crate::inner::validate(&mut conn, shared, timeout).await {
+            self.answered(Instant::now());
+            true
+        } else {
+            // Evicted and counted by the validation.
+            self.retired.store(true, Ordering::Release);
+            false
+        }
+    }
+
+    /// No new call goes to it; counted as an eviction for `reason` (its peers become
+    /// suspect). It closes when the calls in flight on it have ended.
+    pub(crate) fn retire(self: &Arc<Self>, reason: EvictionReason) {
+        if self.retired.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match self.conn.try_lock() {
+            Ok(mut conn) => conn.evict(reason),
+            // A validation holds it for at most the validation timeout.
+            Err(_) => {
+                let connection = self.clone();
+                tokio::spawn(async move { connection.conn.lock().await.evict(reason) });
+            }
+        }
+    }
+
+    fn retire_locked(&self, conn: &mut Bb8Connection, reason: EvictionReason) {
+        if !self.retired.swap(true, Ordering::AcqRel) {
+            conn.evict(reason);
+        }
+    }
+
+    /// Sends `call` over the shared socket, waiting up to `response_timeout` for the reply,
+    /// and notes what the outcome says about the connection.
+    pub(crate) async fn call(
+        self: &Arc<Self>,
+        shared: &Shared,
+        call: Call<'_>,
+        response_timeout: Duration,
+    ) -> RedisResult<Reply> {
+        let (operation, batch) = call.operation();
+        let span = call_span(shared, &self.server, self.id, self.db, &operation, batch);
+        async move {
+            if self.on_demoted_primary(shared) {
+                self.retire(EvictionReason::RoleChange);
+                return Err(not_sent_failover());
+            }
+            let mut handle = self.handle.clone();
+            handle.set_response_timeout(response_timeout);
+            let result = {
+                let _in_flight = InFlight::enter(&self.in_flight);
+                call.send_multiplexed(&mut handle).await
+            };
+            match Outcome::of(&result) {
+                Outcome::ConnectionFailed if self.on_demoted_primary(shared) => {
+                    self.retire(EvictionReason::RoleChange)
+                }
+                Outcome::ConnectionFailed => self.retire(EvictionReason::IoError),
+                Outcome::RefusedByRole => {
+                    shared.answered(Instant::now());
+                    self.retire(EvictionReason::RoleChange);
+                }
+                Outcome::Answered => {
+                    let now = Instant::now();
+                    self.answered(now);
+                    self.served.store(true, Ordering::Release);
+                    shared.answered(now);
+                    if matches!(&result, Ok(reply) if reply.refused_by_role()) {
+                        self.retire(EvictionReason::RoleChange);
+                    }
+                }
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl Drop for SharedConnection {
+    fn drop(&mut self) {
+        // Retired: evicted (and counted) already; the pool closes it when it comes back.
+        if self.retired.load(Ordering::Acquire) {
+            self.conn.get_mut().evicted_already(EvictionReason::Broken);
+        }
+    }
+}
+
+/// Counts a call in flight for as long as it lives, cancelled or not.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
