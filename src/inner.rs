@@ -214,6 +214,16 @@ impl PoolInner {
         self.shared_connection_within(Instant::now()).await
     }
 
+    /// Takes a retired shared connection out of its slot at once, so it closes as soon as
+    /// the calls in flight on it have ended.
+    pub(crate) fn let_go_if_retired(&self, connection: &Arc<SharedConnection>) {
+        if let Some(multiplexed) = &self.multiplexed
+            && !connection.is_open()
+        {
+            multiplexed.forget(connection);
+        }
+    }
+
     /// Runs a checkout step under the breaker's admission, and counts its outcome.
     async fn admitted<T, F: Future<Output = Result<T, Error>>>(
         &self,

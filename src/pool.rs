@@ -477,6 +477,7 @@ impl Checkout {
         let shared = &self.pool.shared;
         let served = connection.has_served();
         let result = connection.call(shared, call, self.response_timeout).await;
+        self.pool.let_go_if_retired(&connection);
         let why = if matches!(&result, Err(e) if was_not_sent(e)) {
             Some("the primary moved")
         } else {
@@ -491,6 +492,7 @@ impl Checkout {
         };
         tracing::debug!(pool = %self.pool.name(), why, "retrying a call on another shared connection");
         let retried = fresh.call(&self.pool.shared, call, self.response_timeout).await;
+        self.pool.let_go_if_retired(&fresh);
         self.pool.shared.retried(retried.is_ok());
         retried
     }

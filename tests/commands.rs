@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use redis::AsyncCommands;
 use redis_guard::testkit::{FaultProxy, RedisServer};
-use redis_guard::{BreakerState, RedisGuard};
+use redis_guard::{BreakerState, PoolMode, RedisGuard};
 use tokio::time::timeout;
 
 fn reconnects(pool: &str) -> f64 {
@@ -31,15 +31,17 @@ fn llen(server: &RedisServer, key: &str) -> i64 {
     }
 }
 
+in_both_modes! {
 /// Fault: a job worker's `BLPOP jobs 10` is cancelled after 200 ms (its HTTP client gave up),
 /// then a job is pushed. Load: one connection (`max_size(1)`), so the next borrower gets the
 /// same slot. Asserts: the job is still in the list (the orphaned BLPOP did not pop it), the
 /// connection was evicted as `cancelled`, and the next borrower's command answers in under
 /// 50 ms instead of waiting behind the BLPOP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_blpop_neither_eats_the_next_job_nor_stalls_the_next_borrower() {
+async fn a_cancelled_blpop_neither_eats_the_next_job_nor_stalls_the_next_borrower(mode: PoolMode) {
+    let pool = pool_name(mode, "cancelled_blpop");
     let server = RedisServer::start().unwrap();
-    let guard = guard(config(&server.url(), "cancelled_blpop").max_size(1)).await;
+    let guard = guard(config(&server.url(), &pool).mode(mode).max_size(max_size(mode, 1))).await;
     let worker = {
         let guard = guard.clone();
         async move {
@@ -58,7 +60,7 @@ async fn a_cancelled_blpop_neither_eats_the_next_job_nor_stalls_the_next_borrowe
     // Give an orphaned BLPOP every chance to pop the job.
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(llen(&server, "jobs"), 1, "the job is still queued");
-    assert_eq!(evictions("cancelled_blpop", "cancelled"), 1.0);
+    assert_eq!(evictions(&pool, "cancelled"), 1.0);
 
     let started = Instant::now();
     let mut conn = guard.get().await.unwrap();
@@ -70,18 +72,21 @@ async fn a_cancelled_blpop_neither_eats_the_next_job_nor_stalls_the_next_borrowe
         "next borrower took {took:?}"
     );
 }
+}
 
+in_both_modes! {
 /// Fault: none; a blocking command longer than the pool's response timeout. Load: `BLPOP k 3`
 /// on a pool with `response_timeout` 1 s, an element pushed after 2 s; then six concurrent
 /// `BLPOP`s of 2 s on a pool of six. Asserts: the BLPOP returns the element (not "timed out"),
 /// the six blocked workers neither evict anything nor move the breaker, and `/readyz` stays
 /// 200 throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blocking_commands_wait_their_own_timeout_and_never_count_against_redis() {
+async fn blocking_commands_wait_their_own_timeout_and_never_count_against_redis(mode: PoolMode) {
+    let pool = pool_name(mode, "blocking");
     let server = RedisServer::start().unwrap();
     let guard = guard(
-        config(&server.url(), "blocking")
-            .max_size(6)
+        config(&server.url(), &pool).mode(mode)
+            .max_size(max_size(mode, 6))
             .response_timeout(Duration::from_secs(1)),
     )
     .await;
@@ -126,26 +131,29 @@ async fn blocking_commands_wait_their_own_timeout_and_never_count_against_redis(
     }
     let evicted: f64 = ["io_error", "validation_failed", "cancelled", "dirty"]
         .iter()
-        .map(|reason| evictions("blocking", reason))
+        .map(|reason| evictions(&pool, reason))
         .sum();
     assert_eq!(evicted, 0.0, "blocking waits evict nothing");
 }
+}
 
+in_both_modes! {
 /// Fault: none; optimistic transactions under contention. Load: 1,000 transfers at
 /// concurrency 8 between two accounts, each `WATCH a b`, read both, then an atomic pipeline
 /// (`MULTI ... EXEC`, as redis-rs packs it) or hand-written `MULTI`/`EXEC` commands, retried
 /// when a conflicting writer made `EXEC` abort. Asserts: the accounts always balance, no
 /// connection is evicted as dirty, and no reconnect happens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_then_an_atomic_pipeline_returns_a_clean_connection() {
+async fn watch_then_an_atomic_pipeline_returns_a_clean_connection(mode: PoolMode) {
+    let pool = pool_name(mode, "transactions");
     let server = RedisServer::start().unwrap();
-    let guard = guard(config(&server.url(), "transactions")).await;
+    let guard = guard(config(&server.url(), &pool).mode(mode)).await;
     {
         let mut conn = guard.get().await.unwrap();
         let _: () = conn.set("a", 1_000).await.unwrap();
         let _: () = conn.set("b", 1_000).await.unwrap();
     }
-    let reconnects_before = reconnects("transactions");
+    let reconnects_before = reconnects(&pool);
     let next = Arc::new(AtomicU64::new(0));
     let aborted = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..8)
@@ -213,22 +221,25 @@ async fn watch_then_an_atomic_pipeline_returns_a_clean_connection() {
     let mut conn = guard.get().await.unwrap();
     let (a, b): (i64, i64) = conn.mget(&["a", "b"]).await.unwrap();
     assert_eq!(a + b, 2_000, "every committed transfer balances");
-    assert_eq!(evictions("transactions", "dirty"), 0.0);
-    assert_eq!(reconnects("transactions") - reconnects_before, 0.0);
+    assert_eq!(evictions(&pool, "dirty"), 0.0);
+    assert_eq!(reconnects(&pool) - reconnects_before, 0.0);
     eprintln!(
         "1,000 transfers, {} EXECs aborted by conflicting writers",
         aborted.load(Ordering::Relaxed)
     );
 }
+}
 
+in_both_modes! {
 /// Fault: none; pipelines that change the session in an order that matters. Load: one
 /// connection (`max_size(1)`), so the next user gets whatever the last one left. Asserts:
 /// `[RESET, SELECT 9]` and `[UNWATCH, WATCH k]` are not returned clean (the next user is on
 /// database 0 and its transaction runs), while `[SELECT 9, SELECT 0]` is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_state_is_tracked_in_command_order_through_pipelines() {
+async fn session_state_is_tracked_in_command_order_through_pipelines(mode: PoolMode) {
+    let pool = pool_name(mode, "ordering");
     let server = RedisServer::start().unwrap();
-    let guard = guard(config(&server.url(), "ordering").max_size(1)).await;
+    let guard = guard(config(&server.url(), &pool).mode(mode).max_size(max_size(mode, 1))).await;
     let _: () = server.command(&["SET", "where", "db0"]).map(drop).unwrap();
 
     let mut conn = guard.get().await.unwrap();
@@ -276,7 +287,7 @@ async fn session_state_is_tracked_in_command_order_through_pipelines() {
     );
     drop(conn);
 
-    let dirty_before = evictions("ordering", "dirty");
+    let dirty_before = evictions(&pool, "dirty");
     assert_eq!(dirty_before, 2.0, "both connections above were evicted");
     let mut conn = guard.get().await.unwrap();
     let _: () = redis::pipe()
@@ -292,20 +303,24 @@ async fn session_state_is_tracked_in_command_order_through_pipelines() {
     drop(conn);
     let _conn = guard.get().await.unwrap();
     assert_eq!(
-        evictions("ordering", "dirty"),
+        evictions(&pool, "dirty"),
         dirty_before,
         "back on its database: clean"
     );
 }
+}
 
+in_both_modes! {
 /// Fault: none; a set-up hook that selects database 3, and one that fails. Load: a few
 /// checkouts. Asserts: `CLIENT LIST` names the pool's connections after the pool; the hook's
 /// `SELECT` is the baseline (commands land in database 3, no dirty eviction, no reconnect per
 /// use); a failing hook surfaces as a counted connect error naming its cause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_set_up_hook_runs_once_per_connection_and_sets_the_baseline() {
+async fn the_set_up_hook_runs_once_per_connection_and_sets_the_baseline(mode: PoolMode) {
+    let pool_hook_fails = pool_name(mode, "hook_fails");
+    let pool_hooked = pool_name(mode, "hooked");
     let server = RedisServer::start().unwrap();
-    let guard = guard(config(&server.url(), "hooked").on_connect(|conn| {
+    let guard = guard(config(&server.url(), &pool_hooked).mode(mode).on_connect(|conn| {
         Box::pin(async move { redis::cmd("SELECT").arg(3).query_async::<()>(conn).await })
     }))
     .await;
@@ -319,12 +334,12 @@ async fn the_set_up_hook_runs_once_per_connection_and_sets_the_baseline() {
     let list = String::from_utf8_lossy(&list).into_owned();
     assert!(
         list.lines()
-            .any(|l| l.contains(" name=hooked ") && l.contains(" db=3 ")),
+            .any(|l| l.contains(&format!(" name={pool_hooked} ")) && l.contains(" db=3 ")),
         "{list}"
     );
-    assert_eq!(evictions("hooked", "dirty"), 0.0);
+    assert_eq!(evictions(&pool_hooked, "dirty"), 0.0);
     assert_eq!(
-        metric("redis_guard_connections_created_total", "hooked", &[]),
+        metric("redis_guard_connections_created_total", &pool_hooked, &[]),
         1.0
     );
     let mut admin = redis::Client::open(format!("{}/3", server.url()))
@@ -335,7 +350,7 @@ async fn the_set_up_hook_runs_once_per_connection_and_sets_the_baseline() {
     let n: i64 = admin.get("key9").await.unwrap();
     assert_eq!(n, 9);
 
-    let failing = unready_guard(config(&server.url(), "hook_fails").on_connect(|conn| {
+    let failing = unready_guard(config(&server.url(), &pool_hook_fails).mode(mode).on_connect(|conn| {
         Box::pin(async move {
             redis::cmd("SELECT")
                 .arg(99_999)
@@ -349,7 +364,8 @@ async fn the_set_up_hook_runs_once_per_connection_and_sets_the_baseline() {
         err.to_string().contains("DB index is out of range"),
         "{err}"
     );
-    assert!(metric("redis_guard_connect_errors_total", "hook_fails", &[]) >= 1.0);
+    assert!(metric("redis_guard_connect_errors_total", &pool_hook_fails, &[]) >= 1.0);
+}
 }
 
 /// Reads `value` through the pool, as a handler would.
@@ -358,16 +374,18 @@ async fn read(guard: &RedisGuard) -> Result<String, String> {
     conn.get("value").await.map_err(|e| e.to_string())
 }
 
+in_both_modes! {
 /// Fault: every pooled socket is reset (RST) while reads are in flight, then (second round)
 /// every pooled socket freezes right after use. Load: 400 `GET`s at concurrency 8 through the
 /// fault proxy, the fault injected in the middle. Asserts: no read fails (the ones in flight
 /// on a dead socket are sent again on a fresh connection), and the retries are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_in_flight_on_a_dead_socket_are_retried_on_a_fresh_one() {
+async fn reads_in_flight_on_a_dead_socket_are_retried_on_a_fresh_one(mode: PoolMode) {
+    let pool = pool_name(mode, "read_retries");
     let server = RedisServer::start().unwrap();
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
     let guard =
-        guard(config(&proxy.url(), "read_retries").response_timeout(Duration::from_millis(300)))
+        guard(config(&proxy.url(), &pool).mode(mode).response_timeout(Duration::from_millis(300)))
             .await;
     let _: () = server.command(&["SET", "value", "v"]).map(drop).unwrap();
     for fault in ["reset", "freeze"] {
@@ -407,8 +425,8 @@ async fn reads_in_flight_on_a_dead_socket_are_retried_on_a_fresh_one() {
             "{fault} of {hit} pooled sockets under 8 readers: {} failed, slowest read {slowest:?}, \
              retries ok {} failed {}, run ended {:?} after the fault",
             failed.len(),
-            retries("read_retries", "ok"),
-            retries("read_retries", "failed"),
+            retries(&pool, "ok"),
+            retries(&pool, "failed"),
             faulted.elapsed()
         );
         assert!(
@@ -419,21 +437,24 @@ async fn reads_in_flight_on_a_dead_socket_are_retried_on_a_fresh_one() {
         );
     }
     assert!(
-        retries("read_retries", "ok") >= 1.0,
+        retries(&pool, "ok") >= 1.0,
         "retries were needed and counted"
     );
     assert_eq!(guard.breaker_state(), BreakerState::Closed);
 }
+}
 
+in_both_modes! {
 /// Fault: every pooled socket is reset while `INCR`s are in flight. Load: 400 `INCR`s at
 /// concurrency 8. Asserts: an `INCR` in flight on a dead socket may fail, but none is
 /// applied twice: the counter equals the number of `INCR`s that reported success, or exceeds
 /// it only by those that failed after reaching Redis (never more than the failures).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_are_never_sent_twice() {
+async fn writes_are_never_sent_twice(mode: PoolMode) {
+    let pool = pool_name(mode, "no_write_retries");
     let server = RedisServer::start().unwrap();
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
-    let guard = guard(config(&proxy.url(), "no_write_retries")).await;
+    let guard = guard(config(&proxy.url(), &pool).mode(mode)).await;
     let done = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..8)
         .map(|_| {
@@ -474,21 +495,24 @@ async fn writes_are_never_sent_twice() {
         "counter {counter}, {ok} acknowledged, {failed} failed: an INCR was applied twice"
     );
     assert_eq!(
-        retries("no_write_retries", "ok"),
+        retries(&pool, "ok"),
         0.0,
         "no write was retried"
     );
     eprintln!("INCR under RST: {ok} acknowledged, {failed} failed, counter {counter}");
 }
+}
 
+in_both_modes! {
 /// Fault: Redis stops while a handler holds a connection. Load: an `INCR`, then a `GET`, on
 /// that connection. Asserts: the write fails at once (it is never sent twice, so nothing is
 /// worth waiting for) and is not counted as a retry; the read fails within its budget once no
 /// replacement can be had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_on_a_dead_connection_fails_at_once() {
+async fn a_write_on_a_dead_connection_fails_at_once(mode: PoolMode) {
+    let pool = pool_name(mode, "dead_write");
     let mut server = RedisServer::start().unwrap();
-    let guard = guard(config(&server.url(), "dead_write")).await;
+    let guard = guard(config(&server.url(), &pool).mode(mode)).await;
     // Let the pool learn Redis's commands first, as it does within a second of connecting.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut conn = guard.get().await.unwrap();
@@ -499,12 +523,16 @@ async fn a_write_on_a_dead_connection_fails_at_once() {
     let write: redis::RedisResult<i64> = conn.incr("counter", 1).await;
     let took = started.elapsed();
     assert!(write.is_err());
-    assert!(
-        took < Duration::from_millis(100),
-        "the write failed after {took:?}"
-    );
+    // On a connection of its own the write is sent and fails at once. A shared connection
+    // known closed is not used: the write, not sent yet, waits for another within the
+    // checkout budget, and fails with the connect.
+    let limit = match mode {
+        PoolMode::Exclusive => Duration::from_millis(100),
+        _ => guard.config().checkout_timeout() + Duration::from_millis(100),
+    };
+    assert!(took < limit, "the write failed after {took:?}");
     assert_eq!(
-        retries("dead_write", "ok") + retries("dead_write", "failed"),
+        retries(&pool, "ok") + retries(&pool, "failed"),
         0.0,
         "a write is never retried"
     );
@@ -517,6 +545,7 @@ async fn a_write_on_a_dead_connection_fails_at_once() {
         "the read failed after {:?}",
         started.elapsed()
     );
+}
 }
 
 /// The database a connection is on, as the server sees it.
@@ -532,14 +561,16 @@ async fn database_of(conn: &mut redis_guard::PooledConnection) -> String {
         .to_owned()
 }
 
+in_both_modes! {
 /// Fault: none; transactions that run nothing: an `EXEC` answered nil (a watched key changed)
 /// and one refused (`EXECABORT`), each queuing a `SELECT 0` after a `SELECT 9`. Load: one
 /// connection (`max_size(1)`). Asserts: the next user is on database 0, not 9: the
 /// connections were not returned as clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_transaction_that_ran_nothing_changes_nothing() {
+async fn a_transaction_that_ran_nothing_changes_nothing(mode: PoolMode) {
+    let pool = pool_name(mode, "exec_nothing");
     let server = RedisServer::start().unwrap();
-    let guard = guard(config(&server.url(), "exec_nothing").max_size(1)).await;
+    let guard = guard(config(&server.url(), &pool).mode(mode).max_size(max_size(mode, 1))).await;
 
     let mut conn = guard.get().await.unwrap();
     for step in [&["SELECT", "9"][..], &["WATCH", "k"]] {
@@ -589,31 +620,37 @@ async fn a_transaction_that_ran_nothing_changes_nothing() {
     let mut next = guard.get().await.unwrap();
     assert_eq!(database_of(&mut next).await, "0", "after EXECABORT");
 }
+}
 
+in_both_modes! {
 /// Fault: none; `RESET` on a connection of a password-protected Redis. Load: one connection.
 /// Asserts: the next user gets a connection that is logged in (RESET logs out: that connection
 /// is not reused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reset_connection_is_not_reused() {
+async fn a_reset_connection_is_not_reused(mode: PoolMode) {
+    let pool = pool_name(mode, "after_reset");
     let server = RedisServer::start_with_args(&["--requirepass", "reset-secret"]).unwrap();
     let url = format!("redis://:reset-secret@127.0.0.1:{}", server.port());
-    let guard = guard(config(&url, "after_reset").max_size(1)).await;
+    let guard = guard(config(&url, &pool).mode(mode).max_size(max_size(mode, 1))).await;
     let mut conn = guard.get().await.unwrap();
     let _: () = redis::cmd("RESET").query_async(&mut conn).await.unwrap();
     drop(conn);
     let mut next = guard.get().await.unwrap();
     let value: Option<String> = next.get("k").await.unwrap();
     assert_eq!(value, None);
-    assert_eq!(evictions("after_reset", "dirty"), 1.0);
+    assert_eq!(evictions(&pool, "dirty"), 1.0);
+}
 }
 
+in_both_modes! {
 /// Fault: a Lua script runs longer than `busy-reply-threshold` (Redis answers `BUSY` to every
 /// other command meanwhile). Load: a `GET` every 50 ms while it runs. Asserts: the breaker
 /// stays closed and the pool ready: `BUSY` is a reply from a working Redis, not an outage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_script_is_not_an_outage() {
+async fn a_busy_script_is_not_an_outage(mode: PoolMode) {
+    let pool = pool_name(mode, "busy_script");
     let server = RedisServer::start_with_args(&["--busy-reply-threshold", "100"]).unwrap();
-    let guard = guard(config(&server.url(), "busy_script").validation_bypass(Duration::ZERO)).await;
+    let guard = guard(config(&server.url(), &pool).mode(mode).validation_bypass(Duration::ZERO)).await;
     let script = {
         let guard = guard.clone();
         tokio::spawn(async move {
@@ -639,16 +676,19 @@ async fn a_busy_script_is_not_an_outage() {
     }
     script.await.unwrap().expect("the script ran to its end");
 }
+}
 
+in_both_modes! {
 /// Fault: the set-up hook panics on its first calls. Load: checkouts until it works, then
 /// every slot held at once. Asserts: the panic is a counted connect error, not a lost slot:
 /// afterwards all `max_size` connections can be had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_set_up_hook_is_a_connect_error_and_loses_no_slot() {
+async fn a_panicking_set_up_hook_is_a_connect_error_and_loses_no_slot(mode: PoolMode) {
+    let pool = pool_name(mode, "hook_panics");
     let server = RedisServer::start().unwrap();
     let panics = Arc::new(AtomicU64::new(3));
     let hook_panics = panics.clone();
-    let guard = unready_guard(config(&server.url(), "hook_panics").max_size(3).on_connect(
+    let guard = unready_guard(config(&server.url(), &pool).mode(mode).max_size(max_size(mode, 3)).on_connect(
         move |conn| {
             let panic = hook_panics
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
@@ -661,7 +701,7 @@ async fn a_panicking_set_up_hook_is_a_connect_error_and_loses_no_slot() {
     ))
     .await;
     assert!(eventually(Duration::from_secs(5), || guard.is_ready()).await);
-    assert!(metric("redis_guard_connect_errors_total", "hook_panics", &[]) >= 1.0);
+    assert!(metric("redis_guard_connect_errors_total", &pool, &[]) >= 1.0);
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(
@@ -671,4 +711,5 @@ async fn a_panicking_set_up_hook_is_a_connect_error_and_loses_no_slot() {
                 .expect("every slot can be had"),
         );
     }
+}
 }

@@ -52,13 +52,15 @@ async fn transaction(mut redis: Redis, Query(q): Query<Value>) -> (StatusCode, S
     }
 }
 
+in_both_modes! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f8_cancelled_requests_cause_no_cross_talk_and_leak_no_connection() {
+async fn f8_cancelled_requests_cause_no_cross_talk_and_leak_no_connection(mode: PoolMode) {
+    let pool = pool_name(mode, "f8");
     let server = RedisServer::start().unwrap();
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
     // Every reply takes a millisecond, so cancellations land mid-command.
     proxy.set_mode(ProxyMode::Delay(Duration::from_millis(1)));
-    let guard = guard(config(&proxy.url(), "f8").max_size(4)).await;
+    let guard = guard(config(&proxy.url(), &pool).mode(mode).max_size(max_size(mode, 4))).await;
     let app: Router = router(guard.clone()).merge(
         Router::new()
             .route("/tx", get(transaction))
@@ -124,7 +126,7 @@ async fn f8_cancelled_requests_cause_no_cross_talk_and_leak_no_connection() {
         "completed {completed}, cancelled {cancelled}"
     );
     assert!(
-        evictions("f8", "dirty") + evictions("f8", "cancelled") >= 1.0,
+        evictions(&pool, "dirty") + evictions(&pool, "cancelled") >= 1.0,
         "transactions cut short were evicted"
     );
 
@@ -132,7 +134,7 @@ async fn f8_cancelled_requests_cause_no_cross_talk_and_leak_no_connection() {
     assert!(
         eventually(Duration::from_secs(5), || {
             let s = guard.state();
-            s.in_use == 0 && s.waiting == 0 && s.idle == s.connections
+            s.in_use == 0 && s.waiting == 0 && s.idle + s.shared == s.connections
         })
         .await,
         "pool settled: {}",
@@ -140,9 +142,17 @@ async fn f8_cancelled_requests_cause_no_cross_talk_and_leak_no_connection() {
     );
     let mut held = Vec::new();
     for _ in 0..4 {
-        held.push(guard.get().await.expect("a free slot"));
+        let mut conn = guard.get().await.expect("a free slot");
+        // In shared mode a WATCH takes a connection of its own.
+        let _: () = redis::cmd("WATCH")
+            .arg("f8")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        held.push(conn);
     }
     assert_eq!(guard.state().in_use, 4);
+}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

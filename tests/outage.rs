@@ -21,16 +21,18 @@ fn percentile(mut values: Vec<Duration>, p: f64) -> Duration {
     values[((values.len() - 1) as f64 * p) as usize]
 }
 
+in_both_modes! {
 /// F5: the network forgets idle flows (NAT, firewall): pooled sockets go silent with no FIN or
 /// RST. Load: 200 requests at concurrency 8. Asserts: none fails, none waits longer than
 /// validation + response timeout, the first success comes well under a second, zombies are
 /// counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f5_frozen_connections_are_evicted_without_failing_or_hanging_requests() {
+async fn f5_frozen_connections_are_evicted_without_failing_or_hanging_requests(mode: PoolMode) {
+    let pool = pool_name(mode, "f5");
     let server = RedisServer::start().unwrap();
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
     let bypass = Duration::from_millis(100);
-    let guard = guard(config(&proxy.url(), "f5").validation_bypass(bypass)).await;
+    let guard = guard(config(&proxy.url(), &pool).mode(mode).validation_bypass(bypass)).await;
     let app = service(guard.clone());
     let warm = drive_echo(&app, 200, 8).await;
     assert!(failures(&warm).is_empty());
@@ -58,7 +60,7 @@ async fn f5_frozen_connections_are_evicted_without_failing_or_hanging_requests()
         "first success after {first_done:?}"
     );
     assert!(
-        evictions("f5", "validation_failed") >= 1.0,
+        evictions(&pool, "validation_failed") >= 1.0,
         "zombies were counted"
     );
     assert_eq!(
@@ -69,18 +71,21 @@ async fn f5_frozen_connections_are_evicted_without_failing_or_hanging_requests()
     eprintln!(
         "F5: {pooled} frozen, worst {worst:?}, fastest {first_done:?}, whole run {:?}, evicted {}",
         started.elapsed(),
-        evictions("f5", "validation_failed")
+        evictions(&pool, "validation_failed")
     );
 }
+}
 
+in_both_modes! {
 /// F6: Redis is down when the service starts. Asserts: the router serves at once, /livez 200,
 /// /readyz 503, dependent routes 503 with Retry-After without waiting; once Redis starts,
 /// ready and serving within 2 s, with no error after recovery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f6_redis_down_at_start_up_refuses_fast_and_recovers_by_itself() {
+async fn f6_redis_down_at_start_up_refuses_fast_and_recovers_by_itself(mode: PoolMode) {
+    let pool = pool_name(mode, "f6");
     let mut server = RedisServer::start().unwrap();
     server.stop();
-    let guard = unready_guard(config(&server.url(), "f6")).await;
+    let guard = unready_guard(config(&server.url(), &pool).mode(mode)).await;
     let app = service(guard.clone());
 
     assert_eq!(call(&app, "/livez").await.status, StatusCode::OK);
@@ -123,15 +128,18 @@ async fn f6_redis_down_at_start_up_refuses_fast_and_recovers_by_itself() {
         refusals.iter().max().unwrap()
     );
 }
+}
 
+in_both_modes! {
 /// F7: Redis stops for 3 s under load (concurrency 32). Asserts: no request waits longer than
 /// the checkout budget, refusals are immediate once the breaker is open, connect attempts
 /// during the outage stay around the prober's pace (not one per request), and service is back
 /// within 2 s of Redis returning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f7_outage_under_load_fails_fast_with_bounded_reconnects_and_recovers() {
+async fn f7_outage_under_load_fails_fast_with_bounded_reconnects_and_recovers(mode: PoolMode) {
+    let pool = pool_name(mode, "f7");
     let mut server = RedisServer::start().unwrap();
-    let guard = guard(config(&server.url(), "f7").max_size(16)).await;
+    let guard = guard(config(&server.url(), &pool).mode(mode).max_size(max_size(mode, 16))).await;
     let app = service(guard.clone());
 
     let running = Arc::new(AtomicBool::new(true));
@@ -155,7 +163,7 @@ async fn f7_outage_under_load_fails_fast_with_bounded_reconnects_and_recovers() 
         .collect();
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let errors_before = metric("redis_guard_connect_errors_total", "f7", &[]);
+    let errors_before = metric("redis_guard_connect_errors_total", &pool, &[]);
     let stopped = Instant::now();
     tokio::task::block_in_place(|| server.stop());
     let opened = eventually(Duration::from_secs(2), || {
@@ -167,11 +175,11 @@ async fn f7_outage_under_load_fails_fast_with_bounded_reconnects_and_recovers() 
     // Checkouts already queued in bb8 when Redis died each start one connect (at most
     // max_size, all refused within milliseconds); count from after that burst.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let errors_at_open = metric("redis_guard_connect_errors_total", "f7", &[]);
+    let errors_at_open = metric("redis_guard_connect_errors_total", &pool, &[]);
     let open_counted_from = Instant::now();
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(stopped.elapsed())).await;
     let outage = stopped.elapsed();
-    let errors_at_end = metric("redis_guard_connect_errors_total", "f7", &[]);
+    let errors_at_end = metric("redis_guard_connect_errors_total", &pool, &[]);
     let connect_attempts = errors_at_end - errors_before;
     // While open only the prober connects: jittered backoff from 100 ms to 1 s.
     let while_open = errors_at_end - errors_at_open;
@@ -252,19 +260,22 @@ async fn f7_outage_under_load_fails_fast_with_bounded_reconnects_and_recovers() 
         first_refusal,
     );
 }
+}
 
+in_both_modes! {
 /// F10: a Redis slower than the response timeout (600 ms replies, 300 ms timeout). Asserts:
 /// the response timeout fires, the connection is not reused; the timeout itself does not count
 /// toward the breaker, but the fresh connects that verify Redis cannot finish their handshake
 /// and first PING within the connect timeout either, and those failures open it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f10_slow_replies_time_out_poison_the_connection_and_trip_the_breaker() {
+async fn f10_slow_replies_time_out_poison_the_connection_and_trip_the_breaker(mode: PoolMode) {
+    let pool = pool_name(mode, "f10");
     let server = RedisServer::start().unwrap();
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
     let response_timeout = Duration::from_millis(300);
     let guard = guard(
-        config(&proxy.url(), "f10")
-            .max_size(2)
+        config(&proxy.url(), &pool).mode(mode)
+            .max_size(max_size(mode, 2))
             .response_timeout(response_timeout)
             .connect_timeout(Duration::from_millis(500))
             .probe_interval(Duration::from_secs(60)),
@@ -286,7 +297,7 @@ async fn f10_slow_replies_time_out_poison_the_connection_and_trip_the_breaker() 
         "{:?}",
         outcome.elapsed
     );
-    assert_eq!(evictions("f10", "io_error"), 1.0);
+    assert_eq!(evictions(&pool, "io_error"), 1.0);
     assert_eq!(
         guard.state().connections,
         0,
@@ -302,17 +313,18 @@ async fn f10_slow_replies_time_out_poison_the_connection_and_trip_the_breaker() 
     assert!(
         metric(
             "redis_guard_connect_errors_total",
-            "f10",
+            &pool,
             &[("kind", "timeout")]
         ) >= 5.0
     );
     assert!(
         metric(
             "redis_guard_breaker_transitions_total",
-            "f10",
+            &pool,
             &[("to", "open")]
         ) >= 1.0
     );
+}
 }
 
 async fn debug_sleep(mut redis: Redis) -> StatusCode {
@@ -346,11 +358,13 @@ async fn wrong_type(mut redis: Redis) -> StatusCode {
     }
 }
 
+in_both_modes! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f10_debug_sleep_hits_the_response_timeout_and_error_replies_never_trip_the_breaker() {
+async fn f10_debug_sleep_hits_the_response_timeout_and_error_replies_never_trip_the_breaker(mode: PoolMode) {
+    let pool = pool_name(mode, "f10_debug");
     let server = RedisServer::start_with_args(&["--enable-debug-command", "yes"]).unwrap();
     let guard = guard(
-        config(&server.url(), "f10_debug")
+        config(&server.url(), &pool).mode(mode)
             .response_timeout(Duration::from_millis(300))
             .probe_interval(Duration::from_secs(60)),
     )
@@ -366,7 +380,7 @@ async fn f10_debug_sleep_hits_the_response_timeout_and_error_replies_never_trip_
         StatusCode::GATEWAY_TIMEOUT
     );
     assert!(started.elapsed() < Duration::from_millis(600));
-    assert_eq!(evictions("f10_debug", "io_error"), 1.0);
+    assert_eq!(evictions(&pool, "io_error"), 1.0);
 
     // Redis is still asleep for a moment; wait until it answers again.
     assert!(eventually(Duration::from_secs(5), || server.command(&["PING"]).is_ok()).await);
@@ -375,10 +389,11 @@ async fn f10_debug_sleep_hits_the_response_timeout_and_error_replies_never_trip_
     }
     assert_eq!(guard.breaker_state(), BreakerState::Closed);
     assert_eq!(
-        evictions("f10_debug", "io_error"),
+        evictions(&pool, "io_error"),
         1.0,
         "error replies evict nothing"
     );
+}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,7 +33,8 @@ async fn warm(guard: &RedisGuard) -> u32 {
 
 /// Sends the load and asserts that nothing failed and that the dead connections were found
 /// without a round trip (no failed validation) and counted under `reason`.
-async fn assert_no_request_fails(guard: &RedisGuard, pool: &str, reason: &str, dead: u32) {
+async fn assert_no_request_fails(guard: &RedisGuard, reason: &str, dead: u32) {
+    let pool = guard.name();
     let app = router(guard.clone());
     let outcomes = drive_echo(&app, REQUESTS, CONCURRENCY).await;
     assert_eq!(outcomes.len(), REQUESTS);
@@ -59,57 +60,76 @@ async fn assert_no_request_fails(guard: &RedisGuard, pool: &str, reason: &str, d
     assert!(metric("redis_guard_reconnects_total", pool, &[]) >= 1.0);
 }
 
+in_both_modes! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f1_server_restart_while_idle_fails_no_request() {
+async fn f1_server_restart_while_idle_fails_no_request(mode: PoolMode) {
     let mut server = RedisServer::start().unwrap();
-    let guard = guard(config(&server.url(), "f1")).await;
+    let guard = guard(config_in(mode, &server.url(), "f1")).await;
     let dead = warm(&guard).await;
     server.restart().unwrap();
-    assert_no_request_fails(&guard, "f1", "broken", dead).await;
+    assert_no_request_fails(&guard, "broken", dead).await;
+}
 }
 
+in_both_modes! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f2_client_kill_of_every_connection_fails_no_request() {
+async fn f2_client_kill_of_every_connection_fails_no_request(mode: PoolMode) {
     let server = RedisServer::start().unwrap();
-    let guard = guard(config(&server.url(), "f2")).await;
+    let guard = guard(config_in(mode, &server.url(), "f2")).await;
     let dead = warm(&guard).await;
     let killed = server
         .command(&["CLIENT", "KILL", "TYPE", "normal"])
         .unwrap();
     assert_eq!(killed, redis::Value::Int(i64::from(dead)));
-    assert_no_request_fails(&guard, "f2", "broken", dead).await;
+    assert_no_request_fails(&guard, "broken", dead).await;
+}
 }
 
+in_both_modes! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f3_server_idle_timeout_closing_connections_fails_no_request() {
+async fn f3_server_idle_timeout_closing_connections_fails_no_request(mode: PoolMode) {
     let server = RedisServer::start().unwrap();
     // The prober's PINGs would keep one connection from ever idling: probe rarely here.
-    let guard = guard(config(&server.url(), "f3").probe_interval(Duration::from_secs(60))).await;
+    let guard = guard(config_in(mode, &server.url(), "f3").probe_interval(Duration::from_secs(60))).await;
     let dead = warm(&guard).await;
-    server.command(&["CONFIG", "SET", "timeout", "1"]).unwrap();
-    let pool_clients_gone = eventually(Duration::from_secs(10), || {
+    let client_ids = || -> Vec<String> {
         let Ok(redis::Value::BulkString(list)) =
             server.command(&["CLIENT", "LIST", "TYPE", "normal"])
         else {
-            return false;
+            return Vec::new();
         };
-        // Only the admin connection asking is left.
-        String::from_utf8_lossy(&list).lines().count() == 1
+        let name = format!("name={} ", guard.name());
+        String::from_utf8_lossy(&list)
+            .lines()
+            .filter(|line| line.contains(&name))
+            .filter_map(|line| line.split(' ').next().map(str::to_owned))
+            .collect()
+    };
+    let pooled = client_ids();
+    assert_eq!(pooled.len(), dead as usize, "the pool's connections: {pooled:?}");
+    server.command(&["CONFIG", "SET", "timeout", "1"]).unwrap();
+    // The pool may open a connection to verify Redis once its sockets closed; the ones it
+    // pooled before must all be gone.
+    let pooled_clients_gone = eventually(Duration::from_secs(10), || {
+        !client_ids().iter().any(|id| pooled.contains(id))
     })
     .await;
-    assert!(pool_clients_gone, "redis closed the idle pool connections");
+    assert!(pooled_clients_gone, "redis closed the idle pool connections");
     server.command(&["CONFIG", "SET", "timeout", "0"]).unwrap();
-    assert_no_request_fails(&guard, "f3", "broken", dead).await;
+    assert_no_request_fails(&guard, "broken", dead).await;
+}
 }
 
+in_both_modes! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn f4_connection_reset_by_peer_fails_no_request() {
+async fn f4_connection_reset_by_peer_fails_no_request(mode: PoolMode) {
     let server = RedisServer::start().unwrap();
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
-    let guard = guard(config(&proxy.url(), "f4")).await;
+    let guard = guard(config_in(mode, &proxy.url(), "f4")).await;
     let dead = warm(&guard).await;
     assert_eq!(proxy.reset_all().await, dead as usize);
-    assert_no_request_fails(&guard, "f4", "broken", dead).await;
+    assert_no_request_fails(&guard, "broken", dead).await;
+}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

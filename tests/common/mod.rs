@@ -14,7 +14,8 @@ use axum::routing::get;
 use http_body_util::BodyExt;
 use redis_guard::prometheus::PrometheusMetrics;
 use redis_guard::{
-    Config, ConfigBuilder, Health, Redis, RedisGuard, RedisGuardLayer, RequireRedisLayer,
+    Config, ConfigBuilder, Health, PoolMode, Redis, RedisGuard, RedisGuardLayer,
+    RequireRedisLayer,
 };
 use tower::ServiceExt;
 
@@ -79,6 +80,53 @@ pub fn validations(pool: &str, result: &str) -> f64 {
 pub fn config(url: &str, pool: &str) -> ConfigBuilder {
     metrics();
     Config::builder(url).name(pool).max_size(8).min_idle(0)
+}
+
+/// [`config`] in `mode`; a shared-mode pool's name ends in `-shared`, so the two runs of a
+/// test keep their metrics apart.
+pub fn config_in(mode: PoolMode, url: &str, pool: &str) -> ConfigBuilder {
+    config(url, &pool_name(mode, pool)).mode(mode)
+}
+
+/// The name of pool `base` in `mode`.
+pub fn pool_name(mode: PoolMode, base: &str) -> String {
+    match mode {
+        PoolMode::Exclusive => base.to_owned(),
+        _ => format!("{base}-shared"),
+    }
+}
+
+/// A `max_size` that leaves `exclusive` connections for callers who need their own: in
+/// shared mode, the shared connection comes on top.
+pub fn max_size(mode: PoolMode, exclusive: u32) -> u32 {
+    match mode {
+        PoolMode::Exclusive => exclusive,
+        _ => exclusive + redis_guard::config::defaults::SHARED_CONNECTIONS,
+    }
+}
+
+/// Defines a test that runs once per pool mode, as `name::exclusive` and `name::shared`: the
+/// body gets the mode and builds its pool with [`config_in`].
+#[macro_export]
+macro_rules! in_both_modes {
+    ($(#[$attr:meta])* async fn $name:ident($mode:ident: PoolMode) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn run($mode: redis_guard::PoolMode) $body
+
+            $(#[$attr])*
+            async fn exclusive() {
+                run(redis_guard::PoolMode::Exclusive).await
+            }
+
+            $(#[$attr])*
+            async fn shared() {
+                run(redis_guard::PoolMode::Shared).await
+            }
+        }
+    };
 }
 
 /// A lazily started guard, once it is ready (Redis reachable, breaker closed).

@@ -1,0 +1,203 @@
+//! Shared mode: plain commands from many checkouts go over one multiplexed connection, and a
+//! command that needs a connection of its own takes an exclusive one, leaving the shared
+//! connection's session as it was. The fault and command tests run in both modes in their
+//! own files (`in_both_modes!`); these are the guarantees only shared mode has to keep.
+#![cfg(all(feature = "testkit", feature = "prometheus"))]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use redis::AsyncCommands;
+use redis_guard::testkit::RedisServer;
+use redis_guard::{PoolMode, PooledConnection, RedisGuard};
+
+/// `CLIENT INFO` of the connection `conn`'s next call goes over.
+async fn client_info(conn: &mut PooledConnection) -> String {
+    redis::cmd("CLIENT")
+        .arg("INFO")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+fn field<'a>(info: &'a str, name: &str) -> &'a str {
+    info.split(' ')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("{name} in {info}"))
+}
+
+async fn shared_guard(server: &RedisServer, pool: &str) -> RedisGuard {
+    guard(config_in(PoolMode::Shared, &server.url(), pool).max_size(4)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_that_need_their_own_connection_take_one_and_leave_the_shared_one_clean() {
+    let server = RedisServer::start().unwrap();
+    let guard = shared_guard(&server, "own_connection").await;
+    let mut probe = guard.get().await.unwrap();
+    let shared_id = probe.connection_id();
+    let redis_id_of_shared = field(&client_info(&mut probe).await, "id").to_owned();
+
+    let session_changers: [&[&str]; 7] = [
+        &["WATCH", "balance"],
+        &["MULTI"],
+        &["SELECT", "5"],
+        &["BLPOP", "no-such-list", "0.05"],
+        &["SUBSCRIBE", "news"],
+        &["CLIENT", "SETNAME", "renamed"],
+        &["CLIENT", "TRACKING", "ON"],
+    ];
+    for words in session_changers {
+        let mut conn = guard.get().await.unwrap();
+        assert!(conn.is_shared(), "a fresh checkout starts shared");
+        assert_eq!(conn.connection_id(), shared_id);
+        let mut cmd = redis::cmd(words[0]);
+        for arg in &words[1..] {
+            cmd.arg(*arg);
+        }
+        let _: redis::Value = cmd.query_async(&mut conn).await.unwrap();
+        assert!(!conn.is_shared(), "{words:?} took a connection of its own");
+        assert_ne!(conn.connection_id(), shared_id, "{words:?}");
+        // (Inside MULTI it would be queued; on a subscribed RESP2 connection refused.)
+        if !["MULTI", "SUBSCRIBE"].contains(&words[0]) {
+            // Later plain commands follow it there, in its session.
+            let info = client_info(&mut conn).await;
+            assert_ne!(field(&info, "id"), redis_id_of_shared, "{words:?}");
+        }
+
+        // Meanwhile, other checkouts' plain commands go over the shared connection, whose
+        // session is untouched.
+        let mut other = guard.get().await.unwrap();
+        let _: () = other.set("other", "fine").await.unwrap();
+        let info = client_info(&mut other).await;
+        assert!(other.is_shared());
+        assert_eq!(field(&info, "id"), redis_id_of_shared, "{words:?}");
+        for (name, clean) in [
+            ("db", "0"),
+            ("multi", "-1"),
+            ("sub", "0"),
+            ("name", guard.name()),
+        ] {
+            assert_eq!(field(&info, name), clean, "{name} after {words:?}: {info}");
+        }
+        assert!(!field(&info, "flags").contains('t'), "tracking after {words:?}");
+    }
+    assert_eq!(
+        evictions(guard.name(), "dirty"),
+        6.0,
+        "each exclusive connection left with a changed session (all but the BLPOP's) was closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_transaction_runs_on_one_connection_of_its_own() {
+    let server = RedisServer::start().unwrap();
+    let guard = shared_guard(&server, "watched").await;
+    let mut conn = guard.get().await.unwrap();
+    let _: () = conn.set("balance", 10).await.unwrap();
+    let _: () = redis::cmd("WATCH")
+        .arg("balance")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let balance: i64 = conn.get("balance").await.unwrap();
+    // Another client changes the watched key: the transaction must see it, which it can only
+    // if the WATCH, the read and the EXEC went over the same connection.
+    let mut other = guard.get().await.unwrap();
+    let _: () = other.set("balance", 0).await.unwrap();
+    let applied: Option<(i64,)> = redis::pipe()
+        .atomic()
+        .set("balance", balance - 5)
+        .ignore()
+        .get("balance")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(applied, None, "the EXEC saw the watched key change");
+    let balance: i64 = other.get("balance").await.unwrap();
+    assert_eq!(balance, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atomic_pipelines_of_plain_commands_stay_on_the_shared_connection() {
+    let server = RedisServer::start().unwrap();
+    let guard = shared_guard(&server, "atomic").await;
+    let mut conn = guard.get().await.unwrap();
+    let (n, m): (i64, i64) = redis::pipe()
+        .atomic()
+        .incr("n", 1)
+        .incr("n", 1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((n, m), (1, 2));
+    assert!(conn.is_shared());
+    let info = client_info(&mut conn).await;
+    assert_eq!(field(&info, "multi"), "-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_checkouts_share_one_connection() {
+    let server = RedisServer::start().unwrap();
+    let guard = shared_guard(&server, "many").await;
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let guard = guard.clone();
+            tokio::spawn(async move {
+                for j in 0..50 {
+                    let mut conn = guard.get().await.unwrap();
+                    let key = format!("k{i}");
+                    let _: () = conn.set(&key, j).await.unwrap();
+                    let read: i64 = conn.get(&key).await.unwrap();
+                    assert_eq!(read, j, "no reply crossed to another caller");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let state = guard.state();
+    assert_eq!(state.shared, 1, "{state}");
+    assert!(
+        metric("redis_guard_connections_created_total", guard.name(), &[]) <= 2.0,
+        "64 concurrent callers went over the shared connection, not one each: {state}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_shared_call_leaves_no_reply_for_the_next_caller() {
+    let server = RedisServer::start().unwrap();
+    let guard = shared_guard(&server, "cancelled_shared").await;
+    for i in 0..200 {
+        let mut conn = guard.get().await.unwrap();
+        let value = format!("v{i}");
+        // Cut short at once, or after the command left: either way its reply is nobody's.
+        let _ = tokio::time::timeout(
+            Duration::from_micros(i % 50),
+            redis::cmd("ECHO").arg("cancelled").query_async::<String>(&mut conn),
+        )
+        .await;
+        let echoed: String = redis::cmd("ECHO")
+            .arg(&value)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(echoed, value);
+    }
+    assert_eq!(guard.state().shared, 1, "cancellations cost no connection");
+}
+
+#[test]
+fn shared_mode_needs_room_for_exclusive_connections() {
+    let error = redis_guard::Config::builder("redis://127.0.0.1")
+        .mode(PoolMode::Shared)
+        .max_size(1)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("shared_connections"), "{error}");
+    assert!(error.contains("max_size"), "{error}");
+}
