@@ -57,7 +57,11 @@ impl fmt::Display for PoolState {
         if self.shared > 0 {
             write!(f, ", {} shared", self.shared)?;
         }
-        write!(f, ") of at most {}, {} waiting", self.max_size, self.waiting)
+        write!(
+            f,
+            ") of at most {}, {} waiting",
+            self.max_size, self.waiting
+        )
     }
 }
 

@@ -272,8 +272,12 @@ impl PoolInner {
             }
             empty.clear();
             let pick = multiplexed.pick(shared, &mut empty);
+            // The slot this caller fills itself is not filled in the background too: it would
+            // wait on that attempt instead of failing fast with its own.
             for &index in &empty {
-                self.refill_in_background(index);
+                if !matches!(pick, Pick::Empty(own) if own == index) {
+                    self.refill_in_background(index);
+                }
             }
             match pick {
                 Pick::Ready(connection) => return Ok(connection),
@@ -544,11 +548,7 @@ impl PoolInner {
 
 /// Validates `conn` within `timeout`, counting the outcome; a connection that fails is
 /// evicted. Returns whether it proved alive.
-pub(crate) async fn validate(
-    conn: &mut Bb8Connection,
-    shared: &Shared,
-    timeout: Duration,
-) -> bool {
+pub(crate) async fn validate(conn: &mut Bb8Connection, shared: &Shared, timeout: Duration) -> bool {
     match conn.validate(timeout).await {
         Ok(()) => {
             shared.validated(ValidationResult::Passed);

@@ -62,8 +62,9 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`config`] | [`Config`], its builder and validation, defaults, environment, URLs and redaction |
-//! | `pool` | [`RedisGuard`] and [`PooledConnection`]: the public handle |
+//! | `pool` | [`RedisGuard`], [`PooledConnection`] and its [`Checkout`]: the public handle, and where each call goes |
 //! | `inner` | the pool's machinery: bb8 and the budgeted checkout loop with validation |
+//! | `multiplexed` | [`PoolMode::Shared`]: the shared connections, their health, picking and refilling |
 //! | `manager` | `GuardManager`: the connect gate (one attempt at a time, paced), bb8's hooks |
 //! | `transport` | the owned socket: options, address racing, EOF/reset tracking |
 //! | `sentinel` | under Sentinel: where the primary is, `+switch-master` followed on every sentinel |

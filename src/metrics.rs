@@ -38,7 +38,8 @@ use metrics::{Counter, Gauge, Histogram, Unit};
 
 use crate::breaker::BreakerState;
 
-/// `redis_guard_pool_connections{state}`: live connections, idle or in use.
+/// `redis_guard_pool_connections{state}`: live connections, idle, in use by one checkout, or
+/// shared by every checkout (shared mode).
 pub const POOL_CONNECTIONS: &str = "redis_guard_pool_connections";
 /// `redis_guard_pool_max_connections`: the configured maximum.
 pub const POOL_MAX_CONNECTIONS: &str = "redis_guard_pool_max_connections";
@@ -358,7 +359,13 @@ impl PoolMetrics {
     /// Zeroes the gauges of a pool that is gone: the facade cannot unregister a series, and a
     /// dropped pool must not go on reporting itself ready or holding connections.
     pub(crate) fn withdraw(&self) {
-        for gauge in [&self.idle, &self.in_use, &self.shared, &self.max, &self.pending] {
+        for gauge in [
+            &self.idle,
+            &self.in_use,
+            &self.shared,
+            &self.max,
+            &self.pending,
+        ] {
             gauge.set(0.0);
         }
         self.breaker_state.set(0.0);

@@ -31,9 +31,7 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
-use crate::connection::{
-    Call, Outcome, Reply, Server, SharedParts, call_span, not_sent_failover,
-};
+use crate::connection::{Call, Outcome, Reply, Server, SharedParts, call_span, not_sent_failover};
 use crate::inner::Bb8Connection;
 use crate::metrics::EvictionReason;
 use crate::sentinel::Placement;

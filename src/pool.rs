@@ -301,6 +301,8 @@ pub struct Checkout {
 }
 
 /// What a checkout holds.
+// Boxing the large variant would cost an allocation on every exclusive checkout.
+#[allow(clippy::large_enum_variant)]
 enum Held {
     /// A connection of its own, with the permit that keeps its place in the pool.
     Own {
@@ -491,7 +493,9 @@ impl Checkout {
             return result;
         };
         tracing::debug!(pool = %self.pool.name(), why, "retrying a call on another shared connection");
-        let retried = fresh.call(&self.pool.shared, call, self.response_timeout).await;
+        let retried = fresh
+            .call(&self.pool.shared, call, self.response_timeout)
+            .await;
         self.pool.let_go_if_retired(&fresh);
         self.pool.shared.retried(retried.is_ok());
         retried

@@ -82,7 +82,10 @@ async fn commands_that_need_their_own_connection_take_one_and_leave_the_shared_o
         ] {
             assert_eq!(field(&info, name), clean, "{name} after {words:?}: {info}");
         }
-        assert!(!field(&info, "flags").contains('t'), "tracking after {words:?}");
+        assert!(
+            !field(&info, "flags").contains('t'),
+            "tracking after {words:?}"
+        );
     }
     assert_eq!(
         evictions(guard.name(), "dirty"),
@@ -177,7 +180,9 @@ async fn a_cancelled_shared_call_leaves_no_reply_for_the_next_caller() {
         // Cut short at once, or after the command left: either way its reply is nobody's.
         let _ = tokio::time::timeout(
             Duration::from_micros(i % 50),
-            redis::cmd("ECHO").arg("cancelled").query_async::<String>(&mut conn),
+            redis::cmd("ECHO")
+                .arg("cancelled")
+                .query_async::<String>(&mut conn),
         )
         .await;
         let echoed: String = redis::cmd("ECHO")

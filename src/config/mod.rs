@@ -682,9 +682,7 @@ impl Settings {
                 ));
             }
         }
-        if self.mode == PoolMode::Shared
-            && !(1..self.max_size).contains(&self.shared_connections)
-        {
+        if self.mode == PoolMode::Shared && !(1..self.max_size).contains(&self.shared_connections) {
             return Err(invalid(
                 "shared_connections",
                 format!(

@@ -14,8 +14,7 @@ use axum::routing::get;
 use http_body_util::BodyExt;
 use redis_guard::prometheus::PrometheusMetrics;
 use redis_guard::{
-    Config, ConfigBuilder, Health, PoolMode, Redis, RedisGuard, RedisGuardLayer,
-    RequireRedisLayer,
+    Config, ConfigBuilder, Health, PoolMode, Redis, RedisGuard, RedisGuardLayer, RequireRedisLayer,
 };
 use tower::ServiceExt;
 
