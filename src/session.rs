@@ -266,6 +266,8 @@ fn effect_of(cmd: &Cmd) -> Effect {
         "HELLO",
         "AUTH",
         "SWAPDB",
+        // The server closes the connection after answering: no one else may be on it.
+        "QUIT",
     ]
     .iter()
     .any(|word| is(word))
@@ -425,6 +427,7 @@ mod tests {
             &["SUBSCRIBE", "ch"][..],
             &["CLIENT", "REPLY", "OFF"],
             &["HELLO", "3"],
+            &["QUIT"],
             &["READONLY"],
             &["SELECT", "not-a-number"],
             &["RESET"],

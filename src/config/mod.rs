@@ -682,7 +682,13 @@ impl Settings {
                 ));
             }
         }
-        if self.mode == PoolMode::Shared && !(1..self.max_size).contains(&self.shared_connections) {
+        if self.mode == PoolMode::Shared && self.shared_connections == 0 {
+            return Err(invalid(
+                "shared_connections",
+                "shared mode needs at least 1 shared connection",
+            ));
+        }
+        if self.mode == PoolMode::Shared && self.shared_connections >= self.max_size {
             return Err(invalid(
                 "shared_connections",
                 format!(
