@@ -258,6 +258,9 @@ impl RedisServer {
         command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            // A primary would wait 5 s (Redis 7's default) for more replicas before it sends
+            // the first one its data: a replica made in a test syncs at once instead.
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
