@@ -503,14 +503,6 @@ impl GuardConnection {
         }
     }
 
-    /// Marks the connection evicted for `reason` without counting it again: a shared
-    /// connection's eviction is counted when it is retired, and the connection is given back
-    /// only once the calls in flight on it have ended.
-    pub(crate) fn evicted_already(&mut self, reason: EvictionReason) {
-        self.eviction.get_or_insert(reason);
-        self.link.close(LinkState::Retired);
-    }
-
     /// What a shared connection needs to serve calls without borrowing this one.
     pub(crate) fn parts(&self) -> SharedParts {
         SharedParts {
@@ -592,11 +584,13 @@ pub(crate) enum Reply {
 }
 
 impl<'a> Call<'a> {
-    pub(crate) fn cmds(&self) -> Box<dyn Iterator<Item = &'a Cmd> + 'a> {
-        match *self {
-            Call::One(cmd) => Box::new(std::iter::once(cmd)),
-            Call::Many(pipeline, ..) => Box::new(pipeline.cmd_iter()),
-        }
+    /// Its commands, without allocating: this runs for every call in shared mode.
+    pub(crate) fn cmds(&self) -> impl Iterator<Item = &'a Cmd> + 'a {
+        let (one, many) = match *self {
+            Call::One(cmd) => (Some(cmd), None),
+            Call::Many(pipeline, ..) => (None, Some(pipeline.cmd_iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
     }
 
     /// Sends the call on a pooled connection, which judges its outcome.

@@ -27,16 +27,15 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::RedisResult;
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::ConnectionLike;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
-use crate::connection::{Call, Outcome, Reply, Server, SharedParts, call_span, not_sent_failover};
+use crate::connection::{Call, Outcome, Reply, SharedParts, call_span, not_sent_failover};
 use crate::inner::Bb8Connection;
 use crate::metrics::EvictionReason;
-use crate::sentinel::Placement;
 use crate::shared::Shared;
-use crate::transport::{LinkHealth, PeerProbe, PeerState};
+use crate::transport::PeerState;
 
 /// The slots of a shared-mode pool, each holding at most one shared connection.
 pub(crate) struct SharedConnections {
@@ -141,7 +140,7 @@ impl SharedConnections {
 
     /// Whether slot `index` holds a connection that is not known dead.
     pub(crate) fn is_filled(&self, index: usize) -> bool {
-        self.current(index).is_some_and(|c| c.link.is_open())
+        self.current(index).is_some_and(|c| c.parts.link.is_open())
     }
 
     /// Puts a new connection in slot `index`.
@@ -155,7 +154,7 @@ impl SharedConnections {
     /// Shared connections that may still work.
     pub(crate) fn live(&self) -> u32 {
         (0..self.slots.len())
-            .filter(|&i| self.current(i).is_some_and(|c| c.link.is_open()))
+            .filter(|&i| self.current(i).is_some_and(|c| c.parts.link.is_open()))
             .count() as u32
     }
 
@@ -182,18 +181,12 @@ enum Condition {
 /// One connection shared by every checkout of the pool.
 pub(crate) struct SharedConnection {
     /// The pool connection behind it. Locked only to validate it (one PING at a time) or to
-    /// mark it evicted, never on a call's path; dropped (back to the pool, which closes it if
-    /// it was retired) when the last call on it has ended.
+    /// mark it evicted (every retirement does), never on a call's path; dropped (back to the
+    /// pool, which closes it if it was retired) when the last call on it has ended.
     conn: tokio::sync::Mutex<Bb8Connection>,
     _permit: OwnedSemaphorePermit,
-    handle: MultiplexedConnection,
-    link: Arc<LinkHealth>,
-    probe: Arc<PeerProbe>,
-    id: u64,
-    expires_at: Option<Instant>,
-    placement: Option<Placement>,
-    server: Server,
-    db: i64,
+    /// Its socket, driver handle and where it leads, shared with `conn`.
+    parts: SharedParts,
     /// When Redis last answered on it, as nanoseconds after `opened`.
     last_success: AtomicU64,
     opened: Instant,
@@ -205,46 +198,30 @@ pub(crate) struct SharedConnection {
 
 impl SharedConnection {
     pub(crate) fn new(conn: Bb8Connection, permit: OwnedSemaphorePermit) -> Arc<Self> {
-        let SharedParts {
-            handle,
-            link,
-            probe,
-            id,
-            expires_at,
-            placement,
-            server,
-        } = conn.parts();
-        let db = handle.get_db();
         Arc::new(SharedConnection {
+            parts: conn.parts(),
+            // A connection that served before it was shared may have failed on its own.
+            served: AtomicBool::new(conn.has_served()),
             conn: tokio::sync::Mutex::new(conn),
             _permit: permit,
-            handle,
-            link,
-            probe,
-            id,
-            expires_at,
-            placement,
-            server,
-            db,
             last_success: AtomicU64::new(0),
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
-            served: AtomicBool::new(false),
             retired: AtomicBool::new(false),
         })
     }
 
     pub(crate) fn id(&self) -> u64 {
-        self.id
+        self.parts.id
     }
 
     pub(crate) fn db(&self) -> i64 {
-        self.db
+        self.parts.handle.get_db()
     }
 
     /// Whether new calls may go to it, as far as is known without a round trip.
     pub(crate) fn is_open(&self) -> bool {
-        self.link.is_open() && !self.retired.load(Ordering::Acquire)
+        self.parts.link.is_open() && !self.retired.load(Ordering::Acquire)
     }
 
     /// Whether Redis has answered a call on it.
@@ -263,7 +240,7 @@ impl SharedConnection {
     }
 
     fn on_demoted_primary(&self, shared: &Shared) -> bool {
-        match (&self.placement, shared.sentinel()) {
+        match (&self.parts.placement, shared.sentinel()) {
             (Some(placement), Some(watch)) => !placement.is_current(watch),
             _ => false,
         }
@@ -279,11 +256,11 @@ impl SharedConnection {
         if self.on_demoted_primary(shared) {
             return Condition::Dead(EvictionReason::RoleChange);
         }
-        if self.expires_at.is_some_and(|at| now >= at) {
+        if self.parts.expires_at.is_some_and(|at| now >= at) {
             return Condition::Dead(EvictionReason::MaxLifetime);
         }
         if self.in_flight.load(Ordering::Acquire) == 0
-            && self.probe.peer_state() == PeerState::Closed
+            && self.parts.probe.peer_state() == PeerState::Closed
         {
             return Condition::Dead(EvictionReason::Broken);
         }
@@ -353,13 +330,20 @@ impl SharedConnection {
         response_timeout: Duration,
     ) -> RedisResult<Reply> {
         let (operation, batch) = call.operation();
-        let span = call_span(shared, &self.server, self.id, self.db, &operation, batch);
+        let span = call_span(
+            shared,
+            &self.parts.server,
+            self.id(),
+            self.db(),
+            &operation,
+            batch,
+        );
         async move {
             if self.on_demoted_primary(shared) {
                 self.retire(EvictionReason::RoleChange);
                 return Err(not_sent_failover());
             }
-            let mut handle = self.handle.clone();
+            let mut handle = self.parts.handle.clone();
             handle.set_response_timeout(response_timeout);
             let result = {
                 let _in_flight = InFlight::enter(&self.in_flight);
@@ -377,7 +361,9 @@ impl SharedConnection {
                 Outcome::Answered => {
                     let now = Instant::now();
                     self.answered(now);
-                    self.served.store(true, Ordering::Release);
+                    if !self.served.load(Ordering::Relaxed) {
+                        self.served.store(true, Ordering::Release);
+                    }
                     shared.answered(now);
                     if matches!(&result, Ok(reply) if reply.refused_by_role()) {
                         self.retire(EvictionReason::RoleChange);
@@ -388,15 +374,6 @@ impl SharedConnection {
         }
         .instrument(span)
         .await
-    }
-}
-
-impl Drop for SharedConnection {
-    fn drop(&mut self) {
-        // Retired: evicted (and counted) already; the pool closes it when it comes back.
-        if self.retired.load(Ordering::Acquire) {
-            self.conn.get_mut().evicted_already(EvictionReason::Broken);
-        }
     }
 }
 

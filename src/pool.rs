@@ -14,9 +14,7 @@ use tracing::Instrument;
 
 use crate::breaker::BreakerState;
 use crate::config::Config;
-use crate::connection::{
-    Call, Reply, is_infrastructure_failure, is_refused_by_role, is_role_refusal, was_not_sent,
-};
+use crate::connection::{Call, Reply, is_infrastructure_failure, is_refused_by_role, was_not_sent};
 use crate::error::{Error, PoolState};
 use crate::inner::{Bb8Connection, CheckedOut, PoolInner};
 use crate::multiplexed::SharedConnection;
@@ -114,13 +112,13 @@ impl RedisGuard {
     /// exclusive one through steps 2 to 7.
     pub async fn get(&self) -> Result<PooledConnection, Error> {
         let span = tracing::debug_span!("redis_guard.checkout", pool = %self.name());
-        let lease = match self.inner.multiplexed {
+        let held = match self.inner.multiplexed {
             None => self.inner.checkout().instrument(span).await?.into(),
             Some(_) => Held::Shared(self.inner.checkout_shared().instrument(span).await?),
         };
         Ok(PooledConnection {
             checkout: Checkout {
-                held: lease,
+                held,
                 pool: self.inner.clone(),
                 response_timeout: self.config().response_timeout(),
             },
@@ -438,8 +436,7 @@ impl Checkout {
         // command ran: sending it again, even a write, cannot apply it twice.
         let (refused, connection_failed) = match result {
             Err(e) => (is_refused_by_role(e), is_infrastructure_failure(e)),
-            Ok(Reply::Many(values)) => (values.iter().any(is_role_refusal), false),
-            Ok(Reply::One(_)) => (false, false),
+            Ok(reply) => (reply.refused_by_role(), false),
         };
         // A fresh connection whose socket was closed under it (EOF, reset) met a server that
         // closed it: one shutting down in a restart, which took the connection just before it

@@ -41,7 +41,7 @@ in_both_modes! {
 async fn a_cancelled_blpop_neither_eats_the_next_job_nor_stalls_the_next_borrower(mode: PoolMode) {
     let pool = pool_name(mode, "cancelled_blpop");
     let server = RedisServer::start().unwrap();
-    let guard = guard(config(&server.url(), &pool).mode(mode).max_size(max_size(mode, 1))).await;
+    let guard = guard(config_in(mode, &server.url(), "cancelled_blpop").max_size(max_size(mode, 1))).await;
     let worker = {
         let guard = guard.clone();
         async move {
@@ -85,7 +85,7 @@ async fn blocking_commands_wait_their_own_timeout_and_never_count_against_redis(
     let pool = pool_name(mode, "blocking");
     let server = RedisServer::start().unwrap();
     let guard = guard(
-        config(&server.url(), &pool).mode(mode)
+        config_in(mode, &server.url(), "blocking")
             .max_size(max_size(mode, 6))
             .response_timeout(Duration::from_secs(1)),
     )
@@ -147,7 +147,7 @@ in_both_modes! {
 async fn watch_then_an_atomic_pipeline_returns_a_clean_connection(mode: PoolMode) {
     let pool = pool_name(mode, "transactions");
     let server = RedisServer::start().unwrap();
-    let guard = guard(config(&server.url(), &pool).mode(mode)).await;
+    let guard = guard(config_in(mode, &server.url(), "transactions")).await;
     {
         let mut conn = guard.get().await.unwrap();
         let _: () = conn.set("a", 1_000).await.unwrap();
@@ -239,7 +239,7 @@ in_both_modes! {
 async fn session_state_is_tracked_in_command_order_through_pipelines(mode: PoolMode) {
     let pool = pool_name(mode, "ordering");
     let server = RedisServer::start().unwrap();
-    let guard = guard(config(&server.url(), &pool).mode(mode).max_size(max_size(mode, 1))).await;
+    let guard = guard(config_in(mode, &server.url(), "ordering").max_size(max_size(mode, 1))).await;
     let _: () = server.command(&["SET", "where", "db0"]).map(drop).unwrap();
 
     let mut conn = guard.get().await.unwrap();
@@ -320,7 +320,7 @@ async fn the_set_up_hook_runs_once_per_connection_and_sets_the_baseline(mode: Po
     let pool_hook_fails = pool_name(mode, "hook_fails");
     let pool_hooked = pool_name(mode, "hooked");
     let server = RedisServer::start().unwrap();
-    let guard = guard(config(&server.url(), &pool_hooked).mode(mode).on_connect(|conn| {
+    let guard = guard(config_in(mode, &server.url(), "hooked").on_connect(|conn| {
         Box::pin(async move { redis::cmd("SELECT").arg(3).query_async::<()>(conn).await })
     }))
     .await;
@@ -350,7 +350,7 @@ async fn the_set_up_hook_runs_once_per_connection_and_sets_the_baseline(mode: Po
     let n: i64 = admin.get("key9").await.unwrap();
     assert_eq!(n, 9);
 
-    let failing = unready_guard(config(&server.url(), &pool_hook_fails).mode(mode).on_connect(|conn| {
+    let failing = unready_guard(config_in(mode, &server.url(), "hook_fails").on_connect(|conn| {
         Box::pin(async move {
             redis::cmd("SELECT")
                 .arg(99_999)
@@ -385,7 +385,7 @@ async fn reads_in_flight_on_a_dead_socket_are_retried_on_a_fresh_one(mode: PoolM
     let server = RedisServer::start().unwrap();
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
     let guard =
-        guard(config(&proxy.url(), &pool).mode(mode).response_timeout(Duration::from_millis(300)))
+        guard(config_in(mode, &proxy.url(), "read_retries").response_timeout(Duration::from_millis(300)))
             .await;
     let _: () = server.command(&["SET", "value", "v"]).map(drop).unwrap();
     for fault in ["reset", "freeze"] {
@@ -454,7 +454,7 @@ async fn writes_are_never_sent_twice(mode: PoolMode) {
     let pool = pool_name(mode, "no_write_retries");
     let server = RedisServer::start().unwrap();
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
-    let guard = guard(config(&proxy.url(), &pool).mode(mode)).await;
+    let guard = guard(config_in(mode, &proxy.url(), "no_write_retries")).await;
     let done = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..8)
         .map(|_| {
@@ -512,7 +512,7 @@ in_both_modes! {
 async fn a_write_on_a_dead_connection_fails_at_once(mode: PoolMode) {
     let pool = pool_name(mode, "dead_write");
     let mut server = RedisServer::start().unwrap();
-    let guard = guard(config(&server.url(), &pool).mode(mode)).await;
+    let guard = guard(config_in(mode, &server.url(), "dead_write")).await;
     // Let the pool learn Redis's commands first, as it does within a second of connecting.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut conn = guard.get().await.unwrap();
@@ -568,9 +568,8 @@ in_both_modes! {
 /// connections were not returned as clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_that_ran_nothing_changes_nothing(mode: PoolMode) {
-    let pool = pool_name(mode, "exec_nothing");
     let server = RedisServer::start().unwrap();
-    let guard = guard(config(&server.url(), &pool).mode(mode).max_size(max_size(mode, 1))).await;
+    let guard = guard(config_in(mode, &server.url(), "exec_nothing").max_size(max_size(mode, 1))).await;
 
     let mut conn = guard.get().await.unwrap();
     for step in [&["SELECT", "9"][..], &["WATCH", "k"]] {
@@ -631,7 +630,7 @@ async fn a_reset_connection_is_not_reused(mode: PoolMode) {
     let pool = pool_name(mode, "after_reset");
     let server = RedisServer::start_with_args(&["--requirepass", "reset-secret"]).unwrap();
     let url = format!("redis://:reset-secret@127.0.0.1:{}", server.port());
-    let guard = guard(config(&url, &pool).mode(mode).max_size(max_size(mode, 1))).await;
+    let guard = guard(config_in(mode, &url, "after_reset").max_size(max_size(mode, 1))).await;
     let mut conn = guard.get().await.unwrap();
     let _: () = redis::cmd("RESET").query_async(&mut conn).await.unwrap();
     drop(conn);
@@ -648,9 +647,8 @@ in_both_modes! {
 /// stays closed and the pool ready: `BUSY` is a reply from a working Redis, not an outage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_script_is_not_an_outage(mode: PoolMode) {
-    let pool = pool_name(mode, "busy_script");
     let server = RedisServer::start_with_args(&["--busy-reply-threshold", "100"]).unwrap();
-    let guard = guard(config(&server.url(), &pool).mode(mode).validation_bypass(Duration::ZERO)).await;
+    let guard = guard(config_in(mode, &server.url(), "busy_script").validation_bypass(Duration::ZERO)).await;
     let script = {
         let guard = guard.clone();
         tokio::spawn(async move {
@@ -688,7 +686,7 @@ async fn a_panicking_set_up_hook_is_a_connect_error_and_loses_no_slot(mode: Pool
     let server = RedisServer::start().unwrap();
     let panics = Arc::new(AtomicU64::new(3));
     let hook_panics = panics.clone();
-    let guard = unready_guard(config(&server.url(), &pool).mode(mode).max_size(max_size(mode, 3)).on_connect(
+    let guard = unready_guard(config_in(mode, &server.url(), "hook_panics").max_size(max_size(mode, 3)).on_connect(
         move |conn| {
             let panic = hook_panics
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))

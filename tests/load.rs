@@ -60,7 +60,7 @@ async fn f8_cancelled_requests_cause_no_cross_talk_and_leak_no_connection(mode: 
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
     // Every reply takes a millisecond, so cancellations land mid-command.
     proxy.set_mode(ProxyMode::Delay(Duration::from_millis(1)));
-    let guard = guard(config(&proxy.url(), &pool).mode(mode).max_size(max_size(mode, 4))).await;
+    let guard = guard(config_in(mode, &proxy.url(), "f8").max_size(max_size(mode, 4))).await;
     let app: Router = router(guard.clone()).merge(
         Router::new()
             .route("/tx", get(transaction))

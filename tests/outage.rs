@@ -32,7 +32,7 @@ async fn f5_frozen_connections_are_evicted_without_failing_or_hanging_requests(m
     let server = RedisServer::start().unwrap();
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
     let bypass = Duration::from_millis(100);
-    let guard = guard(config(&proxy.url(), &pool).mode(mode).validation_bypass(bypass)).await;
+    let guard = guard(config_in(mode, &proxy.url(), "f5").validation_bypass(bypass)).await;
     let app = service(guard.clone());
     let warm = drive_echo(&app, 200, 8).await;
     assert!(failures(&warm).is_empty());
@@ -82,10 +82,9 @@ in_both_modes! {
 /// ready and serving within 2 s, with no error after recovery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f6_redis_down_at_start_up_refuses_fast_and_recovers_by_itself(mode: PoolMode) {
-    let pool = pool_name(mode, "f6");
     let mut server = RedisServer::start().unwrap();
     server.stop();
-    let guard = unready_guard(config(&server.url(), &pool).mode(mode)).await;
+    let guard = unready_guard(config_in(mode, &server.url(), "f6")).await;
     let app = service(guard.clone());
 
     assert_eq!(call(&app, "/livez").await.status, StatusCode::OK);
@@ -139,7 +138,7 @@ in_both_modes! {
 async fn f7_outage_under_load_fails_fast_with_bounded_reconnects_and_recovers(mode: PoolMode) {
     let pool = pool_name(mode, "f7");
     let mut server = RedisServer::start().unwrap();
-    let guard = guard(config(&server.url(), &pool).mode(mode).max_size(max_size(mode, 16))).await;
+    let guard = guard(config_in(mode, &server.url(), "f7").max_size(max_size(mode, 16))).await;
     let app = service(guard.clone());
 
     let running = Arc::new(AtomicBool::new(true));
@@ -274,7 +273,7 @@ async fn f10_slow_replies_time_out_poison_the_connection_and_trip_the_breaker(mo
     let proxy = FaultProxy::start(server.addr()).await.unwrap();
     let response_timeout = Duration::from_millis(300);
     let guard = guard(
-        config(&proxy.url(), &pool).mode(mode)
+        config_in(mode, &proxy.url(), "f10")
             .max_size(max_size(mode, 2))
             .response_timeout(response_timeout)
             .connect_timeout(Duration::from_millis(500))
@@ -364,7 +363,7 @@ async fn f10_debug_sleep_hits_the_response_timeout_and_error_replies_never_trip_
     let pool = pool_name(mode, "f10_debug");
     let server = RedisServer::start_with_args(&["--enable-debug-command", "yes"]).unwrap();
     let guard = guard(
-        config(&server.url(), &pool).mode(mode)
+        config_in(mode, &server.url(), "f10_debug")
             .response_timeout(Duration::from_millis(300))
             .probe_interval(Duration::from_secs(60)),
     )

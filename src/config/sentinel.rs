@@ -12,6 +12,7 @@ use std::fmt;
 use redis::RedisConnectionInfo;
 
 use super::ConfigError;
+use super::url::invalid;
 
 /// The port a sentinel listens on unless told otherwise.
 pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
@@ -247,12 +248,6 @@ fn is_host(host: &str) -> bool {
 
 fn escape(part: &str) -> String {
     url::form_urlencoded::byte_serialize(part.as_bytes()).collect()
-}
-
-fn invalid(reason: impl Into<String>) -> ConfigError {
-    ConfigError::InvalidUrl {
-        reason: reason.into(),
-    }
 }
 
 /// A sentinel URL taken apart: `None` if `raw` is not one. `tls` is `Some(insecure)` for

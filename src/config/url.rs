@@ -17,7 +17,7 @@ const UNIX_FORM: &str = "redis+unix:///path/to/socket[?db=N][&user=U&pass=P]";
 /// Query parameters that carry credentials in some client's URL syntax.
 pub(super) const CREDENTIAL_KEYS: &[&str] = &["pass", "password", "user", "username"];
 
-fn invalid(reason: impl Into<String>) -> ConfigError {
+pub(super) fn invalid(reason: impl Into<String>) -> ConfigError {
     ConfigError::InvalidUrl {
         reason: reason.into(),
     }
