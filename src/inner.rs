@@ -40,6 +40,38 @@ const MAX_REAPER_RATE: Duration = Duration::from_secs(30);
 /// How often closing looks whether the connections in use came back.
 const CLOSE_POLL: Duration = Duration::from_millis(10);
 
+/// What closing the pool does to a checkout under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WhenClosing {
+    /// A new checkout fails with `Closed`.
+    Fail,
+    /// A caller admitted before the close (a retry, or a shared-mode checkout taking a
+    /// connection of its own) still gets one while the close waits for the connections in
+    /// use: its request is not cut.
+    CarryOn,
+}
+
+/// One checkout's budget: when it started, its deadline, the failed connects seen when it
+/// began, and what a close does to it.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    started: Instant,
+    deadline: Instant,
+    failures_seen: u64,
+    when_closing: WhenClosing,
+}
+
+impl Budget {
+    fn new(shared: &Shared, started: Instant, when_closing: WhenClosing) -> Self {
+        Budget {
+            started,
+            deadline: started + shared.config().checkout_timeout(),
+            failures_seen: shared.failed_connects(),
+            when_closing,
+        }
+    }
+}
+
 /// Whether a waited-for step starts over after a failed connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Restart {
@@ -194,15 +226,27 @@ impl PoolInner {
     }
 
     pub(crate) async fn checkout(&self) -> Result<CheckedOut, Error> {
-        self.admitted(|started| self.checkout_within_budget(started))
-            .await
+        self.checkout_when_closing(WhenClosing::Fail).await
+    }
+
+    /// A checkout that a close fails, or lets carry on: see [`WhenClosing`].
+    pub(crate) async fn checkout_when_closing(
+        &self,
+        when_closing: WhenClosing,
+    ) -> Result<CheckedOut, Error> {
+        self.admitted(when_closing, |started| {
+            self.checkout_within_budget(Budget::new(&self.shared, started, when_closing))
+        })
+        .await
     }
 
     /// A shared-mode checkout: a shared connection proven as a checkout proves an exclusive
     /// one, under the same admission, budget and metrics.
     pub(crate) async fn checkout_shared(self: &Arc<Self>) -> Result<Arc<SharedConnection>, Error> {
-        self.admitted(|started| self.shared_connection_within(started))
-            .await
+        self.admitted(WhenClosing::Fail, |started| {
+            self.shared_connection_within(started)
+        })
+        .await
     }
 
     /// Another shared connection for a call whose connection failed under it, within a
@@ -227,10 +271,11 @@ impl PoolInner {
     /// Runs a checkout step under the breaker's admission, and counts its outcome.
     async fn admitted<T, F: Future<Output = Result<T, Error>>>(
         &self,
+        when_closing: WhenClosing,
         step: impl FnOnce(Instant) -> F,
     ) -> Result<T, Error> {
         let shared = &self.shared;
-        if shared.is_closing() {
+        if when_closing == WhenClosing::Fail && shared.is_closing() {
             return Err(self.unavailable(UnavailableReason::Closed));
         }
         let Some(_admission) = shared.admit() else {
@@ -327,7 +372,8 @@ impl PoolInner {
         if multiplexed.is_filled(index) {
             return Ok(None);
         }
-        let CheckedOut { conn, permit } = self.checkout_within_budget(started).await?;
+        let budget = Budget::new(&self.shared, started, WhenClosing::Fail);
+        let CheckedOut { conn, permit } = self.checkout_within_budget(budget).await?;
         let connection = SharedConnection::new(conn, permit);
         tracing::debug!(pool = %self.name(), connection_id = connection.id(), "shared connection in use");
         multiplexed.fill(index, connection.clone());
@@ -352,25 +398,15 @@ impl PoolInner {
         });
     }
 
-    async fn checkout_within_budget(&self, started: Instant) -> Result<CheckedOut, Error> {
+    async fn checkout_within_budget(&self, budget: Budget) -> Result<CheckedOut, Error> {
         let shared = &self.shared;
-        let deadline = started + shared.config().checkout_timeout();
         let _waiting = shared.wait();
-        let failures_seen = shared.failed_connects();
         let permits = shared.checkout_permits().clone();
         let permit = self
-            .wait_for(
-                || permits.clone().acquire_owned(),
-                Restart::No,
-                started,
-                deadline,
-                failures_seen,
-            )
+            .wait_for(|| permits.clone().acquire_owned(), Restart::No, budget)
             .await?
             .map_err(|_closed| self.unavailable(UnavailableReason::Closed))?;
-        let conn = self
-            .validated_connection(started, deadline, failures_seen)
-            .await?;
+        let conn = self.validated_connection(budget).await?;
         Ok(CheckedOut { conn, permit })
     }
 
@@ -379,35 +415,22 @@ impl PoolInner {
     /// for this). Within a checkout budget of its own.
     pub(crate) async fn replacement(&self) -> Result<Bb8Connection, Error> {
         let shared = &self.shared;
-        let started = Instant::now();
-        let deadline = started + shared.config().checkout_timeout();
         let _waiting = shared.wait();
-        self.validated_connection(started, deadline, shared.failed_connects())
-            .await
+        let budget = Budget::new(shared, Instant::now(), WhenClosing::CarryOn);
+        self.validated_connection(budget).await
     }
 
     /// Steps 3 to 7 of the checkout: the next connection from bb8 that is alive.
-    async fn validated_connection(
-        &self,
-        started: Instant,
-        deadline: Instant,
-        failures_seen: u64,
-    ) -> Result<Bb8Connection, Error> {
+    async fn validated_connection(&self, budget: Budget) -> Result<Bb8Connection, Error> {
         let shared = &self.shared;
         loop {
             let mut conn = self
-                .wait_for(
-                    || self.pool.get_owned(),
-                    Restart::Yes,
-                    started,
-                    deadline,
-                    failures_seen,
-                )
+                .wait_for(|| self.pool.get_owned(), Restart::Yes, budget)
                 .await?
                 // bb8 only ever times out: its connects report to the gate, not to us.
-                .map_err(|_| self.timed_out(started))?;
+                .map_err(|_| self.timed_out(budget.started))?;
             let timeout = || {
-                let remaining = deadline.saturating_duration_since(Instant::now());
+                let remaining = budget.deadline.saturating_duration_since(Instant::now());
                 shared.validation_timeout().min(remaining)
             };
             match conn.verdict(Instant::now()) {
@@ -451,10 +474,14 @@ impl PoolInner {
         &self,
         make: impl Fn() -> F,
         restart: Restart,
-        started: Instant,
-        deadline: Instant,
-        failures_seen: u64,
+        budget: Budget,
     ) -> Result<T, Error> {
+        let Budget {
+            started,
+            deadline,
+            failures_seen,
+            when_closing,
+        } = budget;
         let shared = &self.shared;
         let step = tokio::time::timeout_at(deadline.into(), make());
         tokio::pin!(step);
@@ -488,7 +515,9 @@ impl PoolInner {
                     ask_again_at = None;
                     step.set(tokio::time::timeout_at(deadline.into(), make()));
                 }
-                () = shared.closed() => return Err(self.unavailable(UnavailableReason::Closed)),
+                () = shared.closed(), if when_closing == WhenClosing::Fail => {
+                    return Err(self.unavailable(UnavailableReason::Closed));
+                }
             }
         }
     }

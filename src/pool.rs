@@ -16,7 +16,7 @@ use crate::breaker::BreakerState;
 use crate::config::Config;
 use crate::connection::{Call, Reply, is_infrastructure_failure, is_refused_by_role, was_not_sent};
 use crate::error::{Error, PoolState};
-use crate::inner::{Bb8Connection, CheckedOut, PoolInner};
+use crate::inner::{Bb8Connection, CheckedOut, PoolInner, WhenClosing};
 use crate::multiplexed::SharedConnection;
 use crate::probe;
 
@@ -512,9 +512,10 @@ impl Checkout {
     /// Shared mode: takes a connection of its own for the rest of this checkout.
     async fn take_own_connection(&mut self) -> RedisResult<()> {
         let span = tracing::debug_span!("redis_guard.checkout", pool = %self.pool.name());
+        // Admitted before any close: the request goes on while a close waits for it.
         let checked_out = self
             .pool
-            .checkout()
+            .checkout_when_closing(WhenClosing::CarryOn)
             .instrument(span)
             .await
             .map_err(no_connection)?;

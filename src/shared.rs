@@ -562,9 +562,9 @@ impl Shared {
     /// so a dropped pool does not go on reporting itself ready.
     pub(crate) fn close(&self) {
         self.closing.store(true, Ordering::Release);
+        // New checkouts waiting for a connection fail at once; the permits stay open for the
+        // callers admitted before (see `inner::WhenClosing`).
         self.closed.notify_waiters();
-        // Callers waiting for a connection fail at once; permits given back still count.
-        self.checkout_permits.close();
         self.metrics().withdraw();
     }
 

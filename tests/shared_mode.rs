@@ -209,3 +209,44 @@ fn shared_mode_needs_room_for_exclusive_connections() {
     assert!(error.contains("shared_connections"), "{error}");
     assert!(error.contains("max_size"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_lets_a_checkout_taken_before_it_take_a_connection_of_its_own() {
+    let server = RedisServer::start().unwrap();
+    // min_idle 1, the default: the pool keeps an exclusive connection idle, and a closing pool
+    // opens no new one.
+    let guard = guard(
+        config_in(PoolMode::Shared, &server.url(), "close_then_watch")
+            .max_size(4)
+            .min_idle(1),
+    )
+    .await;
+    let mut conn = guard.get().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || guard.state().idle == 1).await,
+        "{}",
+        guard.state()
+    );
+    let closing = {
+        let guard = guard.clone();
+        tokio::spawn(async move { guard.close(Duration::from_secs(5)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(guard.get().await.is_err(), "a new checkout is refused");
+    // The request admitted before the close goes on: its WATCH needs a connection of its own.
+    let _: () = redis::cmd("WATCH")
+        .arg("counter")
+        .query_async(&mut conn)
+        .await
+        .expect("a checkout taken before the close is not cut");
+    let applied: Option<(i64,)> = redis::pipe()
+        .atomic()
+        .incr("counter", 1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(applied, Some((1,)));
+    assert!(!closing.is_finished(), "the close waits for the request");
+    drop(conn);
+    assert_eq!(closing.await.unwrap(), 0, "every connection came back");
+}
