@@ -54,9 +54,20 @@ async fn assert_serves(guard: &RedisGuard, what: &str) {
     }
     assert!(
         failed.is_empty(),
-        "{what}: {} of 200 failed, first: {:?}",
+        "{what}: {} of 200 failed, first: {:?}; retries ok {} failed {}; {}",
         failed.len(),
-        failed.first()
+        failed.first(),
+        metric(
+            "redis_guard_retries_total",
+            guard.name(),
+            &[("result", "ok")]
+        ),
+        metric(
+            "redis_guard_retries_total",
+            guard.name(),
+            &[("result", "failed")]
+        ),
+        guard.state()
     );
 }
 
