@@ -339,6 +339,9 @@ impl GuardConnection {
             return Ok(());
         }
         self.on_replica = true;
+        if let (Some(placement), Some(watch)) = (&self.placement, self.shared.sentinel()) {
+            watch.refuted(&placement.addr);
+        }
         Err(RedisError::from((
             redis::ErrorKind::Client,
             "connected to a replica, not the primary",

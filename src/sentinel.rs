@@ -13,7 +13,12 @@
 //!   every `probe_interval` in case an announcement is lost; a subscription that fails or
 //!   stops answering is made again;
 //! - an answer with the known epoch or an older one for another address comes from a
-//!   sentinel that has not heard of the failover yet, and is ignored.
+//!   sentinel that has not heard of the failover yet, and is ignored;
+//! - the epoch of a sentinel leading a failover is not taken: it already belongs to the
+//!   configuration it is about to announce, while the address is still the old one;
+//! - once a connection finds the known primary serving as a replica, the epoch protects it
+//!   no more: the sentinels' next answer wins, so a misread or reset epoch cannot keep the
+//!   pool on a demoted node.
 //!
 //! When the primary moves, the generation number goes up: each connection remembers the
 //! address it was opened to, and one whose address is no longer the primary's is retired
@@ -37,6 +42,9 @@ use crate::transport::{self, BoxedStream, PeerProbe};
 
 /// The channel on which sentinels announce a new primary.
 const SWITCH_MASTER: &str = "+switch-master";
+/// The epoch of an answer that proves nothing: it wins over no known primary, and raises
+/// no known epoch.
+const NO_EPOCH: u64 = 0;
 /// The least time one sentinel is given to answer a connect's question.
 const MIN_SENTINEL_BUDGET: Duration = Duration::from_millis(100);
 
@@ -76,6 +84,9 @@ struct Known {
     addr: PrimaryAddr,
     /// Sentinel's configuration epoch for this address; each failover raises it.
     epoch: u64,
+    /// A connection found this address serving as a replica: the epoch no longer protects
+    /// it, and the next sentinel to name another address wins.
+    refuted: bool,
 }
 
 /// Why no sentinel said where the primary is.
@@ -275,7 +286,10 @@ impl SentinelWatch {
                 k.epoch = k.epoch.max(epoch);
                 (addr, self.generation())
             }
-            Some(k) if epoch <= k.epoch => (k.addr.clone(), self.generation()),
+            Some(k) if epoch <= k.epoch && !k.refuted => {
+                tracing::debug!(pool = %shared.name(), named = %addr, epoch, primary = %k.addr, known_epoch = k.epoch, "a sentinel names another primary under an epoch not newer than the known one; kept");
+                (k.addr.clone(), self.generation())
+            }
             _ => {
                 drop(known);
                 self.move_to(addr, epoch, shared)
@@ -300,11 +314,26 @@ impl SentinelWatch {
         self.move_to(addr, epoch, shared);
     }
 
+    /// A connection opened to `addr` found a replica there. If the pool still takes `addr`
+    /// for the primary, the sentinels' next answer wins whatever its epoch, and they are asked
+    /// now: a pool must not stay on a demoted node because of an epoch it misread or that the
+    /// sentinels lost (a restart without their config files resets it).
+    pub(crate) fn refuted(&self, addr: &PrimaryAddr) {
+        let mut known = self.lock_known();
+        if let Some(k) = known.as_mut().filter(|k| k.addr == *addr && !k.refuted) {
+            k.refuted = true;
+            drop(known);
+            tracing::debug!(primary = %addr, "the known primary serves as a replica; the sentinels' next answer wins");
+            self.recheck.notify_waiters();
+        }
+    }
+
     fn move_to(&self, addr: PrimaryAddr, epoch: u64, shared: &Shared) -> (PrimaryAddr, u64) {
         let mut known = self.lock_known();
         let old = known.replace(Known {
             addr: addr.clone(),
             epoch,
+            refuted: false,
         });
         let generation = match old {
             Some(_) => self.generation.fetch_add(1, Ordering::AcqRel) + 1,
@@ -326,10 +355,7 @@ impl SentinelWatch {
 
     /// `SENTINEL MASTER <name>`: the primary's address and epoch, or `None` if this sentinel
     /// does not monitor a master of that name.
-    async fn ask(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<Option<(PrimaryAddr, u64)>, RedisError> {
+    async fn ask(&self, conn: &mut MultiplexedConnection) -> Result<Option<Answer>, RedisError> {
         let reply = conn
             .send_packed_command(
                 redis::cmd("SENTINEL")
@@ -337,51 +363,7 @@ impl SentinelWatch {
                     .arg(&self.sentinel.master_name),
             )
             .await?;
-        let fields: Vec<(String, String)> = match reply {
-            Value::ServerError(e) if e.details().is_some_and(|d| d.contains("No such master")) => {
-                return Ok(None);
-            }
-            Value::ServerError(e) => return Err(e.into()),
-            Value::Map(pairs) => pairs
-                .into_iter()
-                .filter_map(|(k, v)| Some((text(&k)?, text(&v)?)))
-                .collect(),
-            Value::Array(items) => items
-                .chunks(2)
-                .filter_map(|pair| Some((text(pair.first()?)?, text(pair.get(1)?)?)))
-                .collect(),
-            other => {
-                return Err(RedisError::from((
-                    redis::ErrorKind::Client,
-                    "unexpected SENTINEL MASTER reply",
-                    format!("{other:?}"),
-                )));
-            }
-        };
-        let field = |name: &str| {
-            fields
-                .iter()
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value.as_str())
-        };
-        let host = field("ip");
-        let port = field("port").and_then(|p| p.parse().ok());
-        let epoch = field("config-epoch")
-            .and_then(|e| e.parse().ok())
-            .unwrap_or(0);
-        match (host, port) {
-            (Some(host), Some(port)) => Ok(Some((
-                PrimaryAddr {
-                    host: host.to_owned(),
-                    port,
-                },
-                epoch,
-            ))),
-            _ => Err(RedisError::from((
-                redis::ErrorKind::Client,
-                "SENTINEL MASTER reply without ip and port",
-            ))),
-        }
+        master_in(reply)
     }
 
     /// Opens a connection to sentinel `i` (TLS if the pool uses it), with the sentinels'
@@ -584,6 +566,64 @@ async fn subscribe_and_listen(shared: &Shared, watch: &SentinelWatch, i: usize) 
     watch.lock_links()[i] = None;
 }
 
+/// The primary's address and epoch in a `SENTINEL MASTER` reply; `None` for "No such
+/// master".
+fn master_in(reply: Value) -> Result<Option<Answer>, RedisError> {
+    let fields: Vec<(String, String)> = match reply {
+        Value::ServerError(e) if e.details().is_some_and(|d| d.contains("No such master")) => {
+            return Ok(None);
+        }
+        Value::ServerError(e) => return Err(e.into()),
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .filter_map(|(k, v)| Some((text(&k)?, text(&v)?)))
+            .collect(),
+        Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|pair| Some((text(pair.first()?)?, text(pair.get(1)?)?)))
+            .collect(),
+        other => {
+            return Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "unexpected SENTINEL MASTER reply",
+                format!("{other:?}"),
+            )));
+        }
+    };
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    };
+    let host = field("ip");
+    let port = field("port").and_then(|p| p.parse().ok());
+    // While this sentinel leads a failover, its epoch is already the one of the
+    // configuration it is about to publish, but the address is still the old one: taken
+    // together they would make the old primary look newer than the announcement to come.
+    let failing_over = field("flags")
+        .is_some_and(|flags| flags.split(',').any(|flag| flag == "failover_in_progress"));
+    let epoch = match failing_over {
+        true => NO_EPOCH,
+        false => field("config-epoch")
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(NO_EPOCH),
+    };
+    match (host, port) {
+        (Some(host), Some(port)) => Ok(Some((
+            PrimaryAddr {
+                host: host.to_owned(),
+                port,
+            },
+            epoch,
+        ))),
+        _ => Err(RedisError::from((
+            redis::ErrorKind::Client,
+            "SENTINEL MASTER reply without ip and port",
+        ))),
+    }
+}
+
 /// The new primary in a `+switch-master` message for `master_name`:
 /// `<name> <old ip> <old port> <new ip> <new port>`.
 fn switch_for(push: &PushInfo, master_name: &str) -> Option<PrimaryAddr> {
@@ -676,6 +716,75 @@ mod tests {
         watch.learn(addr(1), 5, &shared);
         assert_eq!(primary(&watch).0, 2);
         assert_eq!(watch.generation(), 1);
+    }
+
+    /// `SENTINEL MASTER` as a sentinel answers it, with the given flags.
+    fn master_reply(port: u16, epoch: u64, flags: &str) -> Value {
+        let fields = [
+            ("name", "mymaster".to_owned()),
+            ("ip", "10.0.0.1".to_owned()),
+            ("port", port.to_string()),
+            ("flags", flags.to_owned()),
+            ("config-epoch", epoch.to_string()),
+        ];
+        Value::Array(
+            fields
+                .into_iter()
+                .flat_map(|(k, v)| [Value::BulkString(k.into()), Value::BulkString(v.into())])
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_sentinel_answer_gives_the_address_and_its_epoch() {
+        let answer = master_in(master_reply(6380, 7, "master")).unwrap();
+        assert_eq!(answer, Some((addr(6380), 7)));
+    }
+
+    /// The leader of a failover reports the old address under the new epoch between the
+    /// promotion and the announcement. Taking that epoch for the old address would make the
+    /// announced primary (same epoch) lose to it, and the pool would stay on the old one.
+    #[test]
+    fn the_epoch_of_a_sentinel_in_the_middle_of_a_failover_is_not_taken() {
+        let (watch, shared) = watch_and_shared();
+        watch.learn(addr(1), 1, &shared);
+        let midway = master_in(master_reply(1, 2, "master,failover_in_progress"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(midway, (addr(1), NO_EPOCH));
+        watch.learn(midway.0, midway.1, &shared);
+        assert_eq!(primary(&watch), (1, 1));
+        watch.learn(addr(2), 2, &shared);
+        assert_eq!(primary(&watch), (2, 2));
+    }
+
+    /// However the epochs went wrong (here the sentinels lost theirs in a restart), once the
+    /// known primary is found serving as a replica the sentinels' answer wins, and only the
+    /// answer for the address that was refuted: a lagging one for another address does not
+    /// undo the move.
+    #[test]
+    fn a_primary_found_to_be_a_replica_gives_way_to_the_sentinels_answer() {
+        let (watch, shared) = watch_and_shared();
+        watch.learn(addr(1), 9, &shared);
+        watch.learn(addr(2), 1, &shared);
+        assert_eq!(
+            primary(&watch).0,
+            1,
+            "an older epoch alone does not move the pool"
+        );
+        watch.refuted(&addr(3));
+        watch.learn(addr(2), 1, &shared);
+        assert_eq!(
+            primary(&watch).0,
+            1,
+            "only the known primary can be refuted"
+        );
+        watch.refuted(&addr(1));
+        watch.learn(addr(2), 1, &shared);
+        assert_eq!(primary(&watch), (2, 1));
+        assert_eq!(watch.generation(), 1);
+        watch.learn(addr(1), 1, &shared);
+        assert_eq!(primary(&watch).0, 2, "the move is protected again");
     }
 
     #[test]

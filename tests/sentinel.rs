@@ -468,16 +468,47 @@ async fn over_tls_the_sentinels_and_the_primary_are_reached_and_followed() {
     assert!(moved, "the pool reached the new primary over TLS");
 }
 
-/// Writes `INCR` through the pool until `stop`; (when, port) of every acknowledgement.
-async fn write_until(guard: &RedisGuard, stop: Instant) -> Vec<(Instant, u16)> {
-    let mut acks = Vec::new();
+/// What [`write_until`] saw: (when, port) of every acknowledgement, and every failure.
+#[derive(Debug, Default)]
+struct Writes {
+    acks: Vec<(Instant, u16)>,
+    failures: Vec<(Instant, String)>,
+}
+
+impl Writes {
+    /// The writes in words, relative to `since`, for a failed assertion.
+    fn summary(&self, since: Instant) -> String {
+        let mut ports: Vec<(u16, usize, Duration)> = Vec::new();
+        for (at, port) in &self.acks {
+            match ports.iter_mut().find(|(p, _, _)| p == port) {
+                Some((_, count, last)) => {
+                    *count += 1;
+                    *last = at.duration_since(since);
+                }
+                None => ports.push((*port, 1, at.duration_since(since))),
+            }
+        }
+        let mut errors: Vec<&str> = self.failures.iter().map(|(_, e)| e.as_str()).collect();
+        errors.dedup();
+        format!(
+            "acks by port (count, last at) {ports:?}; {} failures, last at {:?}: {errors:?}",
+            self.failures.len(),
+            self.failures.last().map(|(at, _)| at.duration_since(since)),
+        )
+    }
+}
+
+/// Writes `INCR` through the pool until `stop`.
+async fn write_until(guard: &RedisGuard, stop: Instant) -> Writes {
+    let mut writes = Writes::default();
     while Instant::now() < stop {
-        if let Ok((_, port)) = incr(guard).await {
-            acks.push((Instant::now(), port));
+        match incr(guard).await {
+            Ok((_, port)) => writes.acks.push((Instant::now(), port)),
+            Err(e) => writes.failures.push((Instant::now(), e)),
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    acks
+    writes
 }
 
 /// Fault: a first failover the pool hears announced; then a second one whose announcements it
@@ -551,24 +582,99 @@ async fn a_failover_whose_announcement_was_missed_is_found_by_polling() {
     let later = write_until(&guard, announced + Duration::from_secs(4)).await;
     let new_port = deployment.primary_port().unwrap();
     assert_ne!(new_port, old_port);
+    let seen = || {
+        format!(
+            "old primary {old_port}, new {new_port}; while cut: {}; after: {}; switches {}; {:?}",
+            acks.summary(announced),
+            later.summary(announced),
+            metric("redis_guard_primary_switches_total", pool, &[]),
+            guard.state(),
+        )
+    };
     let on_new = acks
+        .acks
         .iter()
-        .chain(&later)
+        .chain(&later.acks)
         .filter(|(_, port)| *port == new_port)
         .count();
     assert!(
         on_new > 0,
-        "writes reach the new primary within 4 s of the announcement"
+        "writes reach the new primary within 4 s of the announcement; {}",
+        seen()
     );
     let first_on_new = later
+        .acks
         .iter()
         .position(|(_, port)| *port == new_port)
         .unwrap_or(0);
     assert!(
-        later[first_on_new..]
+        later.acks[first_on_new..]
             .iter()
             .all(|(_, port)| *port == new_port),
-        "none goes to the old primary once the pool followed"
+        "none goes to the old primary once the pool followed; {}",
+        seen()
+    );
+    assert_eq!(metric("redis_guard_primary_switches_total", pool, &[]), 2.0);
+}
+
+/// Fault: Sentinel rebuilt by an operator after a failover: every sentinel forgets the
+/// master, the nodes swap roles by hand, and the sentinels monitor the other node afresh, so
+/// its configuration epoch starts again at 0, below the one the pool learned. Asserts: once
+/// the pool finds its primary serving as a replica it takes the sentinels' word over the
+/// epoch, and writes reach the new primary within 5 s, none to the old one afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_rebuilt_with_a_fresh_epoch_are_followed_once_the_primary_is_a_replica() {
+    let mut deployment = SentinelDeployment::start(SentinelOptions::default()).unwrap();
+    let pool = "f14s-rebuilt";
+    let guard = common::guard(sentinel_config(&deployment.url(), pool)).await;
+    let first = deployment.primary_port().unwrap();
+    deployment.failover().unwrap();
+    let followed = eventually(Duration::from_secs(15), || {
+        metric("redis_guard_primary_switches_total", pool, &[]) == 1.0
+    })
+    .await;
+    assert!(followed, "the failover is followed");
+    let second = deployment.primary_port().unwrap();
+    // The pool polls each sentinel every probe interval: let it learn the failover's epoch.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(incr(&guard).await.unwrap().1, second);
+
+    let monitor_first = first.to_string();
+    for sentinel in deployment.sentinels().iter() {
+        sentinel
+            .command(&["SENTINEL", "REMOVE", MASTER_NAME])
+            .unwrap();
+    }
+    deployment
+        .node_command(first, &["REPLICAOF", "NO", "ONE"])
+        .unwrap();
+    deployment
+        .node_command(second, &["REPLICAOF", "127.0.0.1", &monitor_first])
+        .unwrap();
+    for sentinel in deployment.sentinels().iter() {
+        sentinel
+            .command(&[
+                "SENTINEL",
+                "MONITOR",
+                MASTER_NAME,
+                "127.0.0.1",
+                &monitor_first,
+                "2",
+            ])
+            .unwrap();
+    }
+    let rebuilt = Instant::now();
+    let writes = write_until(&guard, rebuilt + Duration::from_secs(5)).await;
+    let first_on_new = writes.acks.iter().position(|(_, port)| *port == first);
+    eprintln!(
+        "rebuilt sentinels: first write on the primary they name {:?} after the rebuild; {}",
+        first_on_new.map(|at| writes.acks[at].0.duration_since(rebuilt)),
+        writes.summary(rebuilt)
+    );
+    assert!(
+        first_on_new.is_some_and(|at| writes.acks[at..].iter().all(|(_, port)| *port == first)),
+        "writes move to the primary the rebuilt sentinels name, and stay there: {}",
+        writes.summary(rebuilt)
     );
     assert_eq!(metric("redis_guard_primary_switches_total", pool, &[]), 2.0);
 }
