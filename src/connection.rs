@@ -675,16 +675,51 @@ pub(crate) use delegate_connection_like;
 
 /// The error of a call refused before it was sent, because the primary moved.
 const NOT_SENT_FAILOVER: &str = "not sent: the primary moved (Sentinel failover)";
+/// The start of the error of a call whose connection failed before any of it was written.
+const NOT_SENT_CLOSED: &str = "not sent: the connection failed before the call was written";
 
 /// The error of a call refused before it was sent to a demoted primary.
 pub(crate) fn not_sent_failover() -> RedisError {
     RedisError::from((redis::ErrorKind::Client, NOT_SENT_FAILOVER))
 }
 
-/// Whether a call failed before it was sent (see [`GuardConnection::on_demoted_primary`]):
-/// sending it elsewhere cannot apply it twice.
-pub(crate) fn was_not_sent(e: &RedisError) -> bool {
-    e.kind() == redis::ErrorKind::Client && e.to_string().contains(NOT_SENT_FAILOVER)
+/// `result`, marked as never sent if its connection failed (EOF, reset: not a timeout, after
+/// which the driver may still write) and the driver wrote nothing since `written_before`: the
+/// failure came before any byte of the call reached the socket, so sending it elsewhere cannot
+/// apply it twice. This covers a close that arrived after the checkout looked at the socket.
+/// The error stays an I/O error, so it is judged as before wherever it is not resent.
+pub(crate) fn unless_never_written<T>(
+    link: &LinkHealth,
+    written_before: u64,
+    result: RedisResult<T>,
+) -> RedisResult<T> {
+    match result {
+        Err(e)
+            if (e.is_io_error() || e.is_connection_dropped())
+                && !e.is_timeout()
+                && link.state().is_failure()
+                && link.written() == written_before =>
+        {
+            Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                format!("{NOT_SENT_CLOSED} ({e})"),
+            )))
+        }
+        other => other,
+    }
+}
+
+/// Why a call failed before it was sent (see [`GuardConnection::on_demoted_primary`] and
+/// [`unless_never_written`]), if it did: sending it elsewhere cannot apply it twice.
+pub(crate) fn not_sent_reason(e: &RedisError) -> Option<&'static str> {
+    let text = e.to_string();
+    if e.kind() == redis::ErrorKind::Client && text.contains(NOT_SENT_FAILOVER) {
+        Some("the primary moved")
+    } else if e.is_io_error() && text.contains(NOT_SENT_CLOSED) {
+        Some("its connection failed before the call was written")
+    } else {
+        None
+    }
 }
 
 /// Whether an error means the connection (not the command) failed: the failures that poison
@@ -786,6 +821,7 @@ impl ConnectionLike for GuardConnection {
                 self.refuse_if_demoted()?;
                 self.set_reply_wait(std::iter::once(cmd));
                 self.in_flight = true;
+                let written = self.link.written();
                 let result = match self.inner.send_packed_command(cmd).await {
                     // An error reply, as the error it is (redis-rs's query_async would make it one
                     // anyway): so it is judged here like any failure.
@@ -799,7 +835,7 @@ impl ConnectionLike for GuardConnection {
                     Err(e) if !is_infrastructure_failure(e) => self.session.apply_failed(cmd),
                     Err(_) => {}
                 }
-                result
+                unless_never_written(&self.link, written, result)
             }
             .instrument(span),
         )
@@ -817,6 +853,7 @@ impl ConnectionLike for GuardConnection {
                 self.refuse_if_demoted()?;
                 self.set_reply_wait(pipeline.cmd_iter());
                 self.in_flight = true;
+                let written = self.link.written();
                 let result = self
                     .inner
                     .send_packed_commands(pipeline, offset, count)
@@ -843,7 +880,7 @@ impl ConnectionLike for GuardConnection {
                         .apply_failed_pipeline(pipeline.cmd_iter(), atomic),
                     Err(_) => {}
                 }
-                result
+                unless_never_written(&self.link, written, result)
             }
             .instrument(span),
         )

@@ -20,6 +20,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -485,6 +486,13 @@ impl PoolInner {
         let shared = &self.shared;
         let step = tokio::time::timeout_at(deadline.into(), make());
         tokio::pin!(step);
+        // The hot path (a permit free, a connection idle) is done in one poll, without the
+        // notifications below: each costs a lock to register.
+        if let Poll::Ready(done) =
+            std::future::poll_fn(|cx| Poll::Ready(step.as_mut().poll(cx))).await
+        {
+            return done.map_err(|_elapsed| self.timed_out(started));
+        }
         // When to ask bb8 again after a failed connect: at the gate's next turn, by which time
         // bb8 has also counted the failed attempt (asking at once, it may believe the attempt
         // still pending and start none).

@@ -31,7 +31,9 @@ use redis::aio::ConnectionLike;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
-use crate::connection::{Call, Outcome, Reply, SharedParts, call_span, not_sent_failover};
+use crate::connection::{
+    Call, Outcome, Reply, SharedParts, call_span, not_sent_failover, unless_never_written,
+};
 use crate::inner::Bb8Connection;
 use crate::metrics::EvictionReason;
 use crate::shared::Shared;
@@ -345,6 +347,7 @@ impl SharedConnection {
             }
             let mut handle = self.parts.handle.clone();
             handle.set_response_timeout(response_timeout);
+            let written = self.parts.link.written();
             let result = {
                 let _in_flight = InFlight::enter(&self.in_flight);
                 call.send_multiplexed(&mut handle).await
@@ -370,7 +373,7 @@ impl SharedConnection {
                     }
                 }
             }
-            result
+            unless_never_written(&self.parts.link, written, result)
         }
         .instrument(span)
         .await

@@ -14,7 +14,9 @@ use tracing::Instrument;
 
 use crate::breaker::BreakerState;
 use crate::config::Config;
-use crate::connection::{Call, Reply, is_infrastructure_failure, is_refused_by_role, was_not_sent};
+use crate::connection::{
+    Call, Reply, is_infrastructure_failure, is_refused_by_role, not_sent_reason,
+};
 use crate::error::{Error, PoolState};
 use crate::inner::{Bb8Connection, CheckedOut, PoolInner, WhenClosing};
 use crate::multiplexed::SharedConnection;
@@ -279,8 +281,10 @@ crate::connection::delegate_connection_like!(impl<> PooledConnection, checkout);
 /// breaker is closed, is sent once more on a fresh connection within a new checkout budget: a
 /// socket that died in the pool does not fail a read. Writes are never sent twice (the first
 /// may have been applied), unless the caller says the call is idempotent with
-/// [`Checkout::idempotent`]. After a failure the checkout holds a fresh connection whenever
-/// one was needed to decide, so later calls work. Counted in `redis_guard_retries_total`.
+/// [`Checkout::idempotent`]. A call whose connection failed before any of it was written
+/// never reached Redis, and is sent on a fresh connection whatever it does. After a failure
+/// the checkout holds a fresh connection whenever one was needed to decide, so later calls
+/// work. Counted in `redis_guard_retries_total`.
 ///
 /// ```no_run
 /// use redis::AsyncCommands;
@@ -412,10 +416,10 @@ impl Checkout {
         let clean = conn.session_is_clean();
         let served = conn.has_served();
         let result = call.send(conn).await;
-        if matches!(&result, Err(e) if was_not_sent(e)) && conn.session_is_clean() {
-            return self
-                .send_on_fresh_connection(call, result, "the primary moved")
-                .await;
+        if let Some(why) = result.as_ref().err().and_then(not_sent_reason)
+            && conn.session_is_clean()
+        {
+            return self.send_on_fresh_connection(call, result, why).await;
         }
         match self.retry_reason(call, &result, clean, served, writes_too) {
             Some(why) => self.send_on_fresh_connection(call, result, why).await,
@@ -477,10 +481,9 @@ impl Checkout {
         let served = connection.has_served();
         let result = connection.call(shared, call, self.response_timeout).await;
         self.pool.let_go_if_retired(&connection);
-        let why = if matches!(&result, Err(e) if was_not_sent(e)) {
-            Some("the primary moved")
-        } else {
-            self.retry_reason(call, &result, true, served, writes_too)
+        let why = match result.as_ref().err().and_then(not_sent_reason) {
+            Some(why) => Some(why),
+            None => self.retry_reason(call, &result, true, served, writes_too),
         };
         let Some(why) = why else {
             return result;

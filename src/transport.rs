@@ -11,7 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -61,6 +61,8 @@ pub(crate) type OnClose = Box<dyn Fn(LinkState) + Send + Sync>;
 pub(crate) struct LinkHealth {
     state: AtomicU8,
     on_close: OnClose,
+    /// Bytes the kernel (or the TLS layer) has accepted from the driver.
+    written: AtomicU64,
 }
 
 impl std::fmt::Debug for LinkHealth {
@@ -86,7 +88,14 @@ impl LinkHealth {
         Self {
             state: AtomicU8::new(LinkState::Connecting as u8),
             on_close,
+            written: AtomicU64::new(0),
         }
+    }
+
+    /// How many bytes the driver has written so far: a call that fails on a link that failed
+    /// before this moved was never sent.
+    pub(crate) fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
     }
 
     pub(crate) fn state(&self) -> LinkState {
@@ -203,7 +212,7 @@ pub(crate) enum PeerState {
     Unread,
 }
 
-/// A stream that reports EOF and I/O errors to a shared [`LinkHealth`].
+/// A stream that reports EOF and I/O errors, and the bytes written, to a shared [`LinkHealth`].
 #[derive(Debug)]
 pub(crate) struct TrackedStream<S> {
     inner: S,
@@ -218,6 +227,15 @@ impl<S> TrackedStream<S> {
     fn note<T>(&self, result: &Poll<io::Result<T>>) {
         if let Poll::Ready(Err(_)) = result {
             self.health.close(LinkState::Failed);
+        }
+    }
+
+    fn note_written(&self, result: &Poll<io::Result<usize>>) {
+        match result {
+            Poll::Ready(Ok(n)) => {
+                self.health.written.fetch_add(*n as u64, Ordering::AcqRel);
+            }
+            other => self.note(other),
         }
     }
 }
@@ -248,7 +266,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedStream<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.note(&result);
+        self.note_written(&result);
         result
     }
 
@@ -260,7 +278,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for TrackedStream<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.note(&result);
+        self.note_written(&result);
         result
     }
 

@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use redis::AsyncCommands;
 use redis_guard::RedisGuard;
 use redis_guard::testkit::{FaultProxy, RedisServer};
 
@@ -82,6 +83,60 @@ async fn f2_client_kill_of_every_connection_fails_no_request(mode: PoolMode) {
         .unwrap();
     assert_eq!(killed, redis::Value::Int(i64::from(dead)));
     assert_no_request_fails(&guard, "broken", dead).await;
+}
+}
+
+in_both_modes! {
+/// F2, at the worst moment: each connection is killed just before its checkout, while the
+/// runtime cannot poll for I/O (one thread, blocked in the kill), so the driver has not read
+/// the close. Asserts: every `INCR` succeeds and is applied once. The checkout's peek sees the
+/// close; without it the `INCR` would be written to the closed socket, and a write that was
+/// written is never sent again.
+#[tokio::test(flavor = "current_thread")]
+async fn f2_a_write_after_a_kill_the_runtime_has_not_seen_is_not_lost(mode: PoolMode) {
+    const CALLS: i64 = 100;
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config_in(mode, &server.url(), "f2-unseen")).await;
+    let mut conn = guard.get().await.unwrap();
+    let _: () = conn.set("writes", 0).await.unwrap();
+    drop(conn);
+    for call in 1..=CALLS {
+        server
+            .command(&["CLIENT", "KILL", "TYPE", "normal"])
+            .unwrap();
+        let mut conn = guard.get().await.expect("checkout");
+        let counted: i64 = conn
+            .incr("writes", 1)
+            .await
+            .unwrap_or_else(|e| panic!("write {call} failed: {e}"));
+        assert_eq!(counted, call, "each write applied once");
+    }
+}
+}
+
+in_both_modes! {
+/// F2 under a handler that holds its checkout: the connection is killed while the handler is
+/// busy, and its driver reads the close and ends before the next command. Asserts: the `INCR`
+/// (a write) is sent on a fresh connection instead of failing, since none of it was written
+/// to the dead one, and it is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f2_a_write_on_a_held_connection_killed_before_it_is_sent_once_elsewhere(mode: PoolMode) {
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config_in(mode, &server.url(), "f2-held")).await;
+    let mut conn = guard.get().await.unwrap();
+    let _: () = conn.set("writes", 0).await.unwrap();
+    for call in 1..=20 {
+        server
+            .command(&["CLIENT", "KILL", "TYPE", "normal"])
+            .unwrap();
+        let closed = eventually(Duration::from_secs(2), || !conn.is_open()).await;
+        assert!(closed, "the driver reads the close");
+        let counted: i64 = conn
+            .incr("writes", 1)
+            .await
+            .unwrap_or_else(|e| panic!("write {call} failed: {e}"));
+        assert_eq!(counted, call, "each write applied once");
+    }
 }
 }
 
