@@ -340,7 +340,7 @@ impl GuardConnection {
         }
         self.on_replica = true;
         if let (Some(placement), Some(watch)) = (&self.placement, self.shared.sentinel()) {
-            watch.refuted(&placement.addr);
+            watch.refuted(&placement.addr, &self.shared);
         }
         Err(RedisError::from((
             redis::ErrorKind::Client,

@@ -318,12 +318,12 @@ impl SentinelWatch {
     /// for the primary, the sentinels' next answer wins whatever its epoch, and they are asked
     /// now: a pool must not stay on a demoted node because of an epoch it misread or that the
     /// sentinels lost (a restart without their config files resets it).
-    pub(crate) fn refuted(&self, addr: &PrimaryAddr) {
+    pub(crate) fn refuted(&self, addr: &PrimaryAddr, shared: &Shared) {
         let mut known = self.lock_known();
         if let Some(k) = known.as_mut().filter(|k| k.addr == *addr && !k.refuted) {
             k.refuted = true;
             drop(known);
-            tracing::debug!(primary = %addr, "the known primary serves as a replica; the sentinels' next answer wins");
+            tracing::info!(pool = %shared.name(), primary = %addr, "the known primary serves as a replica; the sentinels' next answer wins");
             self.recheck.notify_waiters();
         }
     }
@@ -772,14 +772,14 @@ mod tests {
             1,
             "an older epoch alone does not move the pool"
         );
-        watch.refuted(&addr(3));
+        watch.refuted(&addr(3), &shared);
         watch.learn(addr(2), 1, &shared);
         assert_eq!(
             primary(&watch).0,
             1,
             "only the known primary can be refuted"
         );
-        watch.refuted(&addr(1));
+        watch.refuted(&addr(1), &shared);
         watch.learn(addr(2), 1, &shared);
         assert_eq!(primary(&watch), (2, 1));
         assert_eq!(watch.generation(), 1);
