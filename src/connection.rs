@@ -71,6 +71,9 @@ pub struct GuardConnection {
     role_checked: Instant,
     /// `ROLE` said replica while the pool wants the primary.
     on_replica: bool,
+    /// The checkout looked at the socket (a peek or a PING) and no call was made since: the
+    /// first call of a checkout needs no second look.
+    looked_at: bool,
     /// Under Sentinel: the primary this connection was opened to.
     placement: Option<Placement>,
     /// Where the connection leads (`server.address` and `server.port` in spans).
@@ -179,6 +182,7 @@ impl GuardConnection {
             served: false,
             role_checked: now,
             on_replica: false,
+            looked_at: false,
             placement,
             server,
         }
@@ -251,6 +255,25 @@ impl GuardConnection {
         }
         self.evict(EvictionReason::RoleChange);
         Err(not_sent_failover())
+    }
+
+    /// The checkout has just proven the socket (see [`verdict`](Self::verdict)).
+    pub(crate) fn looked_at(&mut self) {
+        self.looked_at = true;
+    }
+
+    /// Refuses a call before it is sent on a socket the peer closed while the checkout held
+    /// it: redis-rs writes before it reads, so a call sent there would be written to a
+    /// closed socket and fail, and could not be known unapplied. The checkout's own look
+    /// covers its first call.
+    fn refuse_if_closed(&mut self) -> RedisResult<()> {
+        if std::mem::take(&mut self.looked_at)
+            || (self.link.is_open() && self.probe.peer_state() != PeerState::Closed)
+        {
+            return Ok(());
+        }
+        self.evict(EvictionReason::Broken);
+        Err(not_sent_closed("the peer closed the connection"))
     }
 
     /// Whether Redis has answered anything on this connection since it was opened (beyond the
@@ -464,6 +487,7 @@ impl GuardConnection {
     /// Called by the pool when the connection comes back: decides whether it may be reused.
     pub(crate) fn on_return(&mut self) -> bool {
         self.returned_at = Instant::now();
+        self.looked_at = false;
         self.response_timeout = self.shared.config().response_timeout();
         if self.eviction.is_none() {
             let reason = if self.on_demoted_primary() {
@@ -700,13 +724,19 @@ pub(crate) fn unless_never_written<T>(
                 && link.state().is_failure()
                 && link.written() == written_before =>
         {
-            Err(RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                format!("{NOT_SENT_CLOSED} ({e})"),
-            )))
+            Err(not_sent_closed(e))
         }
         other => other,
     }
+}
+
+/// The error of a call not sent because its connection failed: an I/O error, as the failure
+/// it reports.
+pub(crate) fn not_sent_closed(cause: impl std::fmt::Display) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::BrokenPipe,
+        format!("{NOT_SENT_CLOSED} ({cause})"),
+    ))
 }
 
 /// Why a call failed before it was sent (see [`GuardConnection::on_demoted_primary`] and
@@ -819,6 +849,7 @@ impl ConnectionLike for GuardConnection {
         Box::pin(
             async move {
                 self.refuse_if_demoted()?;
+                self.refuse_if_closed()?;
                 self.set_reply_wait(std::iter::once(cmd));
                 self.in_flight = true;
                 let written = self.link.written();
@@ -851,6 +882,7 @@ impl ConnectionLike for GuardConnection {
         Box::pin(
             async move {
                 self.refuse_if_demoted()?;
+                self.refuse_if_closed()?;
                 self.set_reply_wait(pipeline.cmd_iter());
                 self.in_flight = true;
                 let written = self.link.written();

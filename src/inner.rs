@@ -438,6 +438,7 @@ impl PoolInner {
                 Verdict::Evict(reason) => conn.evict(reason),
                 Verdict::Fresh => {
                     shared.validated(ValidationResult::Skipped);
+                    conn.looked_at();
                     return Ok(conn);
                 }
                 // Off the caller's path, holding a permit of its own so the pool stays within
@@ -448,12 +449,14 @@ impl PoolInner {
                     }
                     Err(_) => {
                         if validate(&mut conn, shared, timeout()).await {
+                            conn.looked_at();
                             return Ok(conn);
                         }
                     }
                 },
                 Verdict::Validate => {
                     if validate(&mut conn, shared, timeout()).await {
+                        conn.looked_at();
                         return Ok(conn);
                     }
                 }

@@ -32,7 +32,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use crate::connection::{
-    Call, Outcome, Reply, SharedParts, call_span, not_sent_failover, unless_never_written,
+    Call, Outcome, Reply, SharedParts, call_span, not_sent_closed, not_sent_failover,
+    unless_never_written,
 };
 use crate::inner::Bb8Connection;
 use crate::metrics::EvictionReason;
@@ -249,8 +250,7 @@ impl SharedConnection {
     }
 
     /// The checks of a checkout's verdict (`connection.rs`), for a connection others may be
-    /// using: the peek only when no call is in flight, since replies on their way are bytes
-    /// too, and a call in flight sees a close itself.
+    /// using. The peek is made by each call instead (see [`call`](Self::call)).
     fn condition(&self, shared: &Shared, now: Instant) -> Condition {
         if !self.is_open() {
             return Condition::Dead(EvictionReason::Broken);
@@ -260,11 +260,6 @@ impl SharedConnection {
         }
         if self.parts.expires_at.is_some_and(|at| now >= at) {
             return Condition::Dead(EvictionReason::MaxLifetime);
-        }
-        if self.in_flight.load(Ordering::Acquire) == 0
-            && self.parts.probe.peer_state() == PeerState::Closed
-        {
-            return Condition::Dead(EvictionReason::Broken);
         }
         let last_success = self.last_success();
         let config = shared.config();
@@ -344,6 +339,16 @@ impl SharedConnection {
             if self.on_demoted_primary(shared) {
                 self.retire(EvictionReason::RoleChange);
                 return Err(not_sent_failover());
+            }
+            // A close the driver has not read yet: redis-rs would write the call to the closed
+            // socket, where it could not be known unapplied. Peeked only when no call is in
+            // flight, since replies on their way are bytes too, and a call in flight sees a
+            // close itself.
+            if self.in_flight.load(Ordering::Acquire) == 0
+                && self.parts.probe.peer_state() == PeerState::Closed
+            {
+                self.retire(EvictionReason::Broken);
+                return Err(not_sent_closed("the peer closed the connection"));
             }
             let mut handle = self.parts.handle.clone();
             handle.set_response_timeout(response_timeout);
