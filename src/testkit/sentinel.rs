@@ -219,7 +219,10 @@ impl SentinelDeployment {
     }
 
     /// `SENTINEL FAILOVER`: the first sentinel that accepts promotes the replica at once,
-    /// without waiting for the primary to fail.
+    /// without waiting for the primary to fail. It returns once a sentinel accepted: Sentinel
+    /// turns the old primary into a replica seconds later, so call
+    /// [`wait_until_ready`](Self::wait_until_ready) before failing over again, or the next
+    /// failover may promote a node that lacks the writes acknowledged in between.
     pub fn failover(&self) -> io::Result<()> {
         let mut last = None;
         for sentinel in &self.sentinels {
