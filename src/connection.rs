@@ -267,9 +267,8 @@ impl GuardConnection {
     /// closed socket and fail, and could not be known unapplied. The checkout's own look
     /// covers its first call.
     fn refuse_if_closed(&mut self) -> RedisResult<()> {
-        if std::mem::take(&mut self.looked_at)
-            || (self.link.is_open() && self.probe.peer_state() != PeerState::Closed)
-        {
+        let looked_at = std::mem::take(&mut self.looked_at);
+        if self.link.is_open() && (looked_at || self.probe.peer_state() != PeerState::Closed) {
             return Ok(());
         }
         self.evict(EvictionReason::Broken);
