@@ -86,6 +86,23 @@ async fn f2_client_kill_of_every_connection_fails_no_request(mode: PoolMode) {
 }
 }
 
+/// `CLIENT KILL` of every client but the caller, from a blocking call: on a one-thread
+/// runtime, nothing reads the closes until the test awaits.
+fn kill_every_connection(server: &RedisServer) {
+    server
+        .command(&["CLIENT", "KILL", "TYPE", "normal"])
+        .unwrap();
+}
+
+/// `INCR writes` succeeds as the `call`-th applied.
+async fn incr_applied_once(conn: &mut redis_guard::PooledConnection, call: i64) {
+    let counted: i64 = conn
+        .incr("writes", 1)
+        .await
+        .unwrap_or_else(|e| panic!("write {call} failed: {e}"));
+    assert_eq!(counted, call, "each write applied once");
+}
+
 in_both_modes! {
 /// F2, at the worst moment: each connection is killed just before its checkout, while the
 /// runtime cannot poll for I/O (one thread, blocked in the kill), so the driver has not read
@@ -101,15 +118,9 @@ async fn f2_a_write_after_a_kill_the_runtime_has_not_seen_is_not_lost(mode: Pool
     let _: () = conn.set("writes", 0).await.unwrap();
     drop(conn);
     for call in 1..=CALLS {
-        server
-            .command(&["CLIENT", "KILL", "TYPE", "normal"])
-            .unwrap();
+        kill_every_connection(&server);
         let mut conn = guard.get().await.expect("checkout");
-        let counted: i64 = conn
-            .incr("writes", 1)
-            .await
-            .unwrap_or_else(|e| panic!("write {call} failed: {e}"));
-        assert_eq!(counted, call, "each write applied once");
+        incr_applied_once(&mut conn, call).await;
     }
 }
 }
@@ -126,24 +137,16 @@ async fn f2_a_write_on_a_held_connection_killed_before_it_is_sent_once_elsewhere
     let guard = guard(config_in(mode, &server.url(), "f2-held")).await;
     let mut conn = guard.get().await.unwrap();
     // Even the checkout's first call, closed under it since the checkout looked.
-    server
-        .command(&["CLIENT", "KILL", "TYPE", "normal"])
-        .unwrap();
+    kill_every_connection(&server);
     assert!(eventually(Duration::from_secs(2), || !conn.is_open()).await);
     let _: () = conn.set("writes", 0).await.unwrap();
     for call in 1..=40 {
-        server
-            .command(&["CLIENT", "KILL", "TYPE", "normal"])
-            .unwrap();
+        kill_every_connection(&server);
         if call % 2 == 0 {
             let read = eventually(Duration::from_secs(2), || !conn.is_open()).await;
             assert!(read, "the driver reads the close");
         }
-        let counted: i64 = conn
-            .incr("writes", 1)
-            .await
-            .unwrap_or_else(|e| panic!("write {call} failed: {e}"));
-        assert_eq!(counted, call, "each write applied once");
+        incr_applied_once(&mut conn, call).await;
     }
 }
 }
