@@ -187,6 +187,7 @@ async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) 
 fn main() {
     let runtime = common::runtime();
     let server = RedisServer::start().expect("redis-server");
+    common::pin_to_last_cpu(&server);
     let url = server.url();
     server.command(&["SET", KEY, "value"]).unwrap();
 
