@@ -71,9 +71,9 @@ pub struct GuardConnection {
     role_checked: Instant,
     /// `ROLE` said replica while the pool wants the primary.
     on_replica: bool,
-    /// The checkout looked at the socket (a peek or a PING) and no call was made since: the
-    /// first call of a checkout needs no second look.
-    looked_at: bool,
+    /// No call was made since the checkout handed the connection out, and every checkout
+    /// looks at the socket (a peek or a PING) just before: the first call needs no second look.
+    first_call: bool,
     /// Under Sentinel: the primary this connection was opened to.
     placement: Option<Placement>,
     /// Where the connection leads (`server.address` and `server.port` in spans).
@@ -182,7 +182,7 @@ impl GuardConnection {
             served: false,
             role_checked: now,
             on_replica: false,
-            looked_at: false,
+            first_call: true,
             placement,
             server,
         }
@@ -257,18 +257,13 @@ impl GuardConnection {
         Err(not_sent_failover())
     }
 
-    /// The checkout has just proven the socket (see [`verdict`](Self::verdict)).
-    pub(crate) fn looked_at(&mut self) {
-        self.looked_at = true;
-    }
-
     /// Refuses a call before it is sent on a socket the peer closed while the checkout held
     /// it: redis-rs writes before it reads, so a call sent there would be written to a
     /// closed socket and fail, and could not be known unapplied. The checkout's own look
     /// covers its first call.
     fn refuse_if_closed(&mut self) -> RedisResult<()> {
-        let looked_at = std::mem::take(&mut self.looked_at);
-        if self.link.is_open() && (looked_at || self.probe.peer_state() != PeerState::Closed) {
+        let first_call = std::mem::take(&mut self.first_call);
+        if self.link.is_open() && (first_call || self.probe.peer_state() != PeerState::Closed) {
             return Ok(());
         }
         self.evict(EvictionReason::Broken);
@@ -486,7 +481,7 @@ impl GuardConnection {
     /// Called by the pool when the connection comes back: decides whether it may be reused.
     pub(crate) fn on_return(&mut self) -> bool {
         self.returned_at = Instant::now();
-        self.looked_at = false;
+        self.first_call = true;
         self.response_timeout = self.shared.config().response_timeout();
         if self.eviction.is_none() {
             let reason = if self.on_demoted_primary() {

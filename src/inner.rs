@@ -438,7 +438,6 @@ impl PoolInner {
                 Verdict::Evict(reason) => conn.evict(reason),
                 Verdict::Fresh => {
                     shared.validated(ValidationResult::Skipped);
-                    conn.looked_at();
                     return Ok(conn);
                 }
                 // Off the caller's path, holding a permit of its own so the pool stays within
@@ -449,14 +448,12 @@ impl PoolInner {
                     }
                     Err(_) => {
                         if validate(&mut conn, shared, timeout()).await {
-                            conn.looked_at();
                             return Ok(conn);
                         }
                     }
                 },
                 Verdict::Validate => {
                     if validate(&mut conn, shared, timeout()).await {
-                        conn.looked_at();
                         return Ok(conn);
                     }
                 }

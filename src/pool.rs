@@ -481,10 +481,11 @@ impl Checkout {
         let served = connection.has_served();
         let result = connection.call(shared, call, self.response_timeout).await;
         self.pool.let_go_if_retired(&connection);
-        let why = match result.as_ref().err().and_then(not_sent_reason) {
-            Some(why) => Some(why),
-            None => self.retry_reason(call, &result, true, served, writes_too),
-        };
+        let why = result
+            .as_ref()
+            .err()
+            .and_then(not_sent_reason)
+            .or_else(|| self.retry_reason(call, &result, true, served, writes_too));
         let Some(why) = why else {
             return result;
         };
