@@ -28,6 +28,18 @@ impl AtomicInstant {
             .is_ok()
     }
 
+    /// Raises the value to `at`, unless it is already within [`ANSWER_GRANULARITY`] of it: for
+    /// "when did Redis last answer", written by every reply. Under load, writing on each one
+    /// would make every core fight over this cache line; a value late by less than the
+    /// granularity changes no decision made from it (see the constant).
+    pub(crate) fn advance(&self, at: Instant) {
+        let nanos = nanos_since_epoch(at).max(1);
+        let seen = self.0.load(Ordering::Relaxed);
+        if seen == 0 || nanos > seen.saturating_add(ANSWER_GRANULARITY_NANOS) {
+            self.0.fetch_max(nanos, Ordering::AcqRel);
+        }
+    }
+
     pub(crate) fn set(&self, at: Instant) {
         // 0 means "none"; an instant at the epoch itself is stored one nanosecond later.
         self.0
@@ -45,6 +57,13 @@ impl AtomicInstant {
         }
     }
 }
+
+/// How stale a record of Redis's last answer may be. What is decided from it works at a far
+/// coarser scale: the validation bypass and the probe interval are seconds, connect attempts
+/// are paced by tens of milliseconds at least, and a connection whose answer after a peer's
+/// failure went unrecorded is only PINGed once more.
+pub(crate) const ANSWER_GRANULARITY: Duration = Duration::from_micros(100);
+const ANSWER_GRANULARITY_NANOS: u64 = ANSWER_GRANULARITY.as_nanos() as u64;
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();

@@ -211,7 +211,7 @@ impl PoolInner {
         loop {
             match self.manager.attempt(deadline.flatten(), Skip::Never).await {
                 Attempt::Connected(conn) => {
-                    let _ = self.pool.add(*conn);
+                    let _ = self.pool.add(conn);
                     // Proven at start-up: serve at once, whatever the attempts before said.
                     self.shared.proven_at_startup();
                     return Ok(());
@@ -226,15 +226,17 @@ impl PoolInner {
         }
     }
 
-    pub(crate) async fn checkout(&self) -> Result<CheckedOut, Error> {
+    /// A checkout, and when it handed the connection out.
+    pub(crate) async fn checkout(&self) -> Result<(CheckedOut, Instant), Error> {
         self.checkout_when_closing(WhenClosing::Fail).await
     }
 
-    /// A checkout that a close fails, or lets carry on: see [`WhenClosing`].
+    /// A checkout that a close fails, or lets carry on (see [`WhenClosing`]), and when it
+    /// handed the connection out.
     pub(crate) async fn checkout_when_closing(
         &self,
         when_closing: WhenClosing,
-    ) -> Result<CheckedOut, Error> {
+    ) -> Result<(CheckedOut, Instant), Error> {
         self.admitted(when_closing, |started| {
             self.checkout_within_budget(Budget::new(&self.shared, started, when_closing))
         })
@@ -242,8 +244,10 @@ impl PoolInner {
     }
 
     /// A shared-mode checkout: a shared connection proven as a checkout proves an exclusive
-    /// one, under the same admission, budget and metrics.
-    pub(crate) async fn checkout_shared(self: &Arc<Self>) -> Result<Arc<SharedConnection>, Error> {
+    /// one, under the same admission, budget and metrics; and when it was handed out.
+    pub(crate) async fn checkout_shared(
+        self: &Arc<Self>,
+    ) -> Result<(Arc<SharedConnection>, Instant), Error> {
         self.admitted(WhenClosing::Fail, |started| {
             self.shared_connection_within(started)
         })
@@ -269,12 +273,14 @@ impl PoolInner {
         }
     }
 
-    /// Runs a checkout step under the breaker's admission, and counts its outcome.
+    /// Runs a checkout step under the breaker's admission, and counts its outcome. Returns
+    /// the step's result with the instant it ended, which the caller's hold time starts from
+    /// (a clock read costs as much as the rest of a hot shared checkout).
     async fn admitted<T, F: Future<Output = Result<T, Error>>>(
         &self,
         when_closing: WhenClosing,
         step: impl FnOnce(Instant) -> F,
-    ) -> Result<T, Error> {
+    ) -> Result<(T, Instant), Error> {
         let shared = &self.shared;
         if when_closing == WhenClosing::Fail && shared.is_closing() {
             return Err(self.unavailable(UnavailableReason::Closed));
@@ -289,11 +295,12 @@ impl PoolInner {
             // Whatever it met on the way, it failed because the pool closed under it.
             result = Err(self.unavailable(UnavailableReason::Closed));
         }
+        let ended = Instant::now();
         match &result {
-            Ok(_) => shared.checkout_succeeded(started.elapsed()),
+            Ok(_) => shared.checkout_succeeded(ended.saturating_duration_since(started)),
             Err(error) => shared.checkout_failed(error),
         }
-        result
+        result.map(|handed_out| (handed_out, ended))
     }
 
     /// A usable shared connection before `started + checkout_timeout`: a ready one, one
@@ -310,6 +317,7 @@ impl PoolInner {
             .expect("shared connections in shared mode");
         let deadline = started + shared.config().checkout_timeout();
         let mut empty = Vec::new();
+        let mut now = started;
         // Each turn retires a dead connection, proves one, or fills a slot: bounded by the
         // deadline, and by the slots when nothing waits.
         loop {
@@ -317,7 +325,7 @@ impl PoolInner {
                 return Err(self.unavailable(UnavailableReason::Closed));
             }
             empty.clear();
-            let pick = multiplexed.pick(shared, &mut empty);
+            let pick = multiplexed.pick(shared, now, &mut empty);
             // The slot this caller fills itself is not filled in the background too: it would
             // wait on that attempt instead of failing fast with its own.
             for &index in &empty {
@@ -330,18 +338,21 @@ impl PoolInner {
                 Pick::Check(connection) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     let timeout = shared.validation_timeout().min(remaining);
-                    if connection.check(shared, timeout).await {
+                    if Box::pin(connection.check(shared, timeout)).await {
                         return Ok(connection);
                     }
                     multiplexed.forget(&connection);
                 }
                 Pick::Empty(index) => {
-                    if let Some(connection) = self.refill(index, started, deadline).await? {
+                    if let Some(connection) =
+                        Box::pin(self.refill(index, started, deadline)).await?
+                    {
                         return Ok(connection);
                     }
                 }
             }
-            if Instant::now() >= deadline {
+            now = Instant::now();
+            if now >= deadline {
                 return Err(self.timed_out(started));
             }
         }
@@ -586,7 +597,9 @@ impl PoolInner {
 /// Validates `conn` within `timeout`, counting the outcome; a connection that fails is
 /// evicted. Returns whether it proved alive.
 pub(crate) async fn validate(conn: &mut Bb8Connection, shared: &Shared, timeout: Duration) -> bool {
-    match conn.validate(timeout).await {
+    // Boxed: the PING and its role check would otherwise take room in every checkout's
+    // future, and a hot checkout, which needs neither, would copy it around.
+    match Box::pin(conn.validate(timeout)).await {
         Ok(()) => {
             shared.validated(ValidationResult::Passed);
             true

@@ -336,30 +336,35 @@ impl GuardManager {
 }
 
 impl bb8::ManageConnection for GuardManager {
-    type Connection = GuardConnection;
+    /// Boxed: a checkout moves the connection from bb8's queue to the caller through several
+    /// layers, and a pointer is cheaper to move than the connection.
+    type Connection = Box<GuardConnection>;
     type Error = RedisError;
 
     /// bb8 asks for a connection for a waiting checkout: one attempt through the gate. bb8
     /// does not wake its waiters when a connect fails; the pool does (a waiter with no working
     /// connection left fails fast), and while connects fail the prober keeps trying, adding
     /// what it gets to the pool, so a waiter is served if Redis returns within its budget.
-    async fn connect(&self) -> Result<GuardConnection, RedisError> {
+    async fn connect(&self) -> Result<Box<GuardConnection>, RedisError> {
         match self.attempt(None, Skip::IfNobodyWaits).await {
-            Attempt::Connected(conn) => Ok(*conn),
+            Attempt::Connected(conn) => Ok(conn),
             Attempt::Failed(e) => Err(e),
             Attempt::Skipped => Err(RedisError::from((ErrorKind::Io, "the pool is closing"))),
         }
     }
 
-    async fn is_valid(&self, conn: &mut GuardConnection) -> Result<(), RedisError> {
-        conn.validate(self.shared.config().validation_timeout())
+    /// Never called on a checkout (the pool validates connections itself and turns bb8's
+    /// test off), but bb8's checkout future reserves room for it: boxed, it does not make
+    /// every checkout copy a validation's worth of bytes.
+    async fn is_valid(&self, conn: &mut Box<GuardConnection>) -> Result<(), RedisError> {
+        Box::pin(conn.validate(self.shared.config().validation_timeout()))
             .await
             .map_err(|reason| {
                 RedisError::from((ErrorKind::Io, "validation failed", reason.to_string()))
             })
     }
 
-    fn has_broken(&self, conn: &mut GuardConnection) -> bool {
+    fn has_broken(&self, conn: &mut Box<GuardConnection>) -> bool {
         // A closed pool keeps nothing.
         !conn.on_return() || self.shared.is_closing()
     }

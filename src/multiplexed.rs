@@ -22,15 +22,17 @@
 //!
 //! A cancelled call leaves nothing behind: the multiplexed driver reads its reply and drops it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use redis::RedisResult;
 use redis::aio::ConnectionLike;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
+use crate::clock::AtomicInstant;
 use crate::connection::{
     Call, Outcome, Reply, SharedParts, call_span, not_sent_closed, not_sent_failover,
     unless_never_written,
@@ -41,15 +43,17 @@ use crate::shared::Shared;
 use crate::transport::PeerState;
 
 /// The slots of a shared-mode pool, each holding at most one shared connection.
+///
+/// Every checkout reads a slot, from every core at once: an `ArcSwapOption` reads without
+/// writing to memory the other cores read (a lock would, twice per checkout), and each pick
+/// starts at a random slot rather than at a shared counter, for the same reason.
 pub(crate) struct SharedConnections {
     slots: Box<[Slot]>,
-    /// Where the next pick starts, so calls spread over the connections.
-    next: AtomicUsize,
 }
 
 #[derive(Default)]
 struct Slot {
-    connection: RwLock<Option<Arc<SharedConnection>>>,
+    connection: ArcSwapOption<SharedConnection>,
     /// Held while a connection is being opened for the slot: one at a time.
     refilling: Arc<tokio::sync::Mutex<()>>,
 }
@@ -68,16 +72,18 @@ impl SharedConnections {
     pub(crate) fn new(count: u32) -> Self {
         SharedConnections {
             slots: (0..count).map(|_| Slot::default()).collect(),
-            next: AtomicUsize::new(0),
         }
     }
 
-    /// The next usable connection, round robin. Connections found dead are retired and their
-    /// slots emptied; `empty` collects the slots that need a connection.
-    pub(crate) fn pick(&self, shared: &Shared, empty: &mut Vec<usize>) -> Pick {
+    /// A usable connection at `now`, looking from a random slot on. Connections found dead
+    /// are retired and their slots emptied; `empty` collects the slots that need a connection.
+    pub(crate) fn pick(&self, shared: &Shared, now: Instant, empty: &mut Vec<usize>) -> Pick {
         let count = self.slots.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
+        let start = if count == 1 {
+            0
+        } else {
+            fastrand::usize(..count)
+        };
         let mut check = None;
         for i in 0..count {
             let index = (start + i) % count;
@@ -101,27 +107,20 @@ impl SharedConnections {
             (Some(connection), _) => Pick::Check(connection),
             (None, Some(&index)) => Pick::Empty(index),
             // Every slot was taken between the two looks; the caller looks again.
-            (None, None) => Pick::Empty(start % count),
+            (None, None) => Pick::Empty(start),
         }
     }
 
     fn current(&self, index: usize) -> Option<Arc<SharedConnection>> {
-        self.slots[index]
-            .connection
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.slots[index].connection.load_full()
     }
 
     /// Empties slot `index` if it still holds `connection`.
     pub(crate) fn remove(&self, index: usize, connection: &Arc<SharedConnection>) {
-        let mut slot = self.slots[index]
-            .connection
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, connection)) {
-            *slot = None;
-        }
+        self.slots[index].connection.rcu(|current| match current {
+            Some(c) if Arc::ptr_eq(c, connection) => None,
+            other => other.clone(),
+        });
     }
 
     /// Empties the slot that holds `connection`, wherever it is.
@@ -148,10 +147,7 @@ impl SharedConnections {
 
     /// Puts a new connection in slot `index`.
     pub(crate) fn fill(&self, index: usize, connection: Arc<SharedConnection>) {
-        *self.slots[index]
-            .connection
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(connection);
+        self.slots[index].connection.store(Some(connection));
     }
 
     /// Shared connections that may still work.
@@ -165,10 +161,7 @@ impl SharedConnections {
     /// have ended.
     pub(crate) fn clear(&self) {
         for slot in self.slots.iter() {
-            slot.connection
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
+            slot.connection.store(None);
         }
     }
 }
@@ -190,8 +183,8 @@ pub(crate) struct SharedConnection {
     _permit: OwnedSemaphorePermit,
     /// Its socket, driver handle and where it leads, shared with `conn`.
     parts: SharedParts,
-    /// When Redis last answered on it, as nanoseconds after `opened`.
-    last_success: AtomicU64,
+    /// When Redis last answered on it (never earlier than its opening).
+    last_success: AtomicInstant,
     opened: Instant,
     in_flight: AtomicUsize,
     /// Redis answered a call on it: a later failure may be the socket's, not Redis's.
@@ -207,7 +200,7 @@ impl SharedConnection {
             served: AtomicBool::new(conn.has_served()),
             conn: tokio::sync::Mutex::new(conn),
             _permit: permit,
-            last_success: AtomicU64::new(0),
+            last_success: AtomicInstant::new(),
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             retired: AtomicBool::new(false),
@@ -233,13 +226,7 @@ impl SharedConnection {
     }
 
     fn last_success(&self) -> Instant {
-        self.opened + Duration::from_nanos(self.last_success.load(Ordering::Acquire))
-    }
-
-    fn answered(&self, at: Instant) {
-        let nanos = u64::try_from(at.saturating_duration_since(self.opened).as_nanos());
-        self.last_success
-            .fetch_max(nanos.unwrap_or(u64::MAX), Ordering::AcqRel);
+        self.last_success.get().unwrap_or(self.opened)
     }
 
     fn on_demoted_primary(&self, shared: &Shared) -> bool {
@@ -287,7 +274,8 @@ impl SharedConnection {
             Condition::Check => {}
         }
         if crate::inner::validate(&mut conn, shared, timeout).await {
-            self.answered(Instant::now());
+            // Exact: the validation is what lifts the suspicion.
+            self.last_success.set(Instant::now());
             true
         } else {
             // Evicted and counted by the validation.
@@ -368,7 +356,7 @@ impl SharedConnection {
                 }
                 Outcome::Answered => {
                     let now = Instant::now();
-                    self.answered(now);
+                    self.last_success.advance(now);
                     if !self.served.load(Ordering::Relaxed) {
                         self.served.store(true, Ordering::Release);
                     }

@@ -119,7 +119,7 @@ async fn connect(inner: &PoolInner, asked: Instant) -> bool {
     // was to learn whether Redis accepts connections.
     let shared = &inner.shared;
     if shared.waiting() == 0 && inner.pool.state().connections < shared.config().max_size() {
-        let _ = inner.pool.add(*conn);
+        let _ = inner.pool.add(conn);
     }
     true
 }

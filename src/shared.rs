@@ -299,7 +299,7 @@ impl Shared {
     /// Redis answered a command on an existing connection (an error reply counts: it travelled
     /// a working socket).
     pub(crate) fn answered(&self, at: Instant) {
-        self.last_answer.set(at);
+        self.last_answer.advance(at);
         self.on_transition(self.breaker.record_success(at));
     }
 
