@@ -1,4 +1,4 @@
-//! Hot-checkout latency: redis-guard (validation on) next to bb8-redis with and without its
+//! Hot-checkout latency: redis-guard (validation on, both modes) next to bb8-redis with and without its
 //! PING-on-checkout, against one real redis-server, in the same run.
 //!
 //! `make bench` (or `cargo bench --all-features --bench checkout`) prints a markdown table.
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bb8_redis::RedisConnectionManager;
 use redis_guard::testkit::RedisServer;
-use redis_guard::{Config, RedisGuard, StartupMode};
+use redis_guard::{Config, PoolMode, RedisGuard, StartupMode};
 
 const WARMUP: usize = 2_000;
 const SAMPLES: usize = 50_000;
@@ -63,14 +63,23 @@ fn main() {
         .expect("runtime");
     let server = RedisServer::start().expect("redis-server");
     let rows = runtime.block_on(async {
-        let config = Config::builder(server.url())
-            .name("bench")
-            .startup(StartupMode::WaitFor(Duration::from_secs(5)))
-            .build()
-            .unwrap();
-        let guard = RedisGuard::connect(config).await.unwrap();
-        let guard_samples = measure_hot_checkout!(guard.get());
-        let mut rows = vec![summarize("redis-guard (validation on, hot)", guard_samples)];
+        let mut rows = Vec::new();
+        for (name, mode) in [
+            (
+                "redis-guard exclusive (validation on, hot)",
+                PoolMode::Exclusive,
+            ),
+            ("redis-guard shared (validation on, hot)", PoolMode::Shared),
+        ] {
+            let config = Config::builder(server.url())
+                .name(name)
+                .mode(mode)
+                .startup(StartupMode::WaitFor(Duration::from_secs(5)))
+                .build()
+                .unwrap();
+            let guard = RedisGuard::connect(config).await.unwrap();
+            rows.push(summarize(name, measure_hot_checkout!(guard.get())));
+        }
         for (name, test) in [
             ("bb8-redis test_on_check_out=true (PING)", true),
             ("bb8-redis test_on_check_out=false", false),
@@ -93,7 +102,7 @@ fn main() {
     );
     println!("| pool | p50 | p99 | mean | p50 vs bb8 with PING |");
     println!("|---|---|---|---|---|");
-    let baseline = rows[1].p50.as_secs_f64();
+    let baseline = rows[2].p50.as_secs_f64();
     for row in &rows {
         println!(
             "| {} | {:.2} µs | {:.2} µs | {:.2} µs | {:.3}x |",

@@ -2,7 +2,7 @@
 //! redis-guard next to bb8-redis, deadpool-redis, redis-rs `ConnectionManager` and
 //! `redis-benchmark`, against one real redis-server, in the same run. Prints markdown tables.
 //!
-//! `cargo bench --all-features --bench throughput` (about a minute).
+//! `cargo bench --all-features --bench throughput` (about a minute and a half).
 
 mod common;
 
@@ -20,8 +20,13 @@ use redis_guard::testkit::RedisServer;
 use redis_guard::{Redis, RedisGuardLayer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const WARMUP: Duration = Duration::from_millis(300);
-const RUN: Duration = Duration::from_millis(1500);
+/// Each contender runs `ROUNDS` times per concurrency, in turns with the others (the order
+/// rotates), so that a change of conditions during the run (where the scheduler puts
+/// `redis-server`, the CPU's clock) falls on every contender alike; a ratio is taken between
+/// runs of the same round, and the table gives their median and range.
+const ROUNDS: usize = 5;
+const WARMUP: Duration = Duration::from_millis(100);
+const RUN: Duration = Duration::from_millis(400);
 
 struct Measured {
     ops_per_sec: f64,
@@ -33,7 +38,7 @@ struct Measured {
 }
 
 /// `concurrency` tasks call `op` in a loop; latencies after the warm-up are kept.
-async fn run_load<F, Fut>(concurrency: usize, op: F) -> Measured
+async fn run_load<F, Fut>(concurrency: usize, op: F) -> (f64, Vec<Duration>)
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -62,13 +67,68 @@ where
     for task in tasks {
         all.extend(task.await.unwrap());
     }
-    all.sort();
-    Measured {
-        ops_per_sec: all.len() as f64 / RUN.as_secs_f64(),
-        p50: all[all.len() / 2],
-        p99: all[all.len() * 99 / 100],
-        max: *all.last().unwrap(),
+    (all.len() as f64 / RUN.as_secs_f64(), all)
+}
+
+/// Every round's throughput of one contender, and the latencies of all its rounds.
+#[derive(Default)]
+struct Rounds {
+    ops_per_sec: Vec<f64>,
+    latencies: Vec<Duration>,
+}
+
+impl Rounds {
+    fn add(&mut self, (ops_per_sec, latencies): (f64, Vec<Duration>)) {
+        self.ops_per_sec.push(ops_per_sec);
+        self.latencies.extend(latencies);
     }
+
+    fn measured(&mut self) -> Measured {
+        self.latencies.sort();
+        let all = &self.latencies;
+        Measured {
+            ops_per_sec: median(&self.ops_per_sec),
+            p50: all[all.len() / 2],
+            p99: all[all.len() * 99 / 100],
+            max: *all.last().unwrap(),
+        }
+    }
+
+    /// This contender's throughput over `other`'s, round by round: median and range.
+    fn ratio(&self, other: &Rounds) -> String {
+        let ratios: Vec<f64> = self
+            .ops_per_sec
+            .iter()
+            .zip(&other.ops_per_sec)
+            .map(|(a, b)| a / b)
+            .collect();
+        let (low, high) = ratios
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+        format!("{:.2}x ({low:.2}-{high:.2})", median(&ratios))
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// Runs `loads` in turns, `ROUNDS` times, the first of each round rotating.
+async fn interleaved<L, Fut>(loads: &[L]) -> Vec<Rounds>
+where
+    L: Fn() -> Fut,
+    Fut: std::future::Future<Output = (f64, Vec<Duration>)>,
+{
+    let mut rounds: Vec<Rounds> = loads.iter().map(|_| Rounds::default()).collect();
+    for round in 0..ROUNDS {
+        for turn in 0..loads.len() {
+            let index = (round + turn) % loads.len();
+            rounds[index].add(loads[index]().await);
+        }
+    }
+    rounds
 }
 
 /// `redis-benchmark -t get` at the same concurrency: the physical reference.
@@ -161,7 +221,11 @@ async fn bb8_handler(State(pool): State<bb8::Pool<RedisConnectionManager>>) -> S
     pool.get().await.unwrap().get(KEY).await.unwrap()
 }
 
-async fn http_load(addr: std::net::SocketAddr, path: &'static str, concurrency: usize) -> Measured {
+async fn http_load(
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    concurrency: usize,
+) -> (f64, Vec<Duration>) {
     let clients: Vec<_> =
         futures_join((0..concurrency).map(|_| HttpClient::connect(addr, path))).await;
     let clients: Vec<_> = clients
@@ -208,39 +272,45 @@ fn main() {
         }
 
         println!("\n### GET throughput, pool of {POOL_SIZE}, loopback redis-server, 2 cores shared by client and server\n");
+        println!("{ROUNDS} interleaved rounds of {RUN:?} per client: ops/s is the median round, latencies are over all rounds, ratios are the median (and range) of same-round ratios.");
         for concurrency in [1usize, 32, 128] {
             println!("\nconcurrency {concurrency}\n");
-            println!("| client | ops/s | p50 | p99 | max | vs bb8 no check | vs bb8 default | vs ConnectionManager |");
+            println!("| client | ops/s | p50 | p99 | max | vs bb8 no check | vs ConnectionManager | vs ConnectionManager, TCP_NODELAY |");
             println!("|---|---|---|---|---|---|---|---|");
-            let mut rows = Vec::new();
-            for (name, contender) in &contenders {
-                let contender = contender.clone();
-                let m = run_load(concurrency, move || {
-                    let c = contender.clone();
-                    async move { c.get().await.expect("GET") }
+            let loads: Vec<_> = contenders
+                .iter()
+                .map(|(_, contender)| {
+                    move || {
+                        let contender = contender.clone();
+                        run_load(concurrency, move || {
+                            let c = contender.clone();
+                            async move { c.get().await.expect("GET") }
+                        })
+                    }
                 })
-                .await;
-                rows.push((name.to_string(), m));
-            }
-            rows.push((
-                "redis-benchmark -t get (reference)".to_owned(),
-                redis_benchmark(server.port(), concurrency),
-            ));
-            let no_check = rows[common::BB8_NO_CHECK].1.ops_per_sec;
-            let default = rows[common::BB8_DEFAULT].1.ops_per_sec;
-            let manager = rows[common::MANAGER].1.ops_per_sec;
-            for (name, m) in &rows {
+                .collect();
+            let mut rounds = interleaved(&loads).await;
+            for (i, (name, _)) in contenders.iter().enumerate() {
+                let m = rounds[i].measured();
                 println!(
-                    "| {name} | {:.0} | {} | {} | {} | {:.2}x | {:.2}x | {:.2}x |",
+                    "| {name} | {:.0} | {} | {} | {} | {} | {} | {} |",
                     m.ops_per_sec,
                     micros(m.p50),
                     micros(m.p99),
                     micros(m.max),
-                    m.ops_per_sec / no_check,
-                    m.ops_per_sec / default,
-                    m.ops_per_sec / manager,
+                    rounds[i].ratio(&rounds[common::BB8_NO_CHECK]),
+                    rounds[i].ratio(&rounds[common::MANAGER]),
+                    rounds[i].ratio(&rounds[common::MANAGER_NODELAY]),
                 );
             }
+            let m = redis_benchmark(server.port(), concurrency);
+            println!(
+                "| redis-benchmark -t get (reference, one run) | {:.0} | {} | {} | {} | | | |",
+                m.ops_per_sec,
+                micros(m.p50),
+                micros(m.p99),
+                micros(m.max),
+            );
         }
 
         // The same handler (one GET) behind redis-guard's layer and extractor, and on a bare
@@ -261,24 +331,28 @@ fn main() {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         let concurrency = 32;
-        let guarded = http_load(addr, "/guard", concurrency).await;
-        let shared = http_load(addr, "/shared", concurrency).await;
-        let plain = http_load(addr, "/bb8", concurrency).await;
+        let handlers = [
+            ("redis-guard exclusive: layer + `Redis` extractor", "/guard"),
+            ("redis-guard shared: layer + `Redis` extractor", "/shared"),
+            ("bare bb8-redis pool in state (no check)", "/bb8"),
+        ];
+        let loads: Vec<_> = handlers
+            .iter()
+            .map(|&(_, path)| move || http_load(addr, path, concurrency))
+            .collect();
+        let mut rounds = interleaved(&loads).await;
         println!("\n### axum handler doing one GET, over loopback HTTP/1.1 keep-alive, concurrency {concurrency}\n");
-        println!("| handler | requests/s | p50 | p99 | max | ratio |");
+        println!("| handler | requests/s | p50 | p99 | max | vs bare bb8 |");
         println!("|---|---|---|---|---|---|");
-        for (name, m) in [
-            ("redis-guard exclusive: layer + `Redis` extractor", &guarded),
-            ("redis-guard shared: layer + `Redis` extractor", &shared),
-            ("bare bb8-redis pool in state (no check)", &plain),
-        ] {
+        for (i, (name, _)) in handlers.iter().enumerate() {
+            let m = rounds[i].measured();
             println!(
-                "| {name} | {:.0} | {} | {} | {} | {:.2}x |",
+                "| {name} | {:.0} | {} | {} | {} | {} |",
                 m.ops_per_sec,
                 micros(m.p50),
                 micros(m.p99),
                 micros(m.max),
-                m.ops_per_sec / plain.ops_per_sec
+                rounds[i].ratio(&rounds[2]),
             );
         }
     });
