@@ -128,20 +128,15 @@ impl<S: Send + Sync> FromRequestParts<S> for RedisGuard {
     type Rejection = RedisRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<RedisGuard>()
-            .cloned()
-            .ok_or(RedisRejection::MissingLayer)
+        layer_pool(parts).cloned()
     }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Redis {
     type Rejection = RedisRejection;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let guard = RedisGuard::from_request_parts(parts, state).await?;
-        Ok(Redis(guard.get().await?))
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Redis(layer_pool(parts)?.get().await?))
     }
 }
 
@@ -153,10 +148,9 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Redis {
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &S,
+        _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
-        let guard = RedisGuard::from_request_parts(parts, state).await?;
-        Ok(optional(guard.get().await).map(Redis))
+        Ok(optional(layer_pool(parts)?.get().await).map(Redis))
     }
 }
 
@@ -295,4 +289,13 @@ where
 /// by the pool like any failed checkout.
 fn optional(checked_out: Result<PooledConnection, Error>) -> Option<PooledConnection> {
     checked_out.ok()
+}
+
+/// The pool [`RedisGuardLayer`](crate::RedisGuardLayer) put in the request, borrowed: a
+/// checkout takes its own reference to the pool.
+fn layer_pool(parts: &Parts) -> Result<&RedisGuard, RedisRejection> {
+    parts
+        .extensions
+        .get::<RedisGuard>()
+        .ok_or(RedisRejection::MissingLayer)
 }

@@ -495,15 +495,18 @@ impl PoolInner {
             when_closing,
         } = budget;
         let shared = &self.shared;
-        let step = tokio::time::timeout_at(deadline.into(), make());
+        let step = make();
         tokio::pin!(step);
         // The hot path (a permit free, a connection idle) is done in one poll, without the
-        // notifications below: each costs a lock to register.
+        // deadline's timer or the notifications below: each costs a lock or a reference count
+        // to set up.
         if let Poll::Ready(done) =
             std::future::poll_fn(|cx| Poll::Ready(step.as_mut().poll(cx))).await
         {
-            return done.map_err(|_elapsed| self.timed_out(started));
+            return Ok(done);
         }
+        let expired = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(expired);
         // When to ask bb8 again after a failed connect: at the gate's next turn, by which time
         // bb8 has also counted the failed attempt (asking at once, it may believe the attempt
         // still pending and start none).
@@ -523,7 +526,8 @@ impl PoolInner {
             let ask_again = tokio::time::sleep_until(ask_again_at.unwrap_or(deadline).into());
             tokio::select! {
                 biased;
-                done = &mut step => return done.map_err(|_elapsed| self.timed_out(started)),
+                done = &mut step => return Ok(done),
+                () = &mut expired => return Err(self.timed_out(started)),
                 // Woken once per failed attempt: look again, and ask again at the next turn.
                 () = &mut failure => {
                     if restart == Restart::Yes {
@@ -532,7 +536,7 @@ impl PoolInner {
                 }
                 () = ask_again, if ask_again_at.is_some() => {
                     ask_again_at = None;
-                    step.set(tokio::time::timeout_at(deadline.into(), make()));
+                    step.set(make());
                 }
                 () = shared.closed(), if when_closing == WhenClosing::Fail => {
                     return Err(self.unavailable(UnavailableReason::Closed));
