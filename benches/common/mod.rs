@@ -2,6 +2,8 @@
 //! a pool of `POOL_SIZE` where it has a pool.
 #![allow(dead_code)] // each benchmark uses its own subset
 
+pub mod load;
+
 use std::time::Duration;
 
 use bb8_redis::RedisConnectionManager;
