@@ -617,9 +617,9 @@ impl<'a> Call<'a> {
     /// Sends the call on a pooled connection, which judges its outcome.
     pub(crate) async fn send(self, conn: &mut GuardConnection) -> RedisResult<Reply> {
         match self {
-            Call::One(cmd) => conn.req_packed_command(cmd).await.map(Reply::One),
+            Call::One(cmd) => conn.send_one(cmd).await.map(Reply::One),
             Call::Many(pipeline, offset, count) => conn
-                .req_packed_commands(pipeline, offset, count)
+                .send_many(pipeline, offset, count)
                 .await
                 .map(Reply::Many),
         }
@@ -837,33 +837,87 @@ pub(crate) fn pipeline_operation(pipeline: &Pipeline) -> &'static str {
     }
 }
 
+impl GuardConnection {
+    /// Sends one command and judges its outcome. The pool's checkouts await this in place;
+    /// [`ConnectionLike`] boxes it (redis-rs's interface), and a checkout's own call future,
+    /// boxed already, would otherwise allocate a second one on every call.
+    pub(crate) async fn send_one(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        let span = self.call_span(&command::OperationName::of(cmd), None);
+        async move {
+            self.refuse_if_demoted()?;
+            self.refuse_if_closed()?;
+            self.set_reply_wait(std::iter::once(cmd));
+            self.in_flight = true;
+            let written = self.link.written();
+            let result = match self.inner.send_packed_command(cmd).await {
+                // An error reply, as the error it is (redis-rs's query_async would make it one
+                // anyway): so it is judged here like any failure.
+                Ok(Value::ServerError(e)) => Err(RedisError::from(e)),
+                other => other,
+            };
+            self.in_flight = false;
+            self.note_outcome(&result);
+            match &result {
+                Ok(reply) => self.session.apply(cmd, reply),
+                Err(e) if !is_infrastructure_failure(e) => self.session.apply_failed(cmd),
+                Err(_) => {}
+            }
+            unless_never_written(&self.link, written, result)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Sends `count` commands of `pipeline` from `offset` and judges their outcome: see
+    /// [`send_one`](Self::send_one).
+    pub(crate) async fn send_many(
+        &mut self,
+        pipeline: &Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        let span = self.call_span(&pipeline_operation(pipeline), Some(count));
+        async move {
+            self.refuse_if_demoted()?;
+            self.refuse_if_closed()?;
+            self.set_reply_wait(pipeline.cmd_iter());
+            self.in_flight = true;
+            let written = self.link.written();
+            let result = self
+                .inner
+                .send_packed_commands(pipeline, offset, count)
+                .await;
+            self.in_flight = false;
+            self.note_outcome(&result);
+            if let Ok(values) = &result
+                && values.iter().any(is_role_refusal)
+            {
+                self.evict(EvictionReason::RoleChange);
+            }
+            let atomic = pipeline.is_transaction();
+            match &result {
+                // Some commands were refused: which ones ran is not known.
+                Ok(values) if values.iter().any(|v| matches!(v, Value::ServerError(_))) => self
+                    .session
+                    .apply_failed_pipeline(pipeline.cmd_iter(), atomic),
+                Ok(replies) => self
+                    .session
+                    .apply_pipeline(pipeline.cmd_iter(), atomic, replies),
+                Err(e) if !is_infrastructure_failure(e) => self
+                    .session
+                    .apply_failed_pipeline(pipeline.cmd_iter(), atomic),
+                Err(_) => {}
+            }
+            unless_never_written(&self.link, written, result)
+        }
+        .instrument(span)
+        .await
+    }
+}
+
 impl ConnectionLike for GuardConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let span = self.call_span(&command::OperationName::of(cmd), None);
-        Box::pin(
-            async move {
-                self.refuse_if_demoted()?;
-                self.refuse_if_closed()?;
-                self.set_reply_wait(std::iter::once(cmd));
-                self.in_flight = true;
-                let written = self.link.written();
-                let result = match self.inner.send_packed_command(cmd).await {
-                    // An error reply, as the error it is (redis-rs's query_async would make it one
-                    // anyway): so it is judged here like any failure.
-                    Ok(Value::ServerError(e)) => Err(RedisError::from(e)),
-                    other => other,
-                };
-                self.in_flight = false;
-                self.note_outcome(&result);
-                match &result {
-                    Ok(reply) => self.session.apply(cmd, reply),
-                    Err(e) if !is_infrastructure_failure(e) => self.session.apply_failed(cmd),
-                    Err(_) => {}
-                }
-                unless_never_written(&self.link, written, result)
-            }
-            .instrument(span),
-        )
+        Box::pin(self.send_one(cmd))
     }
 
     fn req_packed_commands<'a>(
@@ -872,44 +926,7 @@ impl ConnectionLike for GuardConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let span = self.call_span(&pipeline_operation(pipeline), Some(count));
-        Box::pin(
-            async move {
-                self.refuse_if_demoted()?;
-                self.refuse_if_closed()?;
-                self.set_reply_wait(pipeline.cmd_iter());
-                self.in_flight = true;
-                let written = self.link.written();
-                let result = self
-                    .inner
-                    .send_packed_commands(pipeline, offset, count)
-                    .await;
-                self.in_flight = false;
-                self.note_outcome(&result);
-                if let Ok(values) = &result
-                    && values.iter().any(is_role_refusal)
-                {
-                    self.evict(EvictionReason::RoleChange);
-                }
-                let atomic = pipeline.is_transaction();
-                match &result {
-                    // Some commands were refused: which ones ran is not known.
-                    Ok(values) if values.iter().any(|v| matches!(v, Value::ServerError(_))) => self
-                        .session
-                        .apply_failed_pipeline(pipeline.cmd_iter(), atomic),
-                    Ok(replies) => {
-                        self.session
-                            .apply_pipeline(pipeline.cmd_iter(), atomic, replies)
-                    }
-                    Err(e) if !is_infrastructure_failure(e) => self
-                        .session
-                        .apply_failed_pipeline(pipeline.cmd_iter(), atomic),
-                    Err(_) => {}
-                }
-                unless_never_written(&self.link, written, result)
-            }
-            .instrument(span),
-        )
+        Box::pin(self.send_many(pipeline, offset, count))
     }
 
     fn get_db(&self) -> i64 {
