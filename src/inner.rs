@@ -13,7 +13,8 @@
 //! 5. one suspected of having failed with a peer is validated off the caller's path;
 //! 6. one that completed a command within `validation_bypass` is handed out as is;
 //! 7. any other is PINGed under `validation_timeout`; if that fails it is evicted and the loop
-//!    takes another.
+//!    takes another. A PING cut short by what is left of the budget proves nothing: the
+//!    connection stays, and the checkout times out.
 //!
 //! Outcomes go to [`Shared`], which alone decides what the breaker and the metrics make of
 //! them. The prober uses this module, never the public handle.
@@ -338,10 +339,11 @@ impl PoolInner {
                 Pick::Check(connection) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     let timeout = shared.validation_timeout().min(remaining);
-                    if Box::pin(connection.check(shared, timeout)).await {
-                        return Ok(connection);
+                    match Box::pin(connection.check(shared, timeout)).await {
+                        Validated::Alive => return Ok(connection),
+                        Validated::Unknown => return Err(self.timed_out(started)),
+                        Validated::Dead => multiplexed.forget(&connection),
                     }
-                    multiplexed.forget(&connection);
                 }
                 Pick::Empty(index) => {
                     if let Some(connection) =
@@ -457,17 +459,17 @@ impl PoolInner {
                     Ok(permit) => {
                         tokio::spawn(validate_in_background(conn, permit, shared.clone()));
                     }
-                    Err(_) => {
-                        if validate(&mut conn, shared, timeout()).await {
-                            return Ok(conn);
-                        }
-                    }
+                    Err(_) => match validate(&mut conn, shared, timeout()).await {
+                        Validated::Alive => return Ok(conn),
+                        Validated::Unknown => return Err(self.timed_out(budget.started)),
+                        Validated::Dead => {}
+                    },
                 },
-                Verdict::Validate => {
-                    if validate(&mut conn, shared, timeout()).await {
-                        return Ok(conn);
-                    }
-                }
+                Verdict::Validate => match validate(&mut conn, shared, timeout()).await {
+                    Validated::Alive => return Ok(conn),
+                    Validated::Unknown => return Err(self.timed_out(budget.started)),
+                    Validated::Dead => {}
+                },
             }
             // Dropping an evicted connection returns it to bb8, which closes it and frees its
             // slot for a replacement.
@@ -598,21 +600,46 @@ impl PoolInner {
     }
 }
 
+/// What a validation found out about a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Validated {
+    /// It answered: hand it out.
+    Alive,
+    /// It failed, and was evicted.
+    Dead,
+    /// No answer within a timeout that the checkout's budget cut below the pool's own: that
+    /// says nothing about the connection (the budget may have left less than a round trip),
+    /// so it is kept, still to be validated by the next checkout, and the checkout times out.
+    Unknown,
+}
+
 /// Validates `conn` within `timeout`, counting the outcome; a connection that fails is
-/// evicted. Returns whether it proved alive.
-pub(crate) async fn validate(conn: &mut Bb8Connection, shared: &Shared, timeout: Duration) -> bool {
+/// evicted.
+pub(crate) async fn validate(
+    conn: &mut Bb8Connection,
+    shared: &Shared,
+    timeout: Duration,
+) -> Validated {
     // Boxed: the PING and its role check would otherwise take room in every checkout's
     // future, and a hot checkout, which needs neither, would copy it around.
     match Box::pin(conn.validate(timeout)).await {
         Ok(()) => {
             shared.validated(ValidationResult::Passed);
-            true
+            Validated::Alive
+        }
+        Err(ValidationFailure::TimedOut(after)) if after < shared.validation_timeout() => {
+            tracing::debug!(
+                connection_id = conn.connection_id(),
+                ?after,
+                "validation cut short by the checkout budget; connection kept"
+            );
+            Validated::Unknown
         }
         Err(failure) => {
             shared.validated(ValidationResult::Failed);
             tracing::debug!(connection_id = conn.connection_id(), %failure, "validation failed");
             conn.evict(eviction_reason(&failure));
-            false
+            Validated::Dead
         }
     }
 }

@@ -37,7 +37,7 @@ use crate::connection::{
     Call, Outcome, Reply, SharedParts, call_span, not_sent_closed, not_sent_failover,
     unless_never_written,
 };
-use crate::inner::Bb8Connection;
+use crate::inner::{Bb8Connection, Validated};
 use crate::metrics::EvictionReason;
 use crate::shared::Shared;
 use crate::transport::PeerState;
@@ -261,27 +261,26 @@ impl SharedConnection {
         }
     }
 
-    /// PINGs it, unless another caller proved it meanwhile. Returns whether it may be used;
-    /// one that fails is retired.
-    pub(crate) async fn check(&self, shared: &Shared, timeout: Duration) -> bool {
+    /// PINGs it, unless another caller proved it meanwhile. One that fails is retired.
+    pub(crate) async fn check(&self, shared: &Shared, timeout: Duration) -> Validated {
         let mut conn = self.conn.lock().await;
         match self.condition(shared, Instant::now()) {
-            Condition::Ready => return true,
+            Condition::Ready => return Validated::Alive,
             Condition::Dead(reason) => {
                 self.retire_locked(&mut conn, reason);
-                return false;
+                return Validated::Dead;
             }
             Condition::Check => {}
         }
-        if crate::inner::validate(&mut conn, shared, timeout).await {
+        let validated = crate::inner::validate(&mut conn, shared, timeout).await;
+        match validated {
             // Exact: the validation is what lifts the suspicion.
-            self.last_success.set(Instant::now());
-            true
-        } else {
+            Validated::Alive => self.last_success.set(Instant::now()),
             // Evicted and counted by the validation.
-            self.retired.store(true, Ordering::Release);
-            false
+            Validated::Dead => self.retired.store(true, Ordering::Release),
+            Validated::Unknown => {}
         }
+        validated
     }
 
     /// No new call goes to it; counted as an eviction for `reason` (its peers become

@@ -105,7 +105,9 @@ impl RedisGuard {
     /// 5. one suspected of having failed like a peer that just failed is PINGed off the
     ///    caller's path, and the next one is taken meanwhile;
     /// 6. one that completed a command within `validation_bypass` is handed out as is;
-    /// 7. any other is PINGed under `validation_timeout`, and evicted if that fails.
+    /// 7. any other is PINGed under `validation_timeout`, and evicted if that fails; a PING
+    ///    that the budget left cut short proves nothing either way, so the connection stays
+    ///    in the pool and the checkout times out.
     ///
     /// In [`PoolMode::Shared`](crate::PoolMode::Shared) the same steps apply to the shared
     /// connection the checkout's plain commands will go over (3: a connection is opened when

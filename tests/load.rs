@@ -280,3 +280,49 @@ async fn overloaded_pool_serves_callers_in_turn_so_none_times_out() {
         0.0
     );
 }
+
+/// A saturated pool hands its only connection to a waiter whose budget is nearly spent, and
+/// the connection must be PINGed first (idle past the bypass window): the PING cannot come
+/// back in the few milliseconds left. The waiter times out, but the connection is not taken
+/// for a dead one: it stays in the pool, and the next checkout proves and gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_out_of_budget_does_not_evict_the_connection_it_was_validating() {
+    let server = RedisServer::start().expect("redis-server");
+    let proxy = FaultProxy::start(server.addr()).await.expect("proxy");
+    let pool = "out-of-budget";
+    // Every reply takes 100 ms: a PING needs that much, well within validation_timeout.
+    proxy.set_mode(ProxyMode::Delay(Duration::from_millis(100)));
+    let guard = guard(
+        config(&proxy.url(), pool)
+            .max_size(1)
+            .checkout_timeout(Duration::from_millis(400))
+            .validation_timeout(Duration::from_millis(250))
+            .validation_bypass(Duration::from_millis(50)),
+    )
+    .await;
+    let held = guard.get().await.expect("the only connection");
+    let id = held.connection_id();
+    let waiter = tokio::spawn({
+        let guard = guard.clone();
+        async move { guard.get().await.map(|conn| conn.connection_id()) }
+    });
+    // Given back with about 40 ms of the waiter's 400 ms left, idle past the bypass window.
+    tokio::time::sleep(Duration::from_millis(360)).await;
+    drop(held);
+    let waited = waiter.await.unwrap();
+    assert!(
+        matches!(waited, Err(redis_guard::Error::Timeout { .. })),
+        "the waiter ran out of budget: {waited:?}"
+    );
+    assert_eq!(
+        evictions(pool, "validation_failed"),
+        0.0,
+        "a PING cut short by the budget evicted a working connection"
+    );
+    let next = guard.get().await.expect("a checkout with its whole budget");
+    assert_eq!(
+        next.connection_id(),
+        id,
+        "the same connection, proven by a PING"
+    );
+}
