@@ -453,23 +453,26 @@ impl PoolInner {
                     shared.validated(ValidationResult::Skipped);
                     return Ok(conn);
                 }
-                // Off the caller's path, holding a permit of its own so the pool stays within
-                // max_size; when none is free (a saturated pool), the caller validates it.
-                Verdict::Suspect => match shared.checkout_permits().clone().try_acquire_owned() {
-                    Ok(permit) => {
+                // A suspect one is validated off the caller's path, holding a permit of its own
+                // so the pool stays within max_size; when none is free (a saturated pool), the
+                // caller validates it.
+                verdict @ (Verdict::Suspect | Verdict::Validate) => {
+                    let background = match verdict {
+                        Verdict::Suspect => {
+                            shared.checkout_permits().clone().try_acquire_owned().ok()
+                        }
+                        _ => None,
+                    };
+                    if let Some(permit) = background {
                         tokio::spawn(validate_in_background(conn, permit, shared.clone()));
+                    } else {
+                        match validate(&mut conn, shared, timeout()).await {
+                            Validated::Alive => return Ok(conn),
+                            Validated::Unknown => return Err(self.timed_out(budget.started)),
+                            Validated::Dead => {}
+                        }
                     }
-                    Err(_) => match validate(&mut conn, shared, timeout()).await {
-                        Validated::Alive => return Ok(conn),
-                        Validated::Unknown => return Err(self.timed_out(budget.started)),
-                        Validated::Dead => {}
-                    },
-                },
-                Verdict::Validate => match validate(&mut conn, shared, timeout()).await {
-                    Validated::Alive => return Ok(conn),
-                    Validated::Unknown => return Err(self.timed_out(budget.started)),
-                    Validated::Dead => {}
-                },
+                }
             }
             // Dropping an evicted connection returns it to bb8, which closes it and frees its
             // slot for a replacement.
