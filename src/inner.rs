@@ -337,9 +337,7 @@ impl PoolInner {
             match pick {
                 Pick::Ready(connection) => return Ok(connection),
                 Pick::Check(connection) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    let timeout = shared.validation_timeout().min(remaining);
-                    match Box::pin(connection.check(shared, timeout)).await {
+                    match Box::pin(connection.check(shared, deadline)).await {
                         Validated::Alive => return Ok(connection),
                         Validated::Unknown => return Err(self.timed_out(started)),
                         Validated::Dead => multiplexed.forget(&connection),
@@ -443,10 +441,6 @@ impl PoolInner {
                 .await?
                 // bb8 only ever times out: its connects report to the gate, not to us.
                 .map_err(|_| self.timed_out(budget.started))?;
-            let timeout = || {
-                let remaining = budget.deadline.saturating_duration_since(Instant::now());
-                shared.validation_timeout().min(remaining)
-            };
             match conn.verdict(Instant::now()) {
                 Verdict::Evict(reason) => conn.evict(reason),
                 Verdict::Fresh => {
@@ -466,7 +460,7 @@ impl PoolInner {
                     if let Some(permit) = background {
                         tokio::spawn(validate_in_background(conn, permit, shared.clone()));
                     } else {
-                        match validate(&mut conn, shared, timeout()).await {
+                        match validate(&mut conn, shared, Some(budget.deadline)).await {
                             Validated::Alive => return Ok(conn),
                             Validated::Unknown => return Err(self.timed_out(budget.started)),
                             Validated::Dead => {}
@@ -616,21 +610,25 @@ pub(crate) enum Validated {
     Unknown,
 }
 
-/// Validates `conn` within `timeout`, counting the outcome; a connection that fails is
+/// Validates `conn` within the pool's validation timeout, or what is left before `deadline`
+/// (a checkout's budget) if that is less, counting the outcome; a connection that fails is
 /// evicted.
 pub(crate) async fn validate(
     conn: &mut Bb8Connection,
     shared: &Shared,
-    timeout: Duration,
+    deadline: Option<Instant>,
 ) -> Validated {
+    let timeout = shared.validation_timeout();
+    let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+    let cut_short = left.is_some_and(|left| left < timeout);
     // Boxed: the PING and its role check would otherwise take room in every checkout's
     // future, and a hot checkout, which needs neither, would copy it around.
-    match Box::pin(conn.validate(timeout)).await {
+    match Box::pin(conn.validate(left.map_or(timeout, |left| left.min(timeout)))).await {
         Ok(()) => {
             shared.validated(ValidationResult::Passed);
             Validated::Alive
         }
-        Err(ValidationFailure::TimedOut(after)) if after < shared.validation_timeout() => {
+        Err(ValidationFailure::TimedOut(after)) if cut_short => {
             tracing::debug!(
                 connection_id = conn.connection_id(),
                 ?after,
@@ -655,8 +653,7 @@ async fn validate_in_background(
     _permit: OwnedSemaphorePermit,
     shared: Arc<Shared>,
 ) {
-    let timeout = shared.validation_timeout();
-    validate(&mut conn, &shared, timeout).await;
+    validate(&mut conn, &shared, None).await;
 }
 
 /// What a failed validation evicts a connection as.

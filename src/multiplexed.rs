@@ -261,8 +261,9 @@ impl SharedConnection {
         }
     }
 
-    /// PINGs it, unless another caller proved it meanwhile. One that fails is retired.
-    pub(crate) async fn check(&self, shared: &Shared, timeout: Duration) -> Validated {
+    /// PINGs it before `deadline` (the checkout's budget), unless another caller proved it
+    /// meanwhile. One that fails is retired.
+    pub(crate) async fn check(&self, shared: &Shared, deadline: Instant) -> Validated {
         let mut conn = self.conn.lock().await;
         match self.condition(shared, Instant::now()) {
             Condition::Ready => return Validated::Alive,
@@ -272,7 +273,7 @@ impl SharedConnection {
             }
             Condition::Check => {}
         }
-        let validated = crate::inner::validate(&mut conn, shared, timeout).await;
+        let validated = crate::inner::validate(&mut conn, shared, Some(deadline)).await;
         match validated {
             // Exact: the validation is what lifts the suspicion.
             Validated::Alive => self.last_success.set(Instant::now()),
