@@ -302,7 +302,17 @@ impl Breaker {
         self.move_to(&mut counts, BreakerState::Closed)
     }
 
-    /// A connect succeeded while the breaker was open while the breaker was open: let trial calls decide.
+    /// The primary moved: failures of the old one say nothing about the new one. A closed
+    /// breaker starts a fresh window; an open one stays open until a connect to the new
+    /// primary succeeds (which the move starts at once).
+    pub(crate) fn forget_failures(&self) {
+        let mut counts = self.lock();
+        counts.consecutive_failures = 0;
+        counts.recent.clear();
+        self.last_failure.clear();
+    }
+
+    /// A connect succeeded while the breaker was open: let trial calls decide.
     pub(crate) fn probe_succeeded(&self) -> Transition {
         let mut counts = self.lock();
         match self.state() {

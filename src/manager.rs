@@ -1,8 +1,10 @@
 //! [`GuardManager`]: how connections are opened, paced, checked and retired.
 //!
-//! Every connect of a pool (bb8 filling a slot, start-up, the prober) passes one gate: one
-//! attempt in flight at a time, and after two failed attempts in a row the next one waits out
-//! a jittered backoff, whoever asks for it. However many requests wait on a Redis that refuses, it sees
+//! Every connect of a pool (bb8 filling a slot, start-up, the prober) passes one gate. While
+//! connects succeed, a few run at once (a pool refilling after a failover needs dozens, and
+//! one at a time that takes a quarter of a second under load); once one fails, one attempt is
+//! in flight at a time, and after two failed attempts in a row the next one waits out a
+//! jittered backoff, whoever asks for it. However many requests wait on a Redis that refuses, it sees
 //! at most one connect per backoff pause from this pool, and a waiter sleeps until an outcome
 //! rather than spinning.
 
@@ -30,18 +32,33 @@ use crate::transport::{self, BoxedStream, LinkHealth, LinkState, PeerProbe, Trac
 #[derive(Debug, Clone)]
 pub(crate) struct GuardManager {
     shared: Arc<Shared>,
-    /// Held for the whole of one attempt (FIFO): one connect in flight per pool. Holds the
-    /// backoff that paces the attempt after a failure, and when the last attempt ended.
-    gate: Arc<tokio::sync::Mutex<Gate>>,
+    gate: Arc<Gate>,
 }
+
+/// Connects in flight at once while the last one succeeded.
+const CONNECTS_AT_ONCE: u32 = 4;
 
 #[derive(Debug)]
 struct Gate {
+    /// An attempt holds one turn while connects succeed, all of them once one failed (FIFO:
+    /// tokio's semaphore serves a large request before later small ones).
+    turns: tokio::sync::Semaphore,
+    pace: std::sync::Mutex<Pace>,
+}
+
+/// The backoff that paces attempts after a failure, and when the last attempt ended.
+#[derive(Debug)]
+struct Pace {
     backoff: Backoff,
     last_outcome_at: Option<Instant>,
     /// Failed attempts in a row.
     failures: u32,
 }
+
+/// How many times one attempt starts over because the primary moved under it: moves come
+/// seconds apart, so more within one attempt means the sentinels disagree, and the attempt
+/// ends with what it found.
+const MAX_RESTARTS: u32 = 3;
 
 /// A socket opened to Redis, before the Redis handshake.
 struct Opened {
@@ -75,6 +92,54 @@ pub(crate) enum Attempt {
     Skipped,
 }
 
+impl Gate {
+    /// Waits for this attempt's turn: one of the turns while connects succeed, all of them
+    /// once one failed, also for an attempt that queued before that failure.
+    async fn turn(&self) -> tokio::sync::SemaphorePermit<'_> {
+        let failing = || self.pace().failures > 0;
+        let wanted = if failing() { CONNECTS_AT_ONCE } else { 1 };
+        let turn = self.turns.acquire_many(wanted).await;
+        let turn = turn.expect("the gate is never closed");
+        if turn.num_permits() == CONNECTS_AT_ONCE as usize || !failing() {
+            return turn;
+        }
+        // Let go before asking for all: two holders of one turn each waiting for the rest
+        // would wait on each other.
+        drop(turn);
+        let turn = self.turns.acquire_many(CONNECTS_AT_ONCE).await;
+        turn.expect("the gate is never closed")
+    }
+
+    fn pace(&self) -> std::sync::MutexGuard<'_, Pace> {
+        // Plain fields: a panic elsewhere cannot leave them half-written.
+        self.pace
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Pace {
+    fn succeeded(&mut self) {
+        self.last_outcome_at = Some(Instant::now());
+        self.backoff.reset();
+        self.failures = 0;
+    }
+
+    /// How long the next attempt waits.
+    fn failed(&mut self) -> Duration {
+        self.last_outcome_at = Some(Instant::now());
+        // The first failure after a success is tried again at once: a restart or a
+        // connection killed while it was set up is often over by then, and waiting would
+        // hold up the requests of a Redis that is back. The pace starts with the second.
+        self.failures = self.failures.saturating_add(1);
+        if self.failures == 1 {
+            Duration::ZERO
+        } else {
+            self.backoff.pause()
+        }
+    }
+}
+
 impl GuardManager {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         let config = shared.config();
@@ -84,22 +149,31 @@ impl GuardManager {
         );
         Self {
             shared,
-            gate: Arc::new(tokio::sync::Mutex::new(Gate {
-                backoff,
-                last_outcome_at: None,
-                failures: 0,
-            })),
+            gate: Arc::new(Gate {
+                turns: tokio::sync::Semaphore::new(CONNECTS_AT_ONCE as usize),
+                pace: std::sync::Mutex::new(Pace {
+                    backoff,
+                    last_outcome_at: None,
+                    failures: 0,
+                }),
+            }),
         }
     }
 
     /// One connect attempt through the gate, finished by `deadline` if given, unless `skip`
     /// says it is no longer wanted when its turn comes.
+    ///
+    /// A primary move (Sentinel) supersedes the attempt: a backoff earned by the old primary
+    /// ends, a connect in flight to it is dropped, and a failure that ends after the move is
+    /// neither counted nor paced. The attempt starts over at once, toward the new primary.
     pub(crate) async fn attempt(&self, deadline: Option<Instant>, skip: Skip) -> Attempt {
         let shared = &self.shared;
-        let mut gate = tokio::select! {
-            gate = self.gate.lock() => gate,
+        let _turn = tokio::select! {
+            turn = self.gate.turn() => turn,
             () = shared.closed() => return Attempt::Skipped,
         };
+        // Subscribed before the backoff is read: a move from here on ends the wait.
+        let mut topology = shared.topology();
         if let Some(at) = shared.next_connect_at()
             && at > Instant::now()
         {
@@ -108,65 +182,68 @@ impl GuardManager {
             }
             tokio::select! {
                 () = tokio::time::sleep_until(at.into()) => {}
-                () = shared.primary_moves() => {}
+                Ok(()) = topology.changed() => {}
                 () = shared.closed() => return Attempt::Skipped,
             }
         }
         let unwanted = match skip {
             Skip::Never => false,
-            Skip::IfAnsweredSince(since) => gate.last_outcome_at.is_some_and(|last| last > since),
+            Skip::IfAnsweredSince(since) => self
+                .gate
+                .pace()
+                .last_outcome_at
+                .is_some_and(|last| last > since),
             Skip::IfNobodyWaits => shared.waiting() == 0,
         };
         if unwanted || shared.is_closing() {
             return Attempt::Skipped;
         }
-        let id = shared.next_connection_id();
-        let mut budget = shared.config().connect_timeout();
-        if let Some(deadline) = deadline {
-            budget = budget.min(deadline.saturating_duration_since(Instant::now()));
-        }
-        let connecting = tokio::time::timeout(budget, self.open_and_ping(id));
-        // A pool that closes stops waiting for a connect it no longer wants.
-        let connected = tokio::select! {
-            connected = connecting => connected,
-            () = shared.closed() => return Attempt::Skipped,
-        };
-        let outcome = match connected {
-            Ok(outcome) => outcome,
-            Err(_) => Err(ConnectFailure::Redis(RedisError::from(
-                std::io::Error::new(
+        let mut restarts = 0;
+        let (failure, started) = loop {
+            let generation = *topology.borrow_and_update();
+            let started = Instant::now();
+            let id = shared.next_connection_id();
+            let mut budget = shared.config().connect_timeout();
+            if let Some(deadline) = deadline {
+                budget = budget.min(deadline.saturating_duration_since(Instant::now()));
+            }
+            let connecting = tokio::time::timeout(budget, self.open_and_ping(id));
+            // A pool that closes stops waiting for a connect it no longer wants.
+            let connected = tokio::select! {
+                connected = connecting => connected,
+                Ok(()) = topology.changed(), if restarts < MAX_RESTARTS => {
+                    restarts += 1;
+                    tracing::debug!(pool = %shared.name(), "the primary moved during a connect: connecting to the new one");
+                    continue;
+                }
+                () = shared.closed() => return Attempt::Skipped,
+            };
+            let failure = match connected {
+                Ok(Ok(conn)) => {
+                    self.gate.pace().succeeded();
+                    shared.connected(id);
+                    return Attempt::Connected(Box::new(conn));
+                }
+                Ok(Err(failure)) => failure.unwrap_tls(),
+                Err(_) => ConnectFailure::Redis(RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("connect timed out after {budget:?}"),
-                ),
-            ))),
+                ))),
+            };
+            let superseded =
+                matches!(failure, ConnectFailure::Moved(_)) || *topology.borrow() != generation;
+            if !superseded || restarts >= MAX_RESTARTS || shared.is_closing() {
+                break (failure, started);
+            }
+            restarts += 1;
+            tracing::debug!(pool = %shared.name(), error = %failure, "a connect to the old primary failed after it moved: connecting to the new one");
         };
-        gate.last_outcome_at = Some(Instant::now());
-        match outcome {
-            Ok(conn) => {
-                gate.backoff.reset();
-                gate.failures = 0;
-                shared.connected(id);
-                Attempt::Connected(Box::new(conn))
-            }
-            Err(failure) => {
-                let failure = failure.unwrap_tls();
-                // The first failure after a success is tried again at once: a restart or a
-                // connection killed while it was set up is often over by then, and waiting
-                // would hold up the requests of a Redis that is back. The pace starts with the
-                // second.
-                gate.failures = gate.failures.saturating_add(1);
-                let pause = if gate.failures == 1 {
-                    Duration::ZERO
-                } else {
-                    gate.backoff.pause()
-                };
-                // Errors from our own sockets and handshakes never contain the URL or password.
-                let (kind, decisive) = (failure.kind(), failure.is_decisive());
-                let counts = failure.counts_against_redis();
-                shared.connect_failed(kind, failure.to_string(), pause, decisive, counts);
-                Attempt::Failed(failure.into())
-            }
-        }
+        let pause = self.gate.pace().failed();
+        // Errors from our own sockets and handshakes never contain the URL or password.
+        let (kind, decisive) = (failure.kind(), failure.is_decisive());
+        let counts = failure.counts_against_redis();
+        shared.connect_failed(kind, failure.to_string(), pause, decisive, counts, started);
+        Attempt::Failed(failure.into())
     }
 
     async fn open_and_ping(&self, id: u64) -> Result<GuardConnection, ConnectFailure> {
@@ -482,7 +559,8 @@ impl ConnectFailure {
     fn kind(&self) -> ConnectErrorKind {
         match self {
             ConnectFailure::Tls(_) => ConnectErrorKind::Tls,
-            ConnectFailure::Replica(_) | ConnectFailure::Moved(_) => ConnectErrorKind::Other,
+            ConnectFailure::Replica(_) => ConnectErrorKind::Replica,
+            ConnectFailure::Moved(_) => ConnectErrorKind::Other,
             ConnectFailure::Sentinel(kind, _) => *kind,
             ConnectFailure::Redis(e) => classify_connect_error(e),
         }

@@ -52,8 +52,11 @@ pub(crate) struct Shared {
     connect_failed: Notify,
     /// Wakes the prober: an existing connection failed, verify Redis with a fresh connect.
     verify_requested: Notify,
-    /// Wakes connect attempts waiting out a backoff: the primary moved, try it now.
-    primary_moved: Notify,
+    /// Bumped each time the primary moves. Work begun under an older value (a connect in
+    /// flight, its failure, a backoff) says nothing about the new primary: it is dropped or
+    /// ignored, never counted. A watch rather than a `Notify`, so a move between reading the
+    /// backoff and waiting on it is not missed.
+    topology: tokio::sync::watch::Sender<u64>,
     /// When the next connect attempt may start, after a failed one: for `Retry-After`.
     next_connect_at: AtomicInstant,
     /// When an existing connection last failed. Idle connections not proven alive since are
@@ -116,7 +119,7 @@ impl Shared {
             connected_once: AtomicBool::new(false),
             connect_failed: Notify::new(),
             verify_requested: Notify::new(),
-            primary_moved: Notify::new(),
+            topology: tokio::sync::watch::Sender::new(0),
             next_connect_at: AtomicInstant::default(),
             suspect_before: AtomicInstant::default(),
             role_suspect_before: AtomicInstant::default(),
@@ -226,7 +229,8 @@ impl Shared {
     /// errors and `/readyz?verbose`. `decisive`: the failure says Redis cannot be had (see
     /// `manager.rs`), so a waiting checkout need not wait for another attempt. `counts`: the
     /// failure says Redis is unreachable (a replica answering instead of the primary does
-    /// not).
+    /// not). `started`: when the attempt began; attempts that ran alongside one whose
+    /// outcome is already known count once between them.
     pub(crate) fn connect_failed(
         &self,
         kind: ConnectErrorKind,
@@ -234,6 +238,7 @@ impl Shared {
         retry_in: Duration,
         decisive: bool,
         counts: bool,
+        started: Instant,
     ) {
         self.metrics().connect_error(kind);
         let first = !self.connects_failing.swap(true, Ordering::AcqRel);
@@ -260,7 +265,8 @@ impl Shared {
             .last_answer
             .get()
             .is_some_and(|answer| previous_end.is_none_or(|end| answer > end));
-        if counts && !answered_since {
+        let overlapped = previous_end.is_some_and(|end| started < end);
+        if counts && !answered_since && !overlapped {
             self.on_transition(self.breaker.record_failure(now));
         }
         // An undecisive failure counts half: a waiter fails on one decisive failure or two
@@ -287,13 +293,15 @@ impl Shared {
         tracing::warn!(pool = %self.name(), from = %old, to = %new, "the primary moved (Sentinel failover)");
         self.metrics().primary_moved();
         self.next_connect_at.clear();
-        self.primary_moved.notify_waiters();
+        self.breaker.forget_failures();
+        self.topology.send_modify(|generation| *generation += 1);
         self.verify_requested.notify_one();
     }
 
-    /// Resolves when the primary moves (under Sentinel): a backoff meant for the old one.
-    pub(crate) fn primary_moves(&self) -> tokio::sync::futures::Notified<'_> {
-        self.primary_moved.notified()
+    /// Follows the primary's moves: subscribe before reading any state a move resets, so
+    /// the move that comes after is seen.
+    pub(crate) fn topology(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.topology.subscribe()
     }
 
     /// Redis answered a command on an existing connection (an error reply counts: it travelled

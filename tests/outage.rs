@@ -223,8 +223,10 @@ async fn f7_outage_under_load_fails_fast_with_bounded_reconnects_and_recovers(mo
         "refusal p99 {refusal_p99:?}"
     );
     let per_second = while_open / open_for.as_secs_f64();
+    // Plus the few connects a healthy pool runs at once, which all fail together when Redis
+    // goes (after a failure, one at a time).
     assert!(
-        connect_attempts <= 5.0 * outage.as_secs_f64() + 2.0,
+        connect_attempts <= 5.0 * outage.as_secs_f64() + 2.0 + 3.0,
         "{connect_attempts} connect attempts in {outage:?} for {} requests",
         refusals.len()
     );

@@ -288,32 +288,49 @@ async fn a_forced_failover_is_followed_within_100ms_without_a_failed_read() {
 /// announcement; no INCR is applied twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_is_replaced_within_100ms_of_the_announcement() {
+    lost_primary_is_replaced("f14s-kill", "kill -9", |node| node.kill()).await;
+}
+
+/// Fault: the primary frozen (SIGSTOP: its sockets accept and never answer) under the same
+/// load, until Sentinel fails over. Connect attempts to it are in flight when the
+/// announcement comes, and must not hold up the move. Asserts as for kill -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_is_replaced_within_100ms_of_the_announcement() {
+    lost_primary_is_replaced("f14s-frozen", "SIGSTOP", |node| node.pause()).await;
+}
+
+/// Loses the primary to `fault` under load and checks the pool follows Sentinel's failover.
+async fn lost_primary_is_replaced(
+    pool: &str,
+    name: &str,
+    fault: fn(&mut redis_guard::testkit::RedisServer),
+) {
     let mut deployment = SentinelDeployment::start(SentinelOptions {
         down_after: Duration::from_millis(500),
         ..SentinelOptions::default()
     })
     .unwrap();
-    let killed_at = Arc::new(Mutex::new(None));
-    let killed = killed_at.clone();
+    let lost_at = Arc::new(Mutex::new(None));
+    let lost = lost_at.clone();
     let run = tokio::time::timeout(
         TEST_DEADLINE,
-        failover_under_load(&mut deployment, "f14s-kill", move |d| {
+        failover_under_load(&mut deployment, pool, move |d| {
             let old = d.primary_port().unwrap();
             let node = d.node_at(old).unwrap();
-            *killed.lock().unwrap() = Some(Instant::now());
-            node.kill();
+            *lost.lock().unwrap() = Some(Instant::now());
+            fault(node);
         }),
     )
     .await
     .expect("bounded");
-    run.report("kill -9");
-    let killed_at = killed_at.lock().unwrap().unwrap();
+    run.report(name);
+    let lost_at = lost_at.lock().unwrap().unwrap();
     let outside: Vec<_> = run
         .load
         .failed_writes
         .iter()
         .chain(&run.load.failed_reads)
-        .filter(|(at, _)| *at < killed_at || *at > run.announced + FOLLOW_WITHIN)
+        .filter(|(at, _)| *at < lost_at || *at > run.announced + FOLLOW_WITHIN)
         .collect();
     assert!(
         outside.is_empty(),
