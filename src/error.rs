@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
-use crate::connection::is_infrastructure_failure;
+use crate::connection::{is_infrastructure_failure, is_refused_by_role};
 use crate::throttle::Throttle;
 
 /// A snapshot of a pool, as named in checkout-timeout errors.
@@ -222,10 +222,22 @@ impl Error {
     /// let reply = redis::RedisError::from((redis::ErrorKind::Client, "WRONGTYPE"));
     /// assert!(!redis_guard::Error::Redis(reply).is_infrastructure());
     /// ```
+    ///
+    /// A refusal by role (`READONLY`, `MASTERDOWN`, `LOADING`: the server cannot act as the
+    /// primary right now) is the infrastructure's too: the command did not run, and the same
+    /// call succeeds once the failover or the load is over.
+    ///
+    /// ```
+    /// let refused = redis::RedisError::from((
+    ///     redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+    ///     "You can't write against a read only replica.",
+    /// ));
+    /// assert!(redis_guard::Error::Redis(refused).is_infrastructure());
+    /// ```
     pub fn is_infrastructure(&self) -> bool {
         match self {
             Error::Unavailable { .. } | Error::Timeout { .. } => true,
-            Error::Redis(e) => is_infrastructure_failure(e),
+            Error::Redis(e) => is_infrastructure_failure(e) || is_refused_by_role(e),
         }
     }
 
@@ -245,6 +257,9 @@ impl Error {
         match self {
             Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Redis unavailable"),
             Error::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Redis checkout timed out"),
+            Error::Redis(e) if is_refused_by_role(e) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "Redis primary unavailable")
+            }
             Error::Redis(_) if self.is_infrastructure() => {
                 (StatusCode::SERVICE_UNAVAILABLE, "Redis connection failed")
             }

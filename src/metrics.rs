@@ -196,16 +196,24 @@ pub enum ConnectErrorKind {
     /// The TLS handshake failed: unknown CA, wrong host name, expired certificate, client
     /// certificate required.
     Tls,
+    /// Redis answered, as a replica, where the pool wants the primary (a failover the DNS
+    /// name or the configuration has not followed yet).
+    Replica,
+    /// Redis turned the connection away at `maxclients`: the fix is on the server (raise the
+    /// limit, find who holds the connections), not a restart.
+    MaxClients,
     /// Anything else: DNS, protocol, configuration.
     Other,
 }
 
 impl ConnectErrorKind {
-    const ALL: [ConnectErrorKind; 5] = [
+    const ALL: [ConnectErrorKind; 7] = [
         ConnectErrorKind::Refused,
         ConnectErrorKind::Timeout,
         ConnectErrorKind::Auth,
         ConnectErrorKind::Tls,
+        ConnectErrorKind::Replica,
+        ConnectErrorKind::MaxClients,
         ConnectErrorKind::Other,
     ];
 
@@ -216,6 +224,8 @@ impl ConnectErrorKind {
             ConnectErrorKind::Timeout => "timeout",
             ConnectErrorKind::Auth => "auth",
             ConnectErrorKind::Tls => "tls",
+            ConnectErrorKind::Replica => "replica",
+            ConnectErrorKind::MaxClients => "maxclients",
             ConnectErrorKind::Other => "other",
         }
     }

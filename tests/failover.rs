@@ -274,3 +274,78 @@ async fn f14_a_late_moving_endpoint_does_not_open_the_breaker() {
         log.iter().filter(|(_, r)| r.is_err()).count()
     );
 }
+
+/// `INCR counter` in a handler that answers with the crate's error, as services do.
+async fn incr_handler(mut redis: redis_guard::Redis) -> Result<String, redis_guard::Error> {
+    let value: i64 = redis.incr("counter", 1).await?;
+    Ok(value.to_string())
+}
+
+/// Fault: a plain primary (no Sentinel, no proxy) demoted by `REPLICAOF` under a write load
+/// through handlers that return the crate's error; nothing replaces it. Load: 16 workers
+/// sending `INCR` for 1.5 s after the demotion. Asserts: every failed write answers 503 with
+/// `Retry-After` (a refusal by role is unavailability, never a 500 "command failed"), and the
+/// connects that land on the replica are counted as `kind="replica"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_by_role_answers_503_with_retry_after() {
+    let primary = RedisServer::start().unwrap();
+    let other = RedisServer::start().unwrap();
+    let pool = "demoted_plain";
+    let guard = guard(config(&primary.url(), pool)).await;
+    let app = axum::Router::new()
+        .route("/incr", axum::routing::get(incr_handler))
+        .layer(redis_guard::RedisGuardLayer::new(guard.clone()));
+    let stop = Instant::now() + Duration::from_secs(2);
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                while Instant::now() < stop && outcomes.len() < 100_000 {
+                    outcomes.push(call(&app, "/incr").await);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                outcomes
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _: () = primary
+        .command(&["REPLICAOF", "127.0.0.1", &other.port().to_string()])
+        .map(drop)
+        .unwrap();
+    let mut outcomes = Vec::new();
+    for worker in workers {
+        outcomes.extend(worker.await.unwrap());
+    }
+    let failed: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.status != StatusCode::OK)
+        .collect();
+    assert!(!failed.is_empty(), "writes to a replica fail");
+    let wrong: Vec<_> = failed
+        .iter()
+        .filter(|o| o.status != StatusCode::SERVICE_UNAVAILABLE || o.retry_after.is_none())
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} failed writes were not 503 with Retry-After, e.g. {:?} {:?}",
+        wrong.len(),
+        failed.len(),
+        wrong[0].status,
+        wrong[0].body
+    );
+    assert!(
+        metric(
+            "redis_guard_connect_errors_total",
+            pool,
+            &[("kind", "replica")]
+        ) >= 1.0,
+        "connects that land on the replica are named"
+    );
+    eprintln!(
+        "role refusals: {} writes, {} failed, all 503 with Retry-After",
+        outcomes.len(),
+        failed.len()
+    );
+}
