@@ -894,18 +894,11 @@ impl GuardConnection {
             {
                 self.evict(EvictionReason::RoleChange);
             }
-            let atomic = pipeline.is_transaction();
             match &result {
-                // Some commands were refused: which ones ran is not known.
-                Ok(values) if values.iter().any(|v| matches!(v, Value::ServerError(_))) => self
-                    .session
-                    .apply_failed_pipeline(pipeline.cmd_iter(), atomic),
-                Ok(replies) => self
-                    .session
-                    .apply_pipeline(pipeline.cmd_iter(), atomic, replies),
-                Err(e) if !is_infrastructure_failure(e) => self
-                    .session
-                    .apply_failed_pipeline(pipeline.cmd_iter(), atomic),
+                Ok(replies) => self.session.apply_pipeline(pipeline, replies),
+                Err(e) if !is_infrastructure_failure(e) => {
+                    self.session.apply_failed_pipeline(pipeline, e)
+                }
                 Err(_) => {}
             }
             unless_never_written(&self.link, written, result)

@@ -12,7 +12,7 @@
 //! Only completed calls are applied: a call cancelled before its reply evicts the connection
 //! anyway (see `connection.rs`), and a call that failed on the wire poisons it.
 
-use redis::{Cmd, Value};
+use redis::{Cmd, Pipeline, RedisError, Value};
 
 use crate::command::words;
 
@@ -113,23 +113,26 @@ impl Session {
         self.step(exec_outcome(effect_of(cmd), reply));
     }
 
-    /// Applies a completed pipeline; `atomic` pipelines are wrapped in `MULTI ... EXEC`, and
-    /// the transaction's reply (the last of `replies`) decides whether it ran.
-    pub(crate) fn apply_pipeline<'c>(
-        &mut self,
-        cmds: impl Iterator<Item = &'c Cmd>,
-        atomic: bool,
-        replies: &[Value],
-    ) {
-        if atomic {
+    /// Applies a completed pipeline. `atomic` pipelines are wrapped in `MULTI ... EXEC`, and
+    /// the transaction's reply (the last of `replies`) decides whether it ran. The others
+    /// have one reply per command: a command answered with an error reply did nothing.
+    pub(crate) fn apply_pipeline(&mut self, pipeline: &Pipeline, replies: &[Value]) {
+        if pipeline.is_transaction() {
             self.step(Effect::Multi);
-        }
-        for cmd in cmds {
-            self.step(effect_of(cmd));
-        }
-        if atomic {
+            for cmd in pipeline.cmd_iter() {
+                self.step(effect_of(cmd));
+            }
             let reply = replies.last().unwrap_or(&Value::Nil);
             self.step(exec_outcome(Effect::Exec, reply));
+        } else if pipeline.cmd_iter().count() == replies.len() {
+            for (cmd, reply) in pipeline.cmd_iter().zip(replies) {
+                match reply {
+                    Value::ServerError(_) => self.apply_failed(cmd),
+                    reply => self.apply(cmd, reply),
+                }
+            }
+        } else {
+            self.unknown_outcome(pipeline);
         }
     }
 
@@ -142,15 +145,29 @@ impl Session {
         }
     }
 
-    /// A pipeline answered with an error reply: some of its commands ran, and redis-rs does not
-    /// say which. Any that changes the session leaves it unknown, so the connection is not
-    /// reused.
-    pub(crate) fn apply_failed_pipeline<'c>(
-        &mut self,
-        mut cmds: impl Iterator<Item = &'c Cmd>,
-        atomic: bool,
-    ) {
-        if atomic || cmds.any(|cmd| effect_of(cmd) != Effect::None) {
+    /// A pipeline failed with `error` rather than with replies. A transaction refused at
+    /// `EXEC` (`EXECABORT`: a command was refused while queued, e.g. every write under
+    /// `maxmemory` with `noeviction`) ran nothing, and ended like a `DISCARD`. Otherwise
+    /// redis-rs does not say which commands ran.
+    pub(crate) fn apply_failed_pipeline(&mut self, pipeline: &Pipeline, error: &RedisError) {
+        let atomic = pipeline.is_transaction();
+        if atomic && error.code() == Some("EXECABORT") {
+            self.step(Effect::Multi);
+            self.step(Effect::Discard);
+        } else if atomic {
+            self.current.tainted = true;
+        } else {
+            self.unknown_outcome(pipeline);
+        }
+    }
+
+    /// Some of the pipeline's commands ran, which is not known: any that changes the session
+    /// leaves it unknown, so the connection is not reused.
+    fn unknown_outcome(&mut self, pipeline: &Pipeline) {
+        if pipeline
+            .cmd_iter()
+            .any(|cmd| effect_of(cmd) != Effect::None)
+        {
             self.current.tainted = true;
         }
     }
@@ -328,7 +345,7 @@ mod tests {
         assert!(s.is_dirty());
         let pipe = redis::pipe().atomic().set("a", 1).get("a").to_owned();
         let replies = [Value::Array(vec![Value::Okay, Value::Int(1)])];
-        s.apply_pipeline(pipe.cmd_iter(), pipe.is_transaction(), &replies);
+        s.apply_pipeline(&pipe, &replies);
         assert!(!s.is_dirty());
     }
 
@@ -407,7 +424,7 @@ mod tests {
         let mut atomic = Session::new(0);
         run(&mut atomic, &[&["SELECT", "9"]]);
         let pipe = redis::pipe().atomic().cmd("SELECT").arg(0).to_owned();
-        atomic.apply_pipeline(pipe.cmd_iter(), true, &[Value::Nil]);
+        atomic.apply_pipeline(&pipe, &[Value::Nil]);
         assert!(atomic.is_dirty(), "an aborted atomic pipeline ran nothing");
     }
 
@@ -440,13 +457,48 @@ mod tests {
 
     #[test]
     fn a_failed_pipeline_that_touches_the_session_is_never_reused() {
+        let failure = RedisError::from((redis::ErrorKind::Parse, "unreadable reply"));
         let mut s = Session::new(0);
         let pipe = redis::pipe().get("a").get("b").to_owned();
-        s.apply_failed_pipeline(pipe.cmd_iter(), false);
+        s.apply_failed_pipeline(&pipe, &failure);
         assert!(!s.is_dirty(), "plain commands changed nothing");
         let pipe = redis::pipe().cmd("SELECT").arg(1).get("b").to_owned();
-        s.apply_failed_pipeline(pipe.cmd_iter(), false);
+        s.apply_failed_pipeline(&pipe, &failure);
         assert!(s.is_dirty());
+    }
+
+    #[test]
+    fn a_transaction_refused_at_exec_ran_nothing_and_ended_the_watch() {
+        let aborted = RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ExecAbort),
+            "Transaction discarded because of previous errors.",
+        ));
+        let mut s = Session::new(0);
+        run(&mut s, &[&["WATCH", "k"]]);
+        let pipe = redis::pipe()
+            .atomic()
+            .cmd("SELECT")
+            .arg(3)
+            .set("k", 1)
+            .to_owned();
+        s.apply_failed_pipeline(&pipe, &aborted);
+        assert!(!s.is_dirty(), "nothing ran, and EXEC ended the watch");
+        let other = RedisError::from((redis::ErrorKind::Parse, "unreadable reply"));
+        s.apply_failed_pipeline(&pipe, &other);
+        assert!(s.is_dirty(), "what ran is not known");
+    }
+
+    #[test]
+    fn each_reply_of_a_plain_pipeline_applies_to_its_command() {
+        let refused = redis::parse_redis_value(b"-OOM command not allowed\r\n").unwrap();
+        assert!(matches!(refused, Value::ServerError(_)));
+        let mut s = Session::new(0);
+        let pipe = redis::pipe().set("k", 1).cmd("SELECT").arg(2).to_owned();
+        s.apply_pipeline(&pipe, &[refused.clone(), Value::Okay]);
+        assert!(s.is_dirty(), "the SELECT ran");
+        let mut s = Session::new(0);
+        s.apply_pipeline(&pipe, &[Value::Okay, refused]);
+        assert!(!s.is_dirty(), "the SELECT was refused: it did nothing");
     }
 
     #[test]

@@ -701,3 +701,54 @@ async fn a_panicking_set_up_hook_is_a_connect_error_and_loses_no_slot(mode: Pool
     }
 }
 }
+
+in_both_modes! {
+/// Fault: Redis out of memory (`maxmemory 1`, `noeviction`): every write is refused while
+/// queued, so each transaction ends in `EXECABORT` having run nothing. Load: 8 workers, 25
+/// transactions each, half explicit `MULTI ... EXEC` (`WATCH` first), half atomic pipelines.
+/// Asserts: every transaction fails with the refusal, no connection is evicted and none
+/// opened after the first ones: a transaction that ran nothing leaves its session as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_refused_under_oom_evict_nothing(mode: PoolMode) {
+    let server = RedisServer::start().unwrap();
+    let pool = pool_name(mode, "oom_transactions");
+    let guard = guard(config_in(mode, &server.url(), &pool).max_size(max_size(mode, 8))).await;
+    server.command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]).unwrap();
+    server.command(&["CONFIG", "SET", "maxmemory", "1"]).unwrap();
+    let workers: Vec<_> = (0..8)
+        .map(|worker| {
+            let guard = guard.clone();
+            tokio::spawn(async move {
+                let mut refused = 0;
+                for i in 0..25 {
+                    let mut conn = guard.get().await.unwrap();
+                    let key = format!("oom:{worker}:{i}");
+                    let outcome: redis::RedisResult<()> = if i % 2 == 0 {
+                        redis::pipe().atomic().set(&key, i).incr(&key, 1).query_async(&mut conn).await
+                    } else {
+                        let _: () = redis::cmd("WATCH").arg(&key).query_async(&mut conn).await.unwrap();
+                        let _: () = redis::cmd("MULTI").query_async(&mut conn).await.unwrap();
+                        let queued: redis::RedisResult<()> =
+                            redis::cmd("SET").arg(&key).arg(i).query_async(&mut conn).await;
+                        assert!(queued.is_err(), "the write is refused while queued");
+                        redis::cmd("EXEC").query_async(&mut conn).await
+                    };
+                    let error = outcome.expect_err("the transaction is refused");
+                    assert_eq!(error.code(), Some("EXECABORT"), "{error}");
+                    refused += 1;
+                }
+                refused
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for worker in workers {
+        refused += worker.await.unwrap();
+    }
+    assert_eq!(refused, 200);
+    let evicted = metric("redis_guard_stale_evictions_total", &pool, &[]);
+    let opened = metric("redis_guard_connections_created_total", &pool, &[]);
+    assert_eq!(evicted, 0.0, "no connection evicted for a transaction that ran nothing");
+    assert!(opened <= f64::from(max_size(mode, 8)), "{opened} connections opened for a pool of {}", max_size(mode, 8));
+}
+}
