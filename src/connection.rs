@@ -463,6 +463,10 @@ impl GuardConnection {
             )));
         }
         self.session.adopt_as_baseline();
+        // The connect budget gave the handshake and the hook their time; from here each
+        // command has the response timeout.
+        self.response_timeout = self.shared.config().response_timeout();
+        self.inner.set_response_timeout(self.response_timeout);
         self.shared.link_established(&self.link);
         Ok(())
     }

@@ -207,7 +207,7 @@ impl GuardManager {
             if let Some(deadline) = deadline {
                 budget = budget.min(deadline.saturating_duration_since(Instant::now()));
             }
-            let connecting = tokio::time::timeout(budget, self.open_and_ping(id));
+            let connecting = tokio::time::timeout(budget, self.open_and_ping(id, started + budget));
             // A pool that closes stops waiting for a connect it no longer wants.
             let connected = tokio::select! {
                 connected = connecting => connected,
@@ -246,8 +246,15 @@ impl GuardManager {
         Attempt::Failed(failure.into())
     }
 
-    async fn open_and_ping(&self, id: u64) -> Result<GuardConnection, ConnectFailure> {
-        let mut conn = self.open(id).await?;
+    /// Opens a connection and proves it, all of it (socket, TLS, handshake, first PING, the
+    /// set-up hook) within the connect budget ending at `deadline`: a server slow to greet
+    /// has the whole connect timeout, not the response timeout of one command.
+    async fn open_and_ping(
+        &self,
+        id: u64,
+        deadline: Instant,
+    ) -> Result<GuardConnection, ConnectFailure> {
+        let mut conn = self.open(id, deadline).await?;
         let config = self.shared.config();
         if let Err(e) = conn.introduce(config.name()).await {
             return Err(match conn.is_on_replica() {
@@ -282,7 +289,7 @@ impl GuardManager {
     pub(crate) async fn learn_commands(self) {
         let shared = &self.shared;
         let budget = shared.config().connect_timeout();
-        match tokio::time::timeout(budget, self.open(0)).await {
+        match tokio::time::timeout(budget, self.open(0, Instant::now() + budget)).await {
             Ok(Ok(conn)) => {
                 let timeout = shared.config().response_timeout();
                 shared
@@ -294,7 +301,7 @@ impl GuardManager {
         }
     }
 
-    async fn open(&self, id: u64) -> Result<GuardConnection, ConnectFailure> {
+    async fn open(&self, id: u64, deadline: Instant) -> Result<GuardConnection, ConnectFailure> {
         let Opened {
             stream,
             probe,
@@ -304,7 +311,14 @@ impl GuardManager {
         let link = Arc::new(self.shared.link_opened());
         let stream = TrackedStream::new(stream, link.clone());
         Ok(self
-            .handshake(stream, link, probe, id, Peer { server, placement })
+            .handshake(
+                stream,
+                link,
+                probe,
+                id,
+                Peer { server, placement },
+                deadline,
+            )
             .await?)
     }
 
@@ -373,7 +387,8 @@ impl GuardManager {
     }
 
     /// Runs the Redis handshake (AUTH, SELECT, ...) and spawns the connection's driver, whose
-    /// end marks the link closed.
+    /// end marks the link closed. Until the connection is established, its commands wait for
+    /// replies until `deadline`, the end of the connect budget.
     async fn handshake<S>(
         &self,
         stream: S,
@@ -381,13 +396,14 @@ impl GuardManager {
         probe: PeerProbe,
         id: u64,
         peer: Peer,
+        deadline: Instant,
     ) -> Result<GuardConnection, RedisError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let config = self.shared.config();
-        let settings =
-            AsyncConnectionConfig::new().set_response_timeout(Some(config.response_timeout()));
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let settings = AsyncConnectionConfig::new().set_response_timeout(Some(remaining));
         let (inner, driver) = MultiplexedConnection::new_with_config(
             config.connection.redis_settings(),
             stream,
@@ -400,15 +416,10 @@ impl GuardManager {
             driver_link.close(LinkState::DriverEnded);
         })
         .abort_handle();
-        Ok(GuardConnection::new(
-            inner,
-            link,
-            probe,
-            self.shared.clone(),
-            driver,
-            id,
-            peer,
-        ))
+        let mut conn =
+            GuardConnection::new(inner, link, probe, self.shared.clone(), driver, id, peer);
+        conn.set_response_timeout(remaining);
+        Ok(conn)
     }
 }
 

@@ -526,3 +526,37 @@ async fn health_endpoints_follow_kubernetes_and_ietf_conventions() {
         );
     }
 }
+
+/// Fault: a server slow to answer (every reply held back 150 ms by the proxy), with a
+/// response timeout of 100 ms and the default connect timeout of 1 s. Asserts: start-up in
+/// `FailFast` mode connects (the handshake, the first PING and the set-up hook together are
+/// the connect, judged by the connect timeout, not by one command's response timeout), no
+/// connect error is counted, and the hook's commands ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_slow_to_greet_connects_within_the_connect_timeout() {
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    proxy.set_mode(ProxyMode::Delay(Duration::from_millis(150)));
+    let pool = "slow_greeting";
+    let builder = config(&proxy.url(), pool)
+        .response_timeout(Duration::from_millis(100))
+        .startup(redis_guard::StartupMode::FailFast)
+        .on_connect(|conn| {
+            Box::pin(async move {
+                redis::cmd("SET")
+                    .arg("greeted")
+                    .arg("yes")
+                    .query_async::<()>(conn)
+                    .await
+            })
+        });
+    let guard = redis_guard::RedisGuard::connect(builder.build().unwrap())
+        .await
+        .expect("a slow handshake within the connect timeout connects");
+    assert!(guard.is_ready());
+    assert_eq!(metric("redis_guard_connect_errors_total", pool, &[]), 0.0);
+    assert!(matches!(
+        server.command(&["GET", "greeted"]).unwrap(),
+        redis::Value::BulkString(v) if v == b"yes"
+    ));
+}
