@@ -145,7 +145,7 @@ impl GuardConnection {
     pub(crate) fn new(
         inner: MultiplexedConnection,
         link: Arc<LinkHealth>,
-        probe: PeerProbe,
+        probe: Arc<PeerProbe>,
         shared: Arc<Shared>,
         driver: AbortHandle,
         id: u64,
@@ -159,7 +159,6 @@ impl GuardConnection {
             now + lifetime.mul_f64(1.0 - jitter)
         });
         let session = Session::new(config.connection.redis_settings().db());
-        let probe = Arc::new(probe);
         if let (Some(placement), Some(watch)) = (&placement, shared.sentinel()) {
             watch.register(placement, &probe);
         }
@@ -469,6 +468,12 @@ impl GuardConnection {
         self.inner.set_response_timeout(self.response_timeout);
         self.shared.link_established(&self.link);
         Ok(())
+    }
+
+    /// The error line Redis turned this connection away with, for a connect that failed
+    /// (see [`LinkHealth::turned_away`]).
+    pub(crate) fn turned_away(&self) -> Option<String> {
+        self.link.turned_away(&self.probe.take_unread())
     }
 
     /// Whether `ROLE` said replica while the pool wants the primary.

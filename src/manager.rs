@@ -259,7 +259,10 @@ impl GuardManager {
         if let Err(e) = conn.introduce(config.name()).await {
             return Err(match conn.is_on_replica() {
                 true => ConnectFailure::Replica(e.to_string()),
-                false => e.into(),
+                false => {
+                    let line = conn.turned_away();
+                    line.map_or(e.into(), ConnectFailure::TurnedAway)
+                }
             });
         }
         if let Some(hook) = &config.on_connect {
@@ -310,16 +313,13 @@ impl GuardManager {
         } = self.open_stream().await?;
         let link = Arc::new(self.shared.link_opened());
         let stream = TrackedStream::new(stream, link.clone());
-        Ok(self
-            .handshake(
-                stream,
-                link,
-                probe,
-                id,
-                Peer { server, placement },
-                deadline,
-            )
-            .await?)
+        let probe = Arc::new(probe);
+        let peer = Peer { server, placement };
+        let handshake = self.handshake(stream, link.clone(), probe.clone(), id, peer, deadline);
+        handshake.await.map_err(|e| {
+            let line = link.turned_away(&probe.take_unread());
+            line.map_or(e.into(), ConnectFailure::TurnedAway)
+        })
     }
 
     /// Opens a socket (and its TLS session) to where Redis is now: the configured address, or
@@ -393,7 +393,7 @@ impl GuardManager {
         &self,
         stream: S,
         link: Arc<LinkHealth>,
-        probe: PeerProbe,
+        probe: Arc<PeerProbe>,
         id: u64,
         peer: Peer,
         deadline: Instant,
@@ -509,6 +509,9 @@ enum ConnectFailure {
     Moved(String),
     /// No sentinel said where the primary is.
     Sentinel(ConnectErrorKind, String),
+    /// Redis turned the connection away with this error line before any command (at
+    /// `maxclients`, in protected mode).
+    TurnedAway(String),
     Redis(RedisError),
 }
 
@@ -531,6 +534,11 @@ impl From<ConnectFailure> for RedisError {
             ConnectFailure::Moved(cause) | ConnectFailure::Sentinel(_, cause) => {
                 RedisError::from((ErrorKind::Client, "cannot find the primary", cause))
             }
+            failure @ ConnectFailure::TurnedAway(_) => RedisError::from((
+                ErrorKind::Io,
+                "redis refused the connection",
+                failure.to_string(),
+            )),
         }
     }
 }
@@ -542,9 +550,22 @@ impl std::fmt::Display for ConnectFailure {
             | ConnectFailure::Replica(cause)
             | ConnectFailure::Moved(cause)
             | ConnectFailure::Sentinel(_, cause) => f.write_str(cause),
+            ConnectFailure::TurnedAway(line) if is_max_clients(line) => write!(
+                f,
+                "redis turned the connection away: {line} (raise maxclients on the server, or \
+                 find the clients holding its connections)"
+            ),
+            ConnectFailure::TurnedAway(line) => {
+                write!(f, "redis turned the connection away: {line}")
+            }
             ConnectFailure::Redis(e) => e.fmt(f),
         }
     }
+}
+
+/// Whether Redis's accept-time error line says it is at `maxclients`.
+fn is_max_clients(line: &str) -> bool {
+    line.contains("max number of clients")
 }
 
 impl ConnectFailure {
@@ -573,6 +594,14 @@ impl ConnectFailure {
             ConnectFailure::Replica(_) => ConnectErrorKind::Replica,
             ConnectFailure::Moved(_) => ConnectErrorKind::Other,
             ConnectFailure::Sentinel(kind, _) => *kind,
+            ConnectFailure::TurnedAway(line) if is_max_clients(line) => {
+                ConnectErrorKind::MaxClients
+            }
+            ConnectFailure::TurnedAway(_) => ConnectErrorKind::Other,
+            // The line came back as the reply to the first set-up command (`AUTH`).
+            ConnectFailure::Redis(e) if is_max_clients(&e.to_string()) => {
+                ConnectErrorKind::MaxClients
+            }
             ConnectFailure::Redis(e) => classify_connect_error(e),
         }
     }
@@ -591,9 +620,10 @@ impl ConnectFailure {
     /// meet.
     fn is_decisive(&self) -> bool {
         match self {
-            ConnectFailure::Tls(_) | ConnectFailure::Replica(_) | ConnectFailure::Sentinel(..) => {
-                true
-            }
+            ConnectFailure::Tls(_)
+            | ConnectFailure::Replica(_)
+            | ConnectFailure::Sentinel(..)
+            | ConnectFailure::TurnedAway(_) => true,
             // The next attempt goes to the new primary.
             ConnectFailure::Moved(_) => false,
             ConnectFailure::Redis(e) => e.is_connection_refusal() || !e.is_connection_dropped(),

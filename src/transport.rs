@@ -63,7 +63,14 @@ pub(crate) struct LinkHealth {
     on_close: OnClose,
     /// Bytes the kernel (or the TLS layer) has accepted from the driver.
     written: AtomicU64,
+    /// The first bytes read while connecting: Redis turns a connection away at accept
+    /// (`maxclients`, protected mode) with an error line and closes it, and redis-rs takes
+    /// that line for the reply to its first set-up command, reporting only the close after.
+    greeting: std::sync::Mutex<Vec<u8>>,
 }
+
+/// How much of the first reply is kept: enough for Redis's accept-time error lines.
+const GREETING_BYTES: usize = 128;
 
 impl std::fmt::Debug for LinkHealth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,7 +96,45 @@ impl LinkHealth {
             state: AtomicU8::new(LinkState::Connecting as u8),
             on_close,
             written: AtomicU64::new(0),
+            greeting: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Keeps the start of what the server sent while the connection is being set up.
+    fn capture(&self, read: &[u8]) {
+        if self.state.load(Ordering::Acquire) != LinkState::Connecting as u8 {
+            return;
+        }
+        let mut greeting = self.greeting.lock().unwrap_or_else(|p| p.into_inner());
+        let room = GREETING_BYTES.saturating_sub(greeting.len());
+        greeting.extend_from_slice(&read[..read.len().min(room)]);
+    }
+
+    /// The error line the server turned the connection away with, if the connection began
+    /// with one, e.g. `ERR max number of clients reached`: read by the driver, then the
+    /// connection closed (an error reply to a command, `WRONGPASS`, leaves it open); or still
+    /// `unread` in the socket (the driver failed writing to the closed socket first).
+    /// Printable ASCII only: it reaches logs and errors.
+    pub(crate) fn turned_away(&self, unread: &[u8]) -> Option<String> {
+        let greeting = self.greeting.lock().unwrap_or_else(|p| p.into_inner());
+        let (start, read) = match greeting.is_empty() {
+            true => (unread, false),
+            false => (&greeting[..], true),
+        };
+        let line = start.strip_prefix(b"-")?;
+        let end = line.windows(2).position(|w| w == b"\r\n")?;
+        let line: String = line[..end]
+            .iter()
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        let closed = matches!(self.state(), LinkState::Eof | LinkState::Failed);
+        (!read || closed).then_some(line)
     }
 
     /// How many bytes the driver has written so far: a call that fails on a link that failed
@@ -193,6 +238,16 @@ impl PeerProbe {
         }
     }
 
+    /// Takes the first bytes waiting in the socket (non-blocking: none if nothing waits).
+    /// Only for a connection that failed and is given up: the driver never sees them.
+    pub(crate) fn take_unread(&self) -> Vec<u8> {
+        let mut buf = [0; 128];
+        match io::Read::read(&mut &self.0, &mut buf) {
+            Ok(n) => buf[..n].to_vec(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Whether the peer closed (EOF) or reset the socket.
     #[cfg(test)]
     pub(crate) fn peer_closed(&self) -> bool {
@@ -249,11 +304,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for TrackedStream<S> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         self.note(&result);
-        if let Poll::Ready(Ok(())) = result
-            && buf.filled().len() == before
-            && buf.remaining() > 0
-        {
-            self.health.close(LinkState::Eof);
+        if let Poll::Ready(Ok(())) = result {
+            if buf.filled().len() == before && buf.remaining() > 0 {
+                self.health.close(LinkState::Eof);
+            } else {
+                self.health.capture(&buf.filled()[before..]);
+            }
         }
         result
     }
@@ -440,6 +496,31 @@ mod tests {
         drop(server);
         assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
         assert_eq!(health.state(), LinkState::Eof);
+    }
+
+    #[test]
+    fn an_error_line_then_a_close_is_why_the_connect_failed() {
+        let health = LinkHealth::default();
+        health.capture(b"-ERR max number of clients reached\r\n");
+        assert_eq!(
+            health.turned_away(b""),
+            None,
+            "still open: a reply, not a refusal"
+        );
+        health.close(LinkState::Eof);
+        assert_eq!(
+            health.turned_away(b"").as_deref(),
+            Some("ERR max number of clients reached")
+        );
+        let unread = LinkHealth::default();
+        assert_eq!(
+            unread
+                .turned_away(b"-DENIED protected\x07 mode\r\n")
+                .as_deref(),
+            Some("DENIED protected? mode")
+        );
+        assert_eq!(unread.turned_away(b"+OK\r\n"), None);
+        assert_eq!(unread.turned_away(b"-ERR cut"), None, "an unfinished line");
     }
 
     #[test]

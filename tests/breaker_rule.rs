@@ -896,6 +896,52 @@ async fn a_redis_at_maxclients_is_not_an_outage() {
     drop(outside);
 }
 
+/// Fault: Redis at `maxclients` before the pool has a connection: it turns every new
+/// connection away with `-ERR max number of clients reached` and closes it. Asserts: the
+/// checkout fails with that cause named (not "broken pipe" or "connection reset"), the
+/// connects are counted as `kind="maxclients"`, none as `refused`, and `/readyz?verbose`
+/// names it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maxclients_is_named_as_the_cause() {
+    let server = RedisServer::start_with_args(&["--maxclients", "2"]).unwrap();
+    // Outside clients take every slot (the test kit's own connection may hold one).
+    let mut holders = Vec::new();
+    for _ in 0..3 {
+        let client = redis::Client::open(server.url()).unwrap();
+        match client.get_multiplexed_async_connection().await {
+            Ok(mut conn) => match redis::cmd("PING").query_async::<String>(&mut conn).await {
+                Ok(_) => holders.push(conn),
+                Err(_) => break,
+            },
+            Err(_) => break,
+        }
+    }
+    let pool = "maxclients_named";
+    let guard = unready_guard(config(&server.url(), pool)).await;
+    let error = guard.get().await.expect_err("no slot left on the server");
+    let text = format!("{error} {error:?}");
+    assert!(text.contains("max number of clients"), "{text}");
+    assert!(
+        metric(
+            "redis_guard_connect_errors_total",
+            pool,
+            &[("kind", "maxclients")]
+        ) >= 1.0,
+        "counted as maxclients"
+    );
+    assert_eq!(
+        metric(
+            "redis_guard_connect_errors_total",
+            pool,
+            &[("kind", "refused")]
+        ),
+        0.0
+    );
+    let readyz = call(&service(guard.clone()), "/readyz?verbose").await;
+    assert!(readyz.body.contains("maxclients"), "{}", readyz.body);
+    drop(holders);
+}
+
 /// Fault: Redis stops while the pool's only connection is checked out (a worker holding it).
 /// Load: 10 callers waiting for a connection. Asserts: the dead socket is noticed although
 /// nobody returns it: the pool verifies with fresh connects, the breaker opens, and the
