@@ -24,11 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 
 use crate::config::{Config, PoolMode, StartupMode};
-use crate::connection::{ValidationFailure, Verdict};
+use crate::connection::{GuardConnection, ValidationFailure, Verdict};
 use crate::error::{Error, PoolState, UnavailableReason};
 use crate::manager::{self, Attempt, GuardManager, Skip};
 use crate::metrics::{EvictionReason, ValidationResult};
@@ -37,8 +38,10 @@ use crate::shared::Shared;
 
 /// How often the pool gauges are sampled.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
-/// bb8's reaper runs at this rate unless the idle timeout asks for a finer one.
-const MAX_REAPER_RATE: Duration = Duration::from_secs(30);
+/// bb8's reaper runs at this rate unless the idle timeout asks for a finer one. It holds only
+/// a weak reference, and notices the pool is gone at its next tick: a pool dropped leaves no
+/// task behind for longer than this. A tick locks the idle list once: nothing to measure.
+const MAX_REAPER_RATE: Duration = Duration::from_millis(500);
 /// How often closing looks whether the connections in use came back.
 const CLOSE_POLL: Duration = Duration::from_millis(10);
 
@@ -92,7 +95,9 @@ pub(crate) struct CheckedOut {
 }
 
 pub(crate) struct PoolInner {
-    pub(crate) pool: bb8::Pool<GuardManager>,
+    /// bb8's store of idle connections, let go when the pool closes: its reaper task ends
+    /// once the connections checked out then have come back.
+    idle: ArcSwapOption<bb8::Pool<GuardManager>>,
     pub(crate) manager: GuardManager,
     pub(crate) shared: Arc<Shared>,
     /// In shared mode, the connections every checkout's plain commands go over.
@@ -148,7 +153,7 @@ impl PoolInner {
         Arc::new_cyclic(|weak: &std::sync::Weak<PoolInner>| {
             let sampler = tokio::spawn(sample_gauges(weak.clone())).abort_handle();
             PoolInner {
-                pool,
+                idle: ArcSwapOption::from_pointee(pool),
                 manager,
                 shared,
                 multiplexed,
@@ -176,10 +181,12 @@ impl PoolInner {
                 .await;
         }
         // Idle connections are handed out to be dropped: a closing pool keeps none.
-        for _ in 0..self.pool.state().idle_connections {
-            match tokio::time::timeout(CLOSE_POLL, self.pool.get()).await {
-                Ok(Ok(conn)) => drop(conn),
-                _ => break,
+        if let Some(pool) = self.idle.swap(None) {
+            for _ in 0..pool.state().idle_connections {
+                match tokio::time::timeout(CLOSE_POLL, pool.get()).await {
+                    Ok(Ok(conn)) => drop(conn),
+                    _ => break,
+                }
             }
         }
         let in_use = max.saturating_sub(shared.checkout_permits().available_permits());
@@ -212,7 +219,7 @@ impl PoolInner {
         loop {
             match self.manager.attempt(deadline.flatten(), Skip::Never).await {
                 Attempt::Connected(conn) => {
-                    let _ = self.pool.add(conn);
+                    self.add(conn);
                     // Proven at start-up: serve at once, whatever the attempts before said.
                     self.shared.proven_at_startup();
                     return Ok(());
@@ -435,9 +442,12 @@ impl PoolInner {
     /// Steps 3 to 7 of the checkout: the next connection from bb8 that is alive.
     async fn validated_connection(&self, budget: Budget) -> Result<Bb8Connection, Error> {
         let shared = &self.shared;
+        let pool = self
+            .bb8()
+            .ok_or_else(|| self.unavailable(UnavailableReason::Closed))?;
         loop {
             let mut conn = self
-                .wait_for(|| self.pool.get_owned(), Restart::Yes, budget)
+                .wait_for(|| pool.get_owned(), Restart::Yes, budget)
                 .await?
                 // bb8 only ever times out: its connects report to the gate, not to us.
                 .map_err(|_| self.timed_out(budget.started))?;
@@ -582,13 +592,33 @@ impl PoolInner {
         manager::until_next_attempt(&self.shared).max(Duration::from_secs(1))
     }
 
+    /// bb8's pool, until the pool closed.
+    pub(crate) fn bb8(&self) -> Option<Arc<bb8::Pool<GuardManager>>> {
+        self.idle.load_full()
+    }
+
+    /// Connections open, and of those idle, as bb8 counts them (none once closed).
+    pub(crate) fn counts(&self) -> (u32, u32) {
+        self.idle.load().as_ref().map_or((0, 0), |pool| {
+            let state = pool.state();
+            (state.connections, state.idle_connections)
+        })
+    }
+
+    /// Puts a new connection in the pool, unless it closed (then the connection drops).
+    pub(crate) fn add(&self, conn: Box<GuardConnection>) {
+        if let Some(pool) = self.idle.load().as_ref() {
+            let _ = pool.add(conn);
+        }
+    }
+
     pub(crate) fn state(&self) -> PoolState {
-        let state = self.pool.state();
+        let (connections, idle) = self.counts();
         let shared_connections = self.multiplexed.as_ref().map_or(0, SharedConnections::live);
-        let in_use = state.connections.saturating_sub(state.idle_connections);
+        let in_use = connections.saturating_sub(idle);
         PoolState {
-            connections: state.connections,
-            idle: state.idle_connections,
+            connections,
+            idle,
             in_use: in_use.saturating_sub(shared_connections),
             shared: shared_connections.min(in_use),
             max_size: self.shared.config().max_size(),

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crate::breaker::BreakerState;
 use crate::connection::{GuardConnection, Verdict};
 use crate::inner::{Bb8Connection, PoolInner};
-use crate::manager::{Attempt, Skip};
+use crate::manager::{Attempt, CatchUnwind, Skip};
 use crate::metrics::EvictionReason;
 use crate::shared::Shared;
 
@@ -38,27 +38,26 @@ pub(crate) async fn supervise(pool: Weak<PoolInner>, shared: Arc<Shared>) {
     restart_on_panic(name, RESTART_PAUSE, || run(pool.clone(), shared.clone())).await
 }
 
-/// Runs `task` again, `pause` after each panic, until it returns.
+/// Runs `task` again, `pause` after each panic, until it returns. In the caller's task, not
+/// a child of its own: aborting the caller stops it.
 async fn restart_on_panic<F, Fut>(pool: String, pause: Duration, task: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
-        match tokio::spawn(task()).await {
+        match CatchUnwind(Box::pin(task())).await {
             Ok(()) => return,
-            Err(e) if e.is_panic() => {
+            Err(_) => {
                 tracing::error!(pool, "redis-guard prober panicked; restarting it");
                 tokio::time::sleep(pause).await;
             }
-            // Cancelled: the runtime is shutting down.
-            Err(_) => return,
         }
     }
 }
 
-/// Runs until the pool drops. Holds only a weak reference between rounds, so it never keeps
-/// the pool alive.
+/// Runs until the pool closes or drops. Holds only a weak reference between rounds, so it
+/// never keeps the pool alive.
 async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
     let interval = shared.config().probe_interval();
     loop {
@@ -67,6 +66,9 @@ async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
         tokio::pin!(verify);
         verify.as_mut().enable();
         let Some(inner) = pool.upgrade() else { return };
+        if shared.is_closing() {
+            return;
+        }
         let asked = Instant::now();
         // While connects fail, keep trying only when no connection works and nobody waits
         // (waiting callers have bb8 connecting for them), or the breaker needs proof. At
@@ -99,6 +101,7 @@ async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
         drop(inner);
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
+            () = shared.closed() => return,
             () = &mut verify => {
                 let Some(inner) = pool.upgrade() else { return };
                 connect(&inner, Instant::now()).await;
@@ -118,8 +121,8 @@ async fn connect(inner: &PoolInner, asked: Instant) -> bool {
     // take the spare slot bb8 keeps for retries. Otherwise, a full pool drops it: the point
     // was to learn whether Redis accepts connections.
     let shared = &inner.shared;
-    if shared.waiting() == 0 && inner.pool.state().connections < shared.config().max_size() {
-        let _ = inner.pool.add(conn);
+    if shared.waiting() == 0 && inner.counts().0 < shared.config().max_size() {
+        inner.add(conn);
     }
     true
 }
@@ -129,8 +132,8 @@ async fn connect(inner: &PoolInner, asked: Instant) -> bool {
 async fn keep_min_idle(inner: &PoolInner) {
     let config = inner.shared.config();
     for _ in 0..config.min_idle() {
-        let state = inner.pool.state();
-        if state.idle_connections >= config.min_idle() || state.connections >= config.max_size() {
+        let (connections, idle) = inner.counts();
+        if idle >= config.min_idle() || connections >= config.max_size() {
             return;
         }
         let Ok(_permit) = inner.shared.checkout_permits().clone().try_acquire_owned() else {
@@ -155,12 +158,13 @@ enum Waiting {
 /// outage, and a connect that fails reports itself.
 async fn idle_connection(inner: &PoolInner, waiting: Waiting) -> Option<ProbeConnection> {
     let shared = &inner.shared;
-    if waiting == Waiting::IdleOnly && inner.pool.state().idle_connections == 0 {
+    if waiting == Waiting::IdleOnly && inner.counts().1 == 0 {
         return None;
     }
     let permit = shared.checkout_permits().clone().try_acquire_owned().ok()?;
     let timeout = shared.config().response_timeout();
-    let mut conn = tokio::time::timeout(timeout, inner.pool.get_owned())
+    let pool = inner.bb8()?;
+    let mut conn = tokio::time::timeout(timeout, pool.get_owned())
         .await
         .ok()?
         .ok()?;

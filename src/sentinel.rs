@@ -423,6 +423,11 @@ impl SentinelWatch {
         self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The pool closed: its connections to the sentinels go (their drivers end with them).
+    pub(crate) fn close(&self) {
+        self.lock_links().fill(None);
+    }
+
     fn lock_links(&self) -> std::sync::MutexGuard<'_, Vec<Option<MultiplexedConnection>>> {
         self.links.lock().unwrap_or_else(|e| e.into_inner())
     }

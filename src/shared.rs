@@ -573,6 +573,9 @@ impl Shared {
         // New checkouts waiting for a connection fail at once; the permits stay open for the
         // callers admitted before (see `inner::WhenClosing`).
         self.closed.notify_waiters();
+        if let Some(watch) = &self.sentinel {
+            watch.close();
+        }
         self.metrics().withdraw();
     }
 

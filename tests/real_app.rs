@@ -549,3 +549,40 @@ async fn close_ends_a_checkout_that_waits_on_a_connect() {
         "failed after {waited:?}"
     );
 }
+
+/// Tasks alive in this test's runtime.
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+in_both_modes! {
+/// Setup: a pool with idle connections kept (`min_idle(2)`) that served a load, closed while
+/// its handles are still held; then a second pool that is never closed, only dropped.
+/// Asserts: 1 s after `close()` no task of the pool is alive (prober, gauge sampler,
+/// connection drivers, bb8's reaper), though handles remain; 1 s after the last handle of the
+/// second pool drops, likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_of_a_closed_or_dropped_pool_runs(mode: PoolMode) {
+    let server = RedisServer::start().unwrap();
+    // The metrics recorder may start a task of its own in the runtime that installs it.
+    metrics();
+    let before = alive_tasks();
+    let closed = guard(config_in(mode, &server.url(), "close_tasks").min_idle(2)).await;
+    let outcomes = drive_echo(&router(closed.clone()), 200, 8).await;
+    assert!(failures(&outcomes).is_empty());
+    let held = closed.clone();
+    closed.close(Duration::from_secs(1)).await;
+    let quiet = eventually(Duration::from_secs(1), || alive_tasks() <= before).await;
+    assert!(quiet, "{} tasks alive 1 s after close()", alive_tasks() - before);
+    drop((closed, held));
+
+    let dropped = guard(config_in(mode, &server.url(), "drop_tasks").min_idle(2)).await;
+    let outcomes = drive_echo(&router(dropped.clone()), 200, 8).await;
+    assert!(failures(&outcomes).is_empty());
+    drop(dropped);
+    let quiet = eventually(Duration::from_secs(1), || alive_tasks() <= before).await;
+    assert!(quiet, "{} tasks alive 1 s after the last handle dropped", alive_tasks() - before);
+}
+}

@@ -777,3 +777,27 @@ async fn a_blocking_call_on_the_demoted_primary_ends_at_the_announcement() {
     );
     assert_eq!(next, Some(("jobs".to_owned(), "job-1".to_owned())));
 }
+
+/// Setup: a pool under Sentinel (subscribed to every sentinel, its questions answered) that
+/// served a few writes, closed while a handle is still held. Asserts: 1 s after `close()`
+/// no task of the pool is alive, the sentinel connections' drivers included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_of_a_closed_sentinel_pool_runs() {
+    let deployment = SentinelDeployment::start(SentinelOptions::default()).unwrap();
+    metrics();
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = alive();
+    let guard = common::guard(sentinel_config(&deployment.url(), "f14s-close")).await;
+    for _ in 0..10 {
+        incr(&guard).await.unwrap();
+    }
+    let held = guard.clone();
+    guard.close(Duration::from_secs(1)).await;
+    let quiet = eventually(Duration::from_secs(1), || alive() <= before).await;
+    assert!(quiet, "{} tasks alive 1 s after close()", alive() - before);
+    drop(held);
+}
