@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
+use tracing::instrument::WithSubscriber;
 
 use crate::config::{Config, PoolMode, StartupMode};
 use crate::connection::{GuardConnection, ValidationFailure, Verdict};
@@ -151,7 +152,9 @@ impl PoolInner {
         let multiplexed = (config.mode() == PoolMode::Shared)
             .then(|| SharedConnections::new(config.shared_connections()));
         Arc::new_cyclic(|weak: &std::sync::Weak<PoolInner>| {
-            let sampler = tokio::spawn(sample_gauges(weak.clone())).abort_handle();
+            // The pool's background tasks log where the pool was created.
+            let sampling = sample_gauges(weak.clone()).with_current_subscriber();
+            let sampler = tokio::spawn(sampling).abort_handle();
             PoolInner {
                 idle: ArcSwapOption::from_pointee(pool),
                 manager,
@@ -702,5 +705,6 @@ async fn sample_gauges(pool: std::sync::Weak<PoolInner>) {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
         pool.shared.sample_pool_state(&pool.state());
+        pool.shared.report_refusals();
     }
 }

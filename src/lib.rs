@@ -106,6 +106,7 @@ mod probe;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 pub mod pubsub;
+mod refusals;
 mod sentinel;
 mod session;
 mod shared;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tracing::Instrument;
+use tracing::instrument::WithSubscriber;
 
 use crate::breaker::BreakerState;
 use crate::config::Config;
@@ -69,16 +70,15 @@ impl RedisGuard {
         let inner = PoolInner::new(config);
         tracing::info!(pool = %inner.name(), url = %inner.shared.config().redacted_url(), ?startup, "redis pool created");
         if inner.shared.sentinel().is_some() {
-            let follower = tokio::spawn(crate::sentinel::follow(inner.shared.clone()));
+            let following = crate::sentinel::follow(inner.shared.clone());
+            let follower = tokio::spawn(following.with_current_subscriber());
             inner.own_task(follower.abort_handle());
         }
         inner.connect_at_startup(startup).await?;
         // Started after the start-up connect, so that is the only connect attempt until then;
         // it stops when it can no longer upgrade its weak reference to the pool.
-        let prober = tokio::spawn(probe::supervise(
-            Arc::downgrade(&inner),
-            inner.shared.clone(),
-        ));
+        let probing = probe::supervise(Arc::downgrade(&inner), inner.shared.clone());
+        let prober = tokio::spawn(probing.with_current_subscriber());
         inner.own_task(prober.abort_handle());
         Ok(RedisGuard { inner })
     }

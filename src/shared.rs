@@ -29,10 +29,11 @@ use crate::breaker::{Admission, Breaker, BreakerState, Transition};
 use crate::clock::AtomicInstant;
 use crate::command::ReadOnlyCommands;
 use crate::config::Config;
-use crate::error::{Error, PoolState};
+use crate::error::{Error, PoolState, UnavailableReason};
 use crate::metrics::{
     CheckoutResult, ConnectErrorKind, EvictionReason, PoolMetrics, ValidationResult,
 };
+use crate::refusals::{Refusal, Refusals};
 use crate::sentinel::{PrimaryAddr, SentinelWatch};
 
 #[derive(Debug)]
@@ -97,6 +98,8 @@ pub(crate) struct Shared {
     /// and connect attempts stop.
     closing: AtomicBool,
     closed: Notify,
+    /// Requests refused since the last summary in the log.
+    refusals: Refusals,
     /// Which commands only read, as Redis describes them: for retries.
     read_only: Arc<ReadOnlyCommands>,
     /// Where the primary is, for a pool under Sentinel.
@@ -136,6 +139,7 @@ impl Shared {
             checkout_permits: Arc::new(Semaphore::new(config.max_size() as usize)),
             closing: AtomicBool::new(false),
             closed: Notify::new(),
+            refusals: Refusals::default(),
             read_only: Arc::default(),
             sentinel: config.sentinel.clone().map(SentinelWatch::new),
             config,
@@ -425,11 +429,36 @@ impl Shared {
         };
         self.metrics().checkout(result, None);
         tracing::debug!(%error, "redis checkout failed");
+        match error {
+            Error::Timeout { .. } => self.refusals.count(Refusal::TimedOut),
+            Error::Unavailable {
+                reason: UnavailableReason::CannotConnect { .. } | UnavailableReason::Startup { .. },
+                ..
+            } => self.refusals.count(Refusal::CannotConnect),
+            _ => {}
+        }
     }
 
-    /// Refused by the breaker: counted, not logged (there may be thousands a second).
+    /// Refused by the breaker: counted, and summed up in the log (there may be thousands a
+    /// second).
     pub(crate) fn checkout_rejected(&self) {
         self.metrics().checkout(CheckoutResult::Rejected, None);
+        self.refusals.count(Refusal::BreakerOpen);
+    }
+
+    /// Logs what was refused since the last summary, if one is due (see `refusals.rs`).
+    pub(crate) fn report_refusals(&self) {
+        let Some(summary) = self.refusals.summary(Instant::now()) else {
+            return;
+        };
+        let cause = self.last_connect_error();
+        let cause = cause.as_deref().unwrap_or("none");
+        tracing::warn!(
+            pool = %self.name(),
+            refused = summary.total(),
+            breaker = self.breaker.state().as_label(),
+            "{summary}; last connect error: {cause}"
+        );
     }
 
     pub(crate) fn sample_pool_state(&self, state: &PoolState) {

@@ -560,3 +560,52 @@ async fn a_server_slow_to_greet_connects_within_the_connect_timeout() {
         redis::Value::BulkString(v) if v == b"yes"
     ));
 }
+
+/// Fault: Redis stopped under load (8 callers through the service for 3 s). Asserts: the log
+/// gets one WARN summary of what the clients were refused (a count, the reasons, the last
+/// connect error), not one line per request and not nothing; the next would come 10 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_leaves_a_summary_of_the_refusals_in_the_log() {
+    let mut server = RedisServer::start().unwrap();
+    let logs = capture_logs(async {
+        let guard = guard(config(&server.url(), "refusal_log")).await;
+        let app = service(guard);
+        tokio::task::block_in_place(|| server.stop());
+        let stop = Instant::now() + Duration::from_secs(3);
+        let callers: Vec<_> = (0..8)
+            .map(|_| {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let mut refused = 0;
+                    while Instant::now() < stop && refused < 100_000 {
+                        if call(&app, "/echo?value=x").await.status != StatusCode::OK {
+                            refused += 1;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    refused
+                })
+            })
+            .collect();
+        let mut refused = 0;
+        for caller in callers {
+            refused += caller.await.unwrap();
+        }
+        assert!(refused > 100, "{refused} requests refused");
+    })
+    .await;
+    let summaries: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains("requests in the last"))
+        .collect();
+    assert_eq!(summaries.len(), 1, "one summary in 3 s: {summaries:#?}");
+    let summary = summaries[0];
+    assert!(summary.contains("breaker open ("), "{summary}");
+    assert!(summary.contains("last connect error: "), "{summary}");
+    assert!(!summary.contains("last connect error: none"), "{summary}");
+    let warnings = logs.lines().filter(|line| line.contains("WARN")).count();
+    assert!(
+        warnings <= 5,
+        "no WARN line per refused request: {warnings}\n{logs}"
+    );
+}
