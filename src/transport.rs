@@ -69,6 +69,9 @@ pub(crate) struct LinkHealth {
     greeting: std::sync::Mutex<Vec<u8>>,
 }
 
+/// How Redis's refusals at accept begin: at `maxclients`, and in protected mode.
+const ACCEPT_REFUSALS: [&str; 2] = ["ERR max number of clients reached", "DENIED "];
+
 /// How much of the first reply is kept: enough for Redis's accept-time error lines.
 const GREETING_BYTES: usize = 128;
 
@@ -134,7 +137,10 @@ impl LinkHealth {
             })
             .collect();
         let closed = matches!(self.state(), LinkState::Eof | LinkState::Failed);
-        (!read || closed).then_some(line)
+        // Only Redis's own refusals at accept: an error reply to a set-up command
+        // (`CLIENT SETINFO` on Redis 7.0) followed by a kill is no refusal.
+        let refusal = ACCEPT_REFUSALS.iter().any(|start| line.starts_with(start));
+        (refusal && (!read || closed)).then_some(line)
     }
 
     /// How many bytes the driver has written so far: a call that fails on a link that failed
@@ -521,6 +527,14 @@ mod tests {
         );
         assert_eq!(unread.turned_away(b"+OK\r\n"), None);
         assert_eq!(unread.turned_away(b"-ERR cut"), None, "an unfinished line");
+        let replied = LinkHealth::default();
+        replied.capture(b"-ERR unknown subcommand 'SETINFO'.\r\n");
+        replied.close(LinkState::Eof);
+        assert_eq!(
+            replied.turned_away(b""),
+            None,
+            "an error reply, then a kill"
+        );
     }
 
     #[test]
