@@ -36,6 +36,12 @@ use std::time::{Duration, Instant};
 /// that waited because every connection was busy, a reply slower than `validation_timeout` but
 /// within `response_timeout`.
 ///
+/// One rule opens the breaker at once, whatever the counts: a connect timed out and a call on
+/// an existing connection timed out too, with nothing answering since either began. That is
+/// a Redis that accepts sockets and answers nothing (stopped, hung, behind a black hole);
+/// either alone is not enough (zombie sockets time out while new connects succeed; a busy
+/// Redis is slow to accept while it answers).
+///
 /// ```
 /// use std::time::Duration;
 /// use redis_guard::BreakerPolicy;
@@ -293,6 +299,16 @@ impl Breaker {
                     None
                 }
             }
+        }
+    }
+
+    /// Redis is proven unresponsive at once (see `Shared::call_timed_out`): open now,
+    /// whatever the counts.
+    pub(crate) fn trip(&self) -> Transition {
+        let mut counts = self.lock();
+        match self.state() {
+            BreakerState::Open => None,
+            _ => self.move_to(&mut counts, BreakerState::Open),
         }
     }
 

@@ -16,6 +16,8 @@
 //!   (`command.rs`).
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -791,12 +793,47 @@ fn server_error(reply: RedisResult<Value>) -> Option<String> {
 
 impl GuardConnection {
     /// Sets the reply wait this call needs: the checkout's response timeout, plus what
-    /// blocking commands may wait on the server.
-    fn set_reply_wait<'c>(&mut self, cmds: impl Iterator<Item = &'c Cmd>) {
+    /// blocking commands may wait on the server. Returns whether any blocks.
+    fn set_reply_wait<'c>(&mut self, cmds: impl Iterator<Item = &'c Cmd>) -> bool {
         let server_wait: Duration = cmds.filter_map(command::server_wait).sum();
         self.inner
             .set_response_timeout(self.response_timeout.saturating_add(server_wait));
+        !server_wait.is_zero()
     }
+}
+
+/// Awaits a call sent at `sent` on an existing connection, and tells the pool when its reply
+/// is overdue (no reply within `validation_timeout`, so a fresh connect verifies Redis early)
+/// and when it timed out: the evidence the breaker's unresponsive rule weighs (see
+/// `Shared::call_timed_out`). A blocking command waits on the server by design: only its
+/// timeout counts.
+///
+/// The call is pinned by the caller: moved in, it would take its room in this future twice.
+pub(crate) async fn watched<T>(
+    shared: &Shared,
+    sent: Instant,
+    blocking: bool,
+    mut call: Pin<&mut impl Future<Output = RedisResult<T>>>,
+) -> RedisResult<T> {
+    let result = if blocking {
+        call.await
+    } else {
+        let overdue = tokio::time::sleep(shared.validation_timeout());
+        tokio::select! {
+            biased;
+            result = &mut call => result,
+            () = overdue => {
+                shared.reply_overdue(sent);
+                call.await
+            }
+        }
+    };
+    if let Err(e) = &result
+        && e.is_timeout()
+    {
+        shared.call_timed_out(sent);
+    }
+    result
 }
 
 impl GuardConnection {
@@ -855,10 +892,15 @@ impl GuardConnection {
         async move {
             self.refuse_if_demoted()?;
             self.refuse_if_closed()?;
-            self.set_reply_wait(std::iter::once(cmd));
+            let blocking = self.set_reply_wait(std::iter::once(cmd));
             self.in_flight = true;
             let written = self.link.written();
-            let result = match self.inner.send_packed_command(cmd).await {
+            let sent = Instant::now();
+            let replied = {
+                let call = std::pin::pin!(self.inner.send_packed_command(cmd));
+                watched(&self.shared, sent, blocking, call).await
+            };
+            let result = match replied {
                 // An error reply, as the error it is (redis-rs's query_async would make it one
                 // anyway): so it is judged here like any failure.
                 Ok(Value::ServerError(e)) => Err(RedisError::from(e)),
@@ -889,13 +931,14 @@ impl GuardConnection {
         async move {
             self.refuse_if_demoted()?;
             self.refuse_if_closed()?;
-            self.set_reply_wait(pipeline.cmd_iter());
+            let blocking = self.set_reply_wait(pipeline.cmd_iter());
             self.in_flight = true;
             let written = self.link.written();
-            let result = self
-                .inner
-                .send_packed_commands(pipeline, offset, count)
-                .await;
+            let sent = Instant::now();
+            let result = {
+                let call = std::pin::pin!(self.inner.send_packed_commands(pipeline, offset, count));
+                watched(&self.shared, sent, blocking, call).await
+            };
             self.in_flight = false;
             self.note_outcome(&result);
             if let Ok(values) = &result

@@ -35,7 +35,7 @@ use tracing::Instrument;
 use crate::clock::AtomicInstant;
 use crate::connection::{
     Call, Outcome, Reply, SharedParts, call_span, not_sent_closed, not_sent_failover,
-    unless_never_written,
+    unless_never_written, watched,
 };
 use crate::inner::{Bb8Connection, Validated};
 use crate::metrics::EvictionReason;
@@ -343,7 +343,9 @@ impl SharedConnection {
             let written = self.parts.link.written();
             let result = {
                 let _in_flight = InFlight::enter(&self.in_flight);
-                call.send_multiplexed(&mut handle).await
+                let sent = Instant::now();
+                let call = std::pin::pin!(call.send_multiplexed(&mut handle));
+                watched(shared, sent, false, call).await
             };
             match Outcome::of(&result) {
                 Outcome::ConnectionFailed if self.on_demoted_primary(shared) => {

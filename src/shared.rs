@@ -12,6 +12,8 @@
 //! | a new connection succeeds | [`Shared::connected`] | success | open breaker moves to half-open; the pool becomes ready |
 //! | a new connection lands on a replica while the pool wants the primary | [`Shared::connect_failed`] | no (Redis answered) | not used; a waiting checkout fails with the cause |
 //! | I/O error or response timeout on an existing connection, a failed validation, a socket found closed | [`Shared::evicted`] | no | the connections idle since are suspect; one verifying connect, whose outcome counts |
+//! | a call with no reply for `validation_timeout`, nothing else answering | [`Shared::reply_overdue`] | no | one verifying connect, at once |
+//! | a connect timed out and a call in use timed out, nothing answering since either began | [`Shared::call_timed_out`], [`Shared::connect_failed`] | opens it at once | Redis is unresponsive (frozen, hung host): waiting for five connect timeouts would cost every request its budget for seconds |
 //! | a reply (also an error reply: `WRONGTYPE`, `OOM`, `NOSCRIPT`, ...) | [`Shared::answered`] | success | proves Redis alive to the prober |
 //! | a checkout that waited because every connection was busy (a request or the prober) | [`Shared::checkout_failed`] | no | counted as a timeout |
 //! | a reply slower than `validation_timeout` but within `response_timeout` | (a reply) | success | |
@@ -68,6 +70,12 @@ pub(crate) struct Shared {
     role_suspect_before: AtomicInstant,
     /// When Redis last answered anything: the prober stays quiet while traffic proves it alive.
     last_answer: AtomicInstant,
+    /// When the last connect attempt that timed out with nothing answering since it began
+    /// began.
+    silent_connect: AtomicInstant,
+    /// When the last call on an existing connection that timed out with nothing answering
+    /// since was sent.
+    silent_call: AtomicInstant,
     /// A moving average of PING round trips, in nanoseconds: validation waits a few of them
     /// at least, so a distant Redis is not taken for a dead one.
     round_trip_nanos: AtomicU64,
@@ -127,6 +135,8 @@ impl Shared {
             suspect_before: AtomicInstant::default(),
             role_suspect_before: AtomicInstant::default(),
             last_answer: AtomicInstant::default(),
+            silent_connect: AtomicInstant::default(),
+            silent_call: AtomicInstant::default(),
             round_trip_nanos: AtomicU64::new(0),
             last_connect_error: Mutex::new(None),
             connects_failing: AtomicBool::new(false),
@@ -273,11 +283,58 @@ impl Shared {
         if counts && !answered_since && !overlapped {
             self.on_transition(self.breaker.record_failure(now));
         }
+        if kind == ConnectErrorKind::Timeout && !self.answered_since(started) {
+            self.silent_connect.advance(started);
+            self.trip_if_unresponsive();
+        }
         // An undecisive failure counts half: a waiter fails on one decisive failure or two
         // of any kind.
         self.failed_connects
             .fetch_add(if decisive { 2 } else { 1 }, Ordering::AcqRel);
         self.connect_failed.notify_waiters();
+    }
+
+    /// A call on an existing connection sent at `sent` got no reply within its response
+    /// timeout.
+    pub(crate) fn call_timed_out(&self, sent: Instant) {
+        if !self.answered_since(sent) {
+            self.silent_call.advance(sent);
+            self.trip_if_unresponsive();
+        }
+    }
+
+    /// A call sent at `sent` has had no reply for `validation_timeout`: if nothing else
+    /// answered since either, a fresh connect verifies Redis now rather than after the
+    /// response timeout, so a frozen Redis is found within about one connect timeout.
+    pub(crate) fn reply_overdue(&self, sent: Instant) {
+        if !self.answered_since(sent) {
+            self.verify_requested.notify_one();
+        }
+    }
+
+    /// Opens the breaker at once when Redis is proven unresponsive: a connect timed out and
+    /// a call on an existing connection timed out too, with nothing answering since either
+    /// began. A frozen Redis (SIGSTOP, a hung host, a black-holing firewall) otherwise costs
+    /// each request its whole budget until five connects have timed out, one by one. Either
+    /// alone is not enough: zombie sockets time out while new connects succeed, and a busy
+    /// or distant Redis is slow to accept while it answers on the connections it has.
+    fn trip_if_unresponsive(&self) {
+        let (Some(connect), Some(call)) = (self.silent_connect.get(), self.silent_call.get())
+        else {
+            return;
+        };
+        if self.answered_since(connect.min(call)) {
+            return;
+        }
+        if let Some(transition) = self.breaker.trip() {
+            tracing::warn!(pool = %self.name(), "redis is not answering: a connect and the calls in use timed out");
+            self.on_transition(Some(transition));
+        }
+    }
+
+    /// Whether Redis answered anything after `since`.
+    fn answered_since(&self, since: Instant) -> bool {
+        self.last_answer.get().is_some_and(|answer| answer > since)
     }
 
     /// A subscription was lost and made again.
