@@ -8,7 +8,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo test e2e lint bench chaos deps e2e-deps
+.PHONY: demo test e2e lint bench chaos stress deps e2e-deps
 
 # RUNLEVEL=1 keeps Debian from starting the packages' system services: the tests start their own.
 APT_INSTALL = $(SUDO) env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
@@ -48,6 +48,11 @@ lint: deps
 # The resilience tour: faults under steady load, a table per phase and an SVG timeline.
 chaos: deps
 	$(CARGO) run --release --all-features --example chaos -- target/chaos.svg
+
+# The integration suite N times with both cores kept busy, and each test's failure count.
+N ?= 20
+stress: deps
+	python3 scripts/stress.py $(N)
 
 bench: deps
 	$(CARGO) bench --all-features
