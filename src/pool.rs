@@ -407,6 +407,13 @@ impl Checkout {
     }
 
     async fn send(&mut self, call: Call<'_>, writes_too: bool) -> RedisResult<Reply> {
+        let shared = &self.pool.shared;
+        // A failover under way (Sentinel): a write would be acknowledged by the old primary
+        // and lost. It waits, unsent; once the primary moved it finds its connection retired
+        // and goes to the new one.
+        if shared.holds_writes() && shared.read_only().known(call.cmds()) != Some(true) {
+            Box::pin(shared.writes_released()).await;
+        }
         if let Held::Shared(connection) = &self.held {
             if !call.cmds().any(crate::session::needs_own_connection) {
                 let connection = connection.clone();

@@ -55,6 +55,11 @@ pub(crate) struct Shared {
     connect_failed: Notify,
     /// Wakes the prober: an existing connection failed, verify Redis with a fresh connect.
     verify_requested: Notify,
+    /// Set while a Sentinel failover of the primary is under way: writes wait (see
+    /// [`Shared::hold_writes`]). Read on every call, so an atomic beside the watch.
+    writes_held: AtomicBool,
+    /// When the hold ends at the latest, while writes are held.
+    write_hold: tokio::sync::watch::Sender<Option<Instant>>,
     /// Bumped each time the primary moves. Work begun under an older value (a connect in
     /// flight, its failure, a backoff) says nothing about the new primary: it is dropped or
     /// ignored, never counted. A watch rather than a `Notify`, so a move between reading the
@@ -131,6 +136,8 @@ impl Shared {
             connect_failed: Notify::new(),
             verify_requested: Notify::new(),
             topology: tokio::sync::watch::Sender::new(0),
+            writes_held: AtomicBool::new(false),
+            write_hold: tokio::sync::watch::Sender::new(None),
             next_connect_at: AtomicInstant::default(),
             suspect_before: AtomicInstant::default(),
             role_suspect_before: AtomicInstant::default(),
@@ -356,7 +363,51 @@ impl Shared {
         self.next_connect_at.clear();
         self.breaker.forget_failures();
         self.topology.send_modify(|generation| *generation += 1);
+        self.release_writes("the primary moved");
         self.verify_requested.notify_one();
+    }
+
+    /// A Sentinel failover of the primary began: from the replica's promotion on, the old
+    /// primary acknowledges writes that are lost when it is turned into a replica. Writes
+    /// wait, unsent, until the switch (then they go to the new primary), an abort, or
+    /// [`WRITE_HOLD_CAP`](crate::sentinel::WRITE_HOLD_CAP), whichever comes first. Reads go on.
+    pub(crate) fn hold_writes(&self) {
+        let until = Instant::now() + crate::sentinel::WRITE_HOLD_CAP;
+        self.write_hold.send_replace(Some(until));
+        self.writes_held.store(true, Ordering::Release);
+        tracing::info!(pool = %self.name(), "a failover of the primary began: holding writes until the switch");
+    }
+
+    /// Lets held writes go.
+    pub(crate) fn release_writes(&self, why: &str) {
+        if self.writes_held.swap(false, Ordering::AcqRel) {
+            self.write_hold.send_replace(None);
+            tracing::info!(pool = %self.name(), why, "writes released");
+        }
+    }
+
+    /// Whether writes are held now (the hot path reads only this).
+    pub(crate) fn holds_writes(&self) -> bool {
+        self.writes_held.load(Ordering::Acquire)
+    }
+
+    /// Resolves when held writes may go: released, past the cap, or the pool closing.
+    pub(crate) async fn writes_released(&self) {
+        let mut hold = self.write_hold.subscribe();
+        loop {
+            let Some(until) = *hold.borrow_and_update() else {
+                return;
+            };
+            if Instant::now() >= until {
+                self.release_writes("the hold reached its cap");
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(until.into()) => {}
+                Ok(()) = hold.changed() => {}
+                () = self.closed() => return,
+            }
+        }
     }
 
     /// Follows the primary's moves: subscribe before reading any state a move resets, so

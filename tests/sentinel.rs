@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use redis::AsyncCommands;
 use redis_guard::testkit::{MASTER_NAME, SentinelDeployment, SentinelOptions};
-use redis_guard::{Config, RedisGuard, StartupMode};
+use redis_guard::{Config, PoolMode, RedisGuard, StartupMode};
 
 /// Writers and readers each, as the measurements.
 const CONCURRENCY: usize = 16;
@@ -168,6 +168,20 @@ impl Run {
         );
     }
 
+    /// The INCRs the old primary acknowledged after the new one's counter began: each is
+    /// lost (the new primary's values start where replication left off).
+    fn lost_writes(&self) -> Vec<&Ack> {
+        let base = self
+            .acks_on(self.new_port)
+            .map(|a| a.value)
+            .min()
+            .expect("writes on the new primary")
+            - 1;
+        self.acks_on(self.old_port)
+            .filter(|a| a.value > base)
+            .collect()
+    }
+
     /// Every INCR acknowledged by the new primary is in its counter once: the counter grew by
     /// exactly those, plus writes whose outcome is unknown (they failed, but may have run).
     fn assert_no_write_applied_twice(&self) {
@@ -203,7 +217,17 @@ async fn failover_under_load<F: FnOnce(&mut SentinelDeployment)>(
     pool: &str,
     fault: F,
 ) -> Run {
-    let guard = common::guard(sentinel_config(&deployment.url(), pool)).await;
+    failover_under_load_in(PoolMode::Exclusive, deployment, pool, fault).await
+}
+
+/// [`failover_under_load`] with a pool in `mode`.
+async fn failover_under_load_in<F: FnOnce(&mut SentinelDeployment)>(
+    mode: PoolMode,
+    deployment: &mut SentinelDeployment,
+    pool: &str,
+    fault: F,
+) -> Run {
+    let guard = common::guard(sentinel_config(&deployment.url(), pool).mode(mode)).await;
     let old_port = deployment.primary_port().unwrap();
     let announcements = deployment.watch_announcements().await.unwrap();
     let load = {
@@ -280,6 +304,45 @@ async fn a_forced_failover_is_followed_within_100ms_without_a_failed_read() {
     run.assert_no_write_applied_twice();
     assert_eq!(metric("redis_guard_primary_switches_total", pool, &[]), 1.0);
     assert!(evictions(pool, "role_change") >= 1.0);
+}
+
+in_both_modes! {
+/// Fault: `SENTINEL FAILOVER` under 16 writers and 16 readers, as above. Sentinel promotes the
+/// replica about a second before it announces the switch, and the old primary acknowledges
+/// writes all that time. Asserts: no acknowledged write is lost (none acknowledged by the old
+/// primary after the new one's counter began), none applied twice, no read fails, and writes
+/// are held, not failed: only those in flight at the switch may fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_failover_loses_no_acknowledged_write(mode: PoolMode) {
+    let mut deployment = SentinelDeployment::start(SentinelOptions::default()).unwrap();
+    let pool = pool_name(mode, "f14s-no-loss");
+    let run = tokio::time::timeout(
+        TEST_DEADLINE,
+        failover_under_load_in(mode, &mut deployment, &pool, |d| d.failover().unwrap()),
+    )
+    .await
+    .expect("bounded");
+    run.report("forced failover, writes held");
+    let lost = run.lost_writes();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost, the last {:?} after the announcement",
+        lost.len(),
+        lost.last().map(|a| signed(a.at, run.announced))
+    );
+    assert!(
+        run.load.failed_reads.is_empty(),
+        "failed reads: {:?}",
+        &run.load.failed_reads[..run.load.failed_reads.len().min(3)]
+    );
+    assert!(
+        run.load.failed_writes.len() <= CONCURRENCY,
+        "writes are held, not failed: {} failed",
+        run.load.failed_writes.len()
+    );
+    run.assert_followed_in_time();
+    run.assert_no_write_applied_twice();
+}
 }
 
 /// Fault: kill -9 of the primary (`down-after-milliseconds` 500) under the same load.

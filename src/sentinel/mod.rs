@@ -26,6 +26,12 @@
 //! once. The old primary may still accept writes for seconds after the announcement
 //! (Sentinel reconfigures it as a replica only later), and every write it acknowledges then
 //! is lost when it resyncs.
+//!
+//! Writes are lost before the announcement too: the old primary acknowledges them from the
+//! replica's promotion on. The leader's first step of a failover (`events.rs`) holds the
+//! pool's writes (not its reads) until the switch, an abort, or [`WRITE_HOLD_CAP`].
+
+mod events;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -39,9 +45,13 @@ use crate::config::{Config, Sentinel};
 use crate::metrics::ConnectErrorKind;
 use crate::shared::Shared;
 use crate::transport::{self, BoxedStream, PeerProbe};
+use events::{Event, text};
 
 /// The channel on which sentinels announce a new primary.
-const SWITCH_MASTER: &str = "+switch-master";
+/// How long writes are held at most once a failover began: a forced failover announces the
+/// switch about a second after its first step; one that stalls longer lets writes go to
+/// the primary they would have reached.
+pub(crate) const WRITE_HOLD_CAP: Duration = Duration::from_secs(3);
 /// The epoch of an answer that proves nothing: it wins over no known primary, and raises
 /// no known epoch.
 const NO_EPOCH: u64 = 0;
@@ -523,7 +533,7 @@ async fn subscribe_and_listen(shared: &Shared, watch: &SentinelWatch, i: usize) 
     let (pushes, mut announcements) = tokio::sync::mpsc::unbounded_channel();
     let subscribed = async {
         let mut conn = watch.open(i, config, Some(pushes)).await?;
-        conn.subscribe(SWITCH_MASTER).await?;
+        conn.subscribe(events::channels()).await?;
         Ok::<_, RedisError>(conn)
     };
     let mut conn = match tokio::time::timeout(config.connect_timeout(), subscribed).await {
@@ -552,15 +562,22 @@ async fn subscribe_and_listen(shared: &Shared, watch: &SentinelWatch, i: usize) 
         poll_now = tokio::select! {
             push = announcements.recv() => match push {
                 Some(push) if push.kind == PushKind::Disconnection => break,
-                Some(push) => {
-                    if let Some(addr) = switch_for(&push, &watch.sentinel.master_name) {
+                Some(push) => match events::event_for(&push, &watch.sentinel.master_name) {
+                    Some(Event::Switched(addr)) => {
                         watch.announced(addr, shared);
                         // Learn the new epoch from the same sentinel.
                         true
-                    } else {
+                    }
+                    Some(Event::FailoverBegins) => {
+                        shared.hold_writes();
                         false
                     }
-                }
+                    Some(Event::FailoverAborted) => {
+                        shared.release_writes("the failover was aborted");
+                        false
+                    }
+                    None => false,
+                },
                 None => break,
             },
             () = tokio::time::sleep(interval) => true,
@@ -629,45 +646,9 @@ fn master_in(reply: Value) -> Result<Option<Answer>, RedisError> {
     }
 }
 
-/// The new primary in a `+switch-master` message for `master_name`:
-/// `<name> <old ip> <old port> <new ip> <new port>`.
-fn switch_for(push: &PushInfo, master_name: &str) -> Option<PrimaryAddr> {
-    if push.kind != PushKind::Message {
-        return None;
-    }
-    let payload = text(push.data.get(1)?)?;
-    let words: Vec<&str> = payload.split(' ').collect();
-    match words.as_slice() {
-        [name, _, _, host, port] if *name == master_name => Some(PrimaryAddr {
-            host: (*host).to_owned(),
-            port: port.parse().ok()?,
-        }),
-        _ => None,
-    }
-}
-
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn message(payload: &str) -> PushInfo {
-        PushInfo {
-            kind: PushKind::Message,
-            data: vec![
-                Value::BulkString(SWITCH_MASTER.into()),
-                Value::BulkString(payload.into()),
-            ],
-        }
-    }
 
     fn addr(port: u16) -> PrimaryAddr {
         PrimaryAddr {
@@ -790,21 +771,5 @@ mod tests {
         assert_eq!(watch.generation(), 1);
         watch.learn(addr(1), 1, &shared);
         assert_eq!(primary(&watch).0, 2, "the move is protected again");
-    }
-
-    #[test]
-    fn a_switch_is_read_for_its_own_master_only() {
-        assert_eq!(
-            switch_for(&message("mymaster 10.0.0.1 6379 10.0.0.2 6380"), "mymaster"),
-            Some(PrimaryAddr {
-                host: "10.0.0.2".into(),
-                port: 6380
-            })
-        );
-        assert_eq!(
-            switch_for(&message("other 10.0.0.1 6379 10.0.0.2 6380"), "mymaster"),
-            None
-        );
-        assert_eq!(switch_for(&message("mymaster garbage"), "mymaster"), None);
     }
 }
