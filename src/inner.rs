@@ -34,7 +34,7 @@ use crate::connection::{GuardConnection, ValidationFailure, Verdict};
 use crate::error::{Error, PoolState, UnavailableReason};
 use crate::manager::{self, Attempt, GuardManager, Skip};
 use crate::metrics::{EvictionReason, ValidationResult};
-use crate::multiplexed::{Pick, SharedConnection, SharedConnections};
+use crate::multiplexed::{Lane, Lanes, Pick, SharedConnection};
 use crate::shared::Shared;
 
 /// How often the pool gauges are sampled.
@@ -102,7 +102,7 @@ pub(crate) struct PoolInner {
     pub(crate) manager: GuardManager,
     pub(crate) shared: Arc<Shared>,
     /// In shared mode, the connections every checkout's plain commands go over.
-    pub(crate) multiplexed: Option<SharedConnections>,
+    pub(crate) multiplexed: Option<Lanes>,
     /// The gauge sampler and the prober; they stop with the pool.
     tasks: Mutex<Vec<AbortHandle>>,
 }
@@ -150,7 +150,7 @@ impl PoolInner {
             .error_sink(Box::new(bb8::NopErrorSink))
             .build_unchecked(manager.clone());
         let multiplexed = (config.mode() == PoolMode::Shared)
-            .then(|| SharedConnections::new(config.shared_connections()));
+            .then(|| Lanes::new(config.shared_connections(), config.max_size()));
         Arc::new_cyclic(|weak: &std::sync::Weak<PoolInner>| {
             // The pool's background tasks log where the pool was created.
             let sampling = sample_gauges(weak.clone()).with_current_subscriber();
@@ -258,20 +258,22 @@ impl PoolInner {
     /// one, under the same admission, budget and metrics; and when it was handed out.
     pub(crate) async fn checkout_shared(
         self: &Arc<Self>,
+        lane: Lane,
     ) -> Result<(Arc<SharedConnection>, Instant), Error> {
         self.admitted(WhenClosing::Fail, |started| {
-            self.shared_connection_within(started)
+            self.shared_connection_within(lane, started)
         })
         .await
     }
 
-    /// Another shared connection for a call whose connection failed under it, within a
-    /// budget of its own.
+    /// Another shared connection in `lane`, for a call whose connection failed under it or
+    /// that needs the other lane, within a budget of its own.
     pub(crate) async fn another_shared_connection(
         self: &Arc<Self>,
+        lane: Lane,
     ) -> Result<Arc<SharedConnection>, Error> {
         let _waiting = self.shared.wait();
-        self.shared_connection_within(Instant::now()).await
+        self.shared_connection_within(lane, Instant::now()).await
     }
 
     /// Takes a retired shared connection out of its slot at once, so it closes as soon as
@@ -319,13 +321,15 @@ impl PoolInner {
     /// refilled in the background.
     async fn shared_connection_within(
         self: &Arc<Self>,
+        lane: Lane,
         started: Instant,
     ) -> Result<Arc<SharedConnection>, Error> {
         let shared = &self.shared;
         let multiplexed = self
             .multiplexed
             .as_ref()
-            .expect("shared connections in shared mode");
+            .expect("shared connections in shared mode")
+            .lane(lane);
         let deadline = started + shared.config().checkout_timeout();
         let mut empty = Vec::new();
         let mut now = started;
@@ -341,7 +345,7 @@ impl PoolInner {
             // wait on that attempt instead of failing fast with its own.
             for &index in &empty {
                 if !matches!(pick, Pick::Empty(own) if own == index) {
-                    self.refill_in_background(index);
+                    self.refill_in_background(lane, index);
                 }
             }
             match pick {
@@ -355,7 +359,7 @@ impl PoolInner {
                 }
                 Pick::Empty(index) => {
                     if let Some(connection) =
-                        Box::pin(self.refill(index, started, deadline)).await?
+                        Box::pin(self.refill(lane, index, started, deadline)).await?
                     {
                         return Ok(connection);
                     }
@@ -372,41 +376,44 @@ impl PoolInner {
     /// `None`: look again).
     async fn refill(
         &self,
+        lane: Lane,
         index: usize,
         started: Instant,
         deadline: Instant,
     ) -> Result<Option<Arc<SharedConnection>>, Error> {
-        let multiplexed = self.multiplexed.as_ref().expect("shared mode");
+        let multiplexed = self.multiplexed.as_ref().expect("shared mode").lane(lane);
         let refilling = tokio::time::timeout_at(deadline.into(), multiplexed.refilling(index))
             .await
             .map_err(|_| self.timed_out(started))?;
-        self.refill_holding(index, started, refilling).await
+        self.refill_holding(lane, index, started, refilling).await
     }
 
     /// [`refill`](Self::refill) for the holder of the slot's refill lock.
     async fn refill_holding(
         &self,
+        lane: Lane,
         index: usize,
         started: Instant,
         _refilling: tokio::sync::OwnedMutexGuard<()>,
     ) -> Result<Option<Arc<SharedConnection>>, Error> {
-        let multiplexed = self.multiplexed.as_ref().expect("shared mode");
+        let multiplexed = self.multiplexed.as_ref().expect("shared mode").lane(lane);
         if multiplexed.is_filled(index) {
             return Ok(None);
         }
         let budget = Budget::new(&self.shared, started, WhenClosing::Fail);
         let CheckedOut { conn, permit } = self.checkout_within_budget(budget).await?;
-        let connection = SharedConnection::new(conn, permit);
-        tracing::debug!(pool = %self.name(), connection_id = connection.id(), "shared connection in use");
+        let connection = SharedConnection::new(conn, permit, lane);
+        tracing::debug!(pool = %self.name(), connection_id = connection.id(), ?lane, "shared connection in use");
         multiplexed.fill(index, connection.clone());
         Ok(Some(connection))
     }
 
     /// Fills slot `index` off the caller's path, unless someone is filling it already.
-    fn refill_in_background(self: &Arc<Self>, index: usize) {
+    fn refill_in_background(self: &Arc<Self>, lane: Lane, index: usize) {
         let Some(multiplexed) = &self.multiplexed else {
             return;
         };
+        let multiplexed = multiplexed.lane(lane);
         if self.shared.is_closing() {
             return;
         }
@@ -416,7 +423,9 @@ impl PoolInner {
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             let Some(pool) = pool.upgrade() else { return };
-            let _ = pool.refill_holding(index, Instant::now(), refilling).await;
+            let _ = pool
+                .refill_holding(lane, index, Instant::now(), refilling)
+                .await;
         });
     }
 
@@ -617,7 +626,7 @@ impl PoolInner {
 
     pub(crate) fn state(&self) -> PoolState {
         let (connections, idle) = self.counts();
-        let shared_connections = self.multiplexed.as_ref().map_or(0, SharedConnections::live);
+        let shared_connections = self.multiplexed.as_ref().map_or(0, Lanes::live);
         let in_use = connections.saturating_sub(idle);
         PoolState {
             connections,

@@ -21,6 +21,13 @@
 //!   checkout onto an exclusive connection first.
 //!
 //! A cancelled call leaves nothing behind: the multiplexed driver reads its reply and drops it.
+//!
+//! Redis answers each connection's commands in order, so one write that waits (`CLIENT PAUSE
+//! WRITE`, a managed failover's pause, `WAIT`) holds every read queued behind it. When
+//! `max_size` leaves room (`2 × shared_connections < max_size`), reads get a lane of their
+//! own: a checkout starts on a read-only connection, and moves to the lane that carries
+//! writes at its first call that may write (one whose commands Redis does not flag
+//! read-only), where it stays.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -42,7 +49,65 @@ use crate::metrics::EvictionReason;
 use crate::shared::Shared;
 use crate::transport::PeerState;
 
-/// The slots of a shared-mode pool, each holding at most one shared connection.
+/// Which of a shared-mode pool's lanes a connection serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// Every call that may write (and reads, where there is no read lane).
+    Writes,
+    /// Read-only calls.
+    Reads,
+}
+
+/// Shared mode's connections: a lane for every call, and a lane for reads when `max_size`
+/// leaves room for both.
+pub(crate) struct Lanes {
+    writes: SharedConnections,
+    reads: Option<SharedConnections>,
+}
+
+impl Lanes {
+    pub(crate) fn new(count: u32, max_size: u32) -> Self {
+        Lanes {
+            writes: SharedConnections::new(count),
+            reads: (count.saturating_mul(2) < max_size).then(|| SharedConnections::new(count)),
+        }
+    }
+
+    /// The lane a checkout starts on.
+    pub(crate) fn first(&self) -> Lane {
+        match self.reads {
+            Some(_) => Lane::Reads,
+            None => Lane::Writes,
+        }
+    }
+
+    pub(crate) fn lane(&self, lane: Lane) -> &SharedConnections {
+        match (lane, &self.reads) {
+            (Lane::Reads, Some(reads)) => reads,
+            _ => &self.writes,
+        }
+    }
+
+    /// Empties the slot that holds `connection`, in whichever lane.
+    pub(crate) fn forget(&self, connection: &Arc<SharedConnection>) {
+        self.lane(connection.lane).forget(connection);
+    }
+
+    /// Shared connections that may still work, in both lanes.
+    pub(crate) fn live(&self) -> u32 {
+        self.writes.live() + self.reads.as_ref().map_or(0, SharedConnections::live)
+    }
+
+    /// Empties every slot of both lanes (the pool is closing).
+    pub(crate) fn clear(&self) {
+        self.writes.clear();
+        if let Some(reads) = &self.reads {
+            reads.clear();
+        }
+    }
+}
+
+/// The slots of a shared-mode lane, each holding at most one shared connection.
 ///
 /// Every checkout reads a slot, from every core at once: an `ArcSwapOption` reads without
 /// writing to memory the other cores read (a lock would, twice per checkout), and each pick
@@ -190,11 +255,13 @@ pub(crate) struct SharedConnection {
     /// Redis answered a call on it: a later failure may be the socket's, not Redis's.
     served: AtomicBool,
     retired: AtomicBool,
+    lane: Lane,
 }
 
 impl SharedConnection {
-    pub(crate) fn new(conn: Bb8Connection, permit: OwnedSemaphorePermit) -> Arc<Self> {
+    pub(crate) fn new(conn: Bb8Connection, permit: OwnedSemaphorePermit, lane: Lane) -> Arc<Self> {
         Arc::new(SharedConnection {
+            lane,
             parts: conn.parts(),
             // A connection that served before it was shared may have failed on its own.
             served: AtomicBool::new(conn.has_served()),
@@ -209,6 +276,11 @@ impl SharedConnection {
 
     pub(crate) fn id(&self) -> u64 {
         self.parts.id
+    }
+
+    /// The lane it serves.
+    pub(crate) fn lane(&self) -> Lane {
+        self.lane
     }
 
     pub(crate) fn db(&self) -> i64 {

@@ -20,7 +20,7 @@ use crate::connection::{
 };
 use crate::error::{Error, PoolState};
 use crate::inner::{Bb8Connection, CheckedOut, PoolInner, WhenClosing};
-use crate::multiplexed::SharedConnection;
+use crate::multiplexed::{Lane, SharedConnection};
 use crate::probe;
 
 /// A health-checked pool of Redis connections: cheap to clone, one per Redis instance.
@@ -116,13 +116,14 @@ impl RedisGuard {
     /// exclusive one through steps 2 to 7.
     pub async fn get(&self) -> Result<PooledConnection, Error> {
         let span = tracing::debug_span!("redis_guard.checkout", pool = %self.name());
-        let (held, checked_out_at) = match self.inner.multiplexed {
+        let (held, checked_out_at) = match &self.inner.multiplexed {
             None => {
                 let (checked_out, at) = self.inner.checkout().instrument(span).await?;
                 (checked_out.into(), at)
             }
-            Some(_) => {
-                let (connection, at) = self.inner.checkout_shared().instrument(span).await?;
+            Some(lanes) => {
+                let checkout = self.inner.checkout_shared(lanes.first());
+                let (connection, at) = checkout.instrument(span).await?;
                 (Held::Shared(connection), at)
             }
         };
@@ -416,7 +417,14 @@ impl Checkout {
         }
         if let Held::Shared(connection) = &self.held {
             if !call.cmds().any(crate::session::needs_own_connection) {
-                let connection = connection.clone();
+                let mut connection = connection.clone();
+                if connection.lane() == Lane::Reads
+                    && shared.read_only().known(call.cmds()) != Some(true)
+                {
+                    // The first call that may write moves the checkout to the lane that
+                    // carries writes, for the rest of it.
+                    connection = Box::pin(self.another_shared_connection(Lane::Writes)).await?;
+                }
                 return self.send_shared(connection, call, writes_too).await;
             }
             Box::pin(self.take_own_connection()).await?;
@@ -487,7 +495,7 @@ impl Checkout {
         writes_too: bool,
     ) -> RedisResult<Reply> {
         if !connection.is_open() {
-            connection = Box::pin(self.another_shared_connection()).await?;
+            connection = Box::pin(self.another_shared_connection(connection.lane())).await?;
         }
         let shared = &self.pool.shared;
         let served = connection.has_served();
@@ -501,7 +509,7 @@ impl Checkout {
         let Some(why) = why else {
             return result;
         };
-        let Ok(fresh) = Box::pin(self.another_shared_connection()).await else {
+        let Ok(fresh) = Box::pin(self.another_shared_connection(connection.lane())).await else {
             self.pool.shared.retried(false);
             return result;
         };
@@ -515,10 +523,13 @@ impl Checkout {
     }
 
     /// Moves this checkout onto another shared connection, within a budget of its own.
-    async fn another_shared_connection(&mut self) -> RedisResult<Arc<SharedConnection>> {
+    async fn another_shared_connection(
+        &mut self,
+        lane: Lane,
+    ) -> RedisResult<Arc<SharedConnection>> {
         let connection = self
             .pool
-            .another_shared_connection()
+            .another_shared_connection(lane)
             .await
             .map_err(no_connection)?;
         self.held = Held::Shared(connection.clone());

@@ -572,6 +572,8 @@ settings! {
     mode: PoolMode = PoolMode::Exclusive, PoolMode, "MODE";
     /// In [`PoolMode::Shared`]: how many connections the plain commands are pipelined over
     /// (1 to `max_size - 1`: the rest serve the commands that need a connection of their own).
+    /// When `2 × shared_connections < max_size`, as many again carry only reads, so a write
+    /// that waits (`CLIENT PAUSE WRITE`, a failover) holds no read queued behind it.
     shared_connections: u32 = defaults::SHARED_CONNECTIONS, u32, "SHARED_CONNECTIONS";
     /// What start-up does when Redis is unreachable.
     startup: StartupMode = StartupMode::Lazy, StartupMode, "STARTUP";
