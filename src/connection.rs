@@ -472,6 +472,11 @@ impl GuardConnection {
         Ok(())
     }
 
+    /// When Redis last answered on it (or it was opened).
+    pub(crate) fn last_success(&self) -> Instant {
+        self.last_success
+    }
+
     /// The error line Redis turned this connection away with, for a connect that failed
     /// (see [`LinkHealth::turned_away`]).
     pub(crate) fn turned_away(&self) -> Option<String> {
@@ -609,6 +614,21 @@ pub(crate) enum Call<'a> {
     Many(&'a Pipeline, usize, usize),
 }
 
+/// A [`Call`] that owns its commands, for a copy sent from a task of its own (a hedge).
+pub(crate) enum OwnedCall {
+    One(Cmd),
+    Many(Pipeline, usize, usize),
+}
+
+impl OwnedCall {
+    pub(crate) fn as_call(&self) -> Call<'_> {
+        match self {
+            OwnedCall::One(cmd) => Call::One(cmd),
+            OwnedCall::Many(pipeline, offset, count) => Call::Many(pipeline, *offset, *count),
+        }
+    }
+}
+
 /// The reply to a [`Call`].
 pub(crate) enum Reply {
     One(Value),
@@ -616,6 +636,19 @@ pub(crate) enum Reply {
 }
 
 impl<'a> Call<'a> {
+    /// A copy that owns its commands.
+    pub(crate) fn to_owned_call(self) -> OwnedCall {
+        match self {
+            Call::One(cmd) => OwnedCall::One(cmd.clone()),
+            Call::Many(pipeline, offset, count) => OwnedCall::Many(pipeline.clone(), offset, count),
+        }
+    }
+
+    /// Whether any of its commands blocks on the server (`BLPOP`, `WAIT`, ...).
+    pub(crate) fn blocks(&self) -> bool {
+        self.cmds().any(|cmd| command::server_wait(cmd).is_some())
+    }
+
     /// Its commands, without allocating: this runs for every call in shared mode.
     pub(crate) fn cmds(&self) -> impl Iterator<Item = &'a Cmd> + 'a {
         let (one, many) = match *self {

@@ -65,6 +65,9 @@ struct Budget {
     deadline: Instant,
     failures_seen: u64,
     when_closing: WhenClosing,
+    /// Connections that have not answered since are suspect to this checkout (a hedge's:
+    /// they may be frozen like the connection whose read is late).
+    proven_since: Option<Instant>,
 }
 
 impl Budget {
@@ -74,6 +77,7 @@ impl Budget {
             deadline: started + shared.config().checkout_timeout(),
             failures_seen: shared.failed_connects(),
             when_closing,
+            proven_since: None,
         }
     }
 }
@@ -348,6 +352,11 @@ impl PoolInner {
                     self.refill_in_background(lane, index);
                 }
             }
+            if lane == Lane::Reads {
+                // The lane for writes is opened beside it, off the caller's path: a handler's
+                // first write should not wait for a connect.
+                self.warm(Lane::Writes);
+            }
             match pick {
                 Pick::Ready(connection) => return Ok(connection),
                 Pick::Check(connection) => {
@@ -408,6 +417,23 @@ impl PoolInner {
         Ok(Some(connection))
     }
 
+    /// Whether the lane that carries writes has a connection that may still work.
+    pub(crate) fn writes_lane_open(&self) -> bool {
+        self.multiplexed
+            .as_ref()
+            .is_some_and(|lanes| lanes.lane(Lane::Writes).empty_slots().next().is_none())
+    }
+
+    /// Fills the empty slots of `lane` off the caller's path.
+    pub(crate) fn warm(self: &Arc<Self>, lane: Lane) {
+        let Some(lanes) = &self.multiplexed else {
+            return;
+        };
+        for index in lanes.lane(lane).empty_slots() {
+            self.refill_in_background(lane, index);
+        }
+    }
+
     /// Fills slot `index` off the caller's path, unless someone is filling it already.
     fn refill_in_background(self: &Arc<Self>, lane: Lane, index: usize) {
         let Some(multiplexed) = &self.multiplexed else {
@@ -445,9 +471,20 @@ impl PoolInner {
     /// the dead connection until the replacement arrives: bb8 has one slot beyond max_size
     /// for this). Within a checkout budget of its own.
     pub(crate) async fn replacement(&self) -> Result<Bb8Connection, Error> {
+        self.replacement_proven_since(None).await
+    }
+
+    /// A [`replacement`](Self::replacement) that has answered since `since`, if given: one
+    /// that has not is proven (or evicted) first, off this caller's path when a permit is
+    /// free.
+    pub(crate) async fn replacement_proven_since(
+        &self,
+        since: Option<Instant>,
+    ) -> Result<Bb8Connection, Error> {
         let shared = &self.shared;
         let _waiting = shared.wait();
-        let budget = Budget::new(shared, Instant::now(), WhenClosing::CarryOn);
+        let mut budget = Budget::new(shared, Instant::now(), WhenClosing::CarryOn);
+        budget.proven_since = since;
         self.validated_connection(budget).await
     }
 
@@ -463,7 +500,15 @@ impl PoolInner {
                 .await?
                 // bb8 only ever times out: its connects report to the gate, not to us.
                 .map_err(|_| self.timed_out(budget.started))?;
-            match conn.verdict(Instant::now()) {
+            let mut verdict = conn.verdict(Instant::now());
+            if matches!(verdict, Verdict::Fresh | Verdict::Validate)
+                && budget
+                    .proven_since
+                    .is_some_and(|since| conn.last_success() < since)
+            {
+                verdict = Verdict::Suspect;
+            }
+            match verdict {
                 Verdict::Evict(reason) => conn.evict(reason),
                 Verdict::Fresh => {
                     shared.validated(ValidationResult::Skipped);
@@ -514,6 +559,7 @@ impl PoolInner {
             deadline,
             failures_seen,
             when_closing,
+            ..
         } = budget;
         let shared = &self.shared;
         let step = make();

@@ -96,6 +96,7 @@ mod connection;
 mod error;
 mod extract;
 mod health;
+mod hedge;
 mod inner;
 mod layer;
 mod manager;

@@ -21,11 +21,12 @@
 //! | `redis_guard_stale_evictions_total` | counter | `reason` (see [`EvictionReason`]) |
 //! | `redis_guard_connections_created_total` | counter | |
 //! | `redis_guard_reconnects_total` | counter | |
-//! | `redis_guard_connect_errors_total` | counter | `kind`=`refused`\|`timeout`\|`auth`\|`tls`\|`other` |
+//! | `redis_guard_connect_errors_total` | counter | `kind` (see [`ConnectErrorKind`]) |
 //! | `redis_guard_breaker_state` | gauge | | 0 closed, 1 half-open, 2 open |
 //! | `redis_guard_breaker_transitions_total` | counter | `to`=`open`\|`half_open`\|`closed` |
 //! | `redis_guard_ready` | gauge | | 1 when the pool is ready |
 //! | `redis_guard_retries_total` | counter | `result`=`ok`\|`failed` |
+//! | `redis_guard_hedges_total` | counter | `result`=`won`\|`lost` | reads sent again while late |
 //! | `redis_guard_primary_switches_total` | counter | | (under Sentinel) |
 //! | `redis_guard_pubsub_resubscriptions_total` | counter | | subscriptions lost and made again |
 //!
@@ -71,6 +72,9 @@ pub const READY: &str = "redis_guard_ready";
 /// `redis_guard_retries_total{result}`: read-only (or idempotent) calls sent again on a
 /// fresh connection after theirs failed.
 pub const RETRIES_TOTAL: &str = "redis_guard_retries_total";
+/// `redis_guard_hedges_total{result}`: late reads sent again on another connection; `won`
+/// when the copy answered first.
+pub const HEDGES_TOTAL: &str = "redis_guard_hedges_total";
 /// `redis_guard_primary_switches_total`: times the pool followed Sentinel to a new primary.
 pub const PRIMARY_SWITCHES_TOTAL: &str = "redis_guard_primary_switches_total";
 
@@ -95,6 +99,7 @@ pub const ALL: &[&str] = &[
     BREAKER_TRANSITIONS_TOTAL,
     READY,
     RETRIES_TOTAL,
+    HEDGES_TOTAL,
     PRIMARY_SWITCHES_TOTAL,
     PUBSUB_RESUBSCRIPTIONS_TOTAL,
 ];
@@ -270,6 +275,7 @@ pub(crate) struct PoolMetrics {
     breaker_transitions: [Counter; 3],
     ready: Gauge,
     retries: [Counter; 2],
+    hedges: [Counter; 2],
     primary_switches: Counter,
     resubscriptions: Counter,
 }
@@ -302,6 +308,7 @@ impl PoolMetrics {
                 .map(|state| counter(BREAKER_TRANSITIONS_TOTAL, "to", state.as_label())),
             ready: metrics::gauge!(READY, "pool" => pool.clone()),
             retries: ["ok", "failed"].map(|result| counter(RETRIES_TOTAL, "result", result)),
+            hedges: ["won", "lost"].map(|result| counter(HEDGES_TOTAL, "result", result)),
             primary_switches: metrics::counter!(PRIMARY_SWITCHES_TOTAL, "pool" => pool.clone()),
             resubscriptions: metrics::counter!(PUBSUB_RESUBSCRIPTIONS_TOTAL, "pool" => pool.clone()),
         }
@@ -351,6 +358,10 @@ impl PoolMetrics {
 
     pub(crate) fn retry(&self, ok: bool) {
         self.retries[usize::from(!ok)].increment(1);
+    }
+
+    pub(crate) fn hedge(&self, won: bool) {
+        self.hedges[usize::from(!won)].increment(1);
     }
 
     pub(crate) fn connect_error(&self, kind: ConnectErrorKind) {

@@ -215,6 +215,11 @@ impl SharedConnections {
         self.slots[index].connection.store(Some(connection));
     }
 
+    /// The slots without a connection that may still work.
+    pub(crate) fn empty_slots(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.slots.len()).filter(|&index| !self.is_filled(index))
+    }
+
     /// Shared connections that may still work.
     pub(crate) fn live(&self) -> u32 {
         (0..self.slots.len())
@@ -299,6 +304,11 @@ impl SharedConnection {
 
     fn last_success(&self) -> Instant {
         self.last_success.get().unwrap_or(self.opened)
+    }
+
+    /// Whether Redis answered anything on it after `at`.
+    pub(crate) fn answered_since(&self, at: Instant) -> bool {
+        self.last_success() > at
     }
 
     fn on_demoted_primary(&self, shared: &Shared) -> bool {

@@ -19,7 +19,9 @@ use crate::connection::{
     Call, Reply, is_infrastructure_failure, is_refused_by_role, not_sent_reason,
 };
 use crate::error::{Error, PoolState};
+use crate::hedge::Raced;
 use crate::inner::{Bb8Connection, CheckedOut, PoolInner, WhenClosing};
+use crate::metrics::EvictionReason;
 use crate::multiplexed::{Lane, SharedConnection};
 use crate::probe;
 
@@ -412,17 +414,74 @@ impl Checkout {
         // A failover under way (Sentinel): a write would be acknowledged by the old primary
         // and lost. It waits, unsent; once the primary moved it finds its connection retired
         // and goes to the new one.
-        if shared.holds_writes() && shared.read_only().known(call.cmds()) != Some(true) {
+        let reads_only = shared.read_only().known(call.cmds()) == Some(true);
+        if shared.holds_writes() && !reads_only {
             Box::pin(shared.writes_released()).await;
         }
+        if reads_only && self.may_hedge(call) {
+            return Box::pin(self.send_hedged(call, writes_too)).await;
+        }
+        self.send_unhedged(call, writes_too).await
+    }
+
+    /// Whether a read-only `call` may be hedged (see `hedge.rs`): it does not block on the
+    /// server, and its session is clean, so another connection gives the same answer.
+    fn may_hedge(&self, call: Call<'_>) -> bool {
+        let clean = match &self.held {
+            Held::Own { conn, .. } => conn.session_is_clean(),
+            Held::Shared(_) => !call.cmds().any(crate::session::needs_own_connection),
+        };
+        clean && !call.blocks() && self.pool.shared.config().hedge_reads()
+    }
+
+    /// Sends a read, and a copy on another connection once it is late; the first answer
+    /// wins. A copy that wins on a connection of its own takes the late one's place.
+    async fn send_hedged(&mut self, call: Call<'_>, writes_too: bool) -> RedisResult<Reply> {
+        let pool = self.pool.clone();
+        let delay = pool.shared.hedge_delay();
+        let sent = Instant::now();
+        let on_shared = matches!(self.held, Held::Shared(_));
+        let raced = {
+            let original = std::pin::pin!(self.send_unhedged(call, writes_too));
+            crate::hedge::race(&pool, call, original, sent, delay, on_shared).await
+        };
+        match raced {
+            Raced::Original(result) => result,
+            // Another connection answered while this one returned nothing at all: it is
+            // frozen, or stuck behind a slow reply. Either way no new call goes to it, and
+            // its idle peers are suspected (the eviction says so).
+            Raced::Hedge(reply, fresh) => {
+                match &mut self.held {
+                    Held::Own { conn, .. } => {
+                        conn.evict(EvictionReason::ValidationFailed);
+                        let response_timeout = conn.response_timeout();
+                        drop(std::mem::replace(conn, fresh));
+                        conn.set_response_timeout(response_timeout);
+                    }
+                    Held::Shared(connection) => {
+                        if !connection.answered_since(sent) {
+                            connection.retire(EvictionReason::ValidationFailed);
+                            self.pool.let_go_if_retired(connection);
+                        }
+                    }
+                }
+                Ok(reply)
+            }
+        }
+    }
+
+    /// Sends `call` on the checkout's connection, and once more on another if it failed
+    /// with its connection and may be sent twice.
+    async fn send_unhedged(&mut self, call: Call<'_>, writes_too: bool) -> RedisResult<Reply> {
         if let Held::Shared(connection) = &self.held {
             if !call.cmds().any(crate::session::needs_own_connection) {
                 let mut connection = connection.clone();
-                if connection.lane() == Lane::Reads
-                    && shared.read_only().known(call.cmds()) != Some(true)
-                {
-                    // The first call that may write moves the checkout to the lane that
-                    // carries writes, for the rest of it.
+                let reads_only = self.pool.shared.read_only().known(call.cmds()) == Some(true);
+                // The first call that may write moves the checkout to the lane that carries
+                // writes, for the rest of it; while that lane has no connection yet (it is
+                // opened in the background), the call goes where it is rather than wait for a
+                // connect.
+                if connection.lane() == Lane::Reads && !reads_only && self.pool.writes_lane_open() {
                     connection = Box::pin(self.another_shared_connection(Lane::Writes)).await?;
                 }
                 return self.send_shared(connection, call, writes_too).await;

@@ -32,6 +32,7 @@ use crate::clock::AtomicInstant;
 use crate::command::ReadOnlyCommands;
 use crate::config::Config;
 use crate::error::{Error, PoolState, UnavailableReason};
+use crate::hedge::{HedgeSlot, ReplyTimes};
 use crate::metrics::{
     CheckoutResult, ConnectErrorKind, EvictionReason, PoolMetrics, ValidationResult,
 };
@@ -113,6 +114,8 @@ pub(crate) struct Shared {
     closed: Notify,
     /// Requests refused since the last summary in the log.
     refusals: Refusals,
+    /// How long reads take, for hedging them (see `hedge.rs`).
+    reply_times: ReplyTimes,
     /// Which commands only read, as Redis describes them: for retries.
     read_only: Arc<ReadOnlyCommands>,
     /// Where the primary is, for a pool under Sentinel.
@@ -157,6 +160,7 @@ impl Shared {
             closing: AtomicBool::new(false),
             closed: Notify::new(),
             refusals: Refusals::default(),
+            reply_times: ReplyTimes::default(),
             read_only: Arc::default(),
             sentinel: config.sentinel.clone().map(SentinelWatch::new),
             config,
@@ -479,6 +483,41 @@ impl Shared {
             // fresh connect decide.
             self.suspect_before.set(Instant::now());
             self.verify_requested.notify_one();
+        }
+    }
+
+    /// How long a read waits before it is hedged, if reads may be and enough were measured.
+    pub(crate) fn hedge_delay(&self) -> Option<Duration> {
+        if !self.config.hedge_reads() {
+            return None;
+        }
+        self.reply_times.hedge_delay(self.validation_timeout())
+    }
+
+    /// A read was answered after `took`.
+    pub(crate) fn read_replied(&self, took: Duration) {
+        self.reply_times.sample(took);
+    }
+
+    /// A late read, sent at `sent`, is about to be hedged, if the budget allows and fewer
+    /// than half the pool's connections are hedging already. With `suspect`, the connections
+    /// not proven alive since it was sent are suspected, so the copy goes to one that
+    /// answers. (A late shared connection is not: every new checkout would PING it behind the
+    /// late reads; the hedge's win retires it instead.)
+    pub(crate) fn start_hedge(&self, sent: Instant, suspect: bool) -> Option<HedgeSlot<'_>> {
+        let limit = (self.config.max_size() as usize / 2).max(1);
+        let slot = self.reply_times.start_hedge(limit)?;
+        if suspect {
+            self.suspect_before.advance(sent);
+        }
+        Some(slot)
+    }
+
+    /// A hedge ended: `won` if the copy answered first.
+    pub(crate) fn hedged(&self, won: bool) {
+        self.metrics().hedge(won);
+        if won {
+            self.reply_times.refund();
         }
     }
 

@@ -338,9 +338,11 @@ async fn the_set_up_hook_runs_once_per_connection_and_sets_the_baseline(mode: Po
         "{list}"
     );
     assert_eq!(evictions(&pool_hooked, "dirty"), 0.0);
+    // One connection for the sequential checkouts; in shared mode, one per lane.
+    let lanes = if mode == redis_guard::PoolMode::Exclusive { 1.0 } else { 2.0 };
     assert_eq!(
         metric("redis_guard_connections_created_total", &pool_hooked, &[]),
-        1.0
+        lanes
     );
     let mut admin = redis::Client::open(format!("{}/3", server.url()))
         .unwrap()

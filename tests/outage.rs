@@ -602,7 +602,11 @@ async fn an_outage_leaves_a_summary_of_the_refusals_in_the_log() {
         .collect();
     assert_eq!(summaries.len(), 1, "one summary in 3 s: {summaries:#?}");
     let summary = summaries[0];
-    assert!(summary.contains("breaker open ("), "{summary}");
+    // Within a second of the first refusal: before or after the breaker opened.
+    assert!(
+        summary.contains("breaker open (") || summary.contains("cannot connect ("),
+        "{summary}"
+    );
     assert!(summary.contains("last connect error: "), "{summary}");
     assert!(!summary.contains("last connect error: none"), "{summary}");
     let warnings = logs.lines().filter(|line| line.contains("WARN")).count();

@@ -271,3 +271,75 @@ async fn connections_past_their_lifetime_are_replaced_at_checkout() {
     assert_eq!(pong, "PONG");
     assert_eq!(evictions("lifetime", "max_lifetime"), 1.0);
 }
+
+in_both_modes! {
+/// Fault: every socket frozen (half-open: no reply, no FIN, no RST) by the proxy right after
+/// traffic, inside the validation bypass window, while 8 readers run (`GET` through their own
+/// checkouts, 16 connections at most); new connections still pass. Asserts: in steady state
+/// under 1 % of reads are hedged; the first read made after the freeze is answered within
+/// 100 ms (a late read is sent again on a connection that answers, not left to its 1 s
+/// response timeout), and no read fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_on_frozen_sockets_are_hedged(mode: PoolMode) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let pool = pool_name(mode, "hedged");
+    let guard = guard(config_in(mode, &proxy.url(), "hedged").max_size(16)).await;
+    let running = Arc::new(AtomicBool::new(true));
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let (guard, running) = (guard.clone(), running.clone());
+            tokio::spawn(async move {
+                let mut log = Vec::new();
+                while running.load(Ordering::Relaxed) && log.len() < 200_000 {
+                    let started = Instant::now();
+                    let read: Result<Option<String>, String> = async {
+                        let mut conn = guard.get().await.map_err(|e| e.to_string())?;
+                        conn.get("k").await.map_err(|e| e.to_string())
+                    }
+                    .await;
+                    log.push((started, Instant::now(), read.map(drop)));
+                }
+                log
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let hedges_before = metric("redis_guard_hedges_total", &pool, &[]);
+    let frozen = Instant::now();
+    proxy.freeze_all().await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    running.store(false, Ordering::Relaxed);
+    let mut log = Vec::new();
+    for reader in readers {
+        log.extend(reader.await.unwrap());
+    }
+    let steady = log.iter().filter(|(_, ended, _)| *ended < frozen).count();
+    assert!(steady > 1000, "{steady} reads before the freeze");
+    assert!(
+        hedges_before * 100.0 < steady as f64,
+        "{hedges_before} hedges for {steady} reads in steady state"
+    );
+    let failed: Vec<_> = log.iter().filter(|(.., r)| r.is_err()).collect();
+    assert!(failed.is_empty(), "{} reads failed, e.g. {:?}", failed.len(), failed[0].2);
+    let first = log
+        .iter()
+        .filter(|(started, _, r)| *started > frozen && r.is_ok())
+        .map(|(_, ended, _)| *ended - frozen)
+        .min()
+        .expect("reads made after the freeze are answered");
+    assert!(
+        first <= Duration::from_millis(100),
+        "first read answered {first:?} after the freeze"
+    );
+    eprintln!(
+        "{mode:?}: {steady} reads, {hedges_before} hedged before the freeze; first read {first:?} \
+         after it; {} hedges in all",
+        metric("redis_guard_hedges_total", &pool, &[])
+    );
+}
+}

@@ -584,6 +584,11 @@ settings! {
     /// `MASTERDOWN` or `LOADING` reply the other connections show their role again before
     /// reuse. Set `false` to read from replicas on purpose.
     expect_primary: bool = true, bool, "EXPECT_PRIMARY";
+    /// Sends a read again on another connection when it is late by the measure of the pool's
+    /// recent reads (at most `validation_timeout`), and takes the first answer: a frozen
+    /// socket then costs a read milliseconds, not its response timeout. Only calls whose
+    /// every command Redis flags read-only, on a clean session, are hedged.
+    hedge_reads: bool = true, bool, "HEDGE_READS";
     /// How long nothing may answer before the prober PINGs a healthy Redis.
     probe_interval: Duration = defaults::PROBE_INTERVAL, Duration, "PROBE_INTERVAL_MS";
     /// The pause between connect attempts from the second failure in a row (doubles per

@@ -96,11 +96,12 @@ pub fn pool_name(mode: PoolMode, base: &str) -> String {
 }
 
 /// A `max_size` that leaves `exclusive` connections for callers who need their own: in
-/// shared mode, the shared connection comes on top.
+/// shared mode, the shared connections of both lanes (reads, and every call that may write)
+/// come on top.
 pub fn max_size(mode: PoolMode, exclusive: u32) -> u32 {
     match mode {
         PoolMode::Exclusive => exclusive,
-        _ => exclusive + redis_guard::config::defaults::SHARED_CONNECTIONS,
+        _ => exclusive + 2 * redis_guard::config::defaults::SHARED_CONNECTIONS,
     }
 }
 
