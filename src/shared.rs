@@ -32,11 +32,11 @@ use crate::clock::AtomicInstant;
 use crate::command::ReadOnlyCommands;
 use crate::config::Config;
 use crate::error::{Error, PoolState, UnavailableReason};
-use crate::hedge::{HedgeSlot, ReplyTimes};
 use crate::metrics::{
     CheckoutResult, ConnectErrorKind, EvictionReason, PoolMetrics, ValidationResult,
 };
 use crate::refusals::{Refusal, Refusals};
+use crate::reply_times::{HedgeSlot, ReplyTimes};
 use crate::sentinel::{PrimaryAddr, SentinelWatch};
 
 #[derive(Debug)]
