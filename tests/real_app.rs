@@ -550,13 +550,6 @@ async fn close_ends_a_checkout_that_waits_on_a_connect() {
     );
 }
 
-/// Tasks alive in this test's runtime.
-fn alive_tasks() -> usize {
-    tokio::runtime::Handle::current()
-        .metrics()
-        .num_alive_tasks()
-}
-
 in_both_modes! {
 /// Setup: a pool with idle connections kept (`min_idle(2)`) that served a load, closed while
 /// its handles are still held; then a second pool that is never closed, only dropped.

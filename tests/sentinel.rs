@@ -848,19 +848,18 @@ async fn a_blocking_call_on_the_demoted_primary_ends_at_the_announcement() {
 async fn nothing_of_a_closed_sentinel_pool_runs() {
     let deployment = SentinelDeployment::start(SentinelOptions::default()).unwrap();
     metrics();
-    let alive = || {
-        tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks()
-    };
-    let before = alive();
+    let before = alive_tasks();
     let guard = common::guard(sentinel_config(&deployment.url(), "f14s-close")).await;
     for _ in 0..10 {
         incr(&guard).await.unwrap();
     }
     let held = guard.clone();
     guard.close(Duration::from_secs(1)).await;
-    let quiet = eventually(Duration::from_secs(1), || alive() <= before).await;
-    assert!(quiet, "{} tasks alive 1 s after close()", alive() - before);
+    let quiet = eventually(Duration::from_secs(1), || alive_tasks() <= before).await;
+    assert!(
+        quiet,
+        "{} tasks alive 1 s after close()",
+        alive_tasks() - before
+    );
     drop(held);
 }

@@ -32,6 +32,13 @@ pub fn unique_value() -> String {
     )
 }
 
+/// Tasks alive in the test's runtime: a pool's background tasks, connection drivers, ...
+pub fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
