@@ -11,7 +11,7 @@
 //! "as long as it takes", which the caller bounds (a request timeout, a `select!`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -118,8 +118,8 @@ pub(crate) fn server_wait(cmd: &Cmd) -> Option<Duration> {
 #[derive(Debug, Default)]
 pub(crate) struct ReadOnlyCommands {
     /// Lower-case `name` or `name|subcommand` -> whether Redis flags it `readonly`; `None`
-    /// when Redis knows no such command.
-    known: Mutex<HashMap<String, Option<bool>>>,
+    /// when Redis knows no such command. Set once, then read by every call without a lock.
+    known: OnceLock<HashMap<String, Option<bool>>>,
     /// Set while learning or once learned.
     learning: AtomicBool,
 }
@@ -148,9 +148,9 @@ impl ReadOnlyCommands {
             handle.set_response_timeout(response_timeout.saturating_mul(10));
             let learned = match handle.send_packed_command(&redis::cmd("COMMAND")).await {
                 Ok(Value::Array(entries)) => {
-                    let mut known = self.lock();
+                    let mut known = HashMap::new();
                     learn_entries(&mut known, &entries);
-                    !known.is_empty()
+                    !known.is_empty() && self.known.set(known).is_ok()
                 }
                 _ => false,
             };
@@ -162,23 +162,44 @@ impl ReadOnlyCommands {
     }
 
     /// Whether every command in `cmds` only reads, if Redis has described them all already.
+    /// Runs for every call: no lock, no allocation.
     pub(crate) fn known<'c>(&self, cmds: impl Iterator<Item = &'c Cmd>) -> Option<bool> {
-        let known = self.lock();
+        let known = self.known.get()?;
         let mut all = true;
         for cmd in cmds {
-            let names = lookup_names(cmd);
+            let mut words = words(cmd);
+            let (mut name_buf, mut sub_buf) = ([0; NAME_BYTES], [0; 2 * NAME_BYTES + 1]);
+            let name = lower_case(&[words.next()?], &mut name_buf)?;
             // `name|argument` is only an entry for container commands; a known name decides.
-            if !names.iter().any(|name| known.contains_key(name)) {
+            let sub = words
+                .next()
+                .filter(|sub| sub.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-'))
+                .and_then(|sub| lower_case(&[name.as_bytes(), b"|", sub], &mut sub_buf));
+            if !known.contains_key(name) && !sub.is_some_and(|sub| known.contains_key(sub)) {
                 return None;
             }
-            all &= verdict(&known, &names);
+            // The subcommand's entry when Redis has one (`OBJECT|ENCODING`), else the
+            // command's; a command Redis does not know is not read-only.
+            let flag = |key: &str| known.get(key).copied().flatten();
+            all &= sub.and_then(flag).or_else(|| flag(name)).unwrap_or(false);
         }
         Some(all)
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<bool>>> {
-        self.known.lock().unwrap_or_else(|e| e.into_inner())
+/// The longest command name looked up; longer ones are not known.
+const NAME_BYTES: usize = 64;
+
+/// `parts` joined and lower-cased into `buf`, if they fit and are UTF-8.
+fn lower_case<'b>(parts: &[&[u8]], buf: &'b mut [u8]) -> Option<&'b str> {
+    let mut len = 0;
+    for part in parts {
+        let end = len + part.len();
+        buf.get_mut(len..end)?.copy_from_slice(part);
+        len = end;
     }
+    buf[..len].make_ascii_lowercase();
+    std::str::from_utf8(&buf[..len]).ok()
 }
 
 /// Records each `COMMAND` entry's read-only flag, and its subcommands' (the tenth field in
@@ -197,33 +218,6 @@ fn learn_entries(known: &mut HashMap<String, Option<bool>>, entries: &[Value]) {
         if let Some(Value::Array(subcommands)) = fields.get(9) {
             learn_entries(known, subcommands);
         }
-    }
-}
-
-/// The subcommand's entry when Redis has one (`OBJECT|ENCODING`), else the command's; a command
-/// Redis does not know is not read-only.
-fn verdict(known: &HashMap<String, Option<bool>>, names: &[String]) -> bool {
-    names
-        .iter()
-        .rev()
-        .find_map(|name| known.get(name).copied().flatten())
-        .unwrap_or(false)
-}
-
-/// The names under which Redis may describe `cmd`: its name, and `name|first-argument` in
-/// case it is a container command (`CLIENT`, `OBJECT`, `XINFO`, ...).
-fn lookup_names(cmd: &Cmd) -> Vec<String> {
-    let mut args = words(cmd).filter_map(|word| std::str::from_utf8(word).ok());
-    let Some(name) = args.next() else {
-        return Vec::new();
-    };
-    let name = name.to_ascii_lowercase();
-    match args.next() {
-        Some(sub) if sub.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
-            let sub = format!("{name}|{}", sub.to_ascii_lowercase());
-            vec![name, sub]
-        }
-        _ => vec![name],
     }
 }
 
@@ -359,8 +353,9 @@ mod tests {
     #[test]
     fn read_only_is_redis_s_own_flag_and_subcommands_decide_for_containers() {
         let commands = ReadOnlyCommands::default();
+        let mut known = HashMap::new();
         learn_entries(
-            &mut commands.lock(),
+            &mut known,
             &[
                 entry("get", &["readonly", "fast"], vec![]),
                 entry("incr", &["write", "denyoom", "fast"], vec![]),
@@ -374,6 +369,7 @@ mod tests {
                 ),
             ],
         );
+        commands.known.set(known).unwrap();
         let known = |words: &[&[&str]]| {
             let cmds: Vec<Cmd> = words.iter().map(|w| command(w)).collect();
             commands.known(cmds.iter())
