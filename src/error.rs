@@ -209,9 +209,13 @@ pub enum Error {
         /// The most recent failed connect since the last successful one, if any.
         last_connect_error: Option<String>,
     },
-    /// A Redis command failed: an error reply, or a connection failure while in use.
+    /// A Redis command failed: an error reply, a reply of another type than asked for, or a
+    /// connection failure while in use.
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
+    /// The pool cannot start with this configuration (two live pools with one name).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 impl Error {
@@ -237,7 +241,9 @@ impl Error {
     pub fn is_infrastructure(&self) -> bool {
         match self {
             Error::Unavailable { .. } | Error::Timeout { .. } => true,
+            Error::Redis(e) if is_type_error(e) => false,
             Error::Redis(e) => is_infrastructure_failure(e) || is_refused_by_role(e),
+            Error::Config(_) => false,
         }
     }
 
@@ -264,6 +270,10 @@ impl Error {
                 (StatusCode::SERVICE_UNAVAILABLE, "Redis connection failed")
             }
             Error::Redis(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Redis command failed"),
+            Error::Config(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Redis pool misconfigured",
+            ),
         }
     }
 
@@ -278,7 +288,7 @@ impl Error {
             Error::Unavailable { retry_after, .. } => Some(*retry_after),
             Error::Timeout { .. } => Some(Duration::from_secs(1)),
             Error::Redis(_) if self.is_infrastructure() => Some(Duration::from_secs(1)),
-            Error::Redis(_) => None,
+            Error::Redis(_) | Error::Config(_) => None,
         }
     }
 }
@@ -293,19 +303,55 @@ impl IntoResponse for Error {
             static COMMAND_FAILURES: Throttle = Throttle::new(Duration::from_secs(10));
             match COMMAND_FAILURES.admit() {
                 Some(held_back) => tracing::warn!(
-                    error = %e,
+                    error = %described(e),
                     status = status.as_u16(),
                     similar_lines_held_back = held_back,
                     "redis command failed"
                 ),
                 None => {
-                    tracing::debug!(error = %e, status = status.as_u16(), "redis command failed")
+                    tracing::debug!(error = %described(e), status = status.as_u16(), "redis command failed")
                 }
             }
         }
         let retry_after = self.retry_after();
         problem_response(status, title, retry_after)
     }
+}
+
+/// A reply that does not convert to the type the caller asked for (`WRONGTYPE` aside, which
+/// is an error reply): the application's mistake, answered with 500. redis-rs gives the same
+/// kind to a reply that cannot be parsed off the wire, but that breaks the connection, which
+/// the pool evicts; what reaches the caller as `Parse` is, in practice, a conversion.
+fn is_type_error(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType
+    )
+}
+
+/// A failed command for a log line: what kind of failure, never its text. A conversion
+/// error's text quotes the stored value, and an error reply's may quote the command's
+/// arguments (`unknown command 'x', with args beginning with: ...`).
+fn described(e: &redis::RedisError) -> String {
+    if is_type_error(e) {
+        return "the reply is not of the type the caller asked for (type error)".to_owned();
+    }
+    if let Some(code) = e.code() {
+        // The code is the reply's first word, from the server: letters and digits only.
+        let code: String = code
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(32)
+            .collect();
+        return format!("error reply {code}");
+    }
+    if e.is_io_error() {
+        return "connection failed".to_owned();
+    }
+    if e.is_timeout() {
+        return "timed out".to_owned();
+    }
+    format!("{:?}", e.kind())
 }
 
 pub(crate) fn problem_body(status: StatusCode, title: &str) -> String {

@@ -35,6 +35,7 @@ use crate::error::{Error, PoolState, UnavailableReason};
 use crate::manager::{self, Attempt, GuardManager, Skip};
 use crate::metrics::{EvictionReason, ValidationResult};
 use crate::multiplexed::{Lane, Lanes, Pick, SharedConnection};
+use crate::names::NameClaim;
 use crate::shared::Shared;
 
 /// How often the pool gauges are sampled.
@@ -109,6 +110,8 @@ pub(crate) struct PoolInner {
     pub(crate) multiplexed: Option<Lanes>,
     /// The gauge sampler and the prober; they stop with the pool.
     tasks: Mutex<Vec<AbortHandle>>,
+    /// The pool's name, unique among live pools until it closes.
+    name_claim: NameClaim,
 }
 
 impl Drop for PoolInner {
@@ -124,7 +127,7 @@ impl Drop for PoolInner {
 impl PoolInner {
     /// Builds the pool around bb8, which stores idle connections and asks the manager for new
     /// ones; every connect passes the manager's gate.
-    pub(crate) fn new(config: Config) -> Arc<PoolInner> {
+    pub(crate) fn new(config: Config, name_claim: NameClaim) -> Arc<PoolInner> {
         let shared = Arc::new(Shared::new(config));
         let manager = GuardManager::new(shared.clone());
         let config = shared.config();
@@ -165,6 +168,7 @@ impl PoolInner {
                 shared,
                 multiplexed,
                 tasks: Mutex::new(vec![sampler]),
+                name_claim,
             }
         })
     }
@@ -197,6 +201,7 @@ impl PoolInner {
             }
         }
         let in_use = max.saturating_sub(shared.checkout_permits().available_permits());
+        self.name_claim.release();
         tracing::info!(pool = %self.name(), in_use, "redis pool closed");
         in_use as u32
     }

@@ -102,6 +102,7 @@ mod layer;
 mod manager;
 pub mod metrics;
 mod multiplexed;
+mod names;
 mod pool;
 mod probe;
 #[cfg(feature = "prometheus")]

@@ -23,6 +23,7 @@ use crate::hedge::Raced;
 use crate::inner::{Bb8Connection, CheckedOut, PoolInner, WhenClosing};
 use crate::metrics::EvictionReason;
 use crate::multiplexed::{Lane, SharedConnection};
+use crate::names::NameClaim;
 use crate::probe;
 
 /// A health-checked pool of Redis connections: cheap to clone, one per Redis instance.
@@ -69,8 +70,17 @@ impl RedisGuard {
     /// Must run inside a Tokio runtime. Install your metrics recorder before this call.
     pub async fn connect(config: Config) -> Result<RedisGuard, Error> {
         let startup = config.startup();
-        let inner = PoolInner::new(config);
+        let name_claim = NameClaim::take(config.name())?;
+        let inner = PoolInner::new(config, name_claim);
         tracing::info!(pool = %inner.name(), url = %inner.shared.config().redacted_url(), ?startup, "redis pool created");
+        if inner.shared.config().verifies_no_certificate() {
+            tracing::warn!(
+                pool = %inner.name(),
+                "TLS certificate verification is off (insecure): the traffic is encrypted, but \
+                 any server can pose as Redis and receive the password and the data; trust the \
+                 server's CA (ca_file) instead"
+            );
+        }
         if inner.shared.sentinel().is_some() {
             let following = crate::sentinel::follow(inner.shared.clone());
             let follower = tokio::spawn(following.with_current_subscriber());

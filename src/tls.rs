@@ -8,11 +8,11 @@
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::net::TcpStream;
@@ -38,8 +38,13 @@ pub struct TlsSettings {
     pub ca_file: Option<PathBuf>,
     /// PEM files with the client certificate chain and its private key, for mutual TLS.
     pub client_cert: Option<(PathBuf, PathBuf)>,
-    /// Accept any server certificate, for any name: encryption without authentication, as
-    /// redis-rs's `#insecure`. Never in production.
+    /// The name the server's certificate must be valid for, when it is not the host connected
+    /// to: nodes reached by IP address whose certificates list only a DNS name, or a Sentinel
+    /// deployment whose primaries share one certificate. `None` verifies the host itself.
+    pub server_name: Option<String>,
+    /// Accept any server certificate, for any name: encryption without authentication. Never
+    /// in production: a pool with it logs a warning at start, and its URL shows `#insecure`
+    /// wherever it is shown. A `rediss://...#insecure` URL needs this set as well.
     pub insecure: bool,
 }
 
@@ -47,6 +52,8 @@ pub struct TlsSettings {
 #[derive(Clone)]
 pub(crate) struct TlsClient {
     connector: tokio_rustls::TlsConnector,
+    /// [`TlsSettings::server_name`], checked at build.
+    server_name: Option<ServerName<'static>>,
     insecure: bool,
 }
 
@@ -55,6 +62,7 @@ impl fmt::Debug for TlsClient {
         // The configuration holds key material: show only what matters.
         f.debug_struct("TlsClient")
             .field("insecure", &self.insecure)
+            .field("server_name", &self.server_name)
             .finish_non_exhaustive()
     }
 }
@@ -78,18 +86,32 @@ impl TlsClient {
             Some((cert_file, key_file)) => {
                 let chain = CertificateDer::pem_file_iter(cert_file)
                     .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("cannot read client certificate {cert_file:?}: {e}"))?;
+                    .map_err(|e| pem_problem("client certificate", cert_file, &e))?;
                 let key = PrivateKeyDer::from_pem_file(key_file)
-                    .map_err(|e| format!("cannot read client key {key_file:?}: {e}"))?;
+                    .map_err(|e| pem_problem("private key", key_file, &e))?;
                 builder
                     .with_client_auth_cert(chain, key)
+                    // rustls's words here name the mismatch, never key material.
                     .map_err(|e| format!("client certificate and key do not match: {e}"))?
             }
         };
+        let server_name = match &settings.server_name {
+            None => None,
+            Some(name) => Some(
+                ServerName::try_from(name.clone())
+                    .map_err(|_| "server_name is not a valid DNS name or IP address".to_owned())?,
+            ),
+        };
         Ok(TlsClient {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
             insecure: settings.insecure,
         })
+    }
+
+    /// Whether certificates go unverified ([`TlsSettings::insecure`]).
+    pub(crate) fn is_insecure(&self) -> bool {
+        self.insecure
     }
 
     /// The TLS handshake over `tcp`, verifying the certificate for `host`. A TLS failure
@@ -100,12 +122,15 @@ impl TlsClient {
         host: &str,
         tcp: TcpStream,
     ) -> io::Result<TlsStream<TcpStream>> {
-        let name = ServerName::try_from(host.to_owned()).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("TLS: {host:?} is not a valid server name"),
-            )
-        })?;
+        let name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => ServerName::try_from(host.to_owned()).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "TLS: the host is not a valid server name; set server_name",
+                )
+            })?,
+        };
         self.connector.connect(name, tcp).await
     }
 }
@@ -116,7 +141,7 @@ fn roots(settings: &TlsSettings) -> Result<RootCertStore, String> {
         Some(file) => {
             let certs = CertificateDer::pem_file_iter(file)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| format!("cannot read CA file {file:?}: {e}"))?;
+                .map_err(|e| pem_problem("CA certificate", file, &e))?;
             let (added, _) = roots.add_parsable_certificates(certs);
             if added == 0 {
                 return Err(format!("CA file {file:?} holds no usable certificate"));
@@ -134,6 +159,25 @@ fn roots(settings: &TlsSettings) -> Result<RootCertStore, String> {
         }
     }
     Ok(roots)
+}
+
+/// What is wrong with a PEM file, in words that never quote it: the PEM parser's own messages
+/// repeat the line it choked on, and for a key file that line is the key.
+fn pem_problem(what: &str, file: &Path, error: &pem::Error) -> String {
+    let file = file.display();
+    match error {
+        pem::Error::Io(e) => format!("cannot read the {what} file {file}: {}", e.kind()),
+        pem::Error::NoItemsFound => {
+            format!("{file} holds no PEM {what} (no -----BEGIN ...----- section of that kind)")
+        }
+        pem::Error::SectionTooLarge => format!("{file}: a PEM section is too large"),
+        // Malformed sections, bad base64, and whatever a later version adds.
+        _ => format!(
+            "{file} is not a valid PEM {what}: are the line breaks intact? (a PEM file has a \
+             -----BEGIN----- line, base64 lines, and an -----END----- line; keys pasted into \
+             environment variables often lose the breaks)"
+        ),
+    }
 }
 
 /// If `error` (or what it wraps) is a TLS failure, the failure in words: which check failed,

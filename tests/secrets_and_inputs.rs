@@ -346,3 +346,60 @@ fn urls_that_would_lose_a_credential_are_refused() {
     };
     assert_eq!(reason.to_string(), "cannot connect: NOAUTH");
 }
+
+/// Fault: none; an application bug reads a string key as a number. Asserts: the answer is 500
+/// without `Retry-After` (retrying cannot help), the log names a type error and never the
+/// stored value, and the connection stays in the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_type_read_is_the_applications_500_and_logs_no_value() {
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "wrong_type")).await;
+    let stored = "StoredTok-4f1c9e";
+    let _: () = guard
+        .get()
+        .await
+        .unwrap()
+        .set("token", stored)
+        .await
+        .unwrap();
+    let before = guard.state().connections;
+    // Past the log throttle of other tests' failures in this binary.
+    let mut last = None;
+    for _ in 0..3 {
+        let read: Result<i64, Error> = async {
+            let mut conn = guard.get().await?;
+            Ok(conn.get::<_, i64>("token").await?)
+        }
+        .await;
+        let error = read.unwrap_err();
+        assert!(!error.is_infrastructure(), "{error:?}");
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        last = Some(error);
+    }
+    let response = axum::response::IntoResponse::into_response(last.unwrap());
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(response.headers().get("retry-after").is_none());
+    assert_eq!(guard.state().connections, before, "nothing evicted");
+    let logs = logs();
+    assert!(!logs.contains(stored), "the stored value reached the log");
+}
+
+/// Fault: none; a service starts two pools with one name. Asserts: the second is refused,
+/// naming the fix, and the name is free again once the first pool is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_pools_with_one_name_are_refused() {
+    let server = RedisServer::start().unwrap();
+    let first = guard(config(&server.url(), "one_name")).await;
+    let second = RedisGuard::connect(config(&server.url(), "one_name").build().unwrap()).await;
+    let error = second
+        .err()
+        .expect("a second pool named one_name")
+        .to_string();
+    assert!(
+        error.contains("a live pool is already named \"one_name\""),
+        "{error}"
+    );
+    first.close(Duration::from_secs(1)).await;
+    let again = RedisGuard::connect(config(&server.url(), "one_name").build().unwrap()).await;
+    assert!(again.is_ok(), "the name is free after close");
+}

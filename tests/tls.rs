@@ -156,10 +156,44 @@ async fn handshake_failures_are_named() {
     assert!(err.contains("not valid for this host name"), "{err}");
     assert!(tls_errors("tls_wrong_name") >= 1.0);
 
-    let insecure = guard(config(&format!("{by_ip}#insecure"), "tls_insecure")).await;
-    let mut conn = insecure.get().await.unwrap();
-    let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    // The certificate lists a DNS name only: naming it connects by IP with verification on.
+    let by_name = guard(config(&by_ip, "tls_server_name").tls(TlsSettings {
+        server_name: Some("redis.example".into()),
+        ..trusting(&certs)
+    }))
+    .await;
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut by_name.get().await.unwrap())
+        .await
+        .unwrap();
     assert_eq!(pong, "PONG");
+
+    // `#insecure` alone is refused; with its own setting it connects, and says so loudly.
+    let refused = config(&format!("{by_ip}#insecure"), "tls_fragment_only")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("#insecure alone"), "{refused}");
+    let insecure_config = config(&by_ip, "tls_insecure")
+        .tls(TlsSettings {
+            insecure: true,
+            ..TlsSettings::default()
+        })
+        .build()
+        .unwrap();
+    assert!(insecure_config.redacted_url().ends_with("#insecure"));
+    let logs = capture_logs(async {
+        let insecure = RedisGuard::connect(insecure_config).await.unwrap();
+        let mut conn = insecure.get().await.unwrap();
+        let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+        assert_eq!(pong, "PONG");
+    })
+    .await;
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("WARN") && l.contains("TLS certificate verification is off")),
+        "{logs}"
+    );
 }
 
 /// Fault: none. Asserts: no key material appears in `Debug` or errors, and a missing CA file
@@ -190,7 +224,7 @@ fn tls_settings_show_no_key_material_and_bad_files_fail_at_build() {
         .unwrap_err()
         .to_string();
     assert!(
-        missing.contains("cannot read CA file \"/nonexistent/ca.pem\""),
+        missing.contains("cannot read the CA certificate file /nonexistent/ca.pem"),
         "{missing}"
     );
 }

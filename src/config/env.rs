@@ -1,14 +1,17 @@
 //! Reading a [`Config`] from the environment.
 //!
 //! `{prefix}REDIS_URL` is required; every setting has an optional `{prefix}REDIS_GUARD_*`
-//! variable (its suffix is written next to the setting in `mod.rs`). Errors name the variable
-//! that was set, never the builder method, and a validation error about a setting that came
-//! from the environment names its variable.
+//! variable (its suffix is written next to the setting in `mod.rs`, TLS's are [`TLS_VARIABLES`]).
+//! Errors name the variable that was set, never the builder method, and a validation error about
+//! a setting that came from the environment names its variable. A `{prefix}REDIS_GUARD_*`
+//! variable that names no setting is refused, with the closest one that does: a misspelt
+//! variable silently ignored is a setting silently at its default. Values are never repeated in
+//! an error: any of them may be a secret pasted into the wrong variable.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::time::Duration;
 
-use super::{Config, ConfigError, Keepalive, PoolMode, StartupMode, invalid};
+use super::{Config, ConfigBuilder, ConfigError, Keepalive, PoolMode, StartupMode, invalid};
 use crate::breaker::BreakerPolicy;
 
 /// What [`super::Settings::read_env`] asks for each setting: `(suffix, setting name)` ->
@@ -16,20 +19,56 @@ use crate::breaker::BreakerPolicy;
 pub(super) type Lookup<'a> =
     dyn FnMut(&str, &'static str) -> Result<Option<(String, String)>, ConfigError> + 'a;
 
-/// Builds a config from the variables `get` finds, each name preceded by `prefix`.
-pub(super) fn from_lookup(
+/// The variables after `REDIS_GUARD_` that configure TLS (feature `tls`).
+pub(super) const TLS_VARIABLES: &[&str] = &[
+    "TLS_CA_FILE",
+    "TLS_CERT_FILE",
+    "TLS_KEY_FILE",
+    "TLS_SERVER_NAME",
+    "TLS_INSECURE",
+];
+/// The pool's name, after `REDIS_GUARD_`.
+const NAME_VARIABLE: &str = "POOL_NAME";
+
+/// Where a builder's settings came from, so that `build()` names variables, not methods.
+#[derive(Debug, Clone, Default)]
+pub(super) struct EnvOrigin {
+    url_variable: String,
+    /// `(setting, variable)` for each setting a variable set.
+    settings: Vec<(&'static str, String)>,
+}
+
+impl EnvOrigin {
+    /// `error` in terms of the variables that were set.
+    pub(super) fn rename(&self, error: ConfigError) -> ConfigError {
+        match error {
+            ConfigError::Invalid { setting, reason } => {
+                name_variables(setting, reason, &self.settings)
+            }
+            ConfigError::InvalidUrl { reason } => ConfigError::InvalidUrl {
+                reason: format!("{reason} (in {})", self.url_variable),
+            },
+        }
+    }
+}
+
+/// A builder from `vars` (as [`std::env::vars_os`] lists them), each name preceded by `prefix`.
+pub(super) fn builder_from_vars(
     prefix: &str,
-    get: impl Fn(&str) -> Option<OsString>,
-) -> Result<Config, ConfigError> {
+    vars: &[(OsString, OsString)],
+) -> Result<ConfigBuilder, ConfigError> {
     let read = |variable: &str| -> Result<Option<String>, ConfigError> {
-        get(variable)
-            .map(|value| {
+        vars.iter()
+            .find(|(name, _)| name.as_os_str() == OsStr::new(variable))
+            .map(|(_, value)| {
                 value
+                    .clone()
                     .into_string()
                     .map_err(|_| invalid(variable, "is not valid UTF-8"))
             })
             .transpose()
     };
+    refuse_unknown(prefix, vars)?;
     let url_variable = format!("{prefix}REDIS_URL");
     let url = read(&url_variable)?.ok_or_else(|| {
         invalid(
@@ -37,27 +76,140 @@ pub(super) fn from_lookup(
             "not set; set it to redis://host:port (or redis+unix:///path)",
         )
     })?;
-    let mut builder = Config::builder(url);
-    let name_variable = format!("{prefix}REDIS_GUARD_POOL_NAME");
+    let mut builder = Config::builder(url).name(name_of_prefix(prefix));
+    let mut origin = EnvOrigin {
+        url_variable,
+        settings: Vec::new(),
+    };
+    let name_variable = format!("{prefix}REDIS_GUARD_{NAME_VARIABLE}");
     if let Some(name) = read(&name_variable)? {
         builder = builder.name(name);
     }
-    // Which settings came from which variable, to name the variable in validation errors.
-    let mut from_env: Vec<(&'static str, String)> = vec![("name", name_variable)];
+    origin.settings.push(("name", name_variable));
     builder.settings.read_env(&mut |suffix, setting| {
         let variable = format!("{prefix}REDIS_GUARD_{suffix}");
         let value = read(&variable)?;
         if value.is_some() {
-            from_env.push((setting, variable.clone()));
+            origin.settings.push((setting, variable.clone()));
         }
         Ok(value.map(|value| (value, variable)))
     })?;
-    builder.build().map_err(|error| match error {
-        ConfigError::Invalid { setting, reason } => name_variables(setting, reason, &from_env),
-        ConfigError::InvalidUrl { reason } => ConfigError::InvalidUrl {
-            reason: format!("{reason} (in {url_variable})"),
-        },
-    })
+    let mut tls = Vec::new();
+    for suffix in TLS_VARIABLES {
+        let variable = format!("{prefix}REDIS_GUARD_{suffix}");
+        if let Some(value) = read(&variable)? {
+            tls.push((*suffix, variable, value));
+        }
+    }
+    if !tls.is_empty() {
+        builder = with_tls(builder, &tls)?;
+        origin.settings.push(("tls", tls[0].1.clone()));
+    }
+    builder.env = Some(origin);
+    Ok(builder)
+}
+
+/// A prefixed pool is named after its prefix (`SESSIONS_` names `sessions`), so that two pools
+/// from the environment keep their metrics and readiness checks apart.
+fn name_of_prefix(prefix: &str) -> String {
+    let name = prefix.trim_end_matches('_').to_ascii_lowercase();
+    if name.is_empty() {
+        super::defaults::NAME.to_owned()
+    } else {
+        name
+    }
+}
+
+/// Refuses a `{prefix}REDIS_GUARD_*` variable that names no setting.
+fn refuse_unknown(prefix: &str, vars: &[(OsString, OsString)]) -> Result<(), ConfigError> {
+    let start = format!("{prefix}REDIS_GUARD_");
+    let known = || {
+        super::Settings::ENV_SUFFIXES
+            .iter()
+            .chain(TLS_VARIABLES)
+            .chain([NAME_VARIABLE].iter())
+    };
+    for (name, _) in vars {
+        let Some(suffix) = name.to_str().and_then(|name| name.strip_prefix(&start)) else {
+            continue;
+        };
+        if !known().any(|known| *known == suffix) {
+            // A name that holds the one typed (`CHECKOUT_TIMEOUT` for `CHECKOUT_TIMEOUT_MS`)
+            // is the likeliest meaning, then the fewest edits.
+            let closest = known()
+                .min_by_key(|known| {
+                    let contained = known.contains(suffix) || suffix.contains(*known);
+                    (!contained, edit_distance(known, suffix))
+                })
+                .expect("there are settings");
+            return Err(invalid(
+                &format!("{start}{suffix}"),
+                format!("is not a setting of redis-guard; did you mean {start}{closest}?"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Levenshtein distance, for the suggestion in an unknown variable's error.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// TLS from its variables: `(suffix, variable, value)` for each one set.
+#[cfg(feature = "tls")]
+fn with_tls(
+    builder: ConfigBuilder,
+    set: &[(&str, String, String)],
+) -> Result<ConfigBuilder, ConfigError> {
+    let mut settings = crate::tls::TlsSettings::default();
+    let value = |suffix: &str| set.iter().find(|(s, ..)| *s == suffix);
+    if let Some((_, _, file)) = value("TLS_CA_FILE") {
+        settings.ca_file = Some(file.into());
+    }
+    match (value("TLS_CERT_FILE"), value("TLS_KEY_FILE")) {
+        (Some((_, _, cert)), Some((_, _, key))) => {
+            settings.client_cert = Some((cert.into(), key.into()));
+        }
+        (Some((_, variable, _)), None) | (None, Some((_, variable, _))) => {
+            return Err(invalid(
+                variable,
+                "a client certificate needs both REDIS_GUARD_TLS_CERT_FILE and                  REDIS_GUARD_TLS_KEY_FILE; set the other one too",
+            ));
+        }
+        (None, None) => {}
+    }
+    if let Some((_, _, name)) = value("TLS_SERVER_NAME") {
+        settings.server_name = Some(name.clone());
+    }
+    if let Some((_, variable, raw)) = value("TLS_INSECURE") {
+        settings.insecure = bool::from_env(raw).map_err(|reason| invalid(variable, reason))?;
+    }
+    Ok(builder.tls(settings))
+}
+
+#[cfg(not(feature = "tls"))]
+fn with_tls(
+    _builder: ConfigBuilder,
+    set: &[(&str, String, String)],
+) -> Result<ConfigBuilder, ConfigError> {
+    Err(invalid(
+        &set[0].1,
+        "TLS needs redis-guard's `tls` feature; enable it in Cargo.toml",
+    ))
 }
 
 /// Rewrites a validation error in terms of the variables that were set: the setting at fault
@@ -85,30 +237,21 @@ fn name_variables(
     }
 }
 
-/// A setting's type, read from its variable. The error says what was expected; a value is
-/// quoted only when short (these variables hold numbers and words, not secrets).
+/// A setting's type, read from its variable. The error says what was expected, never the value.
 pub(super) trait FromEnv: Sized {
     fn from_env(raw: &str) -> Result<Self, String>;
-}
-
-fn quoted(raw: &str) -> String {
-    if raw.chars().count() <= 32 {
-        format!("{raw:?}")
-    } else {
-        "the value".to_owned()
-    }
 }
 
 /// A whole number; one too large for its type is called that, not "not a number".
 fn whole<T: TryFrom<u64>>(raw: &str) -> Result<T, String> {
     let raw = raw.trim();
     if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("{} is not a whole number", quoted(raw)));
+        return Err("the value is not a whole number".to_owned());
     }
     raw.parse::<u64>()
         .ok()
         .and_then(|n| T::try_from(n).ok())
-        .ok_or_else(|| format!("{} is too large", quoted(raw)))
+        .ok_or_else(|| "the value is too large".to_owned())
 }
 
 impl FromEnv for u32 {
@@ -123,7 +266,7 @@ impl FromEnv for bool {
         match raw.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" => Ok(true),
             "false" | "0" | "no" => Ok(false),
-            _ => Err(format!("{} is not true or false", quoted(raw))),
+            _ => Err("the value is not true or false".to_owned()),
         }
     }
 }
@@ -134,14 +277,16 @@ impl FromEnv for f64 {
             .parse::<f64>()
             .ok()
             .filter(|x| x.is_finite())
-            .ok_or_else(|| format!("{} is not a number", quoted(raw)))
+            .ok_or_else(|| "the value is not a number".to_owned())
     }
 }
 
-/// Milliseconds.
+/// Milliseconds, as the variable's `_MS` says; the error names the unit.
 impl FromEnv for Duration {
     fn from_env(raw: &str) -> Result<Self, String> {
-        whole(raw).map(Duration::from_millis)
+        whole(raw)
+            .map(Duration::from_millis)
+            .map_err(|e| format!("{e} of milliseconds (write 1500 for 1.5 s, no unit)"))
     }
 }
 
@@ -159,7 +304,7 @@ impl FromEnv for Option<Duration> {
         }
         Duration::from_env(raw)
             .map(Some)
-            .map_err(|e| format!("{e}; expected milliseconds, or none"))
+            .map_err(|e| format!("{e}, or none"))
     }
 }
 
@@ -171,10 +316,10 @@ impl FromEnv for Option<Keepalive> {
         }
         let parts: Vec<&str> = raw.split(',').collect();
         let [idle, interval, retries] = parts[..] else {
-            return Err(format!(
-                "{} is not IDLE_SECONDS,INTERVAL_SECONDS,RETRIES (e.g. 30,5,3) or none",
-                quoted(raw)
-            ));
+            return Err(
+                "the value is not IDLE_SECONDS,INTERVAL_SECONDS,RETRIES (e.g. 30,5,3) or none"
+                    .to_owned(),
+            );
         };
         Ok(Some(Keepalive {
             idle: Duration::from_secs(whole(idle)?),
@@ -193,7 +338,7 @@ impl FromEnv for PoolMode {
         } else if raw.eq_ignore_ascii_case("shared") {
             Ok(PoolMode::Shared)
         } else {
-            Err(format!("{} is not exclusive or shared", quoted(raw)))
+            Err("the value is not exclusive or shared".to_owned())
         }
     }
 }
@@ -213,10 +358,7 @@ impl FromEnv for StartupMode {
         {
             Duration::from_env(ms).map(StartupMode::WaitFor)
         } else {
-            Err(format!(
-                "{} is not lazy, fail_fast or wait_for:<milliseconds>",
-                quoted(raw)
-            ))
+            Err("the value is not lazy, fail_fast or wait_for:<milliseconds>".to_owned())
         }
     }
 }
@@ -229,7 +371,7 @@ impl FromEnv for BreakerPolicy {
         for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = pair
                 .split_once('=')
-                .ok_or_else(|| format!("{} is not key=value", quoted(pair)))?;
+                .ok_or_else(|| "a part of the value is not key=value".to_owned())?;
             match key.trim() {
                 "consecutive_failures" => policy.consecutive_failures = whole(value)?,
                 "failure_rate" => policy.failure_rate = f64::from_env(value)?,
@@ -237,12 +379,10 @@ impl FromEnv for BreakerPolicy {
                 "min_calls" => policy.min_calls = whole(value)?,
                 "trial_successes" => policy.trial_successes = whole(value)?,
                 "trial_concurrency" => policy.trial_concurrency = whole(value)?,
-                other => {
-                    return Err(format!(
-                        "{} is not one of consecutive_failures, failure_rate, window_ms, \
-                         min_calls, trial_successes, trial_concurrency",
-                        quoted(other)
-                    ));
+                _ => {
+                    return Err("a key is not one of consecutive_failures, failure_rate, \
+                                window_ms, min_calls, trial_successes, trial_concurrency"
+                        .to_owned());
                 }
             }
         }

@@ -220,7 +220,7 @@ impl fmt::Debug for Config {
             .field("name", &self.name)
             .field("settings", &self.settings)
             .field("on_connect", &self.on_connect.as_ref().map(|_| "hook"))
-            .field("tls", &self.uses_tls())
+            .field("tls", &self.tls_shown())
             .finish()
     }
 }
@@ -258,6 +258,7 @@ impl Config {
             on_connect: None,
             #[cfg(feature = "tls")]
             tls: None,
+            env: None,
         }
     }
 
@@ -265,26 +266,63 @@ impl Config {
     /// setting an optional `REDIS_GUARD_*` variable (see the README's table): for example
     /// `REDIS_GUARD_POOL_NAME`, `REDIS_GUARD_MAX_SIZE`, `REDIS_GUARD_CHECKOUT_TIMEOUT_MS`,
     /// `REDIS_GUARD_IDLE_TIMEOUT_MS` (`none` to disable), `REDIS_GUARD_STARTUP`
-    /// (`lazy`, `fail_fast`, `wait_for:<ms>`). An error names the variable to fix.
+    /// (`lazy`, `fail_fast`, `wait_for:<ms>`), and for TLS `REDIS_GUARD_TLS_CA_FILE`,
+    /// `REDIS_GUARD_TLS_CERT_FILE` with `REDIS_GUARD_TLS_KEY_FILE`, `REDIS_GUARD_TLS_SERVER_NAME`
+    /// and `REDIS_GUARD_TLS_INSECURE`. An error names the variable to fix, and a
+    /// `REDIS_GUARD_*` variable that names no setting is an error too (with the closest that
+    /// does). [`Config::builder_from_env`] lets code add to it.
     ///
     /// ```no_run
     /// let config = redis_guard::Config::from_env()?;
     /// # Ok::<(), redis_guard::ConfigError>(())
     /// ```
     pub fn from_env() -> Result<Config, ConfigError> {
-        Self::from_env_prefixed("")
+        Self::builder_from_env()?.build()
     }
 
     /// [`Config::from_env`] with every variable name preceded by `prefix`, for a service with
     /// several pools: `from_env_prefixed("SESSIONS_")` reads `SESSIONS_REDIS_URL`,
-    /// `SESSIONS_REDIS_GUARD_MAX_SIZE`, ...
+    /// `SESSIONS_REDIS_GUARD_MAX_SIZE`, ... The pool is named after the prefix (`sessions`)
+    /// unless `SESSIONS_REDIS_GUARD_POOL_NAME` names it.
     ///
     /// ```no_run
     /// let sessions = redis_guard::Config::from_env_prefixed("SESSIONS_")?;
+    /// assert_eq!(sessions.name(), "sessions");
     /// # Ok::<(), redis_guard::ConfigError>(())
     /// ```
     pub fn from_env_prefixed(prefix: &str) -> Result<Config, ConfigError> {
-        env::from_lookup(prefix, |key| std::env::var_os(key))
+        Self::builder_from_env_prefixed(prefix)?.build()
+    }
+
+    /// The environment's settings (as [`Config::from_env`] reads them) in a builder, for code
+    /// to add what the environment cannot say: a set-up hook, a name, TLS files of its own.
+    /// What code sets wins over the environment; errors from `build()` still name the
+    /// variables that were set.
+    ///
+    /// ```no_run
+    /// let config = redis_guard::Config::builder_from_env()?
+    ///     .on_connect(|conn| {
+    ///         Box::pin(async move { redis::cmd("SELECT").arg(2).query_async::<()>(conn).await })
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), redis_guard::ConfigError>(())
+    /// ```
+    pub fn builder_from_env() -> Result<ConfigBuilder, ConfigError> {
+        Self::builder_from_env_prefixed("")
+    }
+
+    /// [`Config::builder_from_env`] for the variables preceded by `prefix` (see
+    /// [`Config::from_env_prefixed`]).
+    ///
+    /// ```no_run
+    /// let sessions = redis_guard::Config::builder_from_env_prefixed("SESSIONS_")?
+    ///     .max_size(4)
+    ///     .build()?;
+    /// # Ok::<(), redis_guard::ConfigError>(())
+    /// ```
+    pub fn builder_from_env_prefixed(prefix: &str) -> Result<ConfigBuilder, ConfigError> {
+        let vars: Vec<_> = std::env::vars_os().collect();
+        env::builder_from_vars(prefix, &vars)
     }
 
     /// The Redis URL with every credential replaced by `***`: safe to log.
@@ -295,6 +333,30 @@ impl Config {
     /// The pool's name: the `pool` label on every metric and the check name in `/readyz`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// TLS as `Debug` shows it: off, verified, or insecure.
+    fn tls_shown(&self) -> &'static str {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return if tls.is_insecure() {
+                "insecure (certificates not verified)"
+            } else {
+                "verified"
+            };
+        }
+        "off"
+    }
+
+    /// Whether TLS is on without verifying the server ([`TlsSettings::insecure`](crate::config)).
+    pub(crate) fn verifies_no_certificate(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self
+            .tls
+            .as_ref()
+            .is_some_and(crate::tls::TlsClient::is_insecure);
+        #[cfg(not(feature = "tls"))]
+        false
     }
 
     /// Whether connections use TLS (`rediss://`, or [`ConfigBuilder::tls`]).
@@ -325,6 +387,8 @@ pub struct ConfigBuilder {
     on_connect: Option<ConnectHook>,
     #[cfg(feature = "tls")]
     tls: Option<TlsSettings>,
+    /// Set when the builder came from the environment: errors then name variables.
+    env: Option<env::EnvOrigin>,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -338,11 +402,14 @@ impl fmt::Debug for ConfigBuilder {
             },
             Target::Sentinel(sentinel) => sentinel.redacted(false),
         };
-        f.debug_struct("ConfigBuilder")
+        let mut shown = f.debug_struct("ConfigBuilder");
+        shown
             .field("url", &url)
             .field("name", &self.name)
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
+            .field("settings", &self.settings);
+        #[cfg(feature = "tls")]
+        shown.field("tls", &self.tls);
+        shown.finish_non_exhaustive()
     }
 }
 
@@ -400,7 +467,14 @@ impl ConfigBuilder {
     }
 
     /// Validates every setting and returns the [`Config`], or the first problem found.
-    pub fn build(self) -> Result<Config, ConfigError> {
+    pub fn build(mut self) -> Result<Config, ConfigError> {
+        match self.env.take() {
+            Some(origin) => self.validate().map_err(|e| origin.rename(e)),
+            None => self.validate(),
+        }
+    }
+
+    fn validate(self) -> Result<Config, ConfigError> {
         let (
             url::ParsedUrl {
                 info: connection,
@@ -415,14 +489,10 @@ impl ConfigBuilder {
             }
             Target::Sentinel(sentinel) => {
                 sentinel.validate()?;
-                #[cfg(feature = "tls")]
-                let redacted = sentinel.redacted(self.tls.is_some());
-                #[cfg(not(feature = "tls"))]
-                let redacted = sentinel.redacted(false);
                 (
                     sentinel_nodes(sentinel, None),
                     Some(sentinel.clone()),
-                    redacted,
+                    sentinel.redacted(false),
                 )
             }
         };
@@ -430,8 +500,14 @@ impl ConfigBuilder {
         let tls = match (tls, self.tls) {
             (None, None) => None,
             (from_url, settings) => {
-                let mut settings = settings.unwrap_or_default();
-                settings.insecure |= from_url == Some(true);
+                let settings = settings.unwrap_or_default();
+                if from_url == Some(true) && !settings.insecure {
+                    return Err(url::invalid(
+                        "#insecure alone does not turn certificate verification off; set \
+                         REDIS_GUARD_TLS_INSECURE=true (or TlsSettings::insecure) as well, or \
+                         remove #insecure to verify the server",
+                    ));
+                }
                 if !matches!(connection.addr(), redis::ConnectionAddr::Tcp(..)) {
                     return Err(invalid("tls", "TLS needs a TCP address, not a unix socket"));
                 }
@@ -441,14 +517,14 @@ impl ConfigBuilder {
                 )
             }
         };
+        #[cfg(feature = "tls")]
+        let redacted_url = shown_with_tls(
+            redacted_url,
+            tls.as_ref().map(crate::tls::TlsClient::is_insecure),
+        );
         #[cfg(not(feature = "tls"))]
         let _ = tls;
-        if self.name.is_empty()
-            || self.name.chars().count() > 64
-            || self.name.chars().any(char::is_control)
-        {
-            return Err(invalid("name", "must be 1 to 64 printable characters"));
-        }
+        validate_name(&self.name)?;
         self.settings.validate()?;
         Ok(Config {
             redacted_url,
@@ -461,6 +537,46 @@ impl ConfigBuilder {
             tls,
         })
     }
+}
+
+/// A pool name becomes a metric label, a readiness check's name and `CLIENT SETNAME`: no
+/// control characters, and no invisible format characters (Unicode category Cf, such as
+/// U+202E, which reverses the text shown after it).
+fn validate_name(name: &str) -> Result<(), ConfigError> {
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{ad}' | '\u{600}'..='\u{605}' | '\u{61c}' | '\u{6dd}' | '\u{70f}'
+                | '\u{8e2}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}' | '\u{110bd}' | '\u{110cd}' | '\u{13430}'..='\u{1343f}'
+                | '\u{1bca0}'..='\u{1bca3}' | '\u{1d173}'..='\u{1d17a}' | '\u{e0001}'
+                | '\u{e0020}'..='\u{e007f}')
+    };
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(invisible) {
+        return Err(invalid(
+            "name",
+            "must be 1 to 64 printable characters (no control or invisible format characters)",
+        ));
+    }
+    Ok(())
+}
+
+/// The redacted URL as the pool really connects: `rediss` when TLS is on (also by
+/// [`ConfigBuilder::tls`] on a `redis://` URL), and `#insecure` when nothing is verified.
+#[cfg(feature = "tls")]
+fn shown_with_tls(redacted: String, insecure: Option<bool>) -> String {
+    let Some(insecure) = insecure else {
+        return redacted;
+    };
+    let mut shown = match redacted.split_once("://") {
+        Some(("redis", rest)) => format!("rediss://{rest}"),
+        Some(("redis+sentinel", rest)) => format!("rediss+sentinel://{rest}"),
+        _ => redacted,
+    };
+    if insecure && !shown.ends_with("#insecure") {
+        shown.push_str("#insecure");
+    }
+    shown
 }
 
 /// What a pool connects to: a URL, or a primary found through Sentinel.
@@ -525,6 +641,9 @@ macro_rules! settings {
         }
 
         impl Settings {
+            /// Every setting's variable, after `REDIS_GUARD_`.
+            const ENV_SUFFIXES: &'static [&'static str] = &[$($env),*];
+
             /// Sets each setting whose variable `lookup` finds, parsed by its type.
             /// `lookup` takes a variable's suffix and the setting's name, and returns the value
             /// and the variable's full name if it is set.

@@ -9,24 +9,20 @@ fn error_of(builder: ConfigBuilder) -> String {
     builder.build().expect_err("invalid").to_string()
 }
 
-/// A lookup over fixed pairs, as the environment would answer.
-fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
-    let pairs: Vec<(String, String)> = pairs
+/// Fixed pairs, as the environment would list them.
+fn env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+    pairs
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    move |key| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| OsString::from(v))
-    }
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+        .collect()
+}
+
+fn from_env(prefix: &str, vars: Vec<(OsString, OsString)>) -> Result<Config, ConfigError> {
+    env::builder_from_vars(prefix, &vars).and_then(ConfigBuilder::build)
 }
 
 fn env_error(pairs: &[(&str, &str)]) -> String {
-    env::from_lookup("", env(pairs))
-        .expect_err("invalid")
-        .to_string()
+    from_env("", env(pairs)).expect_err("invalid").to_string()
 }
 
 #[test]
@@ -425,7 +421,7 @@ fn a_sentinel_builder_without_sentinels_or_name_is_refused() {
 
 #[test]
 fn from_env_reads_every_variable() {
-    let config = env::from_lookup(
+    let config = from_env(
         "",
         env(&[
             ("REDIS_URL", "redis://127.0.0.1:7000"),
@@ -493,7 +489,7 @@ fn from_env_takes_a_prefix_per_pool() {
         ("SESSIONS_REDIS_GUARD_MAX_SIZE", "3"),
         ("REDIS_GUARD_MAX_SIZE", "99"),
     ]);
-    let config = env::from_lookup("SESSIONS_", lookup).unwrap();
+    let config = from_env("SESSIONS_", lookup).unwrap();
     assert_eq!(config.max_size(), 3);
 }
 
@@ -506,11 +502,11 @@ fn from_env_errors_name_the_variable_that_was_set() {
     );
     assert_eq!(
         env_error(&[url, ("REDIS_GUARD_MAX_SIZE", "ten")]),
-        "invalid setting REDIS_GUARD_MAX_SIZE: \"ten\" is not a whole number"
+        "invalid setting REDIS_GUARD_MAX_SIZE: the value is not a whole number"
     );
     assert_eq!(
         env_error(&[url, ("REDIS_GUARD_MAX_SIZE", "12345678901234567890123")]),
-        "invalid setting REDIS_GUARD_MAX_SIZE: \"12345678901234567890123\" is too large"
+        "invalid setting REDIS_GUARD_MAX_SIZE: the value is too large"
     );
     assert_eq!(
         env_error(&[url, ("REDIS_GUARD_MAX_SIZE", "0")]),
@@ -528,7 +524,7 @@ fn from_env_errors_name_the_variable_that_was_set() {
     );
     assert_eq!(
         env_error(&[url, ("REDIS_GUARD_STARTUP", "eventually")]),
-        "invalid setting REDIS_GUARD_STARTUP: \"eventually\" is not lazy, fail_fast or \
+        "invalid setting REDIS_GUARD_STARTUP: the value is not lazy, fail_fast or \
          wait_for:<milliseconds>"
     );
     let bad_url = env_error(&[("REDIS_URL", &format!("redis://ro@host?x={SECRET}"))]);
@@ -686,7 +682,7 @@ mod properties {
             let mut pairs = vec![("REDIS_URL", "redis://127.0.0.1:6379")];
             pairs.retain(|(k, _)| *k != variable);
             pairs.push((variable, value.as_str()));
-            match env::from_lookup("", env(&pairs)) {
+            match from_env("", env(&pairs)) {
                 Ok(config) => exercise_arithmetic(&config),
                 Err(e) => {
                     let message = e.to_string();
@@ -694,6 +690,263 @@ mod properties {
                         || (variable == "REDIS_GUARD_POOL_NAME" && message.contains("REDIS_GUARD_POOL_NAME"));
                     prop_assert!(names_it, "{variable}={value:?}: {message}");
                 }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_prefixed_pool_is_named_after_its_prefix() {
+    let vars = env(&[
+        ("SESSIONS_REDIS_URL", "redis://127.0.0.1:7001"),
+        ("JOB_QUEUE_REDIS_URL", "redis://127.0.0.1:7002"),
+        ("JOB_QUEUE_REDIS_GUARD_POOL_NAME", "jobs"),
+    ]);
+    assert_eq!(
+        from_env("SESSIONS_", vars.clone()).unwrap().name(),
+        "sessions"
+    );
+    assert_eq!(from_env("JOB_QUEUE_", vars).unwrap().name(), "jobs");
+    let plain = env(&[("REDIS_URL", "redis://127.0.0.1:7000")]);
+    assert_eq!(from_env("", plain).unwrap().name(), defaults::NAME);
+}
+
+#[test]
+fn a_misspelt_variable_is_refused_with_the_closest_one() {
+    for (misspelt, meant) in [
+        (
+            "REDIS_GUARD_CHECKOUT_TIMEOUT",
+            "REDIS_GUARD_CHECKOUT_TIMEOUT_MS",
+        ),
+        ("REDIS_GUARD_MAXSIZE", "REDIS_GUARD_MAX_SIZE"),
+        ("REDIS_GUARD_TLS_CA", "REDIS_GUARD_TLS_CA_FILE"),
+        ("REDIS_GUARD_NAME", "REDIS_GUARD_POOL_NAME"),
+    ] {
+        let message = env_error(&[("REDIS_URL", "redis://127.0.0.1"), (misspelt, "500")]);
+        assert!(
+            message.contains(&format!("invalid setting {misspelt}: is not a setting"))
+                && message.ends_with(&format!("did you mean {meant}?")),
+            "{misspelt}: {message}"
+        );
+    }
+    // Another pool's variables are not this one's business.
+    let vars = env(&[
+        ("REDIS_URL", "redis://127.0.0.1"),
+        ("SESSIONS_REDIS_GUARD_TYPO", "1"),
+    ]);
+    assert!(from_env("", vars).is_ok());
+}
+
+#[test]
+fn no_value_is_repeated_in_an_error_and_durations_name_their_unit() {
+    let pasted = "hunter2";
+    for variable in [
+        "REDIS_GUARD_MAX_SIZE",
+        "REDIS_GUARD_CHECKOUT_TIMEOUT_MS",
+        "REDIS_GUARD_IDLE_TIMEOUT_MS",
+        "REDIS_GUARD_LIFETIME_JITTER",
+        "REDIS_GUARD_KEEPALIVE",
+        "REDIS_GUARD_MODE",
+        "REDIS_GUARD_STARTUP",
+        "REDIS_GUARD_BREAKER",
+        "REDIS_GUARD_HEDGE_READS",
+        "REDIS_GUARD_TLS_INSECURE",
+    ] {
+        let message = env_error(&[("REDIS_URL", "redis://127.0.0.1"), (variable, pasted)]);
+        assert!(message.contains(variable), "{message}");
+        assert!(
+            !message.contains(pasted),
+            "{variable} echoed the value: {message}"
+        );
+    }
+    let message = env_error(&[
+        ("REDIS_URL", "redis://127.0.0.1"),
+        ("REDIS_GUARD_CHECKOUT_TIMEOUT_MS", "1.5s"),
+    ]);
+    assert!(message.contains("of milliseconds"), "{message}");
+}
+
+#[test]
+fn code_adds_to_a_builder_from_the_environment() {
+    let vars = env(&[
+        ("REDIS_URL", "redis://127.0.0.1:7000"),
+        ("REDIS_GUARD_MAX_SIZE", "4"),
+        ("REDIS_GUARD_MIN_IDLE", "3"),
+    ]);
+    let config = env::builder_from_vars("", &vars)
+        .unwrap()
+        .name("cache")
+        .on_connect(|_| Box::pin(async { Ok(()) }))
+        .build()
+        .unwrap();
+    assert_eq!((config.name(), config.max_size()), ("cache", 4));
+    // What code sets wins; an error from build() still names the variable that was set.
+    let message = env::builder_from_vars("", &vars)
+        .unwrap()
+        .max_size(2)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.starts_with("invalid setting REDIS_GUARD_MIN_IDLE:"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_pool_name_takes_no_invisible_characters() {
+    for name in [
+        "cache\u{202e}lanigiro",
+        "a\u{200b}b",
+        "x\u{feff}",
+        "tag\u{e0041}",
+    ] {
+        let message = error_of(Config::builder("redis://127.0.0.1").name(name));
+        assert!(
+            message.contains("invisible format characters"),
+            "{name:?}: {message}"
+        );
+    }
+    assert!(
+        Config::builder("redis://127.0.0.1")
+            .name("cache-é-1")
+            .build()
+            .is_ok()
+    );
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    use super::*;
+    use crate::testkit::TestCertificates;
+
+    #[test]
+    fn tls_comes_from_its_variables() {
+        let certs = TestCertificates::generate(&["redis.internal"]).unwrap();
+        let (cert, key) = certs.client();
+        let ca = certs.ca();
+        let vars = env(&[
+            ("REDIS_URL", "redis://:pa55@10.0.0.7:6380"),
+            ("REDIS_GUARD_TLS_CA_FILE", ca.to_str().unwrap()),
+            ("REDIS_GUARD_TLS_CERT_FILE", cert.to_str().unwrap()),
+            ("REDIS_GUARD_TLS_KEY_FILE", key.to_str().unwrap()),
+            ("REDIS_GUARD_TLS_SERVER_NAME", "redis.internal"),
+        ]);
+        let config = from_env("", vars).unwrap();
+        assert!(config.uses_tls());
+        // Shown as it connects: TLS, verified.
+        assert_eq!(config.redacted_url(), "rediss://:***@10.0.0.7:6380");
+        assert!(
+            format!("{config:?}").contains("tls: \"verified\""),
+            "{config:?}"
+        );
+
+        let half = env_error(&[
+            ("REDIS_URL", "redis://10.0.0.7"),
+            ("REDIS_GUARD_TLS_CERT_FILE", cert.to_str().unwrap()),
+        ]);
+        assert!(half.contains("REDIS_GUARD_TLS_KEY_FILE"), "{half}");
+    }
+
+    #[test]
+    fn verification_is_off_only_by_its_own_setting_and_it_shows() {
+        let refused = env_error(&[("REDIS_URL", "rediss://10.0.0.7#insecure")]);
+        assert!(
+            refused.contains("#insecure alone does not turn certificate verification off")
+                && refused.contains("(in REDIS_URL)"),
+            "{refused}"
+        );
+        let config = from_env(
+            "",
+            env(&[
+                ("REDIS_URL", "rediss://10.0.0.7#insecure"),
+                ("REDIS_GUARD_TLS_INSECURE", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.redacted_url(), "rediss://10.0.0.7#insecure");
+        assert!(config.verifies_no_certificate());
+
+        // The setting alone, on a redis:// URL: shown as rediss, and as insecure.
+        let config = Config::builder("redis://:pa55@10.0.0.7:6380")
+            .tls(TlsSettings {
+                insecure: true,
+                ..TlsSettings::default()
+            })
+            .build()
+            .unwrap();
+        assert_eq!(
+            config.redacted_url(),
+            "rediss://:***@10.0.0.7:6380#insecure"
+        );
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("insecure (certificates not verified)"),
+            "{shown}"
+        );
+        let builder = format!(
+            "{:?}",
+            Config::builder("redis://h").tls(TlsSettings {
+                insecure: true,
+                ..TlsSettings::default()
+            })
+        );
+        assert!(builder.contains("insecure: true"), "{builder}");
+    }
+
+    /// The PEM parser's own errors quote the line they choke on: for a key with its line
+    /// breaks lost, the whole key, as decimal bytes in `Debug` and text in `Display`.
+    #[test]
+    fn a_broken_pem_file_is_named_and_never_quoted() {
+        let certs = TestCertificates::generate(&["localhost"]).unwrap();
+        let (cert, key) = certs.client();
+        let dir = tempfile::tempdir().unwrap();
+        for (what, original) in [("key", &key), ("cert", &cert), ("ca", &certs.ca())] {
+            let pem = std::fs::read_to_string(original).unwrap();
+            let body: Vec<&str> = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+            for (form, broken) in [
+                ("one line", pem.replace('\n', "")),
+                ("spaces", pem.replace('\n', " ")),
+                ("escaped", pem.replace('\n', "\\n")),
+            ] {
+                let file = dir.path().join(format!("{what}-{form}.pem"));
+                std::fs::write(&file, &broken).unwrap();
+                let settings = match what {
+                    "key" => TlsSettings {
+                        client_cert: Some((cert.clone(), file.clone())),
+                        ..TlsSettings::default()
+                    },
+                    "cert" => TlsSettings {
+                        client_cert: Some((file.clone(), key.clone())),
+                        ..TlsSettings::default()
+                    },
+                    _ => TlsSettings {
+                        ca_file: Some(file.clone()),
+                        ..TlsSettings::default()
+                    },
+                };
+                let error = Config::builder("rediss://localhost")
+                    .tls(settings)
+                    .build()
+                    .unwrap_err();
+                let shown = format!("{error} {error:?}");
+                assert!(
+                    shown.contains(&file.display().to_string())
+                        && shown.contains("are the line breaks intact?"),
+                    "{what} ({form}): {shown}"
+                );
+                // Neither the text nor its bytes: no 8 characters of any base64 line, and no
+                // run of decimal byte values.
+                for line in &body {
+                    for chunk in line.as_bytes().chunks(8).filter(|c| c.len() == 8) {
+                        let chunk = std::str::from_utf8(chunk).unwrap();
+                        assert!(
+                            !shown.contains(chunk),
+                            "{what} ({form}) quoted the file: {shown}"
+                        );
+                    }
+                }
+                assert!(!shown.contains("45, 45, 45"), "{what} ({form}): {shown}");
             }
         }
     }
