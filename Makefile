@@ -1,14 +1,15 @@
 # Two commands for a newcomer on Debian/Ubuntu:
 #   make demo   runs the demo service (http://127.0.0.1:3000/visits)
 #   make test   runs every test: unit, integration (real redis-server), doc tests, all features,
-#               and the end-to-end check of metrics, dashboard and alerts with a real Prometheus
+#               the README's quick start built as written, and the end-to-end check of metrics,
+#               dashboard and alerts with a real Prometheus
 # Each installs what it needs first (system packages need root or sudo).
 
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: demo test e2e lint bench chaos stress deps e2e-deps
+.PHONY: demo test quickstart e2e lint bench chaos stress deps e2e-deps
 
 # RUNLEVEL=1 keeps Debian from starting the packages' system services: the tests start their own.
 APT_INSTALL = $(SUDO) env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
@@ -27,7 +28,12 @@ demo: deps
 
 test: deps
 	$(CARGO) test --all-features
+	$(MAKE) quickstart
 	$(MAKE) e2e
+
+# The README's quick start (its Cargo.toml and main.rs) as a project of its own.
+quickstart: deps
+	CARGO="$(CARGO)" bash scripts/check-quickstart.sh
 
 e2e-deps:
 	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1 || { \

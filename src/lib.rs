@@ -57,34 +57,19 @@
 //! }
 //! ```
 //!
-//! ## Where things are
+//! ## Modules
+//!
+//! The API is at the crate root. Beside it:
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`config`] | [`Config`], its builder and validation, defaults, environment, URLs and redaction |
-//! | `pool` | [`RedisGuard`], [`PooledConnection`] and its [`Checkout`]: the public handle, and where each call goes |
-//! | `inner` | the pool's machinery: bb8 and the budgeted checkout loop with validation |
-//! | `multiplexed` | [`PoolMode::Shared`]: the shared connections, their health, picking and refilling |
-//! | `manager` | `GuardManager`: the connect gate (one attempt at a time, paced), bb8's hooks |
-//! | `transport` | the owned socket: options, address racing, EOF/reset tracking |
-//! | `sentinel` | under Sentinel: where the primary is, `+switch-master` followed on every sentinel |
-//! | `connection` | [`GuardConnection`]: command outcomes, cancellation, role refusals |
-//! | `session` | what commands do to a connection's server-side state, in command order |
-//! | `command` | how long a blocking command may wait; which commands only read (for retries) |
-//! | `shared` | the one place outcomes are classified, counted, logged and fed to the breaker |
-//! | `breaker` | the breaker's state machine and [`BreakerPolicy`] |
+//! | [`config`] | [`Config`], its builder, defaults with their reasons, environment variables, URLs |
+//! | [`mod@metrics`] | the metric contract: every series' name and labels |
 //! | [`mod@pubsub`] | [`Subscriber`]: subscriptions that PING, reconnect, resubscribe and report gaps |
-//! | `probe` | the prober: readiness, verification connects, recovery without traffic |
-//! | `clock` | backoff and lock-free instants |
-//! | `throttle` | log lines that would repeat with traffic, once per interval |
-//! | `tls` | (feature `tls`) rustls over the pool's own socket, handshake failures in words |
-//! | `layer` | [`RedisGuardLayer`] (one pool per request), [`RequireRedisLayer`] (503 while the breaker is open) |
-//! | `extract` | the [`Redis`], [`RedisFrom`] and [`RedisGuard`] extractors, which to take when, [`RedisRejection`] |
-//! | `health` | [`Health`]: `/livez` and `/readyz`, with checks of the service's other dependencies |
-//! | `error` | [`Error`] and its one mapping to HTTP, [`PoolState`] |
-//! | [`mod@metrics`] | the metric contract |
 //! | `prometheus` | (feature `prometheus`) the `/metrics` route; buckets for your own `PrometheusBuilder` |
 //! | `testkit` | (feature `testkit`) a real `redis-server`, a Sentinel deployment and a fault-injecting proxy |
+//!
+//! Where the internals live is in `ARCHITECTURE.md` at the repository's root.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations)]
 
@@ -135,7 +120,8 @@ pub use pubsub::{Gap, PubSubEvent, Subscriber, Subscription};
 /// The redis-rs version redis-guard is built on, for `AsyncCommands` and friends.
 pub use redis;
 
-/// The README's examples, compiled with the doc tests so they cannot drift from the API.
+/// The README's quick start and recipes, compiled with the doc tests so they cannot drift from
+/// the API (`scripts/check-quickstart.sh` also builds the quick start as a project of its own).
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
-struct ReadmeExamples;
+pub struct ReadmeDoctests;
