@@ -7,6 +7,8 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
 use crate::connection::{is_infrastructure_failure, is_refused_by_role};
+use crate::content_type;
+use crate::sanitize::server_text;
 use crate::throttle::Throttle;
 
 /// A snapshot of a pool, as named in checkout-timeout errors.
@@ -293,13 +295,13 @@ impl IntoResponse for Error {
             static COMMAND_FAILURES: Throttle = Throttle::new(Duration::from_secs(10));
             match COMMAND_FAILURES.admit() {
                 Some(held_back) => tracing::warn!(
-                    error = %e,
+                    error = %server_text(e),
                     status = status.as_u16(),
                     similar_lines_held_back = held_back,
                     "redis command failed"
                 ),
                 None => {
-                    tracing::debug!(error = %e, status = status.as_u16(), "redis command failed")
+                    tracing::debug!(error = %server_text(e), status = status.as_u16(), "redis command failed")
                 }
             }
         }
@@ -323,15 +325,15 @@ pub(crate) fn problem_response(
     title: &str,
     retry_after: Option<Duration>,
 ) -> Response {
-    let mut response = (status, problem_body(status, title)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
+    let mut response = content_type::typed(
+        (status, problem_body(status, title)).into_response(),
+        content_type::PROBLEM_JSON,
     );
     if let Some(after) = retry_after {
         let seconds = after.as_secs_f64().ceil().max(1.0) as u64;
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }

@@ -35,6 +35,7 @@ use crate::error::{Error, PoolState, UnavailableReason};
 use crate::manager::{self, Attempt, GuardManager, Skip};
 use crate::metrics::{EvictionReason, ValidationResult};
 use crate::multiplexed::{Lane, Lanes, Pick, SharedConnection};
+use crate::sanitize::server_text;
 use crate::shared::Shared;
 
 /// How often the pool gauges are sampled.
@@ -726,7 +727,7 @@ pub(crate) async fn validate(
         }
         Err(failure) => {
             shared.validated(ValidationResult::Failed);
-            tracing::debug!(connection_id = conn.connection_id(), %failure, "validation failed");
+            tracing::debug!(connection_id = conn.connection_id(), failure = %server_text(&failure), "validation failed");
             conn.evict(eviction_reason(&failure));
             Validated::Dead
         }

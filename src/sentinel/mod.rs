@@ -43,6 +43,7 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, Sentinel};
 use crate::metrics::ConnectErrorKind;
+use crate::sanitize::server_text;
 use crate::shared::Shared;
 use crate::transport::{self, BoxedStream, PeerProbe};
 use events::{Event, text};
@@ -280,7 +281,7 @@ impl SentinelWatch {
         };
         SentinelFailure {
             kind: crate::manager::classify_connect_error(e),
-            message: format!("sentinel {} {what}: {e}", self.name_of(i)),
+            message: format!("sentinel {} {what}: {}", self.name_of(i), server_text(e)),
         }
     }
 
@@ -539,7 +540,7 @@ async fn subscribe_and_listen(shared: &Shared, watch: &SentinelWatch, i: usize) 
     let mut conn = match tokio::time::timeout(config.connect_timeout(), subscribed).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            tracing::debug!(pool = %shared.name(), sentinel = %watch.name_of(i), error = %e, "cannot subscribe to the sentinel");
+            tracing::debug!(pool = %shared.name(), sentinel = %watch.name_of(i), error = %server_text(&e), "cannot subscribe to the sentinel");
             return;
         }
         Err(_) => return,
