@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::command;
 use crate::metrics::EvictionReason;
+use crate::sanitize::server_text;
 use crate::sentinel::Placement;
 use crate::session::Session;
 use crate::shared::Shared;
@@ -312,7 +313,7 @@ impl GuardConnection {
             }
         );
         if let Some(error) = server_error(named) {
-            tracing::debug!(connection_id = self.id, %error, "CLIENT SETNAME refused; connection left unnamed");
+            tracing::debug!(connection_id = self.id, error = %server_text(&error), "CLIENT SETNAME refused; connection left unnamed");
         }
         self.expect_primary(role).await?;
         match pinged {

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
 use crate::connection::{is_infrastructure_failure, is_refused_by_role};
+use crate::content_type;
 use crate::throttle::Throttle;
 
 /// A snapshot of a pool, as named in checkout-timeout errors.
@@ -369,15 +370,15 @@ pub(crate) fn problem_response(
     title: &str,
     retry_after: Option<Duration>,
 ) -> Response {
-    let mut response = (status, problem_body(status, title)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
+    let mut response = content_type::typed(
+        (status, problem_body(status, title)).into_response(),
+        content_type::PROBLEM_JSON,
     );
     if let Some(after) = retry_after {
         let seconds = after.as_secs_f64().ceil().max(1.0) as u64;
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }

@@ -12,6 +12,12 @@
 //! when down and keeps readiness at 200, so an outage of a shared cache does not take every
 //! pod out of the load balancer.
 //!
+//! Why a check fails is for operators: it is withheld (`[-]redis:cache failed: reason
+//! withheld`, as Kubernetes words it) unless [`Health::show_details`] is on, and even then
+//! it names no address. Serve health and metrics on a listener of their own, reachable only
+//! from inside (see `examples/internal_listener.rs`), rather than merging them into the
+//! public application.
+//!
 //! ```no_run
 //! use axum::Router;
 //! use redis_guard::{Health, RedisGuard};
@@ -36,12 +42,13 @@ use axum::Router;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, StatusCode, header};
 
 use crate::breaker::BreakerState;
+use crate::content_type::{self, HEALTH_JSON};
 use crate::pool::RedisGuard;
+use crate::sanitize::without_addresses;
 
-const HEALTH_JSON: &str = "application/health+json";
 /// The shortest interval a custom check runs at.
 const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -77,6 +84,8 @@ const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     checks: Vec<Check>,
+    /// Whether answers say why a check fails; see [`Health::show_details`].
+    show_details: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -176,8 +185,11 @@ impl Check {
         }
     }
 
-    /// The check's entry in `application/health+json`.
-    fn json(&self, status: CheckStatus) -> serde_json::Value {
+    /// The check's entry in `application/health+json`: its status only, unless `details`.
+    fn json(&self, status: CheckStatus, details: bool) -> serde_json::Value {
+        if !details {
+            return serde_json::json!([{ "status": status_label(status) }]);
+        }
         let mut entry = match &self.source {
             Source::Pool(guard) => serde_json::json!({
                 "componentType": "datastore",
@@ -192,17 +204,22 @@ impl Check {
         serde_json::json!([entry])
     }
 
-    /// Why it is not passing, in words safe to show anyone: no hosts, no credentials (connect
-    /// errors come from the pool's own sockets and handshakes, which hold neither; a custom
-    /// check's error is the application's own text).
+    /// Why it is not passing, for operators: one bounded line without addresses (connect
+    /// errors come from the pool's own sockets and handshakes, which hold no credentials, but
+    /// name hosts and carry the server's words; a custom check's error is the application's
+    /// own text, and goes through the same filter).
     fn output(&self) -> String {
+        without_addresses(&self.cause())
+    }
+
+    fn cause(&self) -> String {
         let guard = match &self.source {
             Source::Pool(guard) => guard,
             Source::Custom(check) => {
                 return match check.result() {
                     None => "not checked yet".into(),
                     Some(Ok(())) => "ok".into(),
-                    Some(Err(e)) => one_line(&e),
+                    Some(Err(e)) => e,
                 };
             }
         };
@@ -215,7 +232,7 @@ impl Check {
             BreakerState::Open => "unreachable: circuit breaker open",
         };
         match shared.last_connect_error() {
-            Some(cause) => format!("{state}; last connect error: {}", one_line(&cause)),
+            Some(cause) => format!("{state}; last connect error: {cause}"),
             None => state.into(),
         }
     }
@@ -225,6 +242,31 @@ impl Health {
     /// No checks yet: `/readyz` passes.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether answers say why a check fails (off unless set): the reason in `?verbose`, in
+    /// `/readyz/{check}` and in `application/health+json` (with the breaker's state). Off,
+    /// they give each check's name and status only, and a failing one reads
+    /// `[-]NAME failed: reason withheld`.
+    ///
+    /// Turn it on only where the answers stay inside: on a listener of its own for operators
+    /// and the orchestrator, not on the port the public reaches. Even on, the reason is one
+    /// line of bounded length with every IP address, host name and `host:port` replaced by
+    /// `<address>`; keep secrets out of a [`Health::check`]'s error text all the same.
+    ///
+    /// ```no_run
+    /// use redis_guard::{Health, RedisGuard};
+    ///
+    /// # async fn demo(guard: RedisGuard) -> std::io::Result<()> {
+    /// // Served on 127.0.0.1 only: the details stay on the host (or the pod).
+    /// let internal: axum::Router = Health::new().require(guard).show_details(true).router();
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:9090").await?;
+    /// axum::serve(listener, internal).await
+    /// # }
+    /// ```
+    pub fn show_details(mut self, show: bool) -> Self {
+        self.show_details = show;
+        self
     }
 
     /// Adds a pool readiness depends on, as check `redis:<pool name>`.
@@ -249,8 +291,8 @@ impl Health {
     /// Adds a check readiness depends on: `check` runs in the background every `every` (and
     /// must answer within it), and `/readyz` answers from its last result, so probes never
     /// wait on it and a flood of them never reaches the dependency. Until its first run ends
-    /// it counts as failing. Its error text is shown by `?verbose` and `health+json`: keep
-    /// secrets out of it.
+    /// it counts as failing. Its error text is shown by `?verbose` and `health+json` when
+    /// [`Health::show_details`] is on: keep secrets out of it.
     pub fn check<F, Fut>(self, name: impl Into<String>, every: Duration, check: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
@@ -347,21 +389,20 @@ fn wants_health_json(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Text on one line, for a line of `?verbose` output.
-fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+/// The words for a check that is not passing: its cause when details are shown, else none.
+fn reason(check: &Check, details: bool) -> String {
+    match details {
+        true => check.output(),
+        false => "reason withheld".to_owned(),
+    }
 }
 
-/// A plain-text health answer; `nosniff` so no browser takes it for anything else.
+/// A plain-text health answer.
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
-    let mut response = (status, body.into()).into_response();
-    response.headers_mut().insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    response
+    content_type::typed(
+        (status, body.into()).into_response(),
+        content_type::TEXT_PLAIN,
+    )
 }
 
 async fn livez(RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
@@ -405,7 +446,10 @@ async fn readyz(
         };
         let mut details = serde_json::Map::new();
         for (check, verdict) in &checks {
-            details.insert(check.name.clone(), check.json(*verdict));
+            details.insert(
+                check.name.clone(),
+                check.json(*verdict, health.show_details),
+            );
         }
         return health_json(
             status,
@@ -425,9 +469,14 @@ async fn readyz(
                 body,
                 "[+]{} warn: {} (optional)",
                 check.name,
-                check.output()
+                reason(check, health.show_details)
             ),
-            CheckStatus::Fail => writeln!(body, "[-]{} failed: {}", check.name, check.output()),
+            CheckStatus::Fail => writeln!(
+                body,
+                "[-]{} failed: {}",
+                check.name,
+                reason(check, health.show_details)
+            ),
         };
     }
     // Only names of real checks are repeated: the query is the client's text.
@@ -473,12 +522,16 @@ async fn readyz_one(
             status,
             serde_json::json!({
                 "status": status_label(verdict),
-                "checks": { check.name.clone(): check.json(verdict) },
+                "checks": { check.name.clone(): check.json(verdict, health.show_details) },
             }),
         );
     }
     match verdict {
-        CheckStatus::Fail => text(status, check.output()),
+        CheckStatus::Fail if health.show_details => text(
+            status,
+            format!("[-]{} failed: {}", check.name, check.output()),
+        ),
+        CheckStatus::Fail => text(status, format!("[-]{} failed", check.name)),
         _ => text(status, "ok"),
     }
 }
@@ -492,9 +545,8 @@ fn status_label(verdict: CheckStatus) -> &'static str {
 }
 
 fn health_json(status: StatusCode, body: serde_json::Value) -> Response {
-    let mut response = text(status, body.to_string());
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(HEALTH_JSON));
-    response
+    content_type::typed(
+        (status, body.to_string()).into_response(),
+        content_type::HEALTH_JSON,
+    )
 }

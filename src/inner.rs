@@ -36,6 +36,7 @@ use crate::manager::{self, Attempt, GuardManager, Skip};
 use crate::metrics::{EvictionReason, ValidationResult};
 use crate::multiplexed::{Lane, Lanes, Pick, SharedConnection};
 use crate::names::NameClaim;
+use crate::sanitize::server_text;
 use crate::shared::Shared;
 
 /// How often the pool gauges are sampled.
@@ -285,6 +286,24 @@ impl PoolInner {
         self.shared_connection_within(lane, Instant::now()).await
     }
 
+    /// A shared connection of `lane` usable now, with no PING and no connect to wait for.
+    /// Empty slots found on the way are refilled in the background.
+    pub(crate) fn ready_shared_connection(
+        self: &Arc<Self>,
+        lane: Lane,
+    ) -> Option<Arc<SharedConnection>> {
+        let multiplexed = self.multiplexed.as_ref()?.lane(lane);
+        let mut empty = Vec::new();
+        let pick = multiplexed.pick(&self.shared, Instant::now(), &mut empty);
+        for index in empty {
+            self.refill_in_background(lane, index);
+        }
+        match pick {
+            Pick::Ready(connection) => Some(connection),
+            Pick::Check(_) | Pick::Empty(_) => None,
+        }
+    }
+
     /// Takes a retired shared connection out of its slot at once, so it closes as soon as
     /// the calls in flight on it have ended.
     pub(crate) fn let_go_if_retired(&self, connection: &Arc<SharedConnection>) {
@@ -372,6 +391,15 @@ impl PoolInner {
                     }
                 }
                 Pick::Empty(index) => {
+                    // Reads have a lane of their own only so that a held write cannot hold
+                    // them; with none open there, a read goes over the writes' lane rather
+                    // than wait for a connect.
+                    if lane == Lane::Reads
+                        && let Some(connection) = self.ready_shared_connection(Lane::Writes)
+                    {
+                        self.refill_in_background(lane, index);
+                        return Ok(connection);
+                    }
                     if let Some(connection) =
                         Box::pin(self.refill(lane, index, started, deadline)).await?
                     {
@@ -731,7 +759,7 @@ pub(crate) async fn validate(
         }
         Err(failure) => {
             shared.validated(ValidationResult::Failed);
-            tracing::debug!(connection_id = conn.connection_id(), %failure, "validation failed");
+            tracing::debug!(connection_id = conn.connection_id(), failure = %server_text(&failure), "validation failed");
             conn.evict(eviction_reason(&failure));
             Validated::Dead
         }

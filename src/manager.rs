@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::clock::Backoff;
 use crate::connection::{GuardConnection, Peer, Server};
 use crate::metrics::ConnectErrorKind;
+use crate::sanitize::server_text;
 use crate::sentinel::Placement;
 use crate::shared::Shared;
 use crate::transport::{self, BoxedStream, LinkHealth, LinkState, PeerProbe, TrackedStream};
@@ -236,7 +237,7 @@ impl GuardManager {
                 break (failure, started);
             }
             restarts += 1;
-            tracing::debug!(pool = %shared.name(), error = %failure, "a connect to the old primary failed after it moved: connecting to the new one");
+            tracing::debug!(pool = %shared.name(), error = %server_text(&failure), "a connect to the old primary failed after it moved: connecting to the new one");
         };
         let pause = self.gate.pace().failed();
         // Errors from our own sockets and handshakes never contain the URL or password.
@@ -258,9 +259,9 @@ impl GuardManager {
         let config = self.shared.config();
         if let Err(e) = conn.introduce(config.name()).await {
             return Err(match conn.is_on_replica() {
-                true => ConnectFailure::Replica(e.to_string()),
+                true => ConnectFailure::Replica(server_text(&e)),
                 false => {
-                    let line = conn.turned_away();
+                    let line = conn.turned_away().map(server_text);
                     line.map_or(e.into(), ConnectFailure::TurnedAway)
                 }
             });

@@ -26,6 +26,7 @@ use crate::connection::{GuardConnection, Verdict};
 use crate::inner::{Bb8Connection, PoolInner};
 use crate::manager::{Attempt, CatchUnwind, Skip};
 use crate::metrics::EvictionReason;
+use crate::sanitize::server_text;
 use crate::shared::Shared;
 
 /// How long a restarted prober waits after a panic, so a bug cannot become a busy loop.
@@ -209,7 +210,7 @@ async fn ping(inner: &PoolInner, waiting: Waiting) {
     match conn.validate(shared.config().response_timeout()).await {
         Ok(()) => shared.answered(Instant::now()),
         Err(failure) => {
-            tracing::debug!(pool = %shared.name(), %failure, "probe failed");
+            tracing::debug!(pool = %shared.name(), failure = %server_text(&failure), "probe failed");
             conn.evict(EvictionReason::ValidationFailed);
         }
     }

@@ -34,8 +34,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
+use axum::response::IntoResponse;
 use axum::routing::get;
-use http::header;
 use metrics_exporter_prometheus::Matcher;
 /// The exporter's builder and handle, re-exported so that yours match the version
 /// redis-guard is built with.
@@ -135,7 +135,12 @@ impl PrometheusMetrics {
             "/metrics",
             get(move || {
                 let body = handle.render();
-                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
+                async move {
+                    crate::content_type::typed(
+                        body.into_response(),
+                        crate::content_type::PROMETHEUS_TEXT,
+                    )
+                }
             }),
         )
     }

@@ -24,6 +24,7 @@ use tokio::task::AbortHandle;
 use crate::clock::Backoff;
 use crate::error::{Error, UnavailableReason};
 use crate::inner::PoolInner;
+use crate::sanitize::server_text;
 use crate::shared::Shared;
 
 /// How often an idle subscription is PINGed.
@@ -202,7 +203,7 @@ async fn keep(
             Lost::Connection { cause, alive_at } => (cause, alive_at),
         };
         drop(pubsub);
-        tracing::info!(pool = %shared.name(), %cause, "subscription lost; subscribing again");
+        tracing::info!(pool = %shared.name(), cause = %server_text(&cause), "subscription lost; subscribing again");
         // Room in the queue first: a consumer that fell behind catches up before new messages
         // come, and the gap is reported in that room.
         let room = tokio::select! {
@@ -227,7 +228,7 @@ async fn keep(
             match attempt {
                 Ok(Ok(pubsub)) => break pubsub,
                 Ok(Err(e)) => {
-                    tracing::debug!(pool = %shared.name(), error = %e, "subscribing again failed")
+                    tracing::debug!(pool = %shared.name(), error = %server_text(&e), "subscribing again failed")
                 }
                 Err(_) => tracing::debug!(pool = %shared.name(), "subscribing again timed out"),
             }

@@ -37,6 +37,7 @@ use crate::metrics::{
 };
 use crate::refusals::{Refusal, Refusals};
 use crate::reply_times::{HedgeSlot, ReplyTimes};
+use crate::sanitize::server_text;
 use crate::sentinel::{PrimaryAddr, SentinelWatch};
 
 #[derive(Debug)]
@@ -265,6 +266,9 @@ impl Shared {
         counts: bool,
         started: Instant,
     ) {
+        // The message carries the server's words (a refusal line, an error reply): it goes to
+        // the log, into errors and into health details.
+        let message = server_text(message);
         self.metrics().connect_error(kind);
         let first = !self.connects_failing.swap(true, Ordering::AcqRel);
         let changed = {
@@ -575,7 +579,7 @@ impl Shared {
             _ => CheckoutResult::Error,
         };
         self.metrics().checkout(result, None);
-        tracing::debug!(%error, "redis checkout failed");
+        tracing::debug!(error = %server_text(error), "redis checkout failed");
         match error {
             Error::Timeout { .. } => self.refusals.count(Refusal::TimedOut),
             Error::Unavailable {

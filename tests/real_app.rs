@@ -346,10 +346,10 @@ async fn a_custom_check_joins_readyz() {
     let addr = database.local_addr().unwrap();
     let runs = Arc::new(AtomicUsize::new(0));
     let counted = runs.clone();
-    let health = redis_guard::Health::new().require(guard).check(
-        "postgres",
-        Duration::from_millis(100),
-        move || {
+    let health = redis_guard::Health::new()
+        .require(guard)
+        .show_details(true)
+        .check("postgres", Duration::from_millis(100), move || {
             counted.fetch_add(1, Ordering::Relaxed);
             async move {
                 tokio::net::TcpStream::connect(addr)
@@ -357,8 +357,7 @@ async fn a_custom_check_joins_readyz() {
                     .map(drop)
                     .map_err(|e| format!("cannot reach the database: {e}"))
             }
-        },
-    );
+        });
     let app: Router = Router::new().merge(health.router());
     assert!(
         wait_for_status(&app, StatusCode::OK).await,
@@ -492,15 +491,19 @@ async fn a_panicking_check_fails_and_keeps_running() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let runs = Arc::new(AtomicUsize::new(0));
     let counted = runs.clone();
-    let health = redis_guard::Health::new().check("flaky", Duration::from_millis(100), move || {
-        let run = counted.fetch_add(1, Ordering::Relaxed);
-        async move {
-            if (1..5).contains(&run) {
-                panic!("the check's own bug");
+    let health = redis_guard::Health::new().show_details(true).check(
+        "flaky",
+        Duration::from_millis(100),
+        move || {
+            let run = counted.fetch_add(1, Ordering::Relaxed);
+            async move {
+                if (1..5).contains(&run) {
+                    panic!("the check's own bug");
+                }
+                Ok(())
             }
-            Ok(())
-        }
-    });
+        },
+    );
     let app: Router = Router::new().merge(health.router());
     assert!(
         wait_for_status(&app, StatusCode::OK).await,

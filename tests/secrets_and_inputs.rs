@@ -63,7 +63,10 @@ fn assert_no_secret(place: &str, text: &str) {
 /// What a user sees of a pool: its `Debug`, an error from it, `/readyz` in both formats, and
 /// the metrics.
 async fn everything_shown(guard: &RedisGuard) -> Vec<(String, String)> {
-    let app = Health::new().require(guard.clone()).router();
+    let app = Health::new()
+        .require(guard.clone())
+        .show_details(true)
+        .router();
     let verbose = call(&app, "/readyz?verbose").await.body;
     let json = call_with(
         &app,
@@ -183,7 +186,10 @@ async fn a_missing_password_is_named_and_counted() {
     assert!(counted.await, "a NOAUTH connect counted as auth");
     let err = guard.get().await.unwrap_err();
     assert!(err.to_string().contains("NOAUTH"), "{err}");
-    let app = Health::new().require(guard.clone()).router();
+    let app = Health::new()
+        .require(guard.clone())
+        .show_details(true)
+        .router();
     let verbose = call(&app, "/readyz?verbose").await;
     assert_eq!(verbose.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(verbose.body.contains("NOAUTH"), "{}", verbose.body);
@@ -402,4 +408,189 @@ async fn two_live_pools_with_one_name_are_refused() {
     first.close(Duration::from_secs(1)).await;
     let again = RedisGuard::connect(config(&server.url(), "one_name").build().unwrap()).await;
     assert!(again.is_ok(), "the name is free after close");
+}
+
+/// A failing check's details as a client sees them: `?verbose`, `/readyz/{check}` and
+/// `health+json`, from a health router built by `health`.
+async fn failing_health_answers(health: Health, pool: &str) -> Vec<(String, String)> {
+    let app = health.router();
+    let verbose = call(&app, "/readyz?verbose").await;
+    assert_eq!(verbose.status, StatusCode::SERVICE_UNAVAILABLE);
+    let one = call(&app, &format!("/readyz/redis:{pool}")).await;
+    assert_eq!(one.status, StatusCode::SERVICE_UNAVAILABLE);
+    let json = call_with(
+        &app,
+        Request::get("/readyz")
+            .header("accept", "application/health+json")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    vec![
+        ("/readyz?verbose".into(), verbose.body),
+        (format!("/readyz/redis:{pool}"), one.body),
+        ("health+json".into(), json.body),
+    ]
+}
+
+/// Fault: nothing listens where the pool's sentinel should be (its connect error names the
+/// sentinel's address), and a custom check fails with text naming a database host, with a
+/// newline and an ANSI escape. Asserts: by default `?verbose` says only which checks failed
+/// (`reason withheld`), `/readyz/{check}` gives the check's name, `health+json` the status of
+/// each check and nothing else; with `show_details(true)` the causes are shown on one line
+/// each, with every address replaced and no escape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_details_are_withheld_by_default_and_never_name_an_address() {
+    captured_logs();
+    let nothing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = nothing.local_addr().unwrap().port();
+    drop(nothing);
+    let pool = "health_details";
+    let guard = unready_guard(config(
+        &format!("redis+sentinel://127.0.0.1:{port}/mymaster"),
+        pool,
+    ))
+    .await;
+    // A checkout waits for an attempt, whose failure the health check then reports.
+    let error = guard.get().await.unwrap_err();
+    assert!(error.to_string().contains("cannot be reached"), "{error}");
+    let database_check = || async {
+        Err::<(), String>(
+            "cannot reach db.internal.example:5432 (10.1.2.3)\n\u{1b}[31mINJECTED".to_owned(),
+        )
+    };
+    let checks = Health::new().require(guard.clone()).check(
+        "postgres",
+        Duration::from_millis(100),
+        database_check,
+    );
+    // The custom check runs in the background once routed: wait for its first result.
+    let _started: axum::Router = checks.clone().router();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = || checks.clone();
+
+    let public = failing_health_answers(health(), pool).await;
+    eprintln!("without details: {public:#?}");
+    let [(_, verbose), (_, one), (_, json)] = &public[..] else {
+        unreachable!()
+    };
+    assert!(
+        verbose.contains(&format!("[-]redis:{pool} failed: reason withheld\n"))
+            && verbose.contains("[-]postgres failed: reason withheld\n"),
+        "{verbose}"
+    );
+    assert_eq!(one, &format!("[-]redis:{pool} failed"));
+    let parsed: serde_json::Value = serde_json::from_str(json).unwrap();
+    for check in [format!("redis:{pool}"), "postgres".to_owned()] {
+        assert_eq!(
+            parsed["checks"][&check],
+            serde_json::json!([{ "status": "fail" }]),
+            "{json}"
+        );
+    }
+    for (place, shown) in &public {
+        for detail in ["cannot", "refused", "breaker", "INJECTED", "5432"] {
+            assert!(!shown.contains(detail), "{place} shows {detail:?}: {shown}");
+        }
+    }
+
+    let internal = failing_health_answers(health().show_details(true), pool).await;
+    eprintln!("with details: {internal:#?}");
+    let [(_, verbose), (_, one), (_, json)] = &internal[..] else {
+        unreachable!()
+    };
+    assert!(
+        verbose.contains("[-]postgres failed: cannot reach <address> (<address>) INJECTED\n"),
+        "{verbose}"
+    );
+    assert!(verbose.contains("cannot be reached"), "{verbose}");
+    assert!(one.contains("cannot be reached"), "{one}");
+    assert!(json.contains("<address>"), "{json}");
+    for (place, shown) in &internal {
+        for address in [
+            "127.0.0.1",
+            &port.to_string(),
+            "10.1.2.3",
+            "db.internal",
+            "\u{1b}",
+        ] {
+            assert!(
+                !shown.contains(address),
+                "{place} shows {address:?}: {shown}"
+            );
+        }
+    }
+}
+
+/// Fault: none. Asserts: every response the crate writes itself, a problem+json refusal of
+/// the extractor and of an `Error`, health in both formats and `/metrics`, carries
+/// `X-Content-Type-Options: nosniff`, and its text types name `charset=utf-8`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_of_the_crate_forbids_sniffing() {
+    use axum::response::IntoResponse;
+    use tower::ServiceExt;
+    captured_logs();
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "nosniff")).await;
+    let without_layer: axum::Router = axum::Router::new().route(
+        "/needs-redis",
+        axum::routing::get(|_redis: redis_guard::Redis| async { "unreachable" }),
+    );
+    let app = without_layer
+        .merge(Health::new().require(guard.clone()).router())
+        .merge(metrics().router());
+    let mut responses = Vec::new();
+    for (uri, accept) in [
+        ("/needs-redis", "*/*"),
+        ("/readyz?verbose", "text/plain"),
+        ("/readyz", "application/health+json"),
+        ("/livez", "text/plain"),
+        ("/metrics", "text/plain"),
+    ] {
+        let response = app
+            .clone()
+            .oneshot(
+                Request::get(uri)
+                    .header("accept", accept)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        responses.push((uri.to_owned(), response));
+    }
+    let command_failed = Error::Redis(redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "WRONGTYPE",
+    )));
+    responses.push((
+        "Error::into_response".into(),
+        command_failed.into_response(),
+    ));
+    for (place, response) in &responses {
+        let headers = response.headers();
+        let content_type = headers["content-type"].to_str().unwrap();
+        eprintln!("{place}: {} {content_type}", response.status());
+        assert_eq!(
+            headers
+                .get("x-content-type-options")
+                .map(|v| v.to_str().unwrap()),
+            Some("nosniff"),
+            "{place}"
+        );
+        if content_type.starts_with("text/") {
+            assert!(
+                content_type.ends_with("charset=utf-8"),
+                "{place}: {content_type}"
+            );
+        }
+    }
+    assert_eq!(
+        responses[0].1.headers()["content-type"],
+        "application/problem+json"
+    );
+    assert_eq!(
+        responses[4].1.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
 }

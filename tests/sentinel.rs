@@ -765,7 +765,7 @@ async fn sentinels_rebuilt_with_a_fresh_epoch_are_followed_once_the_primary_is_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_sentinel_fails_no_request() {
     let mut deployment = SentinelDeployment::start(SentinelOptions::default()).unwrap();
-    let guard = common::guard(sentinel_config(&deployment.url(), "f14s-frozen")).await;
+    let guard = common::guard(sentinel_config(&deployment.url(), "f14s-frozen-sentinel")).await;
     let primary = deployment.primary_port().unwrap();
     deployment.sentinels()[0].pause();
     deployment

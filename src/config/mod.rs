@@ -34,6 +34,7 @@ mod env;
 mod sentinel;
 mod url;
 
+pub(crate) use sentinel::is_host;
 pub use sentinel::{DEFAULT_SENTINEL_PORT, Sentinel};
 pub use url::redact_url;
 

@@ -31,6 +31,11 @@ const SENTINEL_FORM: &str =
 /// Redis nodes' credentials before the hosts and the sentinels' own in `sentinel_username=`
 /// and `sentinel_password=` (`rediss+sentinel://` for TLS to both).
 ///
+/// The sentinels are trusted like the primary itself unless [`Sentinel::allow_primaries`]
+/// is set: the pool connects wherever they say, and sends the nodes' password there. An
+/// address they name is held to the rules of a configured host (an IP address or a DNS name,
+/// a port from 1 to 65535) either way.
+///
 /// ```
 /// use redis_guard::config::Sentinel;
 /// use redis_guard::Config;
@@ -59,6 +64,8 @@ pub struct Sentinel {
     pub(crate) sentinel_auth: Option<(Option<String>, String)>,
     /// What the Redis nodes want: credentials, database, protocol.
     pub(crate) redis: RedisConnectionInfo,
+    /// Where the sentinels may send the pool; empty: anywhere.
+    pub(crate) allowed_primaries: Vec<String>,
 }
 
 impl fmt::Debug for Sentinel {
@@ -76,7 +83,54 @@ impl Sentinel {
             sentinels: Vec::new(),
             sentinel_auth: None,
             redis: RedisConnectionInfo::default(),
+            allowed_primaries: Vec::new(),
         }
+    }
+
+    /// The only primaries the pool may connect to, whatever the sentinels say. Each entry is
+    /// an IP network (`10.0.0.0/8`, `fd00::/8`), an IP address or a host name (any port), or
+    /// an exact `host:port` (`[v6]:port`); host names match exactly, without resolving.
+    ///
+    /// Without it the sentinels are trusted like the primary itself: whoever answers on a
+    /// sentinel's port can send the pool to a server of its choosing, which then receives the
+    /// nodes' password (`AUTH`) and the application's commands. With it, a primary named
+    /// outside the list is never connected to: the pool logs it at WARN, keeps the primary
+    /// it knows, and with none known reports Redis unavailable. In the URL form:
+    /// `?allowed_primaries=10.0.0.0/8,redis-1.internal:6379`.
+    ///
+    /// ```
+    /// use redis_guard::config::Sentinel;
+    ///
+    /// let sentinel = Sentinel::new("mymaster")
+    ///     .sentinel("10.0.0.1", 26379)
+    ///     .allow_primaries(["10.0.0.0/8", "redis-1.internal:6379"]);
+    /// assert!(redis_guard::Config::sentinel(sentinel).build().is_ok());
+    ///
+    /// let typo = Sentinel::new("mymaster")
+    ///     .sentinel("10.0.0.1", 26379)
+    ///     .allow_primaries(["10.0.0.0/33"]);
+    /// let error = redis_guard::Config::sentinel(typo).build().unwrap_err();
+    /// assert!(error.to_string().contains("allowed primary 1"));
+    /// ```
+    pub fn allow_primaries<I, S>(mut self, primaries: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_primaries
+            .extend(primaries.into_iter().map(Into::into));
+        self
+    }
+
+    /// Whether the pool may connect to a primary at `host:port`: yes when no allowlist is
+    /// set, else if an entry matches.
+    pub(crate) fn allows(&self, host: &str, port: u16) -> bool {
+        self.allowed_primaries.is_empty()
+            || self
+                .allowed_primaries
+                .iter()
+                .filter_map(|entry| AllowedPrimary::parse(entry))
+                .any(|allowed| allowed.matches(host, port))
     }
 
     /// One more sentinel to ask. They are asked all at once; the first answer counts, unless
@@ -171,6 +225,15 @@ impl Sentinel {
         if self.redis.db() < 0 {
             return Err(invalid("the database number must not be negative"));
         }
+        for (i, entry) in self.allowed_primaries.iter().enumerate() {
+            if AllowedPrimary::parse(entry).is_none() {
+                return Err(invalid(format!(
+                    "allowed primary {} is not an IP network (10.0.0.0/8), an address, a host \
+                     name or host:port",
+                    i + 1
+                )));
+            }
+        }
         if matches!(&self.sentinel_auth, Some((Some(user), _)) if user.is_empty()) {
             return Err(invalid("the sentinels' user name is empty"));
         }
@@ -227,9 +290,75 @@ impl Sentinel {
     }
 }
 
+/// One entry of [`Sentinel::allow_primaries`].
+enum AllowedPrimary {
+    Network(std::net::IpAddr, u8),
+    Host(String),
+    HostPort(String, u16),
+}
+
+impl AllowedPrimary {
+    fn parse(entry: &str) -> Option<Self> {
+        let entry = entry.trim();
+        if let Some((ip, prefix)) = entry.split_once('/') {
+            let ip: std::net::IpAddr = ip.parse().ok()?;
+            let prefix: u8 = prefix.parse().ok()?;
+            let bits = if ip.is_ipv4() { 32 } else { 128 };
+            return (prefix <= bits).then_some(AllowedPrimary::Network(ip, prefix));
+        }
+        if is_host(entry) {
+            return Some(AllowedPrimary::Host(entry.to_ascii_lowercase()));
+        }
+        let (host, port) = match entry.strip_prefix('[') {
+            Some(v6) => {
+                let (host, tail) = v6.split_once(']')?;
+                (host, tail.strip_prefix(':')?)
+            }
+            None => entry.rsplit_once(':')?,
+        };
+        let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+        is_host(host).then(|| AllowedPrimary::HostPort(host.to_ascii_lowercase(), port))
+    }
+
+    fn matches(&self, host: &str, port: u16) -> bool {
+        match self {
+            AllowedPrimary::Network(network, prefix) => host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| in_network(ip, *network, *prefix)),
+            AllowedPrimary::Host(allowed) => same_host(allowed, host),
+            AllowedPrimary::HostPort(allowed, allowed_port) => {
+                *allowed_port == port && same_host(allowed, host)
+            }
+        }
+    }
+}
+
+/// Names compared without case; addresses as addresses (`::1` is `0:0::1`).
+fn same_host(allowed: &str, host: &str) -> bool {
+    match (
+        allowed.parse::<std::net::IpAddr>(),
+        host.parse::<std::net::IpAddr>(),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => allowed.eq_ignore_ascii_case(host),
+    }
+}
+
+fn in_network(ip: std::net::IpAddr, network: std::net::IpAddr, prefix: u8) -> bool {
+    use std::net::IpAddr;
+    let (ip, network, bits) = match (ip, network) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) => (u32::from(ip) as u128, u32::from(net) as u128, 32),
+        (IpAddr::V6(ip), IpAddr::V6(net)) => (u128::from(ip), u128::from(net), 128),
+        _ => return false,
+    };
+    let host_bits = bits - u32::from(prefix);
+    host_bits >= bits || (ip >> host_bits) == (network >> host_bits)
+}
+
 /// An IP address, or a DNS name: labels of letters, digits, `-` and `_`, not starting or
-/// ending with `-`, and no empty label.
-fn is_host(host: &str) -> bool {
+/// ending with `-`, and no empty label. Hosts the sentinels announce are held to the same
+/// rule as hosts in the configuration.
+pub(crate) fn is_host(host: &str) -> bool {
     if host.parse::<std::net::IpAddr>().is_ok() {
         return true;
     }
@@ -322,12 +451,19 @@ pub(crate) fn parse_sentinel_url(raw: &str) -> Result<Option<ParsedSentinelUrl>,
     }
     let mut sentinel_user = None;
     let mut sentinel_password = None;
+    let mut allowed_primaries = Vec::new();
     let mut node_query = Vec::new();
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match key.as_ref() {
             "sentinel_username" => sentinel_user = Some(value.into_owned()),
             "sentinel_password" => sentinel_password = Some(value.into_owned()),
             "protocol" => node_query.push(format!("protocol={}", escape(&value))),
+            "allowed_primaries" => allowed_primaries.extend(
+                value
+                    .split(',')
+                    .filter(|entry| !entry.trim().is_empty())
+                    .map(str::to_owned),
+            ),
             key if super::url::CREDENTIAL_KEYS.contains(&key) => {
                 return Err(invalid(format!(
                     "{key}= is not read from a sentinel URL: put the Redis nodes' credentials \
@@ -338,7 +474,7 @@ pub(crate) fn parse_sentinel_url(raw: &str) -> Result<Option<ParsedSentinelUrl>,
             _ => {
                 return Err(invalid(
                     "a query parameter is not one a sentinel URL takes (sentinel_username, \
-                     sentinel_password, protocol); set pool settings on the builder or with \
+                     sentinel_password, protocol, allowed_primaries); set pool settings on the builder or with \
                      REDIS_GUARD_* variables",
                 ));
             }
@@ -372,6 +508,7 @@ pub(crate) fn parse_sentinel_url(raw: &str) -> Result<Option<ParsedSentinelUrl>,
         sentinels,
         sentinel_auth,
         redis,
+        allowed_primaries,
     };
     sentinel.validate()?;
     Ok(Some(ParsedSentinelUrl {

@@ -951,3 +951,51 @@ mod tls {
         }
     }
 }
+
+#[test]
+fn allowed_primaries_match_networks_hosts_and_exact_addresses() {
+    let sentinel = Sentinel::new("mymaster")
+        .sentinel("10.0.0.1", 26379)
+        .allow_primaries([
+            "10.0.0.0/8",
+            "fd00::/8",
+            "redis-1.internal",
+            "cache.internal:6380",
+            "[::1]:6379",
+        ]);
+    sentinel.validate().unwrap();
+    for (host, port, allowed) in [
+        ("10.2.3.4", 6379, true),
+        ("11.0.0.1", 6379, false),
+        ("fd12::1", 6379, true),
+        ("REDIS-1.internal", 7000, true),
+        ("redis-1.internal.evil", 6379, false),
+        ("cache.internal", 6380, true),
+        ("cache.internal", 6379, false),
+        ("::1", 6379, true),
+        ("0:0::1", 6379, true),
+        ("::1", 6380, false),
+    ] {
+        assert_eq!(sentinel.allows(host, port), allowed, "{host}:{port}");
+    }
+    assert!(
+        Sentinel::new("m").allows("anything", 1),
+        "no list: anywhere"
+    );
+    for bad in ["10.0.0.0/33", "host:0", "a b", "", "evil\n.example"] {
+        let err = Sentinel::new("m")
+            .sentinel("10.0.0.1", 26379)
+            .allow_primaries([bad])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allowed primary 1"), "{bad:?}: {err}");
+    }
+    let parsed = Config::builder(
+        "redis+sentinel://10.0.0.1/mymaster?allowed_primaries=10.0.0.0/8,cache.internal:6380",
+    )
+    .build()
+    .unwrap();
+    let sentinel = parsed.sentinel.as_ref().unwrap();
+    assert!(sentinel.allows("10.9.9.9", 6379) && !sentinel.allows("192.168.0.1", 6379));
+}

@@ -52,10 +52,7 @@ pub(super) fn event_for(push: &PushInfo, master_name: &str) -> Option<Event> {
     if channel == SWITCH_MASTER {
         return match words.as_slice() {
             [name, _, _, host, port] if *name == master_name => {
-                Some(Event::Switched(PrimaryAddr {
-                    host: (*host).to_owned(),
-                    port: port.parse().ok()?,
-                }))
+                Some(Event::Switched(PrimaryAddr::announced(host, port)?))
             }
             _ => None,
         };
@@ -107,6 +104,24 @@ mod tests {
         );
         assert_eq!(switch("other 10.0.0.1 6379 10.0.0.2 6380"), None);
         assert_eq!(switch("mymaster garbage"), None);
+    }
+
+    /// A host the configuration would refuse is refused from a sentinel too: a newline in one
+    /// once forged a log line.
+    #[test]
+    fn a_switch_to_a_host_no_config_would_take_is_ignored() {
+        let switch = |payload| event_for(&message(SWITCH_MASTER, payload), "mymaster");
+        let long = format!("mymaster 10.0.0.1 6379 {}.example 6380", "a".repeat(300));
+        for forged in [
+            "mymaster 10.0.0.1 6379 evil\nINFO 6380",
+            "mymaster 10.0.0.1 6379 evil\u{1b}[2J 6380",
+            "mymaster 10.0.0.1 6379 10.0.0.2 0",
+            "mymaster 10.0.0.1 6379 10.0.0.2 65536",
+            "mymaster 10.0.0.1 6379 -evil.example 6380",
+            long.as_str(),
+        ] {
+            assert_eq!(switch(forged), None, "{forged:?}");
+        }
     }
 
     #[test]

@@ -27,6 +27,11 @@
 //! (Sentinel reconfigures it as a replica only later), and every write it acknowledges then
 //! is lost when it resyncs.
 //!
+//! The sentinels are trusted like the primary unless `allow_primaries` is set: an address
+//! they name must be a valid host and port (`PrimaryAddr::announced`), and, with the
+//! allowlist, inside it (`SentinelWatch::admits`); one outside is never connected to, and
+//! the pool keeps the primary it knows.
+//!
 //! Writes are lost before the announcement too: the old primary acknowledges them from the
 //! replica's promotion on. The leader's first step of a failover (`events.rs`) holds the
 //! pool's writes (not its reads) until the switch, an abort, or [`WRITE_HOLD_CAP`].
@@ -43,6 +48,7 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, Sentinel};
 use crate::metrics::ConnectErrorKind;
+use crate::sanitize::server_text;
 use crate::shared::Shared;
 use crate::transport::{self, BoxedStream, PeerProbe};
 use events::{Event, text};
@@ -63,6 +69,30 @@ const MIN_SENTINEL_BUDGET: Duration = Duration::from_millis(100);
 pub(crate) struct PrimaryAddr {
     pub(crate) host: String,
     pub(crate) port: u16,
+}
+
+impl PrimaryAddr {
+    /// The address a sentinel sent, held to the rules of a configured host: a valid IP
+    /// address or DNS name (no control character, space or over-long name), a port from 1 to
+    /// 65535. A sentinel that sends anything else is not believed, and what it sent is logged
+    /// only once made safe.
+    pub(crate) fn announced(host: &str, raw_port: &str) -> Option<PrimaryAddr> {
+        let port = raw_port.parse::<u16>().ok().filter(|port| *port > 0);
+        match (crate::config::is_host(host), port) {
+            (true, Some(port)) => Some(PrimaryAddr {
+                host: host.to_owned(),
+                port,
+            }),
+            _ => {
+                tracing::warn!(
+                    host = %server_text(host),
+                    port = %server_text(raw_port),
+                    "a sentinel named a primary that is no valid host and port; ignored"
+                );
+                None
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for PrimaryAddr {
@@ -121,6 +151,9 @@ pub(crate) struct SentinelWatch {
     /// demoted, so that calls in flight there (a `BLPOP` waiting for seconds, a write the old
     /// primary would acknowledge and then lose) fail at once rather than complete there.
     sockets: Mutex<Vec<(PrimaryAddr, Weak<PeerProbe>)>>,
+    /// The last primary refused by the allowlist, so that a refusal repeated at every poll
+    /// is logged once.
+    refused: Mutex<Option<PrimaryAddr>>,
 }
 
 impl SentinelWatch {
@@ -131,6 +164,7 @@ impl SentinelWatch {
             links: Mutex::new(vec![None; sentinel.sentinels.len()]),
             recheck: Notify::new(),
             sockets: Mutex::default(),
+            refused: Mutex::default(),
             sentinel,
         }
     }
@@ -207,7 +241,7 @@ impl SentinelWatch {
                 })
                 .collect();
             match first_answer(questions).await {
-                Ok((addr, epoch)) => return Ok(self.learn(addr, epoch, shared)),
+                Ok((addr, epoch)) => return self.learn_allowed(addr, epoch, shared),
                 Err(failures) => {
                     let mut links = self.lock_links();
                     for (i, _) in &failures {
@@ -252,7 +286,7 @@ impl SentinelWatch {
             })
             .collect();
         match first_answer(questions).await {
-            Ok((addr, epoch)) => Ok(self.learn(addr, epoch, shared)),
+            Ok((addr, epoch)) => self.learn_allowed(addr, epoch, shared),
             // The first sentinel's failure: the one an operator would look at first.
             Err(failures) => Err(failures
                 .into_iter()
@@ -280,8 +314,46 @@ impl SentinelWatch {
         };
         SentinelFailure {
             kind: crate::manager::classify_connect_error(e),
-            message: format!("sentinel {} {what}: {e}", self.name_of(i)),
+            message: format!("sentinel {} {what}: {}", self.name_of(i), server_text(e)),
         }
+    }
+
+    /// [`SentinelWatch::learn`] for an address the allowlist admits; for another, the known
+    /// primary stays, and with none known there is none to connect to.
+    fn learn_allowed(
+        &self,
+        addr: PrimaryAddr,
+        epoch: u64,
+        shared: &Shared,
+    ) -> Result<(PrimaryAddr, u64), SentinelFailure> {
+        if self.admits(&addr, shared) {
+            return Ok(self.learn(addr, epoch, shared));
+        }
+        match self.lock_known().as_ref() {
+            Some(known) => Ok((known.addr.clone(), self.generation())),
+            None => Err(SentinelFailure {
+                kind: ConnectErrorKind::Other,
+                message: "the sentinels name a primary outside allow_primaries; not connecting \
+                          to it"
+                    .to_owned(),
+            }),
+        }
+    }
+
+    /// Whether the pool may connect to `addr` (see [`Sentinel::allow_primaries`]). A refusal
+    /// is logged at WARN once per address in a row: the sentinels repeat it at every poll.
+    fn admits(&self, addr: &PrimaryAddr, shared: &Shared) -> bool {
+        if self.sentinel.allows(&addr.host, addr.port) {
+            return true;
+        }
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.as_ref() != Some(addr) {
+            tracing::warn!(pool = %shared.name(), named = %addr, "a sentinel names a primary outside allow_primaries; not connecting to it");
+            *refused = Some(addr.clone());
+        } else {
+            tracing::debug!(pool = %shared.name(), named = %addr, "a sentinel names a primary outside allow_primaries again");
+        }
+        false
     }
 
     /// Takes in what a sentinel said (`SENTINEL MASTER`: an address and its configuration
@@ -539,7 +611,7 @@ async fn subscribe_and_listen(shared: &Shared, watch: &SentinelWatch, i: usize) 
     let mut conn = match tokio::time::timeout(config.connect_timeout(), subscribed).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            tracing::debug!(pool = %shared.name(), sentinel = %watch.name_of(i), error = %e, "cannot subscribe to the sentinel");
+            tracing::debug!(pool = %shared.name(), sentinel = %watch.name_of(i), error = %server_text(&e), "cannot subscribe to the sentinel");
             return;
         }
         Err(_) => return,
@@ -553,7 +625,9 @@ async fn subscribe_and_listen(shared: &Shared, watch: &SentinelWatch, i: usize) 
         if poll_now {
             match tokio::time::timeout(shared.validation_timeout(), watch.ask(&mut conn)).await {
                 Ok(Ok(Some((addr, epoch)))) => {
-                    watch.learn(addr, epoch, shared);
+                    if watch.admits(&addr, shared) {
+                        watch.learn(addr, epoch, shared);
+                    }
                 }
                 Ok(Ok(None)) => {}
                 _ => break,
@@ -564,7 +638,9 @@ async fn subscribe_and_listen(shared: &Shared, watch: &SentinelWatch, i: usize) 
                 Some(push) if push.kind == PushKind::Disconnection => break,
                 Some(push) => match events::event_for(&push, &watch.sentinel.master_name) {
                     Some(Event::Switched(addr)) => {
-                        watch.announced(addr, shared);
+                        if watch.admits(&addr, shared) {
+                            watch.announced(addr, shared);
+                        }
                         // Learn the new epoch from the same sentinel.
                         true
                     }
@@ -619,7 +695,7 @@ fn master_in(reply: Value) -> Result<Option<Answer>, RedisError> {
             .map(|(_, value)| value.as_str())
     };
     let host = field("ip");
-    let port = field("port").and_then(|p| p.parse().ok());
+    let port = field("port");
     // While this sentinel leads a failover, its epoch is already the one of the
     // configuration it is about to publish, but the address is still the old one: taken
     // together they would make the old primary look newer than the announcement to come.
@@ -632,13 +708,13 @@ fn master_in(reply: Value) -> Result<Option<Answer>, RedisError> {
             .unwrap_or(NO_EPOCH),
     };
     match (host, port) {
-        (Some(host), Some(port)) => Ok(Some((
-            PrimaryAddr {
-                host: host.to_owned(),
-                port,
-            },
-            epoch,
-        ))),
+        (Some(host), Some(port)) => match PrimaryAddr::announced(host, port) {
+            Some(addr) => Ok(Some((addr, epoch))),
+            None => Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "SENTINEL MASTER reply with an invalid ip or port",
+            ))),
+        },
         _ => Err(RedisError::from((
             redis::ErrorKind::Client,
             "SENTINEL MASTER reply without ip and port",

@@ -167,15 +167,15 @@ pub fn router(guard: RedisGuard) -> Router {
         .layer(RedisGuardLayer::new(guard))
 }
 
-/// The routes of [`router`] behind `RequireRedisLayer`, with `/livez` and `/readyz` beside them,
-/// as a service would mount them.
+/// The routes of [`router`] behind `RequireRedisLayer`, with `/livez` and `/readyz` beside them
+/// (with details: the tests read them as an operator would).
 pub fn service(guard: RedisGuard) -> Router {
     Router::new()
         .route("/echo", get(echo))
         .route("/hold", get(hold))
         .route_layer(RequireRedisLayer::new(guard.clone()))
         .layer(RedisGuardLayer::new(guard.clone()))
-        .merge(Health::new().require(guard).router())
+        .merge(Health::new().require(guard).show_details(true).router())
 }
 
 async fn echo(mut redis: Redis, Query(q): Query<EchoQuery>) -> (StatusCode, String) {
