@@ -28,8 +28,17 @@ fn field<'a>(info: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{name} in {info}"))
 }
 
+/// A shared-mode pool with both lanes open, so that every plain checkout starts on the one
+/// read connection (until one is open, reads go over the writes' lane).
 async fn shared_guard(server: &RedisServer, pool: &str) -> RedisGuard {
-    guard(config_in(PoolMode::Shared, &server.url(), pool).max_size(4)).await
+    let guard = guard(config_in(PoolMode::Shared, &server.url(), pool).max_size(4)).await;
+    drop(guard.get().await.unwrap());
+    assert!(
+        eventually(Duration::from_secs(5), || guard.state().shared == LANES).await,
+        "both lanes open: {}",
+        guard.state()
+    );
+    guard
 }
 
 /// Shared connections of a [`shared_guard`] pool once both lanes are open: one for reads,
