@@ -398,8 +398,7 @@ async fn two_live_pools_with_one_name_are_refused() {
     let first = guard(config(&server.url(), "one_name")).await;
     let second = RedisGuard::connect(config(&server.url(), "one_name").build().unwrap()).await;
     let error = second
-        .err()
-        .expect("a second pool named one_name")
+        .expect_err("a second pool named one_name")
         .to_string();
     assert!(
         error.contains("a live pool is already named \"one_name\""),
