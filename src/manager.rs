@@ -311,21 +311,37 @@ impl GuardManager {
             probe,
             server,
             placement,
-        } = self.open_stream().await?;
+        } = self.open_stream(Some(deadline)).await?;
         let link = Arc::new(self.shared.link_opened());
         let stream = TrackedStream::new(stream, link.clone());
         let probe = Arc::new(probe);
         let peer = Peer { server, placement };
         let handshake = self.handshake(stream, link.clone(), probe.clone(), id, peer, deadline);
         handshake.await.map_err(|e| {
-            let line = link.turned_away(&probe.take_unread());
-            line.map_or(e.into(), ConnectFailure::TurnedAway)
+            if let Some(line) = link.turned_away(&probe.take_unread()) {
+                return ConnectFailure::TurnedAway(line);
+            }
+            // A TLS port resets a plain client at its first bytes without a word: say what
+            // that usually means, at once.
+            if !self.shared.config().uses_tls() && e.is_connection_dropped() && link.heard_nothing()
+            {
+                return ConnectFailure::Redis(RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    format!(
+                        "{}; the server closed the connection at the first command without a \
+                         reply: if this port serves TLS, use rediss://",
+                        server_text(&e)
+                    ),
+                )));
+            }
+            e.into()
         })
     }
 
     /// Opens a socket (and its TLS session) to where Redis is now: the configured address, or
     /// the primary the sentinels name. Shared by pooled connections and subscriptions.
-    async fn open_stream(&self) -> Result<Opened, ConnectFailure> {
+    /// `deadline`: the end of the connect budget, by which a silent TLS handshake is named.
+    async fn open_stream(&self, deadline: Option<Instant>) -> Result<Opened, ConnectFailure> {
         let config = self.shared.config();
         let (host, port, placement) = match (self.shared.sentinel(), config.connection.addr()) {
             (Some(watch), _) => {
@@ -360,7 +376,7 @@ impl GuardManager {
                 ))));
             }
         };
-        let (stream, probe) = transport::connect_secured(&host, port, config)
+        let (stream, probe) = transport::connect_secured(&host, port, config, deadline)
             .await
             .map_err(|e| match tls_failure(&e) {
                 Some(cause) => ConnectFailure::Tls(cause),
@@ -381,7 +397,7 @@ impl GuardManager {
     /// A socket for a subscription (see `pubsub.rs`): opened like a pooled connection's, its
     /// failure as a `RedisError`.
     pub(crate) async fn open_subscription_stream(&self) -> Result<BoxedStream, RedisError> {
-        match self.open_stream().await {
+        match self.open_stream(None).await {
             Ok(opened) => Ok(opened.stream),
             Err(failure) => Err(failure.unwrap_tls().into()),
         }

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -141,6 +141,14 @@ impl LinkHealth {
         // (`CLIENT SETINFO` on Redis 7.0) followed by a kill is no refusal.
         let refusal = ACCEPT_REFUSALS.iter().any(|start| line.starts_with(start));
         (refusal && (!read || closed)).then_some(line)
+    }
+
+    /// Whether nothing at all was read while connecting.
+    pub(crate) fn heard_nothing(&self) -> bool {
+        self.greeting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     /// How many bytes the driver has written so far: a call that fails on a link that failed
@@ -372,16 +380,35 @@ pub(crate) type BoxedStream = Box<dyn RedisStream>;
 /// [`connect_tcp`], then the TLS handshake if `config` asks for TLS (verifying `host`). Also
 /// returns the probe on the TCP socket, under any TLS session: EOF and resets show there too.
 /// A TLS failure is an I/O error carrying its `rustls::Error` (see `tls::tls_failure`).
+///
+/// A handshake still unanswered at `deadline` (the end of the connect budget) fails naming
+/// the likeliest cause: a plain Redis reads the TLS greeting as the start of a command and
+/// waits for the rest, so `rediss://` against a plain port would otherwise be a bare timeout.
 pub(crate) async fn connect_secured(
     host: &str,
     port: u16,
     config: &Config,
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))] deadline: Option<Instant>,
 ) -> io::Result<(BoxedStream, PeerProbe)> {
     let tcp = connect_tcp(host, port, config).await?;
     let probe = PeerProbe::new(&tcp)?;
     #[cfg(feature = "tls")]
     if let Some(tls) = &config.tls {
-        return Ok((Box::new(tls.connect(host, tcp).await?), probe));
+        let handshake = tls.connect(host, tcp);
+        let stream = match deadline {
+            None => handshake.await?,
+            // Polled before the caller's own timeout at the same instant, so this one names it.
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), handshake)
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the server did not answer the TLS handshake within the connect \
+                         timeout; if this port serves Redis without TLS, use redis://",
+                    )
+                })??,
+        };
+        return Ok((Box::new(stream), probe));
     }
     Ok((Box::new(tcp), probe))
 }

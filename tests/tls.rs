@@ -228,3 +228,41 @@ fn tls_settings_show_no_key_material_and_bad_files_fail_at_build() {
         "{missing}"
     );
 }
+
+/// Fault: `rediss://` pointed at a plain Redis port (which reads the TLS greeting as the start
+/// of an inline command and waits for its end), and `redis://` at a TLS port (which resets
+/// the connection). Asserts: each connect fails with an error that names the likely mistake,
+/// the first at its budget, the second at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_of_the_other_kind_is_named() {
+    let certs = TestCertificates::generate(&["localhost"]).unwrap();
+    let server = RedisServer::start_tls(&certs, false, &[]).unwrap();
+    let plain_port = format!("rediss://localhost:{}", server.addr().port());
+    let guard = unready_guard(
+        config(&plain_port, "tls_on_plain_port")
+            .tls(trusting(&certs))
+            .connect_timeout(Duration::from_millis(300)),
+    )
+    .await;
+    let err = guard.get().await.unwrap_err().to_string();
+    assert!(
+        err.contains("did not answer the TLS handshake")
+            && err.contains("if this port serves Redis without TLS, use redis://"),
+        "{err}"
+    );
+
+    // The other way round: a TLS port resets a plain client at its first bytes.
+    let tls_port = format!("redis://localhost:{}", server.tls_addr().port());
+    let guard = unready_guard(config(&tls_port, "plain_on_tls_port")).await;
+    let started = std::time::Instant::now();
+    let err = guard.get().await.unwrap_err().to_string();
+    assert!(
+        err.contains("if this port serves TLS, use rediss://"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -457,7 +457,7 @@ impl SentinelWatch {
         pushes: Option<tokio::sync::mpsc::UnboundedSender<PushInfo>>,
     ) -> Result<MultiplexedConnection, RedisError> {
         let (host, port) = &self.sentinel.sentinels[i];
-        let (stream, _probe) = transport::connect_secured(host, *port, config).await?;
+        let (stream, _probe) = transport::connect_secured(host, *port, config, None).await?;
         self.handshake(stream, config, pushes).await
     }
 
