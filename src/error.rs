@@ -17,6 +17,8 @@ use crate::throttle::Throttle;
 /// let state = guard.state();
 /// assert!(state.idle + state.in_use == state.connections);
 /// println!("{state}"); // "3 connections (1 idle, 2 in use) of at most 10, 0 waiting"
+/// // With subscriptions: "...; 2 subscriptions of at most 64"
+/// assert!(state.subscriptions <= state.max_subscriptions);
 /// # }
 /// ```
 ///
@@ -26,7 +28,8 @@ use crate::throttle::Throttle;
 /// # #[cfg(feature = "serde")]
 /// # async fn demo(guard: redis_guard::RedisGuard) {
 /// let json = serde_json::to_string(&guard.state()).unwrap();
-/// // {"connections":3,"idle":1,"in_use":2,"max_size":10,"waiting":0}
+/// // {"connections":3,"idle":1,"in_use":2,"shared":0,"max_size":10,"waiting":0,
+/// //  "subscriptions":2,"max_subscriptions":64}
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +49,11 @@ pub struct PoolState {
     pub max_size: u32,
     /// Callers inside a checkout, waiting for a connection or its validation.
     pub waiting: usize,
+    /// Subscriptions held ([`RedisGuard::subscribe`](crate::RedisGuard::subscribe)), each on a
+    /// connection of its own (not counted in `connections`), also while it reconnects.
+    pub subscriptions: u32,
+    /// The configured maximum of subscriptions.
+    pub max_subscriptions: u32,
 }
 
 impl fmt::Display for PoolState {
@@ -62,7 +70,15 @@ impl fmt::Display for PoolState {
             f,
             ") of at most {}, {} waiting",
             self.max_size, self.waiting
-        )
+        )?;
+        if self.subscriptions > 0 {
+            write!(
+                f,
+                "; {} subscriptions of at most {}",
+                self.subscriptions, self.max_subscriptions
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -101,6 +117,18 @@ pub enum UnavailableReason {
     /// shutting down.
     #[error("the pool is closed")]
     Closed,
+    /// Every subscription the pool may hold is taken
+    /// ([`max_subscriptions`](crate::ConfigBuilder::max_subscriptions)): each holds a Redis
+    /// connection of its own, and one per HTTP client would run Redis out of connections.
+    #[error(
+        "all {max_subscriptions} subscriptions are taken (max_subscriptions); drop a Subscriber, \
+         share one subscription among clients (a tokio broadcast channel), or raise \
+         max_subscriptions"
+    )]
+    SubscriptionLimit {
+        /// The configured maximum.
+        max_subscriptions: u32,
+    },
     /// [`StartupMode::FailFast`](crate::StartupMode::FailFast) or
     /// [`WaitFor`](crate::StartupMode::WaitFor) found no Redis.
     #[error("no connection at start-up: {cause}")]
@@ -397,10 +425,16 @@ mod serde_tests {
             shared: 0,
             max_size: 10,
             waiting: 0,
+            subscriptions: 2,
+            max_subscriptions: 64,
         };
         assert_eq!(
             serde_json::to_string(&state).unwrap(),
-            r#"{"connections":3,"idle":1,"in_use":2,"shared":0,"max_size":10,"waiting":0}"#
+            r#"{"connections":3,"idle":1,"in_use":2,"shared":0,"max_size":10,"waiting":0,"subscriptions":2,"max_subscriptions":64}"#
+        );
+        assert_eq!(
+            state.to_string(),
+            "3 connections (1 idle, 2 in use) of at most 10, 0 waiting; 2 subscriptions of at most 64"
         );
         assert_eq!(
             serde_json::to_string(&BreakerState::HalfOpen).unwrap(),

@@ -109,6 +109,9 @@ pub(crate) struct PoolInner {
     pub(crate) shared: Arc<Shared>,
     /// In shared mode, the connections every checkout's plain commands go over.
     pub(crate) multiplexed: Option<Lanes>,
+    /// One permit per subscription, held by its task for as long as it may hold a socket:
+    /// subscriptions are sockets beside `max_size`, and need a bound of their own.
+    pub(crate) subscription_slots: Arc<tokio::sync::Semaphore>,
     /// The gauge sampler and the prober; they stop with the pool.
     tasks: Mutex<Vec<AbortHandle>>,
     /// The pool's name, unique among live pools until it closes.
@@ -157,6 +160,9 @@ impl PoolInner {
             .reaper_rate(reaper_rate)
             .error_sink(Box::new(bb8::NopErrorSink))
             .build_unchecked(manager.clone());
+        let subscription_slots = Arc::new(tokio::sync::Semaphore::new(
+            config.max_subscriptions() as usize
+        ));
         let multiplexed = (config.mode() == PoolMode::Shared)
             .then(|| Lanes::new(config.shared_connections(), config.max_size()));
         Arc::new_cyclic(|weak: &std::sync::Weak<PoolInner>| {
@@ -168,6 +174,7 @@ impl PoolInner {
                 manager,
                 shared,
                 multiplexed,
+                subscription_slots,
                 tasks: Mutex::new(vec![sampler]),
                 name_claim,
             }
@@ -714,7 +721,16 @@ impl PoolInner {
             shared: shared_connections.min(in_use),
             max_size: self.shared.config().max_size(),
             waiting: self.shared.waiting(),
+            subscriptions: self.subscriptions(),
+            max_subscriptions: self.shared.config().max_subscriptions(),
         }
+    }
+
+    /// Subscriptions held now.
+    pub(crate) fn subscriptions(&self) -> u32 {
+        let max = self.shared.config().max_subscriptions() as usize;
+        let free = self.subscription_slots.available_permits();
+        u32::try_from(max.saturating_sub(free)).unwrap_or(u32::MAX)
     }
 }
 

@@ -1,6 +1,7 @@
 //! [`GuardManager`]: how connections are opened, paced, checked and retired.
 //!
-//! Every connect of a pool (bb8 filling a slot, start-up, the prober) passes one gate. While
+//! Every connect of a pool (bb8 filling a slot, start-up, the prober, a subscription's
+//! connection) passes one gate. While
 //! connects succeed, a few run at once (a pool refilling after a failover needs dozens, and
 //! one at a time that takes a quarter of a second under load); once one fails, one attempt is
 //! in flight at a time, and after two failed attempts in a row the next one waits out a
@@ -11,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{MultiplexedConnection, PubSub};
 use redis::{AsyncConnectionConfig, ConnectionAddr, ErrorKind, RedisError};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -83,10 +84,10 @@ pub(crate) enum Skip {
     IfNobodyWaits,
 }
 
-/// What one pass through the connect gate came to.
+/// What one pass through the connect gate came to: a pooled connection, or a subscription's.
 #[derive(Debug)]
-pub(crate) enum Attempt {
-    Connected(Box<GuardConnection>),
+pub(crate) enum Attempt<C = Box<GuardConnection>> {
+    Connected(C),
     Failed(RedisError),
     /// Not tried: the pool is closing, the deadline falls before the next allowed attempt,
     /// or another attempt already answered the question.
@@ -161,17 +162,50 @@ impl GuardManager {
         }
     }
 
-    /// One connect attempt through the gate, finished by `deadline` if given, unless `skip`
-    /// says it is no longer wanted when its turn comes.
+    /// The pool's shared state.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// One connect attempt for the pool through the gate, finished by `deadline` if given,
+    /// unless `skip` says it is no longer wanted when its turn comes.
+    pub(crate) async fn attempt(&self, deadline: Option<Instant>, skip: Skip) -> Attempt {
+        self.attempt_to::<ForThePool>(deadline, skip).await
+    }
+
+    /// One connect attempt for a subscription through the same gate as the pool's, finished
+    /// by `deadline` if given: its pacing holds however many subscribers reconnect, and its
+    /// outcome counts toward the breaker like any connect's.
+    pub(crate) async fn attempt_subscription(&self, deadline: Option<Instant>) -> Attempt<PubSub> {
+        self.attempt_to::<ForASubscription>(deadline, Skip::Never)
+            .await
+    }
+
+    /// One attempt through the gate to open what `O` opens. A turn not had by `deadline`
+    /// skips the attempt.
     ///
     /// A primary move (Sentinel) supersedes the attempt: a backoff earned by the old primary
     /// ends, a connect in flight to it is dropped, and a failure that ends after the move is
     /// neither counted nor paced. The attempt starts over at once, toward the new primary.
-    pub(crate) async fn attempt(&self, deadline: Option<Instant>, skip: Skip) -> Attempt {
+    async fn attempt_to<O: Opens>(
+        &self,
+        deadline: Option<Instant>,
+        skip: Skip,
+    ) -> Attempt<O::Opened> {
         let shared = &self.shared;
+        if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+            return Attempt::Skipped;
+        }
+        let no_turn_after = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         let _turn = tokio::select! {
             turn = self.gate.turn() => turn,
             () = shared.closed() => return Attempt::Skipped,
+            () = no_turn_after => return Attempt::Skipped,
         };
         // Subscribed before the backoff is read: a move from here on ends the wait.
         let mut topology = shared.topology();
@@ -208,7 +242,7 @@ impl GuardManager {
             if let Some(deadline) = deadline {
                 budget = budget.min(deadline.saturating_duration_since(Instant::now()));
             }
-            let connecting = tokio::time::timeout(budget, self.open_and_ping(id, started + budget));
+            let connecting = tokio::time::timeout(budget, O::open(self, id, started + budget));
             // A pool that closes stops waiting for a connect it no longer wants.
             let connected = tokio::select! {
                 connected = connecting => connected,
@@ -222,8 +256,8 @@ impl GuardManager {
             let failure = match connected {
                 Ok(Ok(conn)) => {
                     self.gate.pace().succeeded();
-                    shared.connected(id);
-                    return Attempt::Connected(Box::new(conn));
+                    shared.connected(id, O::JOINS_THE_POOL);
+                    return Attempt::Connected(conn);
                 }
                 Ok(Err(failure)) => failure.unwrap_tls(),
                 Err(_) => ConnectFailure::Redis(RedisError::from(std::io::Error::new(
@@ -394,13 +428,15 @@ impl GuardManager {
         })
     }
 
-    /// A socket for a subscription (see `pubsub.rs`): opened like a pooled connection's, its
-    /// failure as a `RedisError`.
-    pub(crate) async fn open_subscription_stream(&self) -> Result<BoxedStream, RedisError> {
-        match self.open_stream(None).await {
-            Ok(opened) => Ok(opened.stream),
-            Err(failure) => Err(failure.unwrap_tls().into()),
-        }
+    /// A connection for a subscription (see `pubsub.rs`): a socket opened like a pooled
+    /// connection's, the Redis handshake, and a first PING, so that a connect counts as a
+    /// success only once Redis answered (a frozen Redis still accepts TCP connections).
+    async fn open_subscription(&self) -> Result<PubSub, ConnectFailure> {
+        let opened = self.open_stream(None).await?;
+        let settings = self.shared.config().connection.redis_settings();
+        let mut pubsub = PubSub::new(settings, opened.stream).await?;
+        pubsub.ping::<redis::Value>().await?;
+        Ok(pubsub)
     }
 
     /// Runs the Redis handshake (AUTH, SELECT, ...) and spawns the connection's driver, whose
@@ -437,6 +473,48 @@ impl GuardManager {
             GuardConnection::new(inner, link, probe, self.shared.clone(), driver, id, peer);
         conn.set_response_timeout(remaining);
         Ok(conn)
+    }
+}
+
+/// What a pass through the gate opens.
+trait Opens {
+    type Opened: Send;
+    /// Whether the connection joins the pool (it may then make good an evicted one).
+    const JOINS_THE_POOL: bool;
+    fn open(
+        manager: &GuardManager,
+        id: u64,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Self::Opened, ConnectFailure>> + Send;
+}
+
+/// A connection for the pool, proven and set up (`on_connect`).
+struct ForThePool;
+
+impl Opens for ForThePool {
+    type Opened = Box<GuardConnection>;
+    const JOINS_THE_POOL: bool = true;
+    async fn open(
+        manager: &GuardManager,
+        id: u64,
+        deadline: Instant,
+    ) -> Result<Box<GuardConnection>, ConnectFailure> {
+        manager.open_and_ping(id, deadline).await.map(Box::new)
+    }
+}
+
+/// A connection for a subscription, proven, not yet subscribed.
+struct ForASubscription;
+
+impl Opens for ForASubscription {
+    type Opened = PubSub;
+    const JOINS_THE_POOL: bool = false;
+    async fn open(
+        manager: &GuardManager,
+        _id: u64,
+        _deadline: Instant,
+    ) -> Result<PubSub, ConnectFailure> {
+        manager.open_subscription().await
     }
 }
 

@@ -28,6 +28,7 @@
 //! | `redis_guard_retries_total` | counter | `result`=`ok`\|`failed` |
 //! | `redis_guard_hedges_total` | counter | `result`=`won`\|`lost` | reads sent again while late |
 //! | `redis_guard_primary_switches_total` | counter | | (under Sentinel) |
+//! | `redis_guard_pubsub_subscriptions` | gauge | | subscriptions held (at most `max_subscriptions`) |
 //! | `redis_guard_pubsub_resubscriptions_total` | counter | | subscriptions lost and made again |
 //!
 //! ```
@@ -78,6 +79,9 @@ pub const HEDGES_TOTAL: &str = "redis_guard_hedges_total";
 /// `redis_guard_primary_switches_total`: times the pool followed Sentinel to a new primary.
 pub const PRIMARY_SWITCHES_TOTAL: &str = "redis_guard_primary_switches_total";
 
+/// `redis_guard_pubsub_subscriptions`: subscriptions held, each on a Redis connection of its
+/// own beside the pool's (at most `max_subscriptions`), also while one reconnects.
+pub const PUBSUB_SUBSCRIPTIONS: &str = "redis_guard_pubsub_subscriptions";
 /// `redis_guard_pubsub_resubscriptions_total`: subscriptions lost (restart, kill, reset,
 /// frozen socket) and made again; each is a gap in which messages were missed.
 pub const PUBSUB_RESUBSCRIPTIONS_TOTAL: &str = "redis_guard_pubsub_resubscriptions_total";
@@ -101,6 +105,7 @@ pub const ALL: &[&str] = &[
     RETRIES_TOTAL,
     HEDGES_TOTAL,
     PRIMARY_SWITCHES_TOTAL,
+    PUBSUB_SUBSCRIPTIONS,
     PUBSUB_RESUBSCRIPTIONS_TOTAL,
 ];
 
@@ -277,6 +282,7 @@ pub(crate) struct PoolMetrics {
     retries: [Counter; 2],
     hedges: [Counter; 2],
     primary_switches: Counter,
+    subscriptions: Gauge,
     resubscriptions: Counter,
 }
 
@@ -310,6 +316,7 @@ impl PoolMetrics {
             retries: ["ok", "failed"].map(|result| counter(RETRIES_TOTAL, "result", result)),
             hedges: ["won", "lost"].map(|result| counter(HEDGES_TOTAL, "result", result)),
             primary_switches: metrics::counter!(PRIMARY_SWITCHES_TOTAL, "pool" => pool.clone()),
+            subscriptions: metrics::gauge!(PUBSUB_SUBSCRIPTIONS, "pool" => pool.clone()),
             resubscriptions: metrics::counter!(PUBSUB_RESUBSCRIPTIONS_TOTAL, "pool" => pool.clone()),
         }
     }
@@ -320,6 +327,7 @@ impl PoolMetrics {
         self.shared.set(state.shared);
         self.max.set(state.max_size);
         self.pending.set(state.waiting as f64);
+        self.subscriptions.set(state.subscriptions);
     }
 
     pub(crate) fn checkout(&self, result: CheckoutResult, seconds: Option<f64>) {
@@ -386,6 +394,7 @@ impl PoolMetrics {
             &self.shared,
             &self.max,
             &self.pending,
+            &self.subscriptions,
         ] {
             gauge.set(0.0);
         }
@@ -448,6 +457,10 @@ fn describe() {
     describe_counter!(
         RETRIES_TOTAL,
         "Read-only or idempotent calls retried on a fresh connection, by result."
+    );
+    describe_gauge!(
+        PUBSUB_SUBSCRIPTIONS,
+        "Pub/sub subscriptions held, each on a Redis connection of its own."
     );
     describe_counter!(
         PUBSUB_RESUBSCRIPTIONS_TOTAL,

@@ -152,9 +152,21 @@ impl RedisGuard {
     /// Subscribes to the channels and patterns of `subscription` on a connection of its own,
     /// kept by the pool: PINGed while quiet, and after a restart, a kill, a reset or a frozen
     /// socket connected and subscribed again on its own, the gap reported in the stream (see
-    /// [`Subscriber`](crate::Subscriber)). Fails with [`Error::Unavailable`] (a 503) if the
-    /// first subscription cannot be made within `connect_timeout`, or while the pool is
-    /// closed or its breaker open. Closing the pool ends every subscription's stream.
+    /// [`Subscriber`](crate::Subscriber), also a `Stream`). Its connects pass the pool's one
+    /// connect gate, paced with the pool's own however many subscribers reconnect.
+    ///
+    /// At most [`max_subscriptions`](crate::ConfigBuilder::max_subscriptions) are held at
+    /// once; one more fails at once with
+    /// [`UnavailableReason::SubscriptionLimit`](crate::UnavailableReason::SubscriptionLimit)
+    /// (a 503). While Redis cannot be reached it follows [`Config::startup`]:
+    /// [`StartupMode::Lazy`](crate::StartupMode::Lazy) returns a `Subscriber` that subscribes
+    /// in the background (subscribed before it returns while Redis answers, so a message
+    /// published after that is received); [`FailFast`](crate::StartupMode::FailFast) makes one
+    /// attempt within `connect_timeout` (refused at once while the breaker is open) and
+    /// [`WaitFor`](crate::StartupMode::WaitFor) tries at the reconnect pace until its limit,
+    /// both then failing with [`Error::Unavailable`]. An error reply to `SUBSCRIBE` (an ACL
+    /// without the channel) is [`Error::Redis`], in every mode. Closing the pool ends every
+    /// subscription's stream, and a subscription is refused as closed.
     ///
     /// ```no_run
     /// use redis_guard::{PubSubEvent, Subscription};

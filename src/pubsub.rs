@@ -4,8 +4,10 @@
 //! commands), so it never comes from the pool. A task owns it: it PINGs it every
 //! [`HEALTH_PING_INTERVAL`] (Redis answers a PING in subscribed mode), so a frozen socket is
 //! found within about half a second; on a restart, a `CLIENT KILL`, a reset or a freeze it
-//! reconnects (at the pool's reconnect pace while Redis refuses) and subscribes again to every
-//! channel and pattern. Messages published while it was away are lost (pub/sub keeps
+//! reconnects and subscribes again to every channel and pattern. Every connect passes the
+//! pool's one connect gate, so a Redis that refuses sees one attempt per reconnect pause from
+//! the pool and all its subscribers together; the subscriptions a pool holds are bounded by
+//! `max_subscriptions`. Messages published while it was away are lost (pub/sub keeps
 //! nothing): the stream says so with [`PubSubEvent::Gap`] before the first message after it.
 //!
 //! Messages wait in a bounded queue of [`QUEUE_CAPACITY`]. When a consumer falls behind so far
@@ -13,19 +15,26 @@
 //! once the consumer has taken a message: that shows as a gap too. Closing or dropping the
 //! pool ends the stream.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use redis::aio::PubSub;
 use redis::{Msg, RedisError};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::AbortHandle;
+use tracing::instrument::WithSubscriber;
 
-use crate::clock::Backoff;
+use crate::breaker::BreakerState;
+use crate::config::StartupMode;
+use crate::connection::is_infrastructure_failure;
 use crate::error::{Error, UnavailableReason};
 use crate::inner::PoolInner;
+use crate::manager::{Attempt, GuardManager};
 use crate::sanitize::server_text;
 use crate::shared::Shared;
+use crate::throttle::Throttle;
 
 /// How often an idle subscription is PINGed.
 pub const HEALTH_PING_INTERVAL: Duration = Duration::from_millis(250);
@@ -121,6 +130,49 @@ impl Subscriber {
     }
 }
 
+/// The events as a [`Stream`](futures_core::Stream), ending when the pool closes: for
+/// server-sent events, say, without a task or a channel of your own. With axum:
+///
+/// ```no_run
+/// use std::convert::Infallible;
+///
+/// use axum::extract::State;
+/// use axum::response::sse::{Event, Sse};
+/// use futures_util::{Stream, StreamExt};
+/// use redis_guard::{PubSubEvent, RedisGuard, Subscription};
+///
+/// async fn orders(
+///     State(guard): State<RedisGuard>,
+/// ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, redis_guard::Error> {
+///     // A 503 when Redis is unavailable or every subscription is taken.
+///     let subscriber = guard.subscribe(Subscription::new().channel("orders")).await?;
+///     let events = subscriber.filter_map(|event| async move {
+///         match event {
+///             PubSubEvent::Message(message) => {
+///                 let payload: String = message.get_payload().ok()?;
+///                 Some(Ok(Event::default().data(payload)))
+///             }
+///             // Tell the page to reload what it may have missed.
+///             PubSubEvent::Gap(_) => Some(Ok(Event::default().event("gap").data(""))),
+///             _ => None,
+///         }
+///     });
+///     Ok(Sse::new(events))
+/// }
+/// # let _: axum::Router<RedisGuard> = axum::Router::new().route("/orders", axum::routing::get(orders));
+/// ```
+///
+/// Each subscriber holds a Redis connection, and a pool holds at most
+/// [`max_subscriptions`](crate::ConfigBuilder::max_subscriptions): for many clients, subscribe
+/// once and fan the events out (a `tokio::sync::broadcast`).
+impl futures_core::Stream for Subscriber {
+    type Item = PubSubEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PubSubEvent>> {
+        self.events.poll_recv(cx)
+    }
+}
+
 impl Drop for Subscriber {
     fn drop(&mut self) {
         // The task owns the connection: aborting it drops the socket.
@@ -128,9 +180,9 @@ impl Drop for Subscriber {
     }
 }
 
-/// Subscribes once (the caller's first subscription must work, or the caller hears why), then
-/// hands the connection to a task that keeps it. Refused like a checkout while the pool is
-/// closed or its breaker open.
+/// Takes one of the pool's subscription slots, then subscribes as the pool's start-up mode
+/// says (see [`RedisGuard::subscribe`](crate::RedisGuard::subscribe)) and hands the
+/// connection, or the work of making it, to a task that keeps it.
 pub(crate) async fn subscribe(
     inner: &Arc<PoolInner>,
     subscription: Subscription,
@@ -139,64 +191,169 @@ pub(crate) async fn subscribe(
     if shared.is_closing() {
         return Err(inner.unavailable(UnavailableReason::Closed));
     }
-    if shared.admit().is_none() {
-        return Err(inner.rejected());
-    }
-    let budget = shared.config().connect_timeout();
-    let cannot_connect =
-        |cause: String| inner.unavailable(UnavailableReason::CannotConnect { cause });
-    let pubsub = match tokio::time::timeout(budget, open(inner, &subscription)).await {
-        Ok(Ok(pubsub)) => pubsub,
-        // From the pool's own sockets and handshakes: no URL, no password.
-        Ok(Err(e)) => return Err(cannot_connect(e.to_string())),
-        Err(_) => {
-            return Err(cannot_connect(format!(
-                "subscribing timed out after {budget:?}"
-            )));
+    let Ok(slot) = inner.subscription_slots.clone().try_acquire_owned() else {
+        let max_subscriptions = shared.config().max_subscriptions();
+        // A handler that subscribes per request meets this at the request rate.
+        static REFUSED: Throttle = Throttle::new(Duration::from_secs(10));
+        if let Some(held_back) = REFUSED.admit() {
+            tracing::warn!(pool = %shared.name(), max_subscriptions, similar_lines_held_back = held_back, "subscription refused: every subscription slot is taken");
+        }
+        return Err(inner.unavailable(UnavailableReason::SubscriptionLimit { max_subscriptions }));
+    };
+    let manager = &inner.manager;
+    let connect_timeout = shared.config().connect_timeout();
+    let first = match shared.config().startup() {
+        // Subscribed before returning while Redis answers, so a message published after
+        // `subscribe` returned is received; in the background once Redis is known to be
+        // unreachable, without holding up the caller.
+        StartupMode::Lazy => {
+            let answering =
+                !shared.connects_failing() && shared.breaker_state() == BreakerState::Closed;
+            if answering {
+                match open(
+                    manager,
+                    &subscription,
+                    Some(Instant::now() + connect_timeout),
+                )
+                .await
+                {
+                    Ok(pubsub) => Some(pubsub),
+                    Err(NotSubscribed::Refused(e)) => return Err(e.into()),
+                    Err(NotSubscribed::NoConnection(cause) | NotSubscribed::Lost(cause)) => {
+                        tracing::debug!(pool = %shared.name(), %cause, "cannot subscribe yet; subscribing in the background");
+                        None
+                    }
+                }
+            } else {
+                None
+            }
+        }
+        StartupMode::FailFast => {
+            if shared.admit().is_none() {
+                return Err(inner.rejected());
+            }
+            let deadline = Instant::now() + connect_timeout;
+            Some(subscribed_by(inner, &subscription, Some(deadline), false).await?)
+        }
+        // A limit too large for the clock means "until it works".
+        StartupMode::WaitFor(limit) => {
+            let deadline = Instant::now().checked_add(limit);
+            Some(subscribed_by(inner, &subscription, deadline, true).await?)
         }
     };
     let (sender, events) = mpsc::channel(QUEUE_CAPACITY);
-    let task = tokio::spawn(keep(
-        Arc::downgrade(inner),
-        shared,
-        subscription,
-        pubsub,
-        sender,
-    ));
+    let keeping = keep(manager.clone(), shared, subscription, first, sender, slot);
+    let task = tokio::spawn(keeping.with_current_subscriber());
     Ok(Subscriber {
         events,
         task: task.abort_handle(),
     })
 }
 
-/// A connection, subscribed to everything in `subscription`.
-async fn open(inner: &PoolInner, subscription: &Subscription) -> Result<PubSub, RedisError> {
-    let shared = &inner.shared;
-    let stream = inner.manager.open_subscription_stream().await?;
-    let mut pubsub = PubSub::new(shared.config().connection.redis_settings(), stream).await?;
-    if !subscription.channels.is_empty() {
-        pubsub.subscribe(&subscription.channels).await?;
+/// The caller's first subscription by `deadline` (none: until it works): one attempt, or
+/// attempts at the gate's pace if `retry`.
+async fn subscribed_by(
+    inner: &PoolInner,
+    subscription: &Subscription,
+    deadline: Option<Instant>,
+    retry: bool,
+) -> Result<PubSub, Error> {
+    let before_deadline = || deadline.is_none_or(|deadline| Instant::now() < deadline);
+    loop {
+        let cause = match open(&inner.manager, subscription, deadline).await {
+            Ok(pubsub) => return Ok(pubsub),
+            Err(NotSubscribed::Refused(e)) => return Err(e.into()),
+            Err(NotSubscribed::NoConnection(_)) if retry && before_deadline() => continue,
+            Err(NotSubscribed::Lost(_)) if retry && before_deadline() => {
+                let pause = inner.shared.config().reconnect_backoff_min();
+                let until = deadline.map_or(pause, |d| pause.min(d - Instant::now()));
+                tokio::time::sleep(until).await;
+                continue;
+            }
+            Err(NotSubscribed::NoConnection(cause) | NotSubscribed::Lost(cause)) => cause,
+        };
+        return Err(inner.unavailable(UnavailableReason::CannotConnect { cause }));
     }
-    if !subscription.patterns.is_empty() {
-        pubsub.psubscribe(&subscription.patterns).await?;
-    }
-    Ok(pubsub)
 }
 
+/// Why a subscription was not made.
+enum NotSubscribed {
+    /// No connection: the connect attempt failed, or could not start by the deadline (the
+    /// gate paces the next one). Redacted: no host, no credential.
+    NoConnection(String),
+    /// Connected, and the connection failed while subscribing.
+    Lost(String),
+    /// Redis answered the `SUBSCRIBE` with an error (an ACL that does not grant the channel):
+    /// waiting does not help.
+    Refused(RedisError),
+}
+
+/// A connection through the pool's connect gate, by `deadline` if given, subscribed to
+/// everything in `subscription`.
+async fn open(
+    manager: &GuardManager,
+    subscription: &Subscription,
+    deadline: Option<Instant>,
+) -> Result<PubSub, NotSubscribed> {
+    let mut pubsub = match manager.attempt_subscription(deadline).await {
+        Attempt::Connected(pubsub) => pubsub,
+        // From the pool's own sockets and handshakes: no URL, no password.
+        Attempt::Failed(e) => return Err(NotSubscribed::NoConnection(e.to_string())),
+        Attempt::Skipped => {
+            let cause = manager
+                .shared()
+                .last_connect_error()
+                .unwrap_or_else(|| "no connect attempt could start before the deadline".to_owned());
+            return Err(NotSubscribed::NoConnection(cause));
+        }
+    };
+    let timeout = manager.shared().config().response_timeout();
+    let subscribing = async {
+        if !subscription.channels.is_empty() {
+            pubsub.subscribe(&subscription.channels).await?;
+        }
+        if !subscription.patterns.is_empty() {
+            pubsub.psubscribe(&subscription.patterns).await?;
+        }
+        Ok::<_, RedisError>(())
+    };
+    match tokio::time::timeout(timeout, subscribing).await {
+        Ok(Ok(())) => Ok(pubsub),
+        Ok(Err(e)) if is_infrastructure_failure(&e) => Err(NotSubscribed::Lost(e.to_string())),
+        Ok(Err(e)) => Err(NotSubscribed::Refused(e)),
+        Err(_) => Err(NotSubscribed::Lost(format!(
+            "no reply to SUBSCRIBE within {timeout:?}"
+        ))),
+    }
+}
+
+/// How long a subscription refused by Redis (an error reply to `SUBSCRIBE`) waits before it
+/// asks again: an operator fixes that, not time, and asking every reconnect pause would
+/// open a connection per subscriber five times a second.
+const REFUSED_RETRY: Duration = Duration::from_secs(5);
+
 /// Forwards messages, PINGs while quiet, and subscribes again whenever the connection is lost,
-/// until the subscriber is dropped or the pool closes (which ends the stream).
+/// until the subscriber is dropped or the pool closes (which ends the stream). Subscribes
+/// first if `first` is `None` (Redis was unreachable when the caller subscribed). Holds the
+/// subscription's `_slot` to the end.
 async fn keep(
-    pool: std::sync::Weak<PoolInner>,
+    manager: GuardManager,
     shared: Arc<Shared>,
     subscription: Subscription,
-    mut pubsub: PubSub,
+    first: Option<PubSub>,
     events: mpsc::Sender<PubSubEvent>,
+    _slot: OwnedSemaphorePermit,
 ) {
-    let config = shared.config();
-    let mut backoff = Backoff::new(
-        config.reconnect_backoff_min(),
-        config.reconnect_backoff_max(),
-    );
+    let mut pubsub = match first {
+        Some(pubsub) => pubsub,
+        None => match subscribe_again(&manager, &shared, &subscription, &events).await {
+            Some(pubsub) => {
+                tracing::info!(pool = %shared.name(), "subscribed");
+                pubsub
+            }
+            None => return,
+        },
+    };
     loop {
         let (cause, alive_at) = match forward(&shared, &mut pubsub, &events).await {
             Lost::Consumer => return,
@@ -213,32 +370,57 @@ async fn keep(
             },
             () = shared.closed() => return,
         };
-        // Again at once, then at the pool's reconnect pace while Redis refuses.
-        let mut pause = Duration::ZERO;
-        pubsub = loop {
-            tokio::select! {
-                () = tokio::time::sleep(pause) => {}
-                () = events.closed() => return,
-                () = shared.closed() => return,
-            }
-            let Some(inner) = pool.upgrade() else { return };
-            let budget = config.connect_timeout();
-            let attempt = tokio::time::timeout(budget, open(&inner, &subscription)).await;
-            drop(inner);
-            match attempt {
-                Ok(Ok(pubsub)) => break pubsub,
-                Ok(Err(e)) => {
-                    tracing::debug!(pool = %shared.name(), error = %server_text(&e), "subscribing again failed")
-                }
-                Err(_) => tracing::debug!(pool = %shared.name(), "subscribing again timed out"),
-            }
-            pause = backoff.pause();
+        pubsub = match subscribe_again(&manager, &shared, &subscription, &events).await {
+            Some(pubsub) => pubsub,
+            None => return,
         };
-        backoff.reset();
         let lasted = alive_at.elapsed();
         shared.resubscribed();
         tracing::info!(pool = %shared.name(), ?lasted, "subscribed again");
         room.send(PubSubEvent::Gap(Gap { cause, lasted }));
+    }
+}
+
+/// Subscribes on a new connection until it works; `None` once the subscriber is dropped or
+/// the pool closes. The pool's connect gate paces the attempts while Redis refuses, however
+/// many subscribers wait.
+async fn subscribe_again(
+    manager: &GuardManager,
+    shared: &Shared,
+    subscription: &Subscription,
+    events: &mpsc::Sender<PubSubEvent>,
+) -> Option<PubSub> {
+    let mut refusal = None;
+    loop {
+        let attempt = tokio::select! {
+            attempt = open(manager, subscription, None) => attempt,
+            () = events.closed() => return None,
+            () = shared.closed() => return None,
+        };
+        let pause = match attempt {
+            Ok(pubsub) => return Some(pubsub),
+            Err(NotSubscribed::NoConnection(cause)) => {
+                tracing::debug!(pool = %shared.name(), %cause, "subscribing again failed");
+                continue;
+            }
+            Err(NotSubscribed::Lost(cause)) => {
+                tracing::debug!(pool = %shared.name(), %cause, "subscribing again failed");
+                shared.config().reconnect_backoff_min()
+            }
+            Err(NotSubscribed::Refused(e)) => {
+                let error = e.to_string();
+                if refusal.as_ref() != Some(&error) {
+                    tracing::warn!(pool = %shared.name(), %error, "redis refused the subscription; asking again every {REFUSED_RETRY:?}");
+                }
+                refusal = Some(error);
+                REFUSED_RETRY
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = events.closed() => return None,
+            () = shared.closed() => return None,
+        }
     }
 }
 

@@ -212,14 +212,16 @@ impl Shared {
 
     // --- Outcomes -------------------------------------------------------------------------
 
-    /// A new connection answered its first PING.
-    pub(crate) fn connected(&self, connection_id: u64) {
-        let replaced = self
-            .replacement_debt
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
-                debt.checked_sub(1)
-            })
-            .is_ok();
+    /// A new connection answered its first PING. One that `joins_the_pool` may make good a
+    /// connection evicted from it (a reconnect); a subscription's does not.
+    pub(crate) fn connected(&self, connection_id: u64, joins_the_pool: bool) {
+        let replaced = joins_the_pool
+            && self
+                .replacement_debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
+                    debt.checked_sub(1)
+                })
+                .is_ok();
         self.metrics().connection_created(replaced);
         self.last_attempt_end.set(Instant::now());
         let recovered = self.connects_failing.swap(false, Ordering::AcqRel);

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use redis_guard::testkit::{FaultProxy, RedisServer};
-use redis_guard::{PubSubEvent, Subscriber, Subscription};
+use redis_guard::testkit::{FaultProxy, ProxyMode, RedisServer};
+use redis_guard::{PubSubEvent, StartupMode, Subscriber, Subscription};
 
 const CHANNEL: &str = "numbers";
 /// How long after a fault the subscription must be back.
@@ -182,12 +182,14 @@ async fn a_subscription_survives_f1_to_f5_reporting_every_gap() {
     );
 }
 
-/// Setup: Redis down when subscribing. Asserts: `subscribe` fails with the cause within the
-/// connect budget instead of hanging, as an outage (503), not a bug (500).
+/// Setup: a pool started with `StartupMode::FailFast`, Redis down when subscribing. Asserts:
+/// `subscribe` fails with the cause within the connect budget instead of hanging, as an
+/// outage (503), not a bug (500).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribing_while_redis_is_down_fails_with_the_cause() {
+async fn subscribing_fail_fast_while_redis_is_down_fails_with_the_cause() {
     let mut server = RedisServer::start().unwrap();
-    let guard = unready_guard(config(&server.url(), "pubsub-down")).await;
+    let builder = config(&server.url(), "pubsub-down").startup(StartupMode::FailFast);
+    let guard = unready_guard(builder).await;
     server.stop();
     let started = Instant::now();
     let error = guard
@@ -198,6 +200,203 @@ async fn subscribing_while_redis_is_down_fails_with_the_cause() {
     assert!(
         error.to_string().to_lowercase().contains("refused"),
         "{error}"
+    );
+    assert_eq!(error.status(), 503);
+}
+
+/// Setup: a lazily started pool, Redis down when subscribing; then Redis starts, and a
+/// message is published. Asserts: `subscribe` returns a `Subscriber` at once (within
+/// 500 ms), which subscribes in the background and receives the message once Redis is up
+/// (within 5 s), as the pool itself starts lazily.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_subscription_made_while_redis_is_down_receives_once_redis_is_up() {
+    let mut server = RedisServer::start().unwrap();
+    server.stop();
+    let guard = unready_guard(config(&server.url(), "pubsub-lazy")).await;
+    let started = Instant::now();
+    let mut subscriber = guard
+        .subscribe(Subscription::new().channel(CHANNEL))
+        .await
+        .expect("a lazy pool subscribes in the background");
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(guard.state().subscriptions, 1);
+    server.start_again().unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut publisher = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut received = None;
+    while received.is_none() && Instant::now() < deadline {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(CHANNEL)
+            .arg(7)
+            .query_async(&mut publisher)
+            .await
+            .unwrap();
+        if let Ok(Some(event)) =
+            tokio::time::timeout(Duration::from_millis(100), subscriber.next()).await
+        {
+            received = Some(event);
+        }
+    }
+    match received {
+        Some(PubSubEvent::Message(message)) => {
+            assert_eq!(message.get_payload::<u64>().unwrap(), 7)
+        }
+        other => panic!("the message arrives once Redis is up: {other:?}"),
+    }
+}
+
+/// Setup: a subscriber read as a `futures` `Stream` (`StreamExt::next`), three messages, then
+/// `close()` on the pool. Asserts: the stream yields the three messages in order, then ends
+/// (`None`) within a second of the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_is_a_stream_that_ends_when_the_pool_closes() {
+    use futures_util::StreamExt;
+    let server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "pubsub-stream")).await;
+    let mut stream = guard
+        .subscribe(Subscription::new().channel(CHANNEL))
+        .await
+        .unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut publisher = client.get_multiplexed_async_connection().await.unwrap();
+    for n in 1..=3u64 {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(CHANNEL)
+            .arg(n)
+            .query_async(&mut publisher)
+            .await
+            .unwrap();
+    }
+    for n in 1..=3u64 {
+        match tokio::time::timeout(Duration::from_secs(2), StreamExt::next(&mut stream)).await {
+            Ok(Some(PubSubEvent::Message(m))) => assert_eq!(m.get_payload::<u64>().unwrap(), n),
+            other => panic!("message {n}: {other:?}"),
+        }
+    }
+    guard.close(Duration::from_secs(1)).await;
+    let ended = tokio::time::timeout(Duration::from_secs(1), StreamExt::next(&mut stream)).await;
+    assert!(matches!(ended, Ok(None)), "the stream ends: {ended:?}");
+}
+
+/// Connect attempts the proxy accepts over `window` while it refuses every connection.
+async fn attempts_while_refusing(proxy: &FaultProxy, window: Duration) -> (u64, usize) {
+    proxy.set_mode(ProxyMode::Refuse);
+    proxy.reset_all().await;
+    let before = proxy.connections_accepted();
+    let until = Instant::now() + window;
+    let mut most_open = 0;
+    while Instant::now() < until {
+        most_open = most_open.max(proxy.open_connections());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (proxy.connections_accepted() - before, most_open)
+}
+
+/// Setup: a pool (`max_size` 8, `max_subscriptions` 100) behind the fault proxy; 200 callers
+/// subscribe at once; then the proxy refuses every connection (and resets the open ones) for
+/// 3 s, then lets them through again. The pool alone goes through the same 3 s first.
+/// Asserts: 100 subscribe and 100 are refused at once with `SubscriptionLimit` (a 503); the
+/// pool state and the gauge show 100; sockets through the proxy never exceed
+/// `max_subscriptions + max_size`; while Redis refuses, the pool and its 100 subscribers
+/// together make connect attempts at the pool's pace (at most twice the pool alone, plus
+/// 10); once Redis accepts again, every subscriber reports a gap and receives messages
+/// within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_pass_the_pools_connect_gate_and_are_bounded() {
+    use redis_guard::{Error, UnavailableReason};
+    const MAX_SUBSCRIPTIONS: u32 = 100;
+    const MAX_SIZE: usize = 8;
+    let server = RedisServer::start().unwrap();
+    let proxy = FaultProxy::start(server.addr()).await.unwrap();
+    let pool = "pubsub-bounded";
+    let builder = config(&proxy.url(), pool).max_subscriptions(MAX_SUBSCRIPTIONS);
+    let guard = guard(builder).await;
+    let window = Duration::from_secs(3);
+
+    let (alone, _) = attempts_while_refusing(&proxy, window).await;
+    proxy.set_mode(ProxyMode::Pass);
+    assert!(eventually(Duration::from_secs(5), || guard.is_ready()).await);
+
+    let calls: Vec<_> = (0..200)
+        .map(|_| {
+            let guard = guard.clone();
+            tokio::spawn(async move { guard.subscribe(Subscription::new().channel(CHANNEL)).await })
+        })
+        .collect();
+    let mut subscribers = Vec::new();
+    let mut refused = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(subscriber) => subscribers.push(subscriber),
+            Err(
+                error @ Error::Unavailable {
+                    reason:
+                        UnavailableReason::SubscriptionLimit {
+                            max_subscriptions: 100,
+                        },
+                    ..
+                },
+            ) => {
+                assert_eq!(error.status(), 503);
+                assert!(error.to_string().contains("max_subscriptions"), "{error}");
+                refused += 1;
+            }
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((subscribers.len(), refused), (100, 100));
+    let state = guard.state();
+    assert_eq!((state.subscriptions, state.max_subscriptions), (100, 100));
+    assert!(
+        state
+            .to_string()
+            .contains("100 subscriptions of at most 100"),
+        "{state}"
+    );
+    let gauge = || metric("redis_guard_pubsub_subscriptions", pool, &[]) == 100.0;
+    assert!(
+        eventually(Duration::from_secs(3), gauge).await,
+        "the gauge shows 100"
+    );
+    let bound = MAX_SUBSCRIPTIONS as usize + MAX_SIZE;
+    assert!(
+        proxy.open_connections() <= bound,
+        "{} sockets",
+        proxy.open_connections()
+    );
+
+    let (with_subscribers, most_open) = attempts_while_refusing(&proxy, window).await;
+    println!(
+        "connect attempts in {window:?} while refusing: pool alone {alone}, with 100 subscribers {with_subscribers}"
+    );
+    assert!(
+        with_subscribers <= 2 * alone + 10,
+        "{with_subscribers} connect attempts with subscribers, {alone} for the pool alone"
+    );
+    assert!(most_open <= bound, "{most_open} sockets while refusing");
+
+    proxy.set_mode(ProxyMode::Pass);
+    let stop = Arc::new(AtomicBool::new(false));
+    publish_numbers(&server, stop.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (i, subscriber) in subscribers.iter_mut().enumerate() {
+        let mut gap = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, subscriber.next()).await {
+                Ok(Some(PubSubEvent::Gap(_))) => gap = true,
+                Ok(Some(PubSubEvent::Message(_))) if gap => break,
+                Ok(Some(PubSubEvent::Message(_))) => {}
+                other => panic!("subscriber {i}: a gap, then messages: {other:?}"),
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        proxy.open_connections() <= bound,
+        "{} sockets",
+        proxy.open_connections()
     );
 }
 

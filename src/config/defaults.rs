@@ -6,6 +6,13 @@ use std::time::Duration;
 pub const NAME: &str = "default";
 /// bb8-redis's default, so a service moving over keeps its connection footprint.
 pub const MAX_SIZE: u32 = 10;
+/// Subscriptions a pool holds at once, each on a Redis connection of its own. A service
+/// subscribes a few times and fans each subscription out to its clients (a
+/// `tokio::sync::broadcast`); one subscription per HTTP client is a connection per client,
+/// which this bound turns into a clear error before Redis's `maxclients` (10,000 by default,
+/// shared by the fleet: 100 pods at 10 pool connections and 64 subscriptions stay under it)
+/// turns it into an outage.
+pub const MAX_SUBSCRIPTIONS: u32 = 64;
 /// One warm connection, so the first request after start-up or an idle spell pays no connect.
 pub const MIN_IDLE: u32 = 1;
 /// The whole budget of one checkout, retries and validation included. bb8's 30 s default

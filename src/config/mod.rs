@@ -664,6 +664,11 @@ macro_rules! settings {
 settings! {
     /// Most connections the pool holds (1 to 10,000).
     max_size: u32 = defaults::MAX_SIZE, u32, "MAX_SIZE";
+    /// Most subscriptions ([`RedisGuard::subscribe`](crate::RedisGuard::subscribe)) held at
+    /// once, each on a connection of its own beside the pool's `max_size` (1 to 10,000); one
+    /// more is refused with
+    /// [`UnavailableReason::SubscriptionLimit`](crate::UnavailableReason::SubscriptionLimit).
+    max_subscriptions: u32 = defaults::MAX_SUBSCRIPTIONS, u32, "MAX_SUBSCRIPTIONS";
     /// Idle connections kept open when possible (at most `max_size`).
     min_idle: u32 = defaults::MIN_IDLE, u32, "MIN_IDLE";
     /// Budget for one whole checkout, validation and retries included.
@@ -725,6 +730,15 @@ impl Settings {
             return Err(invalid(
                 "max_size",
                 format!("{} must be from 1 to {MAX_POOL_SIZE}", self.max_size),
+            ));
+        }
+        if !(1..=MAX_POOL_SIZE).contains(&self.max_subscriptions) {
+            return Err(invalid(
+                "max_subscriptions",
+                format!(
+                    "{} must be from 1 to {MAX_POOL_SIZE}",
+                    self.max_subscriptions
+                ),
             ));
         }
         if self.min_idle > self.max_size {

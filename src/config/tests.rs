@@ -38,6 +38,14 @@ fn every_bad_setting_says_what_to_fix() {
             "must be from 1 to 10000",
         ),
         (
+            Config::builder(url).max_subscriptions(0),
+            "invalid setting max_subscriptions: 0 must be from 1 to 10000",
+        ),
+        (
+            Config::builder(url).max_subscriptions(10_001),
+            "invalid setting max_subscriptions: 10001 must be from 1 to 10000",
+        ),
+        (
             Config::builder(url).max_size(4).min_idle(5),
             "min_idle (5) exceeds max_size (4); lower min_idle or raise max_size",
         ),
@@ -428,6 +436,7 @@ fn from_env_reads_every_variable() {
             ("REDIS_GUARD_POOL_NAME", "sessions"),
             ("REDIS_GUARD_MAX_SIZE", "32"),
             ("REDIS_GUARD_MIN_IDLE", "4"),
+            ("REDIS_GUARD_MAX_SUBSCRIPTIONS", "200"),
             ("REDIS_GUARD_CHECKOUT_TIMEOUT_MS", "2000"),
             ("REDIS_GUARD_CONNECT_TIMEOUT_MS", "300"),
             ("REDIS_GUARD_RESPONSE_TIMEOUT_MS", "700"),
@@ -451,6 +460,7 @@ fn from_env_reads_every_variable() {
     .unwrap();
     assert_eq!(config.name(), "sessions");
     assert_eq!((config.max_size(), config.min_idle()), (32, 4));
+    assert_eq!(config.max_subscriptions(), 200);
     assert_eq!(config.checkout_timeout(), Duration::from_secs(2));
     assert_eq!(config.connect_timeout(), Duration::from_millis(300));
     assert_eq!(config.response_timeout(), Duration::from_millis(700));
@@ -537,6 +547,7 @@ fn defaults_are_the_documented_ones() {
     let config = Config::builder("redis://127.0.0.1").build().unwrap();
     assert_eq!(config.name(), defaults::NAME);
     assert_eq!(config.max_size(), defaults::MAX_SIZE);
+    assert_eq!(config.max_subscriptions(), defaults::MAX_SUBSCRIPTIONS);
     assert_eq!(config.checkout_timeout(), defaults::CHECKOUT_TIMEOUT);
     assert_eq!(config.validation_bypass(), defaults::VALIDATION_BYPASS);
     assert_eq!(config.idle_timeout(), Some(defaults::IDLE_TIMEOUT));
