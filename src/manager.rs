@@ -312,7 +312,8 @@ impl GuardManager {
             placement,
         } = self.open_stream().await?;
         let link = Arc::new(self.shared.link_opened());
-        let stream = TrackedStream::new(stream, link.clone());
+        let max_reply_size = self.shared.config().max_reply_size();
+        let stream = TrackedStream::new(stream, link.clone(), max_reply_size);
         let probe = Arc::new(probe);
         let peer = Peer { server, placement };
         let handshake = self.handshake(stream, link.clone(), probe.clone(), id, peer, deadline);
@@ -378,12 +379,19 @@ impl GuardManager {
     }
 
     /// A socket for a subscription (see `pubsub.rs`): opened like a pooled connection's, its
-    /// failure as a `RedisError`.
-    pub(crate) async fn open_subscription_stream(&self) -> Result<BoxedStream, RedisError> {
-        match self.open_stream().await {
-            Ok(opened) => Ok(opened.stream),
-            Err(failure) => Err(failure.unwrap_tls().into()),
-        }
+    /// replies bounded alike, its failure as a `RedisError`. The health record tells why it
+    /// closed; it is the subscription's own, not counted among the pool's working links.
+    pub(crate) async fn open_subscription_stream(
+        &self,
+    ) -> Result<(TrackedStream<BoxedStream>, Arc<LinkHealth>), RedisError> {
+        let opened = match self.open_stream().await {
+            Ok(opened) => opened,
+            Err(failure) => return Err(failure.unwrap_tls().into()),
+        };
+        let link = Arc::new(LinkHealth::default());
+        let max_reply_size = self.shared.config().max_reply_size();
+        let stream = TrackedStream::new(opened.stream, link.clone(), max_reply_size);
+        Ok((stream, link))
     }
 
     /// Runs the Redis handshake (AUTH, SELECT, ...) and spawns the connection's driver, whose

@@ -25,6 +25,7 @@ use crate::clock::Backoff;
 use crate::error::{Error, UnavailableReason};
 use crate::inner::PoolInner;
 use crate::shared::Shared;
+use crate::transport::LinkHealth;
 
 /// How often an idle subscription is PINGed.
 pub const HEALTH_PING_INTERVAL: Duration = Duration::from_millis(250);
@@ -144,8 +145,8 @@ pub(crate) async fn subscribe(
     let budget = shared.config().connect_timeout();
     let cannot_connect =
         |cause: String| inner.unavailable(UnavailableReason::CannotConnect { cause });
-    let pubsub = match tokio::time::timeout(budget, open(inner, &subscription)).await {
-        Ok(Ok(pubsub)) => pubsub,
+    let subscribed = match tokio::time::timeout(budget, open(inner, &subscription)).await {
+        Ok(Ok(subscribed)) => subscribed,
         // From the pool's own sockets and handshakes: no URL, no password.
         Ok(Err(e)) => return Err(cannot_connect(e.to_string())),
         Err(_) => {
@@ -159,7 +160,7 @@ pub(crate) async fn subscribe(
         Arc::downgrade(inner),
         shared,
         subscription,
-        pubsub,
+        subscribed,
         sender,
     ));
     Ok(Subscriber {
@@ -168,10 +169,16 @@ pub(crate) async fn subscribe(
     })
 }
 
+/// A subscribed connection, and the health of its socket (which tells why it closed).
+struct Subscribed {
+    pubsub: PubSub,
+    link: Arc<LinkHealth>,
+}
+
 /// A connection, subscribed to everything in `subscription`.
-async fn open(inner: &PoolInner, subscription: &Subscription) -> Result<PubSub, RedisError> {
+async fn open(inner: &PoolInner, subscription: &Subscription) -> Result<Subscribed, RedisError> {
     let shared = &inner.shared;
-    let stream = inner.manager.open_subscription_stream().await?;
+    let (stream, link) = inner.manager.open_subscription_stream().await?;
     let mut pubsub = PubSub::new(shared.config().connection.redis_settings(), stream).await?;
     if !subscription.channels.is_empty() {
         pubsub.subscribe(&subscription.channels).await?;
@@ -179,7 +186,8 @@ async fn open(inner: &PoolInner, subscription: &Subscription) -> Result<PubSub, 
     if !subscription.patterns.is_empty() {
         pubsub.psubscribe(&subscription.patterns).await?;
     }
-    Ok(pubsub)
+    link.establish();
+    Ok(Subscribed { pubsub, link })
 }
 
 /// Forwards messages, PINGs while quiet, and subscribes again whenever the connection is lost,
@@ -188,7 +196,7 @@ async fn keep(
     pool: std::sync::Weak<PoolInner>,
     shared: Arc<Shared>,
     subscription: Subscription,
-    mut pubsub: PubSub,
+    mut subscribed: Subscribed,
     events: mpsc::Sender<PubSubEvent>,
 ) {
     let config = shared.config();
@@ -197,11 +205,11 @@ async fn keep(
         config.reconnect_backoff_max(),
     );
     loop {
-        let (cause, alive_at) = match forward(&shared, &mut pubsub, &events).await {
+        let (cause, alive_at) = match forward(&shared, &mut subscribed, &events).await {
             Lost::Consumer => return,
             Lost::Connection { cause, alive_at } => (cause, alive_at),
         };
-        drop(pubsub);
+        drop(subscribed);
         tracing::info!(pool = %shared.name(), %cause, "subscription lost; subscribing again");
         // Room in the queue first: a consumer that fell behind catches up before new messages
         // come, and the gap is reported in that room.
@@ -214,7 +222,7 @@ async fn keep(
         };
         // Again at once, then at the pool's reconnect pace while Redis refuses.
         let mut pause = Duration::ZERO;
-        pubsub = loop {
+        subscribed = loop {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 () = events.closed() => return,
@@ -225,7 +233,7 @@ async fn keep(
             let attempt = tokio::time::timeout(budget, open(&inner, &subscription)).await;
             drop(inner);
             match attempt {
-                Ok(Ok(pubsub)) => break pubsub,
+                Ok(Ok(subscribed)) => break subscribed,
                 Ok(Err(e)) => {
                     tracing::debug!(pool = %shared.name(), error = %e, "subscribing again failed")
                 }
@@ -252,7 +260,12 @@ enum Lost {
 /// Forwards messages until the connection is lost, the consumer falls behind (the queue is
 /// full: the connection is dropped rather than let redis-rs buffer without bound), nobody
 /// listens or the pool closes.
-async fn forward(shared: &Shared, pubsub: &mut PubSub, events: &mpsc::Sender<PubSubEvent>) -> Lost {
+async fn forward(
+    shared: &Shared,
+    subscribed: &mut Subscribed,
+    events: &mpsc::Sender<PubSubEvent>,
+) -> Lost {
+    let Subscribed { pubsub, link } = subscribed;
     let mut alive_at = Instant::now();
     let lost = |cause: String, alive_at: Instant| Lost::Connection { cause, alive_at };
     loop {
@@ -274,7 +287,13 @@ async fn forward(shared: &Shared, pubsub: &mut PubSub, events: &mpsc::Sender<Pub
                     Err(mpsc::error::TrySendError::Closed(_)) => return Lost::Consumer,
                 }
             }
-            Ok(None) => return lost("the connection closed".into(), alive_at),
+            Ok(None) => {
+                let cause = match link.too_large() {
+                    Some(too_large) => format!("a message was dropped: {too_large}"),
+                    None => "the connection closed".into(),
+                };
+                return lost(cause, alive_at);
+            }
             Err(_) if events.is_closed() => return Lost::Consumer,
             Err(_) => {
                 if alive_at.elapsed() < HEALTH_PING_INTERVAL {
