@@ -412,6 +412,40 @@ mod tests {
         assert!(error.to_string().contains("malformed length"), "{error}");
     }
 
+    /// The tracker's cost, printed: `cargo test --release --lib reply_limit -- --ignored
+    /// --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn cost_per_reply() {
+        let mut small = Vec::new();
+        for _ in 0..10_000 {
+            small.extend_from_slice(b"$5\r\nhello\r\n+OK\r\n:12345\r\n*2\r\n$3\r\nfoo\r\n$-1\r\n");
+        }
+        let mut large = b"$1048576\r\n".to_vec();
+        large.extend(std::iter::repeat_n(b'x', 1 << 20));
+        large.extend_from_slice(b"\r\n");
+        for (name, stream, replies) in
+            [("small replies", &small, 40_000), ("1 MiB bulk", &large, 1)]
+        {
+            let mut tracker = ReplyTracker::new(u64::MAX);
+            let rounds = 200;
+            let started = std::time::Instant::now();
+            for _ in 0..rounds {
+                // In 16 KiB reads, as a socket delivers them.
+                for read in stream.chunks(16 * 1024) {
+                    tracker.follow(std::hint::black_box(read)).unwrap();
+                }
+            }
+            let took = started.elapsed();
+            let bytes = (stream.len() * rounds) as f64;
+            println!(
+                "{name}: {:.1} ns per reply, {:.2} GB/s",
+                took.as_nanos() as f64 / (replies * rounds) as f64,
+                bytes / took.as_secs_f64() / 1e9
+            );
+        }
+    }
+
     #[test]
     fn the_limit_error_is_recognised_through_redis_rs() {
         let too_large = ReplyTooLarge { size: 10, max: 5 };
