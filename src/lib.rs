@@ -67,6 +67,7 @@
 //! | `multiplexed` | [`PoolMode::Shared`]: the shared connections, their health, picking and refilling |
 //! | `manager` | `GuardManager`: the connect gate (one attempt at a time, paced), bb8's hooks |
 //! | `transport` | the owned socket: options, address racing, EOF/reset tracking |
+//! | `reply_limit` | `max_reply_size`: follows the RESP framing of what is read, fails a reply over the limit |
 //! | `sentinel` | under Sentinel: where the primary is, `+switch-master` followed on every sentinel |
 //! | `connection` | [`GuardConnection`]: command outcomes, cancellation, role refusals |
 //! | `session` | what commands do to a connection's server-side state, in command order |
