@@ -206,7 +206,7 @@ impl GuardConnection {
             return Verdict::Evict(EvictionReason::RoleChange);
         }
         if !self.link.is_open() {
-            return Verdict::Evict(EvictionReason::Broken);
+            return Verdict::Evict(closed_link_eviction(&self.link));
         }
         // An idle connection has nothing to receive. Bytes waiting anyway may be a TLS
         // `close_notify` ahead of the close (a CLIENT KILL over TLS): prove it with a PING
@@ -504,7 +504,7 @@ impl GuardConnection {
             let reason = if self.on_demoted_primary() {
                 Some(EvictionReason::RoleChange)
             } else if !self.link.is_open() {
-                Some(EvictionReason::Broken)
+                Some(closed_link_eviction(&self.link))
             } else if self.in_flight {
                 Some(EvictionReason::Cancelled)
             } else if self.session.is_dirty() {
@@ -522,12 +522,13 @@ impl GuardConnection {
     }
 
     fn note_outcome<T>(&mut self, result: &RedisResult<T>) {
-        match Outcome::of(result) {
+        match Outcome::judge(result, &self.link) {
             // Its socket was shut because the primary moved away from it.
             Outcome::ConnectionFailed if self.on_demoted_primary() => {
                 self.evict(EvictionReason::RoleChange)
             }
             Outcome::ConnectionFailed => self.evict(EvictionReason::IoError),
+            Outcome::ReplyTooLarge => self.evict(EvictionReason::ReplyTooLarge),
             Outcome::RefusedByRole => {
                 self.last_success = Instant::now();
                 self.shared.answered(self.last_success);
@@ -571,6 +572,9 @@ pub(crate) struct SharedParts {
 pub(crate) enum Outcome {
     /// An I/O error, a reset or a response timeout: the connection failed, not the command.
     ConnectionFailed,
+    /// A reply exceeded `max_reply_size`, and its connection's read failed: the connection
+    /// is lost, but neither it nor Redis is at fault.
+    ReplyTooLarge,
     /// The server cannot take commands as the primary (`READONLY`, ...), over a working socket.
     RefusedByRole,
     /// A reply, or an error reply (`WRONGTYPE`, `NOSCRIPT`, ...): it travelled a working socket.
@@ -578,8 +582,14 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    pub(crate) fn of<T>(result: &RedisResult<T>) -> Outcome {
+    /// What `result`, of a call on the connection whose socket is `link`, says about it. Every
+    /// call that fails because a reply on its connection was too large (the one whose reply
+    /// it was, and the others in flight on a shared connection) is judged alike.
+    pub(crate) fn judge<T>(result: &RedisResult<T>, link: &LinkHealth) -> Outcome {
         match result {
+            Err(e) if is_infrastructure_failure(e) && link.state() == LinkState::ReplyTooLarge => {
+                Outcome::ReplyTooLarge
+            }
             Err(e) if is_infrastructure_failure(e) => Outcome::ConnectionFailed,
             Err(e) if is_refused_by_role(e) => Outcome::RefusedByRole,
             _ => Outcome::Answered,
@@ -788,6 +798,16 @@ pub(crate) fn not_sent_reason(e: &RedisError) -> Option<&'static str> {
         Some("its connection failed before the call was written")
     } else {
         None
+    }
+}
+
+/// Why a connection whose socket closed on its own is evicted: it broke, or a reply on it
+/// was too large (a push message, or the reply of a call since cancelled), which says nothing
+/// about Redis.
+pub(crate) fn closed_link_eviction(link: &LinkHealth) -> EvictionReason {
+    match link.state() {
+        LinkState::ReplyTooLarge => EvictionReason::ReplyTooLarge,
+        _ => EvictionReason::Broken,
     }
 }
 

@@ -95,6 +95,7 @@ mod probe;
 pub mod prometheus;
 pub mod pubsub;
 mod refusals;
+mod reply_limit;
 mod reply_times;
 mod sanitize;
 mod sentinel;

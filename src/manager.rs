@@ -176,7 +176,10 @@ impl GuardManager {
     /// One connect attempt for a subscription through the same gate as the pool's, finished
     /// by `deadline` if given: its pacing holds however many subscribers reconnect, and its
     /// outcome counts toward the breaker like any connect's.
-    pub(crate) async fn attempt_subscription(&self, deadline: Option<Instant>) -> Attempt<PubSub> {
+    pub(crate) async fn attempt_subscription(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Attempt<SubscriptionLink> {
         self.attempt_to::<ForASubscription>(deadline, Skip::Never)
             .await
     }
@@ -347,7 +350,8 @@ impl GuardManager {
             placement,
         } = self.open_stream(Some(deadline)).await?;
         let link = Arc::new(self.shared.link_opened());
-        let stream = TrackedStream::new(stream, link.clone());
+        let max_reply_size = self.shared.config().max_reply_size();
+        let stream = TrackedStream::new(stream, link.clone(), max_reply_size);
         let probe = Arc::new(probe);
         let peer = Peer { server, placement };
         let handshake = self.handshake(stream, link.clone(), probe.clone(), id, peer, deadline);
@@ -431,12 +435,18 @@ impl GuardManager {
     /// A connection for a subscription (see `pubsub.rs`): a socket opened like a pooled
     /// connection's, the Redis handshake, and a first PING, so that a connect counts as a
     /// success only once Redis answered (a frozen Redis still accepts TCP connections).
-    async fn open_subscription(&self) -> Result<PubSub, ConnectFailure> {
+    async fn open_subscription(&self) -> Result<SubscriptionLink, ConnectFailure> {
         let opened = self.open_stream(None).await?;
+        // Its replies are bounded as a pooled connection's are; its health is its own, not
+        // one of the pool's working links.
+        let max_reply_size = self.shared.config().max_reply_size();
+        let link = Arc::new(LinkHealth::default());
+        let stream = TrackedStream::new(opened.stream, link.clone(), max_reply_size);
         let settings = self.shared.config().connection.redis_settings();
-        let mut pubsub = PubSub::new(settings, opened.stream).await?;
+        let mut pubsub = PubSub::new(settings, stream).await?;
         pubsub.ping::<redis::Value>().await?;
-        Ok(pubsub)
+        link.establish();
+        Ok(SubscriptionLink { pubsub, link })
     }
 
     /// Runs the Redis handshake (AUTH, SELECT, ...) and spawns the connection's driver, whose
@@ -503,17 +513,23 @@ impl Opens for ForThePool {
     }
 }
 
+/// A subscription's connection, and the health of its socket, which tells why it closed.
+pub(crate) struct SubscriptionLink {
+    pub(crate) pubsub: PubSub,
+    pub(crate) link: Arc<LinkHealth>,
+}
+
 /// A connection for a subscription, proven, not yet subscribed.
 struct ForASubscription;
 
 impl Opens for ForASubscription {
-    type Opened = PubSub;
+    type Opened = SubscriptionLink;
     const JOINS_THE_POOL: bool = false;
     async fn open(
         manager: &GuardManager,
         _id: u64,
         _deadline: Instant,
-    ) -> Result<PubSub, ConnectFailure> {
+    ) -> Result<SubscriptionLink, ConnectFailure> {
         manager.open_subscription().await
     }
 }

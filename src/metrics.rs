@@ -158,11 +158,14 @@ pub enum EvictionReason {
     /// The server is no longer the primary (`READONLY`), cannot serve (`MASTERDOWN`) or is
     /// loading its data (`LOADING`): a failover or restart is under way.
     RoleChange,
+    /// A reply exceeded `max_reply_size`: its call failed and its connection was closed
+    /// (Redis is not suspected).
+    ReplyTooLarge,
 }
 
 impl EvictionReason {
     /// Every reason, in label order.
-    pub const ALL: [EvictionReason; 8] = [
+    pub const ALL: [EvictionReason; 9] = [
         EvictionReason::ValidationFailed,
         EvictionReason::Broken,
         EvictionReason::IoError,
@@ -171,6 +174,7 @@ impl EvictionReason {
         EvictionReason::Dirty,
         EvictionReason::Cancelled,
         EvictionReason::RoleChange,
+        EvictionReason::ReplyTooLarge,
     ];
 
     /// The label value.
@@ -184,6 +188,7 @@ impl EvictionReason {
             EvictionReason::Dirty => "dirty",
             EvictionReason::Cancelled => "cancelled",
             EvictionReason::RoleChange => "role_change",
+            EvictionReason::ReplyTooLarge => "reply_too_large",
         }
     }
 }

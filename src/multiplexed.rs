@@ -41,8 +41,8 @@ use tracing::Instrument;
 
 use crate::clock::AtomicInstant;
 use crate::connection::{
-    Call, Outcome, Reply, SharedParts, call_span, not_sent_closed, not_sent_failover,
-    unless_never_written, watched,
+    Call, Outcome, Reply, SharedParts, call_span, closed_link_eviction, not_sent_closed,
+    not_sent_failover, unless_never_written, watched,
 };
 use crate::inner::{Bb8Connection, Validated};
 use crate::metrics::EvictionReason;
@@ -322,7 +322,7 @@ impl SharedConnection {
     /// using. The peek is made by each call instead (see [`call`](Self::call)).
     fn condition(&self, shared: &Shared, now: Instant) -> Condition {
         if !self.is_open() {
-            return Condition::Dead(EvictionReason::Broken);
+            return Condition::Dead(closed_link_eviction(&self.parts.link));
         }
         if self.on_demoted_primary(shared) {
             return Condition::Dead(EvictionReason::RoleChange);
@@ -429,11 +429,12 @@ impl SharedConnection {
                 let call = std::pin::pin!(call.send_multiplexed(&mut handle));
                 watched(shared, sent, false, call).await
             };
-            match Outcome::of(&result) {
+            match Outcome::judge(&result, &self.parts.link) {
                 Outcome::ConnectionFailed if self.on_demoted_primary(shared) => {
                     self.retire(EvictionReason::RoleChange)
                 }
                 Outcome::ConnectionFailed => self.retire(EvictionReason::IoError),
+                Outcome::ReplyTooLarge => self.retire(EvictionReason::ReplyTooLarge),
                 Outcome::RefusedByRole => {
                     shared.answered(Instant::now());
                     self.retire(EvictionReason::RoleChange);

@@ -25,6 +25,7 @@ use crate::metrics::EvictionReason;
 use crate::multiplexed::{Lane, SharedConnection};
 use crate::names::NameClaim;
 use crate::probe;
+use crate::reply_limit::ReplyTooLarge;
 
 /// A health-checked pool of Redis connections: cheap to clone, one per Redis instance.
 ///
@@ -540,7 +541,11 @@ impl Checkout {
         // A refusal for the server's role (READONLY, MASTERDOWN, LOADING) was given before the
         // command ran: sending it again, even a write, cannot apply it twice.
         let (refused, connection_failed) = match result {
-            Err(e) => (is_refused_by_role(e), is_infrastructure_failure(e)),
+            // A reply too large for the limit is as large on any connection.
+            Err(e) => (
+                is_refused_by_role(e),
+                is_infrastructure_failure(e) && !ReplyTooLarge::is_cause_of(e),
+            ),
             Ok(reply) => (reply.refused_by_role(), false),
         };
         // A fresh connection whose socket was closed under it (EOF, reset) met a server that

@@ -31,7 +31,7 @@ use crate::config::StartupMode;
 use crate::connection::is_infrastructure_failure;
 use crate::error::{Error, UnavailableReason};
 use crate::inner::PoolInner;
-use crate::manager::{Attempt, GuardManager};
+use crate::manager::{Attempt, GuardManager, SubscriptionLink};
 use crate::sanitize::server_text;
 use crate::shared::Shared;
 use crate::throttle::Throttle;
@@ -257,7 +257,7 @@ async fn subscribed_by(
     subscription: &Subscription,
     deadline: Option<Instant>,
     retry: bool,
-) -> Result<PubSub, Error> {
+) -> Result<SubscriptionLink, Error> {
     let before_deadline = || deadline.is_none_or(|deadline| Instant::now() < deadline);
     loop {
         let cause = match open(&inner.manager, subscription, deadline).await {
@@ -294,9 +294,9 @@ async fn open(
     manager: &GuardManager,
     subscription: &Subscription,
     deadline: Option<Instant>,
-) -> Result<PubSub, NotSubscribed> {
-    let mut pubsub = match manager.attempt_subscription(deadline).await {
-        Attempt::Connected(pubsub) => pubsub,
+) -> Result<SubscriptionLink, NotSubscribed> {
+    let SubscriptionLink { mut pubsub, link } = match manager.attempt_subscription(deadline).await {
+        Attempt::Connected(opened) => opened,
         // From the pool's own sockets and handshakes: no URL, no password.
         Attempt::Failed(e) => return Err(NotSubscribed::NoConnection(e.to_string())),
         Attempt::Skipped => {
@@ -318,7 +318,7 @@ async fn open(
         Ok::<_, RedisError>(())
     };
     match tokio::time::timeout(timeout, subscribing).await {
-        Ok(Ok(())) => Ok(pubsub),
+        Ok(Ok(())) => Ok(SubscriptionLink { pubsub, link }),
         Ok(Err(e)) if is_infrastructure_failure(&e) => Err(NotSubscribed::Lost(e.to_string())),
         Ok(Err(e)) => Err(NotSubscribed::Refused(e)),
         Err(_) => Err(NotSubscribed::Lost(format!(
@@ -340,7 +340,7 @@ async fn keep(
     manager: GuardManager,
     shared: Arc<Shared>,
     subscription: Subscription,
-    first: Option<PubSub>,
+    first: Option<SubscriptionLink>,
     events: mpsc::Sender<PubSubEvent>,
     _slot: OwnedSemaphorePermit,
 ) {
@@ -389,7 +389,7 @@ async fn subscribe_again(
     shared: &Shared,
     subscription: &Subscription,
     events: &mpsc::Sender<PubSubEvent>,
-) -> Option<PubSub> {
+) -> Option<SubscriptionLink> {
     let mut refusal = None;
     loop {
         let attempt = tokio::select! {
@@ -435,7 +435,12 @@ enum Lost {
 /// Forwards messages until the connection is lost, the consumer falls behind (the queue is
 /// full: the connection is dropped rather than let redis-rs buffer without bound), nobody
 /// listens or the pool closes.
-async fn forward(shared: &Shared, pubsub: &mut PubSub, events: &mpsc::Sender<PubSubEvent>) -> Lost {
+async fn forward(
+    shared: &Shared,
+    subscribed: &mut SubscriptionLink,
+    events: &mpsc::Sender<PubSubEvent>,
+) -> Lost {
+    let SubscriptionLink { pubsub, link } = subscribed;
     let mut alive_at = Instant::now();
     let lost = |cause: String, alive_at: Instant| Lost::Connection { cause, alive_at };
     loop {
@@ -457,7 +462,13 @@ async fn forward(shared: &Shared, pubsub: &mut PubSub, events: &mpsc::Sender<Pub
                     Err(mpsc::error::TrySendError::Closed(_)) => return Lost::Consumer,
                 }
             }
-            Ok(None) => return lost("the connection closed".into(), alive_at),
+            Ok(None) => {
+                let cause = match link.too_large() {
+                    Some(too_large) => format!("a message was dropped: {too_large}"),
+                    None => "the connection closed".into(),
+                };
+                return lost(cause, alive_at);
+            }
             Err(_) if events.is_closed() => return Lost::Consumer,
             Err(_) => {
                 if alive_at.elapsed() < HEALTH_PING_INTERVAL {

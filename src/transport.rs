@@ -21,6 +21,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::reply_limit::{ReplyTooLarge, ReplyTracker};
 
 /// Why a socket stopped being usable, as seen from below the Redis protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,9 @@ pub(crate) enum LinkState {
     DriverEnded = 3,
     /// The pool gave the connection up (evicted, idle, expired, or the pool closed).
     Retired = 4,
+    /// A reply exceeded `max_reply_size`, and the read failed: one reply's fault, not the
+    /// socket's nor Redis's.
+    ReplyTooLarge = 6,
 }
 
 impl LinkState {
@@ -67,6 +71,8 @@ pub(crate) struct LinkHealth {
     /// (`maxclients`, protected mode) with an error line and closes it, and redis-rs takes
     /// that line for the reply to its first set-up command, reporting only the close after.
     greeting: std::sync::Mutex<Vec<u8>>,
+    /// The reply that closed the link, if one was too large.
+    too_large: std::sync::OnceLock<ReplyTooLarge>,
 }
 
 /// How Redis's refusals at accept begin: at `maxclients`, and in protected mode.
@@ -100,7 +106,13 @@ impl LinkHealth {
             on_close,
             written: AtomicU64::new(0),
             greeting: std::sync::Mutex::new(Vec::new()),
+            too_large: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The reply over `max_reply_size` that closed the link, if that is why it closed.
+    pub(crate) fn too_large(&self) -> Option<ReplyTooLarge> {
+        self.too_large.get().copied()
     }
 
     /// Keeps the start of what the server sent while the connection is being set up.
@@ -164,6 +176,7 @@ impl LinkHealth {
             2 => LinkState::Failed,
             3 => LinkState::DriverEnded,
             4 => LinkState::Retired,
+            6 => LinkState::ReplyTooLarge,
             _ => LinkState::Connecting,
         }
     }
@@ -281,16 +294,22 @@ pub(crate) enum PeerState {
     Unread,
 }
 
-/// A stream that reports EOF and I/O errors, and the bytes written, to a shared [`LinkHealth`].
+/// A stream that reports EOF and I/O errors, and the bytes written, to a shared [`LinkHealth`],
+/// and fails a read that takes a reply over `max_reply_size` (see `reply_limit.rs`).
 #[derive(Debug)]
 pub(crate) struct TrackedStream<S> {
     inner: S,
     health: Arc<LinkHealth>,
+    replies: ReplyTracker,
 }
 
 impl<S> TrackedStream<S> {
-    pub(crate) fn new(inner: S, health: Arc<LinkHealth>) -> Self {
-        Self { inner, health }
+    pub(crate) fn new(inner: S, health: Arc<LinkHealth>, max_reply_size: u64) -> Self {
+        Self {
+            inner,
+            health,
+            replies: ReplyTracker::new(max_reply_size),
+        }
     }
 
     fn note<T>(&self, result: &Poll<io::Result<T>>) {
@@ -319,10 +338,25 @@ impl<S: AsyncRead + Unpin> AsyncRead for TrackedStream<S> {
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         self.note(&result);
         if let Poll::Ready(Ok(())) = result {
-            if buf.filled().len() == before && buf.remaining() > 0 {
+            let read = &buf.filled()[before..];
+            if read.is_empty() && buf.remaining() > 0 {
                 self.health.close(LinkState::Eof);
             } else {
-                self.health.capture(&buf.filled()[before..]);
+                self.health.capture(read);
+                // Before redis-rs buffers them: the failed read ends the connection's driver,
+                // and the bytes read go with it.
+                if let Err(e) = self.replies.follow(read) {
+                    let cause = e.get_ref().and_then(|e| e.downcast_ref::<ReplyTooLarge>());
+                    match cause {
+                        Some(&too_large) => {
+                            let _ = self.health.too_large.set(too_large);
+                            self.health.close(LinkState::ReplyTooLarge);
+                        }
+                        // Not RESP: the server, or something posing as it, is broken.
+                        None => self.health.close(LinkState::Failed),
+                    }
+                    return Poll::Ready(Err(e));
+                }
             }
         }
         result
@@ -521,7 +555,7 @@ mod tests {
     async fn peer_close_is_recorded_as_eof() {
         let (client, mut server) = tokio::io::duplex(64);
         let health = Arc::new(LinkHealth::default());
-        let mut stream = TrackedStream::new(client, health.clone());
+        let mut stream = TrackedStream::new(client, health.clone(), 1024);
         server.write_all(b"+PONG\r\n").await.unwrap();
         let mut buf = [0u8; 7];
         stream.read_exact(&mut buf).await.unwrap();

@@ -67,3 +67,8 @@ pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// The pause doubles per failure up to this. Equal to the minimum by default: a quick
 /// recovery matters more than sparing a Redis that refuses connections in microseconds.
 pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// The most bytes one reply may have. Half the largest string Redis accepts by default
+/// (`proto-max-bulk-len`, 512 MiB), where cache values are kilobytes: a reply this large is a
+/// mistake (`KEYS *`, an unbounded `LRANGE`) or a hostile server, and a few connections each
+/// buffering one must not exhaust a pod's memory.
+pub const MAX_REPLY_SIZE: u64 = 256 * 1024 * 1024;

@@ -260,6 +260,12 @@ impl FromEnv for u32 {
     }
 }
 
+impl FromEnv for u64 {
+    fn from_env(raw: &str) -> Result<Self, String> {
+        whole(raw)
+    }
+}
+
 /// `true` or `false` (also `1`/`0`, `yes`/`no`).
 impl FromEnv for bool {
     fn from_env(raw: &str) -> Result<Self, String> {

@@ -47,6 +47,12 @@ pub use crate::tls::TlsSettings;
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// The most connections a pool may hold: Redis's default `maxclients`.
 pub const MAX_POOL_SIZE: u32 = 10_000;
+/// The smallest `max_reply_size`: the pool's own largest reply (`COMMAND`, read once to learn
+/// which commands only read, about 100 KB on Redis 7) fits ten times over.
+pub const MIN_REPLY_SIZE: u64 = 1024 * 1024;
+/// The largest `max_reply_size`: a client that may buffer more per connection has no bound
+/// worth the name.
+pub const MAX_REPLY_SIZE: u64 = 4 * 1024 * 1024 * 1024;
 
 /// A set-up hook: see [`ConfigBuilder::on_connect`].
 pub type ConnectHook =
@@ -714,6 +720,12 @@ settings! {
     /// socket then costs a read milliseconds, not its response timeout. Only calls whose
     /// every command Redis flags read-only, on a clean session, are hedged.
     hedge_reads: bool = true, bool, "HEDGE_READS";
+    /// The most bytes one reply may have (1 MiB to 4 GiB). A reply over it (a value, a
+    /// `KEYS` listing, a pub/sub message, or a forged length from a hostile server) fails
+    /// its call as soon as its size is announced or read, and its connection is closed: the
+    /// client never buffers more than this per connection, whatever the command's timeout.
+    /// The breaker does not count it: Redis answered.
+    max_reply_size: u64 = defaults::MAX_REPLY_SIZE, u64, "MAX_REPLY_SIZE_BYTES";
     /// How long nothing may answer before the prober PINGs a healthy Redis.
     probe_interval: Duration = defaults::PROBE_INTERVAL, Duration, "PROBE_INTERVAL_MS";
     /// The pause between connect attempts from the second failure in a row (doubles per
@@ -822,6 +834,15 @@ impl Settings {
                     format!("{timeout:?} must be from 1 ms to {} ms, or None", u32::MAX),
                 ));
             }
+        }
+        if !(MIN_REPLY_SIZE..=MAX_REPLY_SIZE).contains(&self.max_reply_size) {
+            return Err(invalid(
+                "max_reply_size",
+                format!(
+                    "{} bytes must be from {MIN_REPLY_SIZE} (1 MiB) to {MAX_REPLY_SIZE} (4 GiB)",
+                    self.max_reply_size
+                ),
+            ));
         }
         if self.mode == PoolMode::Shared && self.shared_connections == 0 {
             return Err(invalid(

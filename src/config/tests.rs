@@ -78,6 +78,14 @@ fn every_bad_setting_says_what_to_fix() {
             "0.9 is outside 0.0 to 0.5",
         ),
         (
+            Config::builder(url).max_reply_size(0),
+            "invalid setting max_reply_size: 0 bytes must be from 1048576 (1 MiB) to 4294967296",
+        ),
+        (
+            Config::builder(url).max_reply_size(u64::MAX),
+            "invalid setting max_reply_size",
+        ),
+        (
             Config::builder(url).lifetime_jitter(f64::NAN),
             "NaN is outside 0.0 to 0.5",
         ),
@@ -455,6 +463,7 @@ fn from_env_reads_every_variable() {
             ("REDIS_GUARD_PROBE_INTERVAL_MS", "5000"),
             ("REDIS_GUARD_RECONNECT_BACKOFF_MIN_MS", "100"),
             ("REDIS_GUARD_RECONNECT_BACKOFF_MAX_MS", "800"),
+            ("REDIS_GUARD_MAX_REPLY_SIZE_BYTES", "16777216"),
         ]),
     )
     .unwrap();
@@ -469,6 +478,7 @@ fn from_env_reads_every_variable() {
     assert_eq!(config.idle_timeout(), None);
     assert_eq!(config.max_lifetime(), Some(Duration::from_secs(600)));
     assert_eq!(config.lifetime_jitter(), 0.1);
+    assert_eq!(config.max_reply_size(), 16 * 1024 * 1024);
     assert_eq!(
         config.keepalive(),
         Some(Keepalive {
