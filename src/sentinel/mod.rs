@@ -458,7 +458,12 @@ impl SentinelWatch {
     ) -> Result<MultiplexedConnection, RedisError> {
         let (host, port) = &self.sentinel.sentinels[i];
         let (stream, _probe) = transport::connect_secured(host, *port, config, None).await?;
-        self.handshake(stream, config, pushes).await
+        // A sentinel's replies are bounded like Redis's: a failed read ends the connection,
+        // and the watch opens another as after any failure.
+        let link = std::sync::Arc::new(transport::LinkHealth::default());
+        link.establish();
+        let stream = transport::TrackedStream::new(stream, link, config.max_reply_size());
+        self.handshake(Box::new(stream), config, pushes).await
     }
 
     async fn handshake(
