@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{MultiplexedConnection, PubSub};
 use redis::{AsyncConnectionConfig, ConnectionAddr, ErrorKind, RedisError};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::instrument::WithSubscriber;
 
 use crate::clock::Backoff;
 use crate::connection::{GuardConnection, Peer, Server};
@@ -35,6 +36,9 @@ use crate::transport::{self, BoxedStream, LinkHealth, LinkState, PeerProbe, Trac
 pub(crate) struct GuardManager {
     shared: Arc<Shared>,
     gate: Arc<Gate>,
+    /// The subscriber current where the pool was created: bb8 runs connects in tasks of its
+    /// own, whose lines would otherwise go to the global subscriber, not the service's.
+    log_to: tracing::Dispatch,
 }
 
 /// Connects in flight at once while the last one succeeded.
@@ -159,6 +163,7 @@ impl GuardManager {
                     failures: 0,
                 }),
             }),
+            log_to: tracing::dispatcher::get_default(tracing::Dispatch::clone),
         }
     }
 
@@ -545,7 +550,10 @@ impl bb8::ManageConnection for GuardManager {
     /// connection left fails fast), and while connects fail the prober keeps trying, adding
     /// what it gets to the pool, so a waiter is served if Redis returns within its budget.
     async fn connect(&self) -> Result<Box<GuardConnection>, RedisError> {
-        match self.attempt(None, Skip::IfNobodyWaits).await {
+        let attempt = self
+            .attempt(None, Skip::IfNobodyWaits)
+            .with_subscriber(self.log_to.clone());
+        match attempt.await {
             Attempt::Connected(conn) => Ok(conn),
             Attempt::Failed(e) => Err(e),
             Attempt::Skipped => Err(RedisError::from((ErrorKind::Io, "the pool is closing"))),
