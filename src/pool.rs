@@ -595,22 +595,9 @@ impl Checkout {
         let Some(why) = why else {
             return result;
         };
-        // A call that timed out met a Redis that may only be slow: it is sent again on a
-        // connection that is usable now, never after a connect to that Redis, which would
-        // add a connect timeout to the response timeout already spent.
-        let fresh = if matches!(&result, Err(e) if e.is_timeout()) {
-            match self.pool.ready_shared_connection(connection.lane()) {
-                Some(fresh) => {
-                    self.held = Held::Shared(fresh.clone());
-                    Ok(fresh)
-                }
-                None => Err(()),
-            }
-        } else {
-            Box::pin(self.another_shared_connection(connection.lane()))
-                .await
-                .map_err(drop)
-        };
+        let fresh = Box::pin(self.another_shared_connection(connection.lane()))
+            .await
+            .map_err(drop);
         let Ok(fresh) = fresh else {
             self.pool.shared.retried(false);
             return result;
