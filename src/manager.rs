@@ -445,8 +445,7 @@ impl GuardManager {
         // Its replies are bounded as a pooled connection's are; its health is its own, not
         // one of the pool's working links.
         let max_reply_size = self.shared.config().max_reply_size();
-        let link = Arc::new(LinkHealth::default());
-        let stream = TrackedStream::new(opened.stream, link.clone(), max_reply_size);
+        let (stream, link) = TrackedStream::standalone(opened.stream, max_reply_size);
         let settings = self.shared.config().connection.redis_settings();
         let mut pubsub = PubSub::new(settings, stream).await?;
         pubsub.ping::<redis::Value>().await?;

@@ -304,6 +304,13 @@ pub(crate) struct TrackedStream<S> {
 }
 
 impl<S> TrackedStream<S> {
+    /// A socket outside the pool (a subscription's, a sentinel's): its replies bounded alike,
+    /// its health its own, not one of the pool's working links.
+    pub(crate) fn standalone(inner: S, max_reply_size: u64) -> (Self, Arc<LinkHealth>) {
+        let health = Arc::new(LinkHealth::default());
+        (Self::new(inner, health.clone(), max_reply_size), health)
+    }
+
     pub(crate) fn new(inner: S, health: Arc<LinkHealth>, max_reply_size: u64) -> Self {
         Self {
             inner,

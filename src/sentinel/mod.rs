@@ -460,9 +460,8 @@ impl SentinelWatch {
         let (stream, _probe) = transport::connect_secured(host, *port, config, None).await?;
         // A sentinel's replies are bounded like Redis's: a failed read ends the connection,
         // and the watch opens another as after any failure.
-        let link = std::sync::Arc::new(transport::LinkHealth::default());
+        let (stream, link) = transport::TrackedStream::standalone(stream, config.max_reply_size());
         link.establish();
-        let stream = transport::TrackedStream::new(stream, link, config.max_reply_size());
         self.handshake(Box::new(stream), config, pushes).await
     }
 
