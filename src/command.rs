@@ -3,7 +3,9 @@
 //!
 //! Whether a command only reads is Redis's own answer (the `readonly` flag of `COMMAND`), asked
 //! once per pool when it first connects: no list in this crate to go stale as Redis adds
-//! commands or modules are loaded.
+//! commands or modules are loaded. Until that answer is in (a fault in a pool's first moments,
+//! or a link too slow for the large reply), the core reads Redis has flagged `readonly` since
+//! 3.2 are known from [`CORE_READS`]; nothing else is.
 //!
 //! A blocking command (`BLPOP jobs 5`, `XREAD BLOCK 2000 ...`, `WAIT 1 100`) waits on the
 //! server for up to its own timeout before it answers, so its reply may take that long plus
@@ -36,6 +38,66 @@ const BLOCKING: &[&str] = &[
     "XREADGROUP",
     "WAIT",
     "WAITAOF",
+];
+
+/// Redis's core commands that only read, and have since Redis 3.2 (`COMMAND` flags them
+/// `readonly`, not `write`), sorted. Only consulted before Redis has described its own.
+const CORE_READS: &[&str] = &[
+    "bitcount",
+    "bitpos",
+    "dbsize",
+    "dump",
+    "exists",
+    "geodist",
+    "geohash",
+    "geopos",
+    "get",
+    "getbit",
+    "getrange",
+    "hexists",
+    "hget",
+    "hgetall",
+    "hkeys",
+    "hlen",
+    "hmget",
+    "hscan",
+    "hstrlen",
+    "hvals",
+    "keys",
+    "lindex",
+    "llen",
+    "lrange",
+    "mget",
+    "pttl",
+    "randomkey",
+    "scan",
+    "scard",
+    "sdiff",
+    "sinter",
+    "sismember",
+    "smembers",
+    "srandmember",
+    "sscan",
+    "strlen",
+    "sunion",
+    "ttl",
+    "type",
+    "xlen",
+    "xrange",
+    "xrevrange",
+    "zcard",
+    "zcount",
+    "zlexcount",
+    "zrange",
+    "zrangebylex",
+    "zrangebyscore",
+    "zrank",
+    "zrevrange",
+    "zrevrangebylex",
+    "zrevrangebyscore",
+    "zrevrank",
+    "zscan",
+    "zscore",
 ];
 
 /// A command as sent: its name, then its arguments.
@@ -161,10 +223,13 @@ impl ReadOnlyCommands {
         }
     }
 
-    /// Whether every command in `cmds` only reads, if Redis has described them all already.
-    /// Runs for every call: no lock, no allocation.
+    /// Whether every command in `cmds` only reads, if Redis has described them all already
+    /// (before it has: `Some(true)` for [`CORE_READS`] alone). Runs for every call: no lock,
+    /// no allocation.
     pub(crate) fn known<'c>(&self, cmds: impl Iterator<Item = &'c Cmd>) -> Option<bool> {
-        let known = self.known.get()?;
+        let Some(known) = self.known.get() else {
+            return core_reads_only(cmds);
+        };
         let mut all = true;
         for cmd in cmds {
             let mut words = words(cmd);
@@ -185,6 +250,16 @@ impl ReadOnlyCommands {
         }
         Some(all)
     }
+}
+
+/// `Some(true)` if every command in `cmds` is one of [`CORE_READS`], else unknown.
+fn core_reads_only<'c>(cmds: impl Iterator<Item = &'c Cmd>) -> Option<bool> {
+    for cmd in cmds {
+        let mut name_buf = [0; NAME_BYTES];
+        let name = lower_case(&[words(cmd).next()?], &mut name_buf)?;
+        CORE_READS.binary_search(&name).ok()?;
+    }
+    Some(true)
 }
 
 /// The longest command name looked up; longer ones are not known.
@@ -392,6 +467,36 @@ mod tests {
             None,
             "never described: ask Redis"
         );
+    }
+
+    #[test]
+    fn before_redis_has_answered_only_core_reads_are_known() {
+        let commands = ReadOnlyCommands::default();
+        let known = |words: &[&[&str]]| {
+            let cmds: Vec<Cmd> = words.iter().map(|w| command(w)).collect();
+            commands.known(cmds.iter())
+        };
+        assert_eq!(known(&[&["get", "k"]]), Some(true));
+        assert_eq!(known(&[&["GET", "a"], &["HGETALL", "h"]]), Some(true));
+        assert_eq!(known(&[&["INCR", "k"]]), None, "never guessed a write");
+        assert_eq!(known(&[&["GET", "a"], &["SET", "b", "1"]]), None);
+        assert_eq!(known(&[&["EVAL_RO", "return 1", "0"]]), None);
+        assert!(CORE_READS.is_sorted(), "looked up by binary search");
+    }
+
+    /// The built-in list says only what the server itself says.
+    #[cfg(feature = "testkit")]
+    #[test]
+    fn every_core_read_is_flagged_readonly_by_redis() {
+        let server = crate::testkit::RedisServer::start().unwrap();
+        let Value::Array(entries) = server.command(&["COMMAND"]).unwrap() else {
+            panic!("COMMAND answers an array");
+        };
+        let mut known = HashMap::new();
+        learn_entries(&mut known, &entries);
+        for name in CORE_READS {
+            assert_eq!(known.get(*name), Some(&Some(true)), "{name}");
+        }
     }
 
     #[test]

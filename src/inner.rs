@@ -278,30 +278,35 @@ impl PoolInner {
         lane: Lane,
     ) -> Result<(Arc<SharedConnection>, Instant), Error> {
         self.admitted(WhenClosing::Fail, |started| {
-            self.shared_connection_within(lane, started)
+            self.shared_connection_within(lane, started, None)
         })
         .await
     }
 
     /// Another shared connection in `lane`, for a call whose connection failed under it or
-    /// that needs the other lane, within a budget of its own.
+    /// that needs the other lane, within a budget of its own. With `proven_since`, one Redis
+    /// has answered on since then: a fault that killed one connection may have killed its
+    /// peers too, before their drivers could tell.
     pub(crate) async fn another_shared_connection(
         self: &Arc<Self>,
         lane: Lane,
+        proven_since: Option<Instant>,
     ) -> Result<Arc<SharedConnection>, Error> {
         let _waiting = self.shared.wait();
-        self.shared_connection_within(lane, Instant::now()).await
+        self.shared_connection_within(lane, Instant::now(), proven_since)
+            .await
     }
 
     /// A shared connection of `lane` usable now, with no PING and no connect to wait for.
     /// Empty slots found on the way are refilled in the background.
-    pub(crate) fn ready_shared_connection(
+    fn ready_shared_connection(
         self: &Arc<Self>,
         lane: Lane,
+        proven_since: Option<Instant>,
     ) -> Option<Arc<SharedConnection>> {
         let multiplexed = self.multiplexed.as_ref()?.lane(lane);
         let mut empty = Vec::new();
-        let pick = multiplexed.pick(&self.shared, Instant::now(), &mut empty);
+        let pick = multiplexed.pick(&self.shared, Instant::now(), proven_since, &mut empty);
         for index in empty {
             self.refill_in_background(lane, index);
         }
@@ -358,6 +363,7 @@ impl PoolInner {
         self: &Arc<Self>,
         lane: Lane,
         started: Instant,
+        proven_since: Option<Instant>,
     ) -> Result<Arc<SharedConnection>, Error> {
         let shared = &self.shared;
         let multiplexed = self
@@ -375,7 +381,7 @@ impl PoolInner {
                 return Err(self.unavailable(UnavailableReason::Closed));
             }
             empty.clear();
-            let pick = multiplexed.pick(shared, now, &mut empty);
+            let pick = multiplexed.pick(shared, now, proven_since, &mut empty);
             // The slot this caller fills itself is not filled in the background too: it would
             // wait on that attempt instead of failing fast with its own.
             for &index in &empty {
@@ -391,7 +397,7 @@ impl PoolInner {
             match pick {
                 Pick::Ready(connection) => return Ok(connection),
                 Pick::Check(connection) => {
-                    match Box::pin(connection.check(shared, deadline)).await {
+                    match Box::pin(connection.check(shared, deadline, proven_since)).await {
                         Validated::Alive => return Ok(connection),
                         Validated::Unknown => return Err(self.timed_out(started)),
                         Validated::Dead => multiplexed.forget(&connection),
@@ -402,7 +408,8 @@ impl PoolInner {
                     // them; with none open there, a read goes over the writes' lane rather
                     // than wait for a connect.
                     if lane == Lane::Reads
-                        && let Some(connection) = self.ready_shared_connection(Lane::Writes)
+                        && let Some(connection) =
+                            self.ready_shared_connection(Lane::Writes, proven_since)
                     {
                         self.refill_in_background(lane, index);
                         return Ok(connection);

@@ -142,7 +142,14 @@ impl SharedConnections {
 
     /// A usable connection at `now`, looking from a random slot on. Connections found dead
     /// are retired and their slots emptied; `empty` collects the slots that need a connection.
-    pub(crate) fn pick(&self, shared: &Shared, now: Instant, empty: &mut Vec<usize>) -> Pick {
+    /// `proven_since`: a connection Redis has not answered on since then is to be checked.
+    pub(crate) fn pick(
+        &self,
+        shared: &Shared,
+        now: Instant,
+        proven_since: Option<Instant>,
+        empty: &mut Vec<usize>,
+    ) -> Pick {
         let count = self.slots.len();
         let start = if count == 1 {
             0
@@ -156,7 +163,7 @@ impl SharedConnections {
                 empty.push(index);
                 continue;
             };
-            match connection.condition(shared, now) {
+            match connection.condition(shared, now, proven_since) {
                 Condition::Ready => return Pick::Ready(connection),
                 Condition::Check => {
                     check.get_or_insert(connection);
@@ -320,7 +327,7 @@ impl SharedConnection {
 
     /// The checks of a checkout's verdict (`connection.rs`), for a connection others may be
     /// using. The peek is made by each call instead (see [`call`](Self::call)).
-    fn condition(&self, shared: &Shared, now: Instant) -> Condition {
+    fn condition(&self, shared: &Shared, now: Instant, proven_since: Option<Instant>) -> Condition {
         if !self.is_open() {
             return Condition::Dead(closed_link_eviction(&self.parts.link));
         }
@@ -334,6 +341,7 @@ impl SharedConnection {
         let config = shared.config();
         let role_suspect = config.expect_primary() && shared.is_role_suspect(last_success);
         if role_suspect
+            || proven_since.is_some_and(|since| last_success < since)
             || shared.is_suspect(last_success)
             || now.saturating_duration_since(last_success) >= config.validation_bypass()
         {
@@ -344,16 +352,29 @@ impl SharedConnection {
     }
 
     /// PINGs it before `deadline` (the checkout's budget), unless another caller proved it
-    /// meanwhile. One that fails is retired.
-    pub(crate) async fn check(&self, shared: &Shared, deadline: Instant) -> Validated {
+    /// meanwhile (after `proven_since`, if given). One that fails is retired.
+    pub(crate) async fn check(
+        &self,
+        shared: &Shared,
+        deadline: Instant,
+        proven_since: Option<Instant>,
+    ) -> Validated {
         let mut conn = self.conn.lock().await;
-        match self.condition(shared, Instant::now()) {
+        match self.condition(shared, Instant::now(), proven_since) {
             Condition::Ready => return Validated::Alive,
             Condition::Dead(reason) => {
                 self.retire_locked(&mut conn, reason);
                 return Validated::Dead;
             }
             Condition::Check => {}
+        }
+        // As a checkout's verdict does: a close already in the kernel needs no PING to be
+        // known. Peeked only when no call is in flight, since replies on their way are bytes.
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.parts.probe.peer_state() == PeerState::Closed
+        {
+            self.retire_locked(&mut conn, EvictionReason::Broken);
+            return Validated::Dead;
         }
         let validated = crate::inner::validate(&mut conn, shared, Some(deadline)).await;
         match validated {

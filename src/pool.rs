@@ -505,7 +505,8 @@ impl Checkout {
                 // opened in the background), the call goes where it is rather than wait for a
                 // connect.
                 if connection.lane() == Lane::Reads && !reads_only && self.pool.writes_lane_open() {
-                    connection = Box::pin(self.another_shared_connection(Lane::Writes)).await?;
+                    connection =
+                        Box::pin(self.another_shared_connection(Lane::Writes, None)).await?;
                 }
                 return self.send_shared(connection, call, writes_too).await;
             }
@@ -572,8 +573,8 @@ impl Checkout {
     }
 
     /// Shared mode: sends `call` over `connection`, or over another shared connection if that
-    /// one is known closed; a call that failed with its connection is retried on another by
-    /// the rules of [`send`](Self::send).
+    /// one is known closed; a call that failed with its connection is retried by the rules
+    /// of [`send`](Self::send), on a connection Redis has answered on since the failure.
     async fn send_shared(
         &mut self,
         mut connection: Arc<SharedConnection>,
@@ -581,7 +582,7 @@ impl Checkout {
         writes_too: bool,
     ) -> RedisResult<Reply> {
         if !connection.is_open() {
-            connection = Box::pin(self.another_shared_connection(connection.lane())).await?;
+            connection = Box::pin(self.another_shared_connection(connection.lane(), None)).await?;
         }
         let shared = &self.pool.shared;
         let served = connection.has_served();
@@ -595,7 +596,8 @@ impl Checkout {
         let Some(why) = why else {
             return result;
         };
-        let fresh = Box::pin(self.another_shared_connection(connection.lane()))
+        let failed_at = Instant::now();
+        let fresh = Box::pin(self.another_shared_connection(connection.lane(), Some(failed_at)))
             .await
             .map_err(drop);
         let Ok(fresh) = fresh else {
@@ -615,10 +617,11 @@ impl Checkout {
     async fn another_shared_connection(
         &mut self,
         lane: Lane,
+        proven_since: Option<Instant>,
     ) -> RedisResult<Arc<SharedConnection>> {
         let connection = self
             .pool
-            .another_shared_connection(lane)
+            .another_shared_connection(lane, proven_since)
             .await
             .map_err(no_connection)?;
         self.held = Held::Shared(connection.clone());
