@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::command;
 use crate::metrics::EvictionReason;
+use crate::not_sent::NotSent;
 use crate::sanitize::server_text;
 use crate::sentinel::Placement;
 use crate::session::Session;
@@ -256,7 +257,7 @@ impl GuardConnection {
             return Ok(());
         }
         self.evict(EvictionReason::RoleChange);
-        Err(not_sent_failover())
+        Err(NotSent::PrimaryMoved.error("Sentinel failover"))
     }
 
     /// Refuses a call before it is sent on a socket the peer closed while the checkout held
@@ -269,7 +270,7 @@ impl GuardConnection {
             return Ok(());
         }
         self.evict(EvictionReason::Broken);
-        Err(not_sent_closed("the peer closed the connection"))
+        Err(NotSent::ConnectionFailed.error("the peer closed the connection"))
     }
 
     /// Whether Redis has answered anything on this connection since it was opened (beyond the
@@ -746,16 +747,6 @@ macro_rules! delegate_connection_like {
 }
 pub(crate) use delegate_connection_like;
 
-/// The error of a call refused before it was sent, because the primary moved.
-const NOT_SENT_FAILOVER: &str = "not sent: the primary moved (Sentinel failover)";
-/// The start of the error of a call whose connection failed before any of it was written.
-const NOT_SENT_CLOSED: &str = "not sent: the connection failed before the call was written";
-
-/// The error of a call refused before it was sent to a demoted primary.
-pub(crate) fn not_sent_failover() -> RedisError {
-    RedisError::from((redis::ErrorKind::Client, NOT_SENT_FAILOVER))
-}
-
 /// `result`, marked as never sent if its connection failed (EOF, reset: not a timeout, after
 /// which the driver may still write) and the driver wrote nothing since `written_before`: the
 /// failure came before any byte of the call reached the socket, so sending it elsewhere cannot
@@ -773,31 +764,9 @@ pub(crate) fn unless_never_written<T>(
                 && link.state().is_failure()
                 && link.written() == written_before =>
         {
-            Err(not_sent_closed(e))
+            Err(NotSent::ConnectionFailed.error(e))
         }
         other => other,
-    }
-}
-
-/// The error of a call not sent because its connection failed: an I/O error, as the failure
-/// it reports.
-pub(crate) fn not_sent_closed(cause: impl std::fmt::Display) -> RedisError {
-    RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::BrokenPipe,
-        format!("{NOT_SENT_CLOSED} ({cause})"),
-    ))
-}
-
-/// Why a call failed before it was sent (see [`GuardConnection::on_demoted_primary`] and
-/// [`unless_never_written`]), if it did: sending it elsewhere cannot apply it twice.
-pub(crate) fn not_sent_reason(e: &RedisError) -> Option<&'static str> {
-    let text = e.to_string();
-    if e.kind() == redis::ErrorKind::Client && text.contains(NOT_SENT_FAILOVER) {
-        Some("the primary moved")
-    } else if e.is_io_error() && text.contains(NOT_SENT_CLOSED) {
-        Some("its connection failed before the call was written")
-    } else {
-        None
     }
 }
 

@@ -8,6 +8,7 @@ use http::{HeaderValue, StatusCode, header};
 
 use crate::connection::{is_infrastructure_failure, is_refused_by_role};
 use crate::content_type;
+use crate::not_sent::NotSent;
 use crate::throttle::Throttle;
 
 /// A snapshot of a pool, as named in checkout-timeout errors.
@@ -292,7 +293,9 @@ impl Error {
         match self {
             Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Redis unavailable"),
             Error::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Redis checkout timed out"),
-            Error::Redis(e) if is_refused_by_role(e) => {
+            Error::Redis(e)
+                if is_refused_by_role(e) || NotSent::of(e) == Some(NotSent::PrimaryMoved) =>
+            {
                 (StatusCode::SERVICE_UNAVAILABLE, "Redis primary unavailable")
             }
             Error::Redis(_) if self.is_infrastructure() => {
@@ -351,6 +354,19 @@ impl IntoResponse for Error {
 /// is an error reply): the application's mistake, answered with 500. redis-rs gives the same
 /// kind to a reply that cannot be parsed off the wire, but that breaks the connection, which
 /// the pool evicts; what reaches the caller as `Parse` is, in practice, a conversion.
+/// The value of type `T` an I/O error carries inside `error`: how this crate's own causes
+/// (a call never sent, a reply too large) travel through redis-rs's errors.
+pub(crate) fn io_cause<T: std::error::Error + 'static>(error: &redis::RedisError) -> Option<&T> {
+    // redis-rs keeps the I/O error behind an `Arc<dyn Error>` as the error's source.
+    let source = std::error::Error::source(error)?;
+    let io = source.downcast_ref::<std::io::Error>().or_else(|| {
+        source
+            .downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+            .and_then(|inner| inner.downcast_ref::<std::io::Error>())
+    })?;
+    io.get_ref()?.downcast_ref::<T>()
+}
+
 fn is_type_error(e: &redis::RedisError) -> bool {
     matches!(
         e.kind(),

@@ -89,6 +89,7 @@ mod manager;
 pub mod metrics;
 mod multiplexed;
 mod names;
+mod not_sent;
 mod pool;
 mod probe;
 #[cfg(feature = "prometheus")]

@@ -364,6 +364,10 @@ impl GuardManager {
             if let Some(line) = link.turned_away(&probe.take_unread()) {
                 return ConnectFailure::TurnedAway(line);
             }
+            #[cfg(feature = "tls")]
+            if let Some(cause) = link.tls_failure() {
+                return ConnectFailure::Tls(cause.to_owned());
+            }
             // A TLS port resets a plain client at its first bytes without a word: say what
             // that usually means, at once.
             if !self.shared.config().uses_tls() && e.is_connection_dropped() && link.heard_nothing()
@@ -687,21 +691,14 @@ fn is_max_clients(line: &str) -> bool {
 }
 
 impl ConnectFailure {
-    /// TLS alerts that arrive after the handshake come back inside redis-rs's errors.
+    /// A TLS failure inside redis-rs's error, as a failure of its own (an alert its
+    /// connection driver read is recorded by the link instead, where `open` finds it).
     fn unwrap_tls(self) -> Self {
         #[cfg(feature = "tls")]
-        if let ConnectFailure::Redis(e) = &self {
-            if let Some(cause) = crate::tls::tls_failure(e) {
-                return ConnectFailure::Tls(cause);
-            }
-            // redis-rs may pass the alert on as text only.
-            let message = e.to_string();
-            if message.contains("received fatal alert") {
-                return ConnectFailure::Tls(format!(
-                    "TLS handshake failed: the server refused the handshake ({message}); it may \
-                     require a client certificate (client_cert)"
-                ));
-            }
+        if let ConnectFailure::Redis(e) = &self
+            && let Some(cause) = crate::tls::tls_failure(e)
+        {
+            return ConnectFailure::Tls(cause);
         }
         self
     }

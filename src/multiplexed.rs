@@ -41,11 +41,12 @@ use tracing::Instrument;
 
 use crate::clock::AtomicInstant;
 use crate::connection::{
-    Call, Outcome, Reply, SharedParts, call_span, closed_link_eviction, not_sent_closed,
-    not_sent_failover, unless_never_written, watched,
+    Call, Outcome, Reply, SharedParts, call_span, closed_link_eviction, unless_never_written,
+    watched,
 };
 use crate::inner::{Bb8Connection, Validated};
 use crate::metrics::EvictionReason;
+use crate::not_sent::NotSent;
 use crate::shared::Shared;
 use crate::transport::PeerState;
 
@@ -429,7 +430,7 @@ impl SharedConnection {
         async move {
             if self.on_demoted_primary(shared) {
                 self.retire(EvictionReason::RoleChange);
-                return Err(not_sent_failover());
+                return Err(NotSent::PrimaryMoved.error("Sentinel failover"));
             }
             // A close the driver has not read yet: redis-rs would write the call to the closed
             // socket, where it could not be known unapplied. Peeked only when no call is in
@@ -439,7 +440,7 @@ impl SharedConnection {
                 && self.parts.probe.peer_state() == PeerState::Closed
             {
                 self.retire(EvictionReason::Broken);
-                return Err(not_sent_closed("the peer closed the connection"));
+                return Err(NotSent::ConnectionFailed.error("the peer closed the connection"));
             }
             let mut handle = self.parts.handle.clone();
             handle.set_response_timeout(response_timeout);

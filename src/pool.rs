@@ -15,15 +15,14 @@ use tracing::instrument::WithSubscriber;
 
 use crate::breaker::BreakerState;
 use crate::config::Config;
-use crate::connection::{
-    Call, Reply, is_infrastructure_failure, is_refused_by_role, not_sent_reason,
-};
+use crate::connection::{Call, Reply, is_infrastructure_failure, is_refused_by_role};
 use crate::error::{Error, PoolState};
 use crate::hedge::Raced;
 use crate::inner::{Bb8Connection, CheckedOut, PoolInner, WhenClosing};
 use crate::metrics::EvictionReason;
 use crate::multiplexed::{Lane, SharedConnection};
 use crate::names::NameClaim;
+use crate::not_sent::NotSent;
 use crate::probe;
 use crate::reply_limit::ReplyTooLarge;
 
@@ -520,8 +519,8 @@ impl Checkout {
         let clean = conn.session_is_clean();
         let served = conn.has_served();
         let result = call.send(conn).await;
-        let why = match result.as_ref().err().and_then(not_sent_reason) {
-            Some(why) if conn.session_is_clean() => Some(why),
+        let why = match result.as_ref().err().and_then(NotSent::of) {
+            Some(not_sent) if conn.session_is_clean() => Some(not_sent.reason()),
             _ => self.retry_reason(call, &result, clean, served, writes_too),
         };
         match why {
@@ -591,7 +590,8 @@ impl Checkout {
         let why = result
             .as_ref()
             .err()
-            .and_then(not_sent_reason)
+            .and_then(NotSent::of)
+            .map(NotSent::reason)
             .or_else(|| self.retry_reason(call, &result, true, served, writes_too));
         let Some(why) = why else {
             return result;

@@ -52,17 +52,7 @@ impl ReplyTooLarge {
     /// Whether `error` is a read failed by the limit (not a bystander on the same connection,
     /// which sees the connection close).
     pub(crate) fn is_cause_of(error: &redis::RedisError) -> bool {
-        // redis-rs keeps the I/O error behind an `Arc<dyn Error>` as the error's source.
-        let Some(source) = std::error::Error::source(error) else {
-            return false;
-        };
-        let io = source.downcast_ref::<io::Error>().or_else(|| {
-            source
-                .downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
-                .and_then(|inner| inner.downcast_ref::<io::Error>())
-        });
-        io.and_then(io::Error::get_ref)
-            .is_some_and(|inner| inner.is::<ReplyTooLarge>())
+        crate::error::io_cause::<ReplyTooLarge>(error).is_some()
     }
 }
 

@@ -73,6 +73,10 @@ pub(crate) struct LinkHealth {
     greeting: std::sync::Mutex<Vec<u8>>,
     /// The reply that closed the link, if one was too large.
     too_large: std::sync::OnceLock<ReplyTooLarge>,
+    /// The TLS failure that closed the link, in words: an alert can arrive after the
+    /// handshake, in a read of the connection's driver, which passes it on as text only.
+    #[cfg(feature = "tls")]
+    tls_failure: std::sync::OnceLock<String>,
 }
 
 /// How Redis's refusals at accept begin: at `maxclients`, and in protected mode.
@@ -107,7 +111,25 @@ impl LinkHealth {
             written: AtomicU64::new(0),
             greeting: std::sync::Mutex::new(Vec::new()),
             too_large: std::sync::OnceLock::new(),
+            #[cfg(feature = "tls")]
+            tls_failure: std::sync::OnceLock::new(),
         }
+    }
+
+    /// A read or write failed with `error`.
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+    fn failed(&self, error: &io::Error) {
+        #[cfg(feature = "tls")]
+        if let Some(cause) = crate::tls::tls_failure(error) {
+            let _ = self.tls_failure.set(cause);
+        }
+        self.close(LinkState::Failed);
+    }
+
+    /// The TLS failure that closed the link, if that is why it closed.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_failure(&self) -> Option<&str> {
+        self.tls_failure.get().map(String::as_str)
     }
 
     /// The reply over `max_reply_size` that closed the link, if that is why it closed.
@@ -320,8 +342,8 @@ impl<S> TrackedStream<S> {
     }
 
     fn note<T>(&self, result: &Poll<io::Result<T>>) {
-        if let Poll::Ready(Err(_)) = result {
-            self.health.close(LinkState::Failed);
+        if let Poll::Ready(Err(e)) = result {
+            self.health.failed(e);
         }
     }
 
