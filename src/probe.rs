@@ -8,7 +8,9 @@
 //!   success goes into the pool and moves an open breaker to half-open. While connects fail
 //!   it also PINGs an idle connection: one that answers shows Redis up, only refusing new
 //!   connections.
-//! - **Half-open**: PINGs through the pool at once, as trial calls, until the breaker closes.
+//! - **Half-open**: PINGs through the pool at once, as trial calls, until the breaker closes;
+//!   with no connection in the pool (a subscription's connect moved the breaker there), it
+//!   connects one first.
 //! - **Closed**: one PING when nothing has answered for `probe_interval`; none while traffic
 //!   proves Redis alive, and none when every connection is busy (busy is not down).
 //! - **An existing connection failed** (I/O error, timeout, closed socket): one fresh connect
@@ -73,9 +75,13 @@ async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
         let asked = Instant::now();
         // While connects fail, keep trying only when no connection works and nobody waits
         // (waiting callers have bb8 connecting for them), or the breaker needs proof. At
-        // maxclients with connections that work, the pool leaves Redis alone.
+        // maxclients with connections that work, the pool leaves Redis alone. Half-open with
+        // no connection in the pool (a subscriber's connect moved the breaker there), the
+        // trial PINGs need one: bb8 connects only for callers that wait.
+        let breaker = shared.breaker_state();
         let must_connect = !shared.has_connected()
-            || shared.breaker_state() == BreakerState::Open
+            || breaker == BreakerState::Open
+            || (breaker == BreakerState::HalfOpen && inner.counts().0 == 0)
             || (shared.connects_failing() && shared.working_links() == 0 && shared.waiting() == 0);
         let pause = if must_connect {
             connect(&inner, asked).await;
@@ -86,7 +92,7 @@ async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
             }
             // The gate paces the next attempt.
             Duration::ZERO
-        } else if shared.breaker_state() == BreakerState::HalfOpen {
+        } else if breaker == BreakerState::HalfOpen {
             ping(&inner, Waiting::UpToResponseTimeout).await;
             Duration::from_millis(10)
         } else {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use redis_guard::testkit::{FaultProxy, ProxyMode, RedisServer};
-use redis_guard::{PubSubEvent, StartupMode, Subscriber, Subscription};
+use redis_guard::{BreakerState, PubSubEvent, StartupMode, Subscriber, Subscription};
 
 const CHANNEL: &str = "numbers";
 /// How long after a fault the subscription must be back.
@@ -479,4 +479,45 @@ async fn a_consumer_that_falls_behind_gets_a_gap_not_unbounded_memory() {
         Ok(Some(PubSubEvent::Message(m))) => assert_eq!(m.get_payload::<u64>().unwrap(), 4000),
         other => panic!("messages flow again: {other:?}"),
     }
+}
+
+/// Fault: Redis killed (SIGKILL) under a pool whose only user is a subscriber, then started
+/// again 1 s later. No request meanwhile. Asserts: the pool is ready again (breaker closed)
+/// within 2 s of Redis accepting connections, as it is without a subscriber: the
+/// subscriber's reconnect, which moves the breaker to half-open, must not keep the prober
+/// from closing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_reconnecting_first_does_not_keep_the_pool_unready() {
+    let mut server = RedisServer::start().unwrap();
+    let guard = guard(config(&server.url(), "pubsub-ready")).await;
+    let mut subscriber = guard
+        .subscribe(Subscription::new().channel(CHANNEL))
+        .await
+        .unwrap();
+    server.kill();
+    let opened = eventually(Duration::from_secs(5), || {
+        guard.breaker_state() == BreakerState::Open
+    })
+    .await;
+    assert!(opened, "the outage opens the breaker: {:?}", guard.breaker_state());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.start_again().unwrap();
+    let back = Instant::now();
+    // The subscriber subscribes again on its own, and reports the gap.
+    let resubscribed = tokio::time::timeout(Duration::from_secs(5), subscriber.next()).await;
+    assert!(
+        matches!(resubscribed, Ok(Some(PubSubEvent::Gap(_)))),
+        "the subscriber is back: {resubscribed:?}"
+    );
+    let ready = eventually(Duration::from_secs(2), || {
+        guard.breaker_state() == BreakerState::Closed
+    })
+    .await;
+    assert!(
+        ready,
+        "breaker {:?} {:?} after Redis came back; pool {}",
+        guard.breaker_state(),
+        back.elapsed(),
+        guard.state()
+    );
 }
