@@ -9,6 +9,7 @@ use http::{HeaderValue, StatusCode, header};
 use crate::connection::{is_infrastructure_failure, is_refused_by_role};
 use crate::content_type;
 use crate::not_sent::NotSent;
+use crate::reply_limit::ReplyTooLarge;
 use crate::throttle::Throttle;
 
 /// A snapshot of a pool, as named in checkout-timeout errors.
@@ -271,7 +272,7 @@ impl Error {
     pub fn is_infrastructure(&self) -> bool {
         match self {
             Error::Unavailable { .. } | Error::Timeout { .. } => true,
-            Error::Redis(e) if is_type_error(e) => false,
+            Error::Redis(e) if is_type_error(e) || ReplyTooLarge::is_cause_of(e) => false,
             Error::Redis(e) => is_infrastructure_failure(e) || is_refused_by_role(e),
             Error::Config(_) => false,
         }
@@ -300,6 +301,9 @@ impl Error {
             }
             Error::Redis(_) if self.is_infrastructure() => {
                 (StatusCode::SERVICE_UNAVAILABLE, "Redis connection failed")
+            }
+            Error::Redis(e) if ReplyTooLarge::is_cause_of(e) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "Redis reply too large")
             }
             Error::Redis(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Redis command failed"),
             Error::Config(_) => (
@@ -350,10 +354,6 @@ impl IntoResponse for Error {
     }
 }
 
-/// A reply that does not convert to the type the caller asked for (`WRONGTYPE` aside, which
-/// is an error reply): the application's mistake, answered with 500. redis-rs gives the same
-/// kind to a reply that cannot be parsed off the wire, but that breaks the connection, which
-/// the pool evicts; what reaches the caller as `Parse` is, in practice, a conversion.
 /// The value of type `T` an I/O error carries inside `error`: how this crate's own causes
 /// (a call never sent, a reply too large) travel through redis-rs's errors.
 pub(crate) fn io_cause<T: std::error::Error + 'static>(error: &redis::RedisError) -> Option<&T> {
@@ -367,6 +367,10 @@ pub(crate) fn io_cause<T: std::error::Error + 'static>(error: &redis::RedisError
     io.get_ref()?.downcast_ref::<T>()
 }
 
+/// A reply that does not convert to the type the caller asked for (`WRONGTYPE` aside, which
+/// is an error reply): the application's mistake, answered with 500. redis-rs gives the same
+/// kind to a reply that cannot be parsed off the wire, but that breaks the connection, which
+/// the pool evicts; what reaches the caller as `Parse` is, in practice, a conversion.
 fn is_type_error(e: &redis::RedisError) -> bool {
     matches!(
         e.kind(),
@@ -380,6 +384,9 @@ fn is_type_error(e: &redis::RedisError) -> bool {
 fn described(e: &redis::RedisError) -> String {
     if is_type_error(e) {
         return "the reply is not of the type the caller asked for (type error)".to_owned();
+    }
+    if let Some(too_large) = io_cause::<ReplyTooLarge>(e) {
+        return too_large.to_string();
     }
     if let Some(code) = e.code() {
         // The code is the reply's first word, from the server: letters and digits only.

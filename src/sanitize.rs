@@ -14,11 +14,12 @@ pub(crate) const MAX_SERVER_TEXT: usize = 256;
 /// What stands in for a host, an address or a `host:port` in health output.
 pub(crate) const ADDRESS_PLACEHOLDER: &str = "<address>";
 
-/// `text` on one line and bounded: ANSI escape sequences dropped, every other control
+/// `text` on one line and bounded, credentials hidden ([`without_credentials`]): ANSI escape
+/// sequences dropped, every other control
 /// character (newlines, tabs, C1 controls) and every bidirectional override turned into a
 /// space, runs of spaces collapsed, at most [`MAX_SERVER_TEXT`] characters.
 pub(crate) fn server_text(text: impl std::fmt::Display) -> String {
-    let text = text.to_string();
+    let text = without_credentials(&text.to_string());
     let mut out = String::with_capacity(text.len().min(MAX_SERVER_TEXT + 4));
     let mut kept = 0;
     let mut chars = text.chars().peekable();
@@ -49,6 +50,32 @@ pub(crate) fn server_text(text: impl std::fmt::Display) -> String {
         out.push(c);
         kept += 1;
     }
+    out
+}
+
+/// `text` with the user information before every `@` replaced by `***`: a URL's
+/// `user:password@` (`https://u:p@host` -> `https://***@host`), or a name that comes with one.
+/// Text from a server or a health check may quote a URL it was given.
+fn without_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('@') {
+        let before = &rest[..at];
+        let start = before
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| {
+                c.is_whitespace() || matches!(c, '/' | '(' | '<' | '[' | '"' | '\'' | ',')
+            })
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        out.push_str(&before[..start]);
+        if start < at {
+            out.push_str("***");
+        }
+        out.push('@');
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
     out
 }
 
@@ -168,6 +195,19 @@ mod tests {
     }
 
     #[test]
+    fn credentials_before_an_at_sign_are_hidden() {
+        let cases = [
+            ("redis://:s3cret@cache:6379/0", "redis://***@cache:6379/0"),
+            ("(https://u:p@h) and u2:p2@h2", "(https://***@h) and ***@h2"),
+            ("no at sign here", "no at sign here"),
+            ("a lone @ stays", "a lone @ stays"),
+        ];
+        for (raw, shown) in cases {
+            assert_eq!(server_text(raw), shown, "{raw}");
+        }
+    }
+
+    #[test]
     fn addresses_are_replaced_and_words_kept() {
         let cases = [
             (
@@ -187,6 +227,10 @@ mod tests {
                 "unreachable: circuit breaker open; last connect error: timed out after 2s",
             ),
             ("redis 7.2.4 at 192.168.1.20.", "redis 7.2.4 at <address>."),
+            (
+                "connect failed; url https://user:hunter2@billing.internal/x",
+                "connect failed; url https://***@<address>/x",
+            ),
             ("localhost:6379", "<address>"),
         ];
         for (raw, shown) in cases {

@@ -499,7 +499,11 @@ async fn a_subscriber_reconnecting_first_does_not_keep_the_pool_unready() {
         guard.breaker_state() == BreakerState::Open
     })
     .await;
-    assert!(opened, "the outage opens the breaker: {:?}", guard.breaker_state());
+    assert!(
+        opened,
+        "the outage opens the breaker: {:?}",
+        guard.breaker_state()
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     server.start_again().unwrap();
     let back = Instant::now();

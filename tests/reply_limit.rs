@@ -26,9 +26,10 @@ fn retries(pool: &str, result: &str) -> f64 {
 
 in_both_modes! {
 /// Fault: a `GET` of a 2 MiB value with `max_reply_size` 1 MiB. Load: one caller, then a small
-/// `GET` on the same pool. Asserts: the large `GET` fails with an error naming the limit, is not
-/// sent again elsewhere, its connection is evicted as `reply_too_large` (not `io_error`, which
-/// would suspect Redis), the breaker stays closed and the pool ready, and the next `GET` works.
+/// `GET` on the same pool. Asserts: the large `GET` fails with an error naming the limit
+/// (answered `500` without `Retry-After`: it would be as large again), is not sent again
+/// elsewhere, its connection is evicted as `reply_too_large` (not `io_error`, which would
+/// suspect Redis), the breaker stays closed and the pool ready, and the next `GET` works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_over_the_limit_fails_its_call_and_nothing_else(mode: PoolMode) {
     let pool = pool_name(mode, "reply_limit");
@@ -55,6 +56,12 @@ async fn a_reply_over_the_limit_fails_its_call_and_nothing_else(mode: PoolMode) 
         "the error names the limit: {text}"
     );
     assert!(took < Duration::from_secs(1), "failed at once, took {took:?}");
+    let response = axum::response::IntoResponse::into_response(redis_guard::Error::Redis(error));
+    assert_eq!(response.status(), 500, "the reply's size, not an outage");
+    assert!(
+        response.headers().get("retry-after").is_none(),
+        "the same reply is as large the next time"
+    );
     assert_eq!(retries(&pool, "success") + retries(&pool, "failure"), 0.0, "not sent again");
     assert!(
         eventually(Duration::from_secs(2), || evictions(&pool, "reply_too_large") == 1.0).await,
