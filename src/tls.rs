@@ -68,39 +68,46 @@ impl fmt::Debug for TlsClient {
 }
 
 impl TlsClient {
-    /// Reads the files and builds the rustls configuration; the error says which file and why.
-    pub(crate) fn new(settings: &TlsSettings) -> Result<TlsClient, String> {
+    /// Reads the files and builds the rustls configuration; the error names the setting at
+    /// fault (`tls.ca_file`, `tls.client_cert`, `tls.client_key`, `tls.server_name`) and
+    /// says which file and why.
+    pub(crate) fn new(settings: &TlsSettings) -> Result<TlsClient, (&'static str, String)> {
+        // ring builds anywhere without cmake; it has no post-quantum key exchange, which is
+        // why rustls 0.23.48 deprecates it as a default.
+        #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS: {e}"))?;
+            .map_err(|e| ("tls", format!("TLS: {e}")))?;
         let builder = if settings.insecure {
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
         } else {
-            builder.with_root_certificates(roots(settings)?)
+            builder.with_root_certificates(roots(settings).map_err(|e| ("tls.ca_file", e))?)
         };
         let config = match &settings.client_cert {
             None => builder.with_no_client_auth(),
             Some((cert_file, key_file)) => {
                 let chain = CertificateDer::pem_file_iter(cert_file)
                     .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| pem_problem("client certificate", cert_file, &e))?;
+                    .map_err(|e| {
+                        let problem = pem_problem("client certificate", cert_file, &e);
+                        ("tls.client_cert", problem)
+                    })?;
                 let key = PrivateKeyDer::from_pem_file(key_file)
-                    .map_err(|e| pem_problem("private key", key_file, &e))?;
+                    .map_err(|e| ("tls.client_key", pem_problem("private key", key_file, &e)))?;
                 builder
                     .with_client_auth_cert(chain, key)
-                    // rustls's words here name the mismatch, never key material.
-                    .map_err(|e| format!("client certificate and key do not match: {e}"))?
+                    .map_err(|e| ("tls.client_cert", client_auth_problem(cert_file, &e)))?
             }
         };
         let server_name = match &settings.server_name {
             None => None,
-            Some(name) => Some(
-                ServerName::try_from(name.clone())
-                    .map_err(|_| "server_name is not a valid DNS name or IP address".to_owned())?,
-            ),
+            Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| {
+                let reason = "is not a valid DNS name or IP address".to_owned();
+                ("tls.server_name", reason)
+            })?),
         };
         Ok(TlsClient {
             connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
@@ -163,6 +170,23 @@ fn roots(settings: &TlsSettings) -> Result<RootCertStore, String> {
 
 /// What is wrong with a PEM file, in words that never quote it: the PEM parser's own messages
 /// repeat the line it choked on, and for a key file that line is the key.
+/// Why a client certificate and key pair was refused; rustls's words here name the problem,
+/// never key material.
+fn client_auth_problem(cert_file: &Path, error: &rustls::Error) -> String {
+    let file = cert_file.display();
+    match error {
+        rustls::Error::InconsistentKeys(_) => {
+            format!("the client certificate in {file} and its private key do not match")
+        }
+        rustls::Error::InvalidCertificate(_) => format!(
+            "the client certificate in {file} cannot be used ({error}); only X.509 v3 \
+             certificates are accepted (openssl x509 -req makes v1 unless given -extfile with \
+             v3 extensions)"
+        ),
+        other => format!("the client certificate in {file} cannot be used: {other}"),
+    }
+}
+
 fn pem_problem(what: &str, file: &Path, error: &pem::Error) -> String {
     let file = file.display();
     match error {

@@ -76,6 +76,7 @@ pub(super) fn builder_from_vars(
             "not set; set it to redis://host:port (or redis+unix:///path)",
         )
     })?;
+    let url_has_tls = url.trim_start().starts_with("rediss");
     let mut builder = Config::builder(url).name(name_of_prefix(prefix));
     let mut origin = EnvOrigin {
         url_variable,
@@ -98,15 +99,44 @@ pub(super) fn builder_from_vars(
     for suffix in TLS_VARIABLES {
         let variable = format!("{prefix}REDIS_GUARD_{suffix}");
         if let Some(value) = read(&variable)? {
+            origin
+                .settings
+                .push((tls_setting(suffix), variable.clone()));
             tls.push((*suffix, variable, value));
         }
     }
-    if !tls.is_empty() {
-        builder = with_tls(builder, &tls)?;
-        origin.settings.push(("tls", tls[0].1.clone()));
+    // The URL's scheme alone says whether to use TLS: a platform that sets TLS variables for
+    // every service must not turn a plain `redis://` pool into a TLS one. Variables that would
+    // configure TLS for a URL without it are refused; a `false` changes nothing.
+    tls.retain(|(suffix, _, value)| {
+        *suffix != "TLS_INSECURE" || bool::from_env(value) != Ok(false)
+    });
+    if let Some((_, variable, _)) = tls.first() {
+        if !url_has_tls {
+            return Err(invalid(
+                variable,
+                format!(
+                    "configures TLS, but {} is not a rediss:// URL; use rediss:// (or \
+                     rediss+sentinel://) to connect with TLS, or unset it",
+                    origin.url_variable
+                ),
+            ));
+        }
+        builder = with_tls(builder, prefix, &tls)?;
     }
     builder.env = Some(origin);
     Ok(builder)
+}
+
+/// The setting a TLS variable sets, as the TLS errors of `build()` name it.
+fn tls_setting(suffix: &str) -> &'static str {
+    match suffix {
+        "TLS_CA_FILE" => "tls.ca_file",
+        "TLS_CERT_FILE" => "tls.client_cert",
+        "TLS_KEY_FILE" => "tls.client_key",
+        "TLS_SERVER_NAME" => "tls.server_name",
+        _ => "tls.insecure",
+    }
 }
 
 /// A prefixed pool is named after its prefix (`SESSIONS_` names `sessions`), so that two pools
@@ -173,6 +203,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(feature = "tls")]
 fn with_tls(
     builder: ConfigBuilder,
+    prefix: &str,
     set: &[(&str, String, String)],
 ) -> Result<ConfigBuilder, ConfigError> {
     let mut settings = crate::tls::TlsSettings::default();
@@ -187,7 +218,10 @@ fn with_tls(
         (Some((_, variable, _)), None) | (None, Some((_, variable, _))) => {
             return Err(invalid(
                 variable,
-                "a client certificate needs both REDIS_GUARD_TLS_CERT_FILE and                  REDIS_GUARD_TLS_KEY_FILE; set the other one too",
+                format!(
+                    "a client certificate needs both {prefix}REDIS_GUARD_TLS_CERT_FILE and \
+                     {prefix}REDIS_GUARD_TLS_KEY_FILE; set the other one too"
+                ),
             ));
         }
         (None, None) => {}
@@ -204,6 +238,7 @@ fn with_tls(
 #[cfg(not(feature = "tls"))]
 fn with_tls(
     _builder: ConfigBuilder,
+    _prefix: &str,
     set: &[(&str, String, String)],
 ) -> Result<ConfigBuilder, ConfigError> {
     Err(invalid(

@@ -520,7 +520,7 @@ impl ConfigBuilder {
                 }
                 Some(
                     crate::tls::TlsClient::new(&settings)
-                        .map_err(|reason| invalid("tls", reason))?,
+                        .map_err(|(setting, reason)| invalid(setting, reason))?,
                 )
             }
         };

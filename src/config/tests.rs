@@ -847,7 +847,7 @@ mod tls {
         let (cert, key) = certs.client();
         let ca = certs.ca();
         let vars = env(&[
-            ("REDIS_URL", "redis://:pa55@10.0.0.7:6380"),
+            ("REDIS_URL", "rediss://:pa55@10.0.0.7:6380"),
             ("REDIS_GUARD_TLS_CA_FILE", ca.to_str().unwrap()),
             ("REDIS_GUARD_TLS_CERT_FILE", cert.to_str().unwrap()),
             ("REDIS_GUARD_TLS_KEY_FILE", key.to_str().unwrap()),
@@ -862,11 +862,90 @@ mod tls {
             "{config:?}"
         );
 
-        let half = env_error(&[
+        let half = from_env(
+            "SESSIONS_",
+            env(&[
+                ("SESSIONS_REDIS_URL", "rediss://10.0.0.7"),
+                ("SESSIONS_REDIS_GUARD_TLS_CERT_FILE", cert.to_str().unwrap()),
+            ]),
+        )
+        .expect_err("a certificate without its key")
+        .to_string();
+        assert!(
+            half.starts_with("invalid setting SESSIONS_REDIS_GUARD_TLS_CERT_FILE:")
+                && half.contains(" and SESSIONS_REDIS_GUARD_TLS_KEY_FILE; set the other"),
+            "{half}"
+        );
+    }
+
+    /// Platforms set TLS variables for every service: only the URL's scheme turns TLS on.
+    #[test]
+    fn tls_variables_on_a_url_without_tls_are_refused_and_false_is_nothing() {
+        let certs = TestCertificates::generate(&["redis.internal"]).unwrap();
+        let ca = certs.ca();
+        let refused = env_error(&[
             ("REDIS_URL", "redis://10.0.0.7"),
-            ("REDIS_GUARD_TLS_CERT_FILE", cert.to_str().unwrap()),
+            ("REDIS_GUARD_TLS_CA_FILE", ca.to_str().unwrap()),
         ]);
-        assert!(half.contains("REDIS_GUARD_TLS_KEY_FILE"), "{half}");
+        assert!(
+            refused.starts_with("invalid setting REDIS_GUARD_TLS_CA_FILE: configures TLS, but REDIS_URL is not a rediss:// URL"),
+            "{refused}"
+        );
+        let plain = from_env(
+            "",
+            env(&[
+                ("REDIS_URL", "redis://10.0.0.7"),
+                ("REDIS_GUARD_TLS_INSECURE", "false"),
+            ]),
+        )
+        .unwrap();
+        assert!(!plain.uses_tls());
+        assert_eq!(plain.redacted_url(), "redis://10.0.0.7");
+    }
+
+    /// Each file's error names the variable that gave that file.
+    #[test]
+    fn a_bad_tls_file_is_blamed_on_its_own_variable() {
+        let certs = TestCertificates::generate(&["redis.internal"]).unwrap();
+        let (cert, key) = certs.client();
+        let one_line = certs.dir().join("one-line.key");
+        let pem = std::fs::read_to_string(&key).unwrap();
+        std::fs::write(&one_line, pem.replace('\n', " ")).unwrap();
+        let missing = certs.dir().join("missing.pem");
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let (one_line, missing) = (one_line.to_str().unwrap(), missing.to_str().unwrap());
+        let cases = [
+            (
+                [
+                    ("REDIS_GUARD_TLS_CERT_FILE", cert),
+                    ("REDIS_GUARD_TLS_KEY_FILE", one_line),
+                ],
+                "REDIS_GUARD_TLS_KEY_FILE",
+            ),
+            (
+                [
+                    ("REDIS_GUARD_TLS_CERT_FILE", missing),
+                    ("REDIS_GUARD_TLS_KEY_FILE", key),
+                ],
+                "REDIS_GUARD_TLS_CERT_FILE",
+            ),
+            (
+                [
+                    ("REDIS_GUARD_TLS_CA_FILE", missing),
+                    ("REDIS_GUARD_TLS_SERVER_NAME", "redis.internal"),
+                ],
+                "REDIS_GUARD_TLS_CA_FILE",
+            ),
+        ];
+        for (set, blamed) in cases {
+            let mut pairs = vec![("REDIS_URL", "rediss://10.0.0.7")];
+            pairs.extend(set);
+            let error = env_error(&pairs);
+            assert!(
+                error.starts_with(&format!("invalid setting {blamed}:")),
+                "{blamed}: {error}"
+            );
+        }
     }
 
     #[test]
