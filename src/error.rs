@@ -212,7 +212,7 @@ fn last_error(error: &Option<String>) -> String {
 ///         .layer(redis_guard::RedisGuardLayer::new(guard))
 /// }
 /// ```
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Redis is known to be unreachable; the request was refused without waiting.
@@ -241,8 +241,9 @@ pub enum Error {
         last_connect_error: Option<String>,
     },
     /// A Redis command failed: an error reply, a reply of another type than asked for, or a
-    /// connection failure while in use.
-    #[error(transparent)]
+    /// connection failure while in use. A reply of another type is shown without its value
+    /// (it may be stored data); the `redis::RedisError` inside has it.
+    #[error("{}", CommandFailure(.0))]
     Redis(#[from] redis::RedisError),
     /// The pool cannot start with this configuration (two live pools with one name).
     #[error(transparent)]
@@ -292,6 +293,14 @@ impl Error {
     /// The status and the problem title: short, fixed text that names no host or key.
     fn status_and_title(&self) -> (StatusCode, &'static str) {
         match self {
+            // Redis is fine: this process holds as many subscriptions as it may.
+            Error::Unavailable {
+                reason: UnavailableReason::SubscriptionLimit { .. },
+                ..
+            } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Redis subscription limit reached",
+            ),
             Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Redis unavailable"),
             Error::Timeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "Redis checkout timed out"),
             Error::Redis(e)
@@ -351,6 +360,36 @@ impl IntoResponse for Error {
         }
         let retry_after = self.retry_after();
         problem_response(status, title, retry_after)
+    }
+}
+
+/// Shows whatever [`Error`] shows: its `Display`, with the variant's name.
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let variant = match self {
+            Error::Unavailable { .. } => "Unavailable",
+            Error::Timeout { .. } => "Timeout",
+            Error::Redis(_) => "Redis",
+            Error::Config(_) => "Config",
+        };
+        write!(f, "{variant}({self})")
+    }
+}
+
+/// A command's error as [`Error`] shows it: redis-rs's words, except for a reply of another
+/// type than asked for, whose words quote the reply.
+struct CommandFailure<'a>(&'a redis::RedisError);
+
+impl fmt::Display for CommandFailure<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if is_type_error(self.0) {
+            f.write_str(
+                "the reply is not of the type the caller asked for (type error; the reply is \
+                 not shown, it may hold stored data)",
+            )
+        } else {
+            fmt::Display::fmt(self.0, f)
+        }
     }
 }
 
@@ -462,6 +501,30 @@ mod serde_tests {
         assert_eq!(
             serde_json::to_string(&BreakerState::HalfOpen).unwrap(),
             r#""half_open""#
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_subscription_table_is_not_called_an_outage() {
+        let error = Error::Unavailable {
+            pool: "default".into(),
+            reason: UnavailableReason::SubscriptionLimit {
+                max_subscriptions: 2,
+            },
+            retry_after: Duration::from_secs(1),
+        };
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            error
+                .problem_body()
+                .contains("\"title\":\"Redis subscription limit reached\""),
+            "{}",
+            error.problem_body()
         );
     }
 }

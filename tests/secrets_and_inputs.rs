@@ -355,9 +355,11 @@ fn urls_that_would_lose_a_credential_are_refused() {
 
 /// Fault: none; an application bug reads a string key as a number. Asserts: the answer is 500
 /// without `Retry-After` (retrying cannot help), the log names a type error and never the
-/// stored value, and the connection stays in the pool.
+/// stored value, nor does the error's `Display` or `Debug` (a service logs `%e`), and the
+/// connection stays in the pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_type_read_is_the_applications_500_and_logs_no_value() {
+    captured_logs();
     let server = RedisServer::start().unwrap();
     let guard = guard(config(&server.url(), "wrong_type")).await;
     let stored = "StoredTok-4f1c9e";
@@ -380,6 +382,10 @@ async fn a_wrong_type_read_is_the_applications_500_and_logs_no_value() {
         let error = read.unwrap_err();
         assert!(!error.is_infrastructure(), "{error:?}");
         assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        for shown in [error.to_string(), format!("{error:?}")] {
+            assert!(!shown.contains(stored), "{shown}");
+            assert!(shown.contains("type error"), "{shown}");
+        }
         last = Some(error);
     }
     let response = axum::response::IntoResponse::into_response(last.unwrap());

@@ -39,8 +39,12 @@ pub fn alive_tasks() -> usize {
         .num_alive_tasks()
 }
 
-/// Logs to the test output when `RUST_LOG` is set.
+/// Logs to the test output when `RUST_LOG` is set. Installs nothing otherwise: a test binary
+/// that captures logs installs its own subscriber, whichever test runs first.
 pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_none() {
+        return;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
