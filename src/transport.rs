@@ -457,7 +457,19 @@ pub(crate) async fn connect_secured(
     let probe = PeerProbe::new(&tcp)?;
     #[cfg(feature = "tls")]
     if let Some(tls) = &config.tls {
-        let handshake = tls.connect(host, tcp);
+        let handshake = async {
+            // A port serving Redis without TLS reads the TLS greeting as the start of an
+            // inline command and waits for its end: nothing ever comes back. Once the
+            // handshake is slower than that port would answer, it is asked in plain text.
+            tokio::select! {
+                stream = tls.connect(host, tcp) => stream,
+                () = plain_redis_answers(host, port, config) => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the server speaks Redis without TLS on this port (it answered a plain \
+                     PING, not the TLS handshake); use redis://",
+                )),
+            }
+        };
         let stream = match deadline {
             None => handshake.await?,
             // Polled before the caller's own timeout at the same instant, so this one names it.
@@ -474,6 +486,35 @@ pub(crate) async fn connect_secured(
         return Ok((Box::new(stream), probe));
     }
     Ok((Box::new(tcp), probe))
+}
+
+/// How long a TLS handshake may take before the port is asked whether it serves plain Redis.
+#[cfg(feature = "tls")]
+const PLAIN_CHECK_AFTER: Duration = Duration::from_millis(150);
+
+/// Completes if `host:port`, asked `PING` in plain text on a connection of its own, answers
+/// as Redis does (`+PONG`, or an error line such as `-NOAUTH`); never completes otherwise. A
+/// TLS port answers with an alert record or closes, which never begins with `+` or `-`.
+#[cfg(feature = "tls")]
+async fn plain_redis_answers(host: &str, port: u16, config: &Config) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::sleep(PLAIN_CHECK_AFTER).await;
+    let answered = async {
+        let mut tcp = connect_tcp(host, port, config).await.ok()?;
+        tcp.write_all(b"PING\r\n").await.ok()?;
+        let mut reply = [0; 64];
+        let read = tcp.read(&mut reply).await.ok()?;
+        let line = &reply[..read];
+        let redis_like = matches!(line.first(), Some(b'+' | b'-'))
+            && line.contains(&b'\n')
+            && line
+                .iter()
+                .all(|&b| b.is_ascii_graphic() || b" \r\n".contains(&b));
+        redis_like.then_some(())
+    };
+    if answered.await.is_none() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Opens a TCP connection to `host:port` with the socket options from `config`. The host name
