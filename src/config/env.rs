@@ -160,6 +160,19 @@ fn refuse_unknown(prefix: &str, vars: &[(OsString, OsString)]) -> Result<(), Con
             .chain([NAME_VARIABLE].iter())
     };
     for (name, _) in vars {
+        // Variable names are case-sensitive: `redis_guard_max_size` would be ignored.
+        if let Some(name) = name.to_str()
+            && let Some(meant) = known()
+                .map(|known| format!("{start}{known}"))
+                .find(|full| full != name && full.eq_ignore_ascii_case(name))
+        {
+            return Err(invalid(
+                name,
+                format!(
+                    "is not a setting of redis-guard (names are case-sensitive); did you mean {meant}?"
+                ),
+            ));
+        }
         let Some(suffix) = name.to_str().and_then(|name| name.strip_prefix(&start)) else {
             continue;
         };

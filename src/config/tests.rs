@@ -188,6 +188,14 @@ fn bad_urls_are_rejected_naming_the_part_without_repeating_it() {
             "the only fragment a rediss:// URL takes is #insecure",
         ),
         (format!("redis://:{SECRET}@"), "empty host"),
+        (
+            format!("redis://:{SECRET}#x@host:6379"),
+            "percent-encode them as %23 %2F %3F %40",
+        ),
+        (
+            format!("redis://:{SECRET}/x@host:6379"),
+            "percent-encode them as %23 %2F %3F %40",
+        ),
         (format!("not a url {SECRET}"), "expected redis://"),
         ("redis://host:99999".to_owned(), "invalid port number"),
         (
@@ -742,6 +750,8 @@ fn a_misspelt_variable_is_refused_with_the_closest_one() {
         ("REDIS_GUARD_MAXSIZE", "REDIS_GUARD_MAX_SIZE"),
         ("REDIS_GUARD_TLS_CA", "REDIS_GUARD_TLS_CA_FILE"),
         ("REDIS_GUARD_NAME", "REDIS_GUARD_POOL_NAME"),
+        ("redis_guard_max_size", "REDIS_GUARD_MAX_SIZE"),
+        ("Redis_Guard_Tls_Ca_File", "REDIS_GUARD_TLS_CA_FILE"),
     ] {
         let message = env_error(&[("REDIS_URL", "redis://127.0.0.1"), (misspelt, "500")]);
         assert!(

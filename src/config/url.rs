@@ -32,6 +32,27 @@ pub(crate) struct ParsedUrl {
 
 /// Parses and checks `raw`, then hands it to redis-rs.
 pub(crate) fn parse_url(raw: &str) -> Result<ParsedUrl, ConfigError> {
+    parse_checked(raw).map_err(|error| match error {
+        // A password with `#`, `/` or `?` ends the user information early, and what is left
+        // fails in ways that say nothing of the password (`empty host`).
+        ConfigError::InvalidUrl { reason } if userinfo_needs_encoding(raw) => invalid(format!(
+            "{reason}; if the password (or user) holds # / ? or @, percent-encode them as \
+             %23 %2F %3F %40"
+        )),
+        other => other,
+    })
+}
+
+/// Whether the text before the URL's last `@` holds a character that ends user information.
+fn userinfo_needs_encoding(raw: &str) -> bool {
+    let Some((_, rest)) = raw.split_once("://") else {
+        return false;
+    };
+    rest.rfind('@')
+        .is_some_and(|at| rest[..at].contains(['#', '/', '?']))
+}
+
+fn parse_checked(raw: &str) -> Result<ParsedUrl, ConfigError> {
     let mut url = url::Url::parse(raw.trim())
         .map_err(|e| invalid(format!("{e}; expected {TCP_FORM} or {UNIX_FORM}")))?;
     let tls = match (url.scheme(), url.fragment()) {
