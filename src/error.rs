@@ -393,19 +393,6 @@ impl fmt::Display for CommandFailure<'_> {
     }
 }
 
-/// The value of type `T` an I/O error carries inside `error`: how this crate's own causes
-/// (a call never sent, a reply too large) travel through redis-rs's errors.
-pub(crate) fn io_cause<T: std::error::Error + 'static>(error: &redis::RedisError) -> Option<&T> {
-    // redis-rs keeps the I/O error behind an `Arc<dyn Error>` as the error's source.
-    let source = std::error::Error::source(error)?;
-    let io = source.downcast_ref::<std::io::Error>().or_else(|| {
-        source
-            .downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
-            .and_then(|inner| inner.downcast_ref::<std::io::Error>())
-    })?;
-    io.get_ref()?.downcast_ref::<T>()
-}
-
 /// A reply that does not convert to the type the caller asked for (`WRONGTYPE` aside, which
 /// is an error reply): the application's mistake, answered with 500. redis-rs gives the same
 /// kind to a reply that cannot be parsed off the wire, but that breaks the connection, which
@@ -424,7 +411,7 @@ fn described(e: &redis::RedisError) -> String {
     if is_type_error(e) {
         return "the reply is not of the type the caller asked for (type error)".to_owned();
     }
-    if let Some(too_large) = io_cause::<ReplyTooLarge>(e) {
+    if let Some(too_large) = crate::cause::io_cause::<ReplyTooLarge>(e) {
         return too_large.to_string();
     }
     if let Some(code) = e.code() {

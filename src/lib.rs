@@ -74,6 +74,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 mod breaker;
+mod cause;
 mod clock;
 mod command;
 pub mod config;

@@ -32,7 +32,7 @@ impl NotSent {
 
     /// The reason `error` carries, if it is a call's that was never sent.
     pub(crate) fn of(error: &RedisError) -> Option<NotSent> {
-        crate::error::io_cause::<NotSentError>(error).map(|e| e.why)
+        crate::cause::io_cause::<NotSentError>(error).map(|e| e.why)
     }
 
     /// For the retry's log line.

@@ -52,7 +52,7 @@ impl ReplyTooLarge {
     /// Whether `error` is a read failed by the limit (not a bystander on the same connection,
     /// which sees the connection close).
     pub(crate) fn is_cause_of(error: &redis::RedisError) -> bool {
-        crate::error::io_cause::<ReplyTooLarge>(error).is_some()
+        crate::cause::io_cause::<ReplyTooLarge>(error).is_some()
     }
 }
 
