@@ -275,7 +275,9 @@ impl Config {
     /// `REDIS_GUARD_IDLE_TIMEOUT_MS` (`none` to disable), `REDIS_GUARD_STARTUP`
     /// (`lazy`, `fail_fast`, `wait_for:<ms>`), and for TLS `REDIS_GUARD_TLS_CA_FILE`,
     /// `REDIS_GUARD_TLS_CERT_FILE` with `REDIS_GUARD_TLS_KEY_FILE`, `REDIS_GUARD_TLS_SERVER_NAME`
-    /// and `REDIS_GUARD_TLS_INSECURE`. An error names the variable to fix, and a
+    /// and `REDIS_GUARD_TLS_INSECURE` (for a `rediss://` URL: only the scheme turns TLS on,
+    /// and TLS variables with a `redis://` URL are an error). An error names the variable to
+    /// fix, and a
     /// `REDIS_GUARD_*` variable that names no setting is an error too (with the closest that
     /// does). [`Config::builder_from_env`] lets code add to it.
     ///
