@@ -461,6 +461,7 @@ pub(crate) async fn connect_secured(
             // A port serving Redis without TLS reads the TLS greeting as the start of an
             // inline command and waits for its end: nothing ever comes back. Once the
             // handshake is slower than that port would answer, it is asked in plain text.
+            // A port that answers is given a grace to finish the handshake all the same.
             tokio::select! {
                 stream = tls.connect(host, tcp) => stream,
                 () = plain_redis_answers(host, port, config) => Err(io::Error::new(
@@ -492,28 +493,43 @@ pub(crate) async fn connect_secured(
 #[cfg(feature = "tls")]
 const PLAIN_CHECK_AFTER: Duration = Duration::from_millis(150);
 
+/// The least time a TLS handshake is still given once the port has answered a plain `PING`,
+/// and how many of that `PING`'s round trips: a port may serve both (a protocol-sniffing
+/// proxy, a managed Redis moving to TLS), and its handshake then ends in a few round trips.
+#[cfg(feature = "tls")]
+const PLAIN_GRACE: Duration = Duration::from_millis(500);
+#[cfg(feature = "tls")]
+const PLAIN_GRACE_ROUND_TRIPS: u32 = 20;
+
 /// Completes if `host:port`, asked `PING` in plain text on a connection of its own, answers
-/// as Redis does (`+PONG`, or an error line such as `-NOAUTH`); never completes otherwise. A
-/// TLS port answers with an alert record or closes, which never begins with `+` or `-`.
+/// as Redis does (`+PONG`, or an error line such as `-NOAUTH`), and the TLS handshake still
+/// has not ended a grace period later; never completes otherwise. A TLS port answers with an
+/// alert record or closes, which never begins with `+` or `-`.
 #[cfg(feature = "tls")]
 async fn plain_redis_answers(host: &str, port: u16, config: &Config) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     tokio::time::sleep(PLAIN_CHECK_AFTER).await;
     let answered = async {
         let mut tcp = connect_tcp(host, port, config).await.ok()?;
+        let asked = Instant::now();
         tcp.write_all(b"PING\r\n").await.ok()?;
         let mut reply = [0; 64];
         let read = tcp.read(&mut reply).await.ok()?;
+        let round_trip = asked.elapsed();
         let line = &reply[..read];
         let redis_like = matches!(line.first(), Some(b'+' | b'-'))
             && line.contains(&b'\n')
             && line
                 .iter()
                 .all(|&b| b.is_ascii_graphic() || b" \r\n".contains(&b));
-        redis_like.then_some(())
+        redis_like.then_some(round_trip)
     };
-    if answered.await.is_none() {
-        std::future::pending::<()>().await;
+    match answered.await {
+        Some(round_trip) => {
+            let grace = PLAIN_GRACE.max(round_trip.saturating_mul(PLAIN_GRACE_ROUND_TRIPS));
+            tokio::time::sleep(grace).await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 

@@ -272,3 +272,62 @@ async fn a_port_of_the_other_kind_is_named() {
         started.elapsed()
     );
 }
+
+/// A port that serves both: a TLS greeting (first byte 0x16) goes to `tls` after `delay`,
+/// anything else straight to `plain`. Like a protocol-sniffing proxy in front of a Redis
+/// moving to TLS. Serves until the test ends.
+async fn dual_port(
+    plain: std::net::SocketAddr,
+    tls: std::net::SocketAddr,
+    delay: Duration,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut first = [0; 4096];
+                let Ok(read) = client.read(&mut first).await else {
+                    return;
+                };
+                let target = if first.first() == Some(&0x16) {
+                    tokio::time::sleep(delay).await;
+                    tls
+                } else {
+                    plain
+                };
+                let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                if server.write_all(&first[..read]).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Fault: `rediss://` to a port that answers plain Redis too, and whose TLS handshake takes
+/// 400 ms (the point at which the pool asks the port in plain text has passed). Asserts: the
+/// pool connects over TLS and serves: answering in plain text does not make a port plain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_serving_both_is_not_taken_for_plain_redis() {
+    let certs = TestCertificates::generate(&["localhost"]).unwrap();
+    let server = RedisServer::start_tls(&certs, false, &[]).unwrap();
+    let both = dual_port(server.addr(), server.tls_addr(), Duration::from_millis(400)).await;
+    let guard = unready_guard(
+        config(
+            &format!("rediss://localhost:{}", both.port()),
+            "tls_dual_port",
+        )
+        .tls(trusting(&certs))
+        .connect_timeout(Duration::from_secs(3))
+        .checkout_timeout(Duration::from_secs(4)),
+    )
+    .await;
+    let mut conn = guard.get().await.expect("connected over TLS");
+    let pong: String = redis::cmd("PING").query_async(&mut *conn).await.unwrap();
+    assert_eq!(pong, "PONG");
+}

@@ -99,8 +99,10 @@ impl Contender {
                     GUARD => PoolMode::Exclusive,
                     _ => PoolMode::Shared,
                 };
+                // Two live pools never share a name: the exclusive and the shared contender
+                // of one scenario each get their own.
                 let config = Config::builder(url)
-                    .name(name)
+                    .name(format!("{name}-{index}"))
                     .mode(mode)
                     .max_size(POOL_SIZE)
                     .startup(StartupMode::Lazy)
