@@ -30,7 +30,7 @@
 //! read-only), where it stays.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -47,6 +47,7 @@ use crate::connection::{
 use crate::inner::{Bb8Connection, Validated};
 use crate::metrics::EvictionReason;
 use crate::not_sent::NotSent;
+use crate::reply_limit::ReplyTooLarge;
 use crate::shared::Shared;
 use crate::transport::PeerState;
 
@@ -265,6 +266,8 @@ pub(crate) struct SharedConnection {
     last_success: AtomicInstant,
     opened: Instant,
     in_flight: AtomicUsize,
+    /// Calls ever started on it: whether another began during a call.
+    calls_started: AtomicU64,
     /// Redis answered a call on it: a later failure may be the socket's, not Redis's.
     served: AtomicBool,
     retired: AtomicBool,
@@ -283,6 +286,7 @@ impl SharedConnection {
             last_success: AtomicInstant::new(),
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            calls_started: AtomicU64::new(0),
             retired: AtomicBool::new(false),
         })
     }
@@ -445,11 +449,12 @@ impl SharedConnection {
             let mut handle = self.parts.handle.clone();
             handle.set_response_timeout(response_timeout);
             let written = self.parts.link.written();
-            let result = {
-                let _in_flight = InFlight::enter(&self.in_flight);
+            let (result, alone) = {
+                let in_flight = InFlight::enter(&self.in_flight, &self.calls_started);
                 let sent = Instant::now();
                 let call = std::pin::pin!(call.send_multiplexed(&mut handle));
-                watched(shared, sent, false, call).await
+                let result = watched(shared, sent, false, call).await;
+                (result, in_flight.was_alone())
             };
             match Outcome::judge(&result, &self.parts.link) {
                 Outcome::ConnectionFailed if self.on_demoted_primary(shared) => {
@@ -473,25 +478,67 @@ impl SharedConnection {
                     }
                 }
             }
-            unless_never_written(&self.parts.link, written, result)
+            unless_never_written(
+                &self.parts.link,
+                written,
+                bystander_of_a_large_reply(result, alone),
+            )
         }
         .instrument(span)
         .await
     }
 }
 
-/// Counts a call in flight for as long as it lives, cancelled or not.
-struct InFlight<'a>(&'a AtomicUsize);
+/// redis-rs fails every call waiting on a connection with the error that closed it: a reply
+/// over `max_reply_size` fails them all as too large, though only one reply was. A call that
+/// was not alone on the connection cannot tell whether the reply was its own, so it fails
+/// as a connection failure (a read may be sent again; a large reply is then refused alone).
+fn bystander_of_a_large_reply(result: RedisResult<Reply>, alone: bool) -> RedisResult<Reply> {
+    match result {
+        Err(e) if !alone && ReplyTooLarge::is_cause_of(&e) => {
+            Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                format!(
+                    "the connection closed: a reply on it, this call's or another's, failed: {e}"
+                ),
+            )))
+        }
+        other => other,
+    }
+}
+
+/// Counts a call in flight for as long as it lives, cancelled or not, and tells whether any
+/// other call was in flight on the connection at any time during it.
+struct InFlight<'a> {
+    count: &'a AtomicUsize,
+    started: &'a AtomicU64,
+    /// `started` once this call had started.
+    started_with: u64,
+    others_at_entry: bool,
+}
 
 impl<'a> InFlight<'a> {
-    fn enter(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::AcqRel);
-        InFlight(count)
+    fn enter(count: &'a AtomicUsize, started: &'a AtomicU64) -> Self {
+        let others_at_entry = count.fetch_add(1, Ordering::AcqRel) > 0;
+        let started_with = started.fetch_add(1, Ordering::AcqRel) + 1;
+        InFlight {
+            count,
+            started,
+            started_with,
+            others_at_entry,
+        }
+    }
+
+    /// No other call was in flight when this one entered, none started since, none is now.
+    fn was_alone(&self) -> bool {
+        !self.others_at_entry
+            && self.started.load(Ordering::Acquire) == self.started_with
+            && self.count.load(Ordering::Acquire) == 1
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -259,3 +259,70 @@ async fn a_forged_huge_reply_is_refused_at_its_header() {
     );
     assert_eq!(guard.breaker_state(), BreakerState::Closed);
 }
+
+/// Fault: shared mode, 12 `GET`s of a 2 MiB value (limit 1 MiB) among 8 tasks of small
+/// `INCR`s and `GET`s over the same shared connections. Asserts: the large `GET`s fail; no
+/// small call is answered "reply too large" (`500`): redis-rs fails every call waiting on the
+/// closed connection with the same error, and only the large reply's owner may say so. A
+/// small call may fail as a connection failure (`503`, worth a retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_shared_mode_a_large_reply_is_not_blamed_on_its_neighbours() {
+    let server = RedisServer::start().unwrap();
+    let big = "x".repeat(2 * 1024 * 1024);
+    let _: () = server.command(&["SET", "big", &big]).map(drop).unwrap();
+    let guard = guard(
+        config_in(
+            redis_guard::PoolMode::Shared,
+            &server.url(),
+            "reply_limit_neighbours",
+        )
+        .max_reply_size(LIMIT),
+    )
+    .await;
+    let small: Vec<_> = (0..8)
+        .map(|task| {
+            let guard = guard.clone();
+            tokio::spawn(async move {
+                let mut blamed = Vec::new();
+                for call in 0..60 {
+                    let result: Result<(), redis_guard::Error> = async {
+                        let mut conn = guard.get().await?;
+                        if call % 2 == 0 {
+                            let _: i64 = conn.incr(format!("n{task}"), 1).await?;
+                        } else {
+                            let _: Option<i64> = conn.get(format!("n{task}")).await?;
+                        }
+                        Ok(())
+                    }
+                    .await;
+                    if let Err(e) = result
+                        && e.status() == 500
+                    {
+                        blamed.push(e.to_string());
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                blamed
+            })
+        })
+        .collect();
+    let mut large_failed = 0;
+    for _ in 0..12 {
+        let mut conn = guard.get().await.unwrap();
+        if conn.get::<_, String>("big").await.is_err() {
+            large_failed += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut blamed = Vec::new();
+    for task in small {
+        blamed.extend(task.await.unwrap());
+    }
+    assert_eq!(large_failed, 12, "every large reply refused");
+    assert!(
+        blamed.is_empty(),
+        "{} small calls blamed: {:?}",
+        blamed.len(),
+        blamed.first()
+    );
+}
