@@ -76,7 +76,7 @@ pub(super) fn builder_from_vars(
             "not set; set it to redis://host:port (or redis+unix:///path)",
         )
     })?;
-    let url_has_tls = url.trim_start().starts_with("rediss");
+    let url_has_tls = url.trim_start().to_ascii_lowercase().starts_with("rediss");
     let mut builder = Config::builder(url).name(name_of_prefix(prefix));
     let mut origin = EnvOrigin {
         url_variable,
@@ -274,8 +274,13 @@ fn name_variables(
         .find(|(name, _)| *name == setting)
         .map(|(_, variable)| variable.clone());
     for (name, variable) in from_env {
-        if *name != setting && reason.contains(name) {
-            reason = reason.replace(name, variable);
+        // Only a setting's own identifier (`checkout_timeout`, `tls.ca_file`), as a whole
+        // word: a plain word (`name`) or part of a path (`/etc/hostname_certs`) is left alone.
+        if *name != setting
+            && name.contains(['_', '.'])
+            && let Some(replaced) = replace_word(&reason, name, variable)
+        {
+            reason = replaced;
             named.get_or_insert_with(|| variable.clone());
         }
     }
@@ -283,6 +288,31 @@ fn name_variables(
         setting: named.unwrap_or(setting),
         reason,
     }
+}
+
+/// `text` with every whole-word `word` (not inside a longer identifier or path) replaced by
+/// `with`; `None` if there is none.
+fn replace_word(text: &str, word: &str, with: &str) -> Option<String> {
+    let is_part = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut replaced = false;
+    while let Some(at) = rest.find(word) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + word.len()..].chars().next();
+        // A full stop ends a sentence, not a word.
+        let after_is_part = after.is_some_and(|c| is_part(c) && c != '.');
+        out.push_str(&rest[..at]);
+        if before.is_some_and(is_part) || after_is_part {
+            out.push_str(word);
+        } else {
+            out.push_str(with);
+            replaced = true;
+        }
+        rest = &rest[at + word.len()..];
+    }
+    out.push_str(rest);
+    replaced.then_some(out)
 }
 
 /// A setting's type, read from its variable. The error says what was expected, never the value.

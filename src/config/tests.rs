@@ -913,6 +913,26 @@ mod tls {
         assert_eq!(plain.redacted_url(), "redis://10.0.0.7");
     }
 
+    /// A path is quoted as it is, even where it holds a setting's name.
+    #[test]
+    fn a_path_in_an_error_is_never_rewritten() {
+        let path = "/srv/hostname_certs/checkout_timeout/ca.pem";
+        let error = env_error(&[
+            ("REDIS_URL", "rediss://10.0.0.7"),
+            ("REDIS_GUARD_CHECKOUT_TIMEOUT_MS", "900"),
+            ("REDIS_GUARD_TLS_CA_FILE", path),
+        ]);
+        assert!(
+            error.starts_with("invalid setting REDIS_GUARD_TLS_CA_FILE:") && error.contains(path),
+            "{error}"
+        );
+        let error = env_error(&[
+            ("REDIS_URL", "rediss://10.0.0.7"),
+            ("REDIS_GUARD_TLS_SERVER_NAME", "bad name"),
+        ]);
+        assert!(error.contains("is not a valid DNS name"), "{error}");
+    }
+
     /// Each file's error names the variable that gave that file.
     #[test]
     fn a_bad_tls_file_is_blamed_on_its_own_variable() {
