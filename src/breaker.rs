@@ -95,7 +95,7 @@ impl BreakerPolicy {
                 self.failure_rate
             ));
         }
-        if self.window.is_zero() || self.window > crate::config::MAX_DURATION {
+        if self.window.is_zero() || self.window > crate::clock::MAX_DURATION {
             return Err(format!(
                 "window {:?} must be greater than zero and at most a year",
                 self.window

@@ -4,6 +4,11 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The longest duration any timeout or interval may be: longer ones are surely a mistake (or a
+/// "forever" that should be `None`), and keeping every duration this small keeps deadline
+/// arithmetic far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// An optional [`Instant`] in an atomic: nanoseconds since a process-wide epoch, 0 for none.
 #[derive(Debug, Default)]
 pub(crate) struct AtomicInstant(AtomicU64);

@@ -27,13 +27,45 @@ use tokio::task::AbortHandle;
 use tracing::Instrument;
 
 use crate::command;
+use crate::config::Config;
 use crate::metrics::EvictionReason;
 use crate::not_sent::NotSent;
+use crate::redis_error::{is_infrastructure_failure, is_refused_by_role, is_role_refusal};
 use crate::sanitize::server_text;
-use crate::sentinel::Placement;
+use crate::sentinel::{Placement, SentinelWatch};
 use crate::session::Session;
-use crate::shared::Shared;
 use crate::transport::{LinkHealth, LinkState, PeerProbe, PeerState};
+
+/// The pool a connection belongs to, as the connection sees it: what it asks (settings,
+/// suspicions, where the primary is) and what it reports (answers, evictions, overdue and
+/// timed-out calls). The pool's state implements it and alone decides what a report means
+/// for the breaker, the metrics and the prober; a connection never decides that.
+pub(crate) trait Owner: Send + Sync + fmt::Debug {
+    /// The pool's name, for logs and spans.
+    fn name(&self) -> &str;
+    fn config(&self) -> &Config;
+    /// What the pool knows of the primary, under Sentinel.
+    fn sentinel(&self) -> Option<&SentinelWatch>;
+    /// How long a validation PING may take: the setting, or a few round trips if longer.
+    fn validation_timeout(&self) -> Duration;
+    /// Whether a connection last proven alive at `last_success` may have failed with its
+    /// peer since (another connection failed after that).
+    fn is_suspect(&self, last_success: Instant) -> bool;
+    /// Whether a connection whose role was seen at `role_checked` must show it again.
+    fn is_role_suspect(&self, role_checked: Instant) -> bool;
+    /// A PING's round trip.
+    fn round_trip(&self, took: Duration);
+    /// Redis answered (a reply, also an error reply) at `at`.
+    fn answered(&self, at: Instant);
+    /// The connection's socket is set up and may work: it counts as a working link.
+    fn link_established(&self, link: &LinkHealth);
+    /// The connection is given up for `reason`.
+    fn evicted(&self, reason: EvictionReason, connection_id: u64);
+    /// A call sent at `sent` has had no reply for the validation timeout.
+    fn reply_overdue(&self, sent: Instant);
+    /// A call sent at `sent` timed out.
+    fn call_timed_out(&self, sent: Instant);
+}
 
 /// A pooled Redis connection. Use it with [`redis::AsyncCommands`] or any `query_async`.
 ///
@@ -54,7 +86,7 @@ pub struct GuardConnection {
     link: Arc<LinkHealth>,
     /// Shared with the Sentinel watch, which shuts the socket when its server is demoted.
     probe: Arc<PeerProbe>,
-    shared: Arc<Shared>,
+    pool: Arc<dyn Owner>,
     driver: AbortHandle,
     id: u64,
     expires_at: Option<Instant>,
@@ -150,20 +182,20 @@ impl GuardConnection {
         inner: MultiplexedConnection,
         link: Arc<LinkHealth>,
         probe: Arc<PeerProbe>,
-        shared: Arc<Shared>,
+        pool: Arc<dyn Owner>,
         driver: AbortHandle,
         id: u64,
         Peer { server, placement }: Peer,
     ) -> Self {
         let now = Instant::now();
-        let config = shared.config();
+        let config = pool.config();
         let expires_at = config.max_lifetime().map(|lifetime| {
             // Shortened by a random share so connections opened together expire apart.
             let jitter = fastrand::f64() * config.lifetime_jitter();
             now + lifetime.mul_f64(1.0 - jitter)
         });
         let session = Session::new(config.connection.redis_settings().db());
-        if let (Some(placement), Some(watch)) = (&placement, shared.sentinel()) {
+        if let (Some(placement), Some(watch)) = (&placement, pool.sentinel()) {
             watch.register(placement, &probe);
         }
         let response_timeout = config.response_timeout();
@@ -171,7 +203,7 @@ impl GuardConnection {
             inner,
             link,
             probe,
-            shared,
+            pool,
             driver,
             id,
             expires_at,
@@ -226,13 +258,13 @@ impl GuardConnection {
         // Before the bypass: a socket frozen right after its last reply looks fresh, and a
         // connection to a node demoted in a failover answers PING like any other.
         let role_suspect =
-            self.shared.config().expect_primary() && self.shared.is_role_suspect(self.role_checked);
-        if role_suspect || self.shared.is_suspect(self.last_success) {
+            self.pool.config().expect_primary() && self.pool.is_role_suspect(self.role_checked);
+        if role_suspect || self.pool.is_suspect(self.last_success) {
             return Verdict::Suspect;
         }
         if !unread
             && now.saturating_duration_since(self.last_success)
-                < self.shared.config().validation_bypass()
+                < self.pool.config().validation_bypass()
         {
             Verdict::Fresh
         } else {
@@ -244,7 +276,7 @@ impl GuardConnection {
     /// primary may accept writes for seconds after the announcement, and loses them all when
     /// it resyncs: nothing more may be sent to it.
     pub(crate) fn on_demoted_primary(&self) -> bool {
-        match (&self.placement, self.shared.sentinel()) {
+        match (&self.placement, self.pool.sentinel()) {
             (Some(placement), Some(watch)) => !placement.is_current(watch),
             _ => false,
         }
@@ -301,7 +333,7 @@ impl GuardConnection {
         let ping = redis::cmd("PING").to_owned();
         let mut naming = self.inner.clone();
         let mut asking_role = self.inner.clone();
-        let wants_primary = self.shared.config().expect_primary();
+        let wants_primary = self.pool.config().expect_primary();
         let sent = Instant::now();
         let (named, pinged, role) = tokio::join!(
             naming.send_packed_command(&setname),
@@ -338,7 +370,7 @@ impl GuardConnection {
             }
         }
         self.last_success = Instant::now();
-        self.shared.round_trip(self.last_success - sent);
+        self.pool.round_trip(self.last_success - sent);
         Ok(())
     }
 
@@ -359,8 +391,8 @@ impl GuardConnection {
             return Ok(());
         }
         self.on_replica = true;
-        if let (Some(placement), Some(watch)) = (&self.placement, self.shared.sentinel()) {
-            watch.refuted(&placement.addr, &self.shared);
+        if let (Some(placement), Some(watch)) = (&self.placement, self.pool.sentinel()) {
+            watch.refuted(&placement.addr, self.pool.name());
         }
         Err(RedisError::from((
             redis::ErrorKind::Client,
@@ -373,7 +405,7 @@ impl GuardConnection {
     /// answer. When a peer was refused for its role since this connection's role was last
     /// seen, asks `ROLE` too, in the same round trip.
     pub(crate) async fn validate(&mut self, timeout: Duration) -> Result<(), ValidationFailure> {
-        if self.shared.config().expect_primary() && self.shared.is_role_suspect(self.role_checked) {
+        if self.pool.config().expect_primary() && self.pool.is_role_suspect(self.role_checked) {
             let mut asking = self.inner.clone();
             let role = redis::cmd("ROLE").to_owned();
             let (pinged, role) = tokio::join!(
@@ -398,7 +430,7 @@ impl GuardConnection {
         match tokio::time::timeout(timeout, self.inner.send_packed_command(&ping)).await {
             Ok(Ok(Value::BulkString(reply))) if reply == nonce.as_bytes() => {
                 self.last_success = Instant::now();
-                self.shared.round_trip(self.last_success - sent);
+                self.pool.round_trip(self.last_success - sent);
                 self.served = true;
                 Ok(())
             }
@@ -426,7 +458,7 @@ impl GuardConnection {
     pub(crate) fn evict(&mut self, reason: EvictionReason) {
         if self.eviction.is_none() {
             self.eviction = Some(reason);
-            self.shared.evicted(reason, self.id);
+            self.pool.evicted(reason, self.id);
             // No longer one of the pool's working sockets, whatever its socket says.
             self.link.close(LinkState::Retired);
         }
@@ -468,9 +500,9 @@ impl GuardConnection {
         self.session.adopt_as_baseline();
         // The connect budget gave the handshake and the hook their time; from here each
         // command has the response timeout.
-        self.response_timeout = self.shared.config().response_timeout();
+        self.response_timeout = self.pool.config().response_timeout();
         self.inner.set_response_timeout(self.response_timeout);
-        self.shared.link_established(&self.link);
+        self.pool.link_established(&self.link);
         Ok(())
     }
 
@@ -500,7 +532,7 @@ impl GuardConnection {
     pub(crate) fn on_return(&mut self) -> bool {
         self.returned_at = Instant::now();
         self.first_call = true;
-        self.response_timeout = self.shared.config().response_timeout();
+        self.response_timeout = self.pool.config().response_timeout();
         if self.eviction.is_none() {
             let reason = if self.on_demoted_primary() {
                 Some(EvictionReason::RoleChange)
@@ -532,13 +564,13 @@ impl GuardConnection {
             Outcome::ReplyTooLarge => self.evict(EvictionReason::ReplyTooLarge),
             Outcome::RefusedByRole => {
                 self.last_success = Instant::now();
-                self.shared.answered(self.last_success);
+                self.pool.answered(self.last_success);
                 self.evict(EvictionReason::RoleChange);
             }
             Outcome::Answered => {
                 self.last_success = Instant::now();
                 self.served = true;
-                self.shared.answered(self.last_success);
+                self.pool.answered(self.last_success);
             }
         }
     }
@@ -603,7 +635,7 @@ impl Drop for GuardConnection {
         // bb8's reaper closes idle connections without asking the manager; count those here.
         if self.eviction.is_none()
             && self
-                .shared
+                .pool
                 .config()
                 .idle_timeout()
                 .is_some_and(|idle| self.returned_at.elapsed() >= idle)
@@ -718,35 +750,6 @@ impl Reply {
     }
 }
 
-/// Implements `ConnectionLike` for a wrapper by handing every call to `self.$field`, so that
-/// `AsyncCommands` and `query_async(&mut wrapper)` work on the wrappers users hold.
-macro_rules! delegate_connection_like {
-    (impl<$($generic:ident),*> $wrapper:ty, $field:tt) => {
-        impl<$($generic),*> redis::aio::ConnectionLike for $wrapper {
-            fn req_packed_command<'a>(
-                &'a mut self,
-                cmd: &'a redis::Cmd,
-            ) -> redis::RedisFuture<'a, redis::Value> {
-                self.$field.req_packed_command(cmd)
-            }
-
-            fn req_packed_commands<'a>(
-                &'a mut self,
-                pipeline: &'a redis::Pipeline,
-                offset: usize,
-                count: usize,
-            ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-                self.$field.req_packed_commands(pipeline, offset, count)
-            }
-
-            fn get_db(&self) -> i64 {
-                self.$field.get_db()
-            }
-        }
-    };
-}
-pub(crate) use delegate_connection_like;
-
 /// `result`, marked as never sent if its connection failed (EOF, reset: not a timeout, after
 /// which the driver may still write) and the driver wrote nothing since `written_before`: the
 /// failure came before any byte of the call reached the socket, so sending it elsewhere cannot
@@ -780,29 +783,10 @@ pub(crate) fn closed_link_eviction(link: &LinkHealth) -> EvictionReason {
     }
 }
 
-/// Whether an error means the connection (not the command) failed: the failures that poison
-/// a connection.
-pub(crate) fn is_infrastructure_failure(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
-}
-
-/// Whether an error reply says the server cannot take commands as the primary right now:
-/// `READONLY` (it was demoted), `MASTERDOWN` (a replica lost its primary), `LOADING` (it is
-/// loading its data). The command was refused before it ran, so sending it again elsewhere
-/// cannot apply it twice.
-pub(crate) fn is_refused_by_role(e: &RedisError) -> bool {
-    matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"))
-}
-
 /// Whether an error reply to a PING still proves the connection works: the ACL forbids `PING`
 /// (`NOPERM`), or Redis is running a slow script (`BUSY`) and will serve again when it ends.
 fn proves_the_connection(code: &str) -> bool {
     matches!(code, "NOPERM" | "BUSY")
-}
-
-/// Whether a reply in a pipeline is such a refusal (see [`is_refused_by_role`]).
-pub(crate) fn is_role_refusal(value: &Value) -> bool {
-    matches!(value, Value::ServerError(e) if matches!(e.code(), "READONLY" | "MASTERDOWN" | "LOADING"))
 }
 
 /// The error a reply carried, if any, for a log line.
@@ -828,12 +812,12 @@ impl GuardConnection {
 /// Awaits a call sent at `sent` on an existing connection, and tells the pool when its reply
 /// is overdue (no reply within `validation_timeout`, so a fresh connect verifies Redis early)
 /// and when it timed out: the evidence the breaker's unresponsive rule weighs (see
-/// `Shared::call_timed_out`). A blocking command waits on the server by design: only its
+/// `Owner::call_timed_out`). A blocking command waits on the server by design: only its
 /// timeout counts.
 ///
 /// The call is pinned by the caller: moved in, it would take its room in this future twice.
 pub(crate) async fn watched<T>(
-    shared: &Shared,
+    pool: &dyn Owner,
     sent: Instant,
     blocking: bool,
     mut call: Pin<&mut impl Future<Output = RedisResult<T>>>,
@@ -841,12 +825,12 @@ pub(crate) async fn watched<T>(
     let result = if blocking {
         call.await
     } else {
-        let overdue = tokio::time::sleep(shared.validation_timeout());
+        let overdue = tokio::time::sleep(pool.validation_timeout());
         tokio::select! {
             biased;
             result = &mut call => result,
             () = overdue => {
-                shared.reply_overdue(sent);
+                pool.reply_overdue(sent);
                 call.await
             }
         }
@@ -854,7 +838,7 @@ pub(crate) async fn watched<T>(
     if let Err(e) = &result
         && e.is_timeout()
     {
-        shared.call_timed_out(sent);
+        pool.call_timed_out(sent);
     }
     result
 }
@@ -862,7 +846,7 @@ pub(crate) async fn watched<T>(
 impl GuardConnection {
     fn call_span(&self, operation: &dyn fmt::Display, batch: Option<usize>) -> tracing::Span {
         call_span(
-            &self.shared,
+            &*self.pool,
             &self.server,
             self.id,
             self.inner.get_db(),
@@ -875,7 +859,7 @@ impl GuardConnection {
 /// A span per call, after OpenTelemetry's database conventions: the operation's name and the
 /// server, never a key or value. Free when no subscriber wants DEBUG spans.
 pub(crate) fn call_span(
-    shared: &Shared,
+    pool: &dyn Owner,
     server: &Server,
     connection_id: u64,
     db: i64,
@@ -892,7 +876,7 @@ pub(crate) fn call_span(
         db.namespace = db,
         server.address = %server.address,
         server.port = server.port,
-        redis_guard.pool = %shared.name(),
+        redis_guard.pool = %pool.name(),
         redis_guard.connection_id = connection_id,
     )
 }
@@ -921,7 +905,7 @@ impl GuardConnection {
             let sent = Instant::now();
             let replied = {
                 let call = std::pin::pin!(self.inner.send_packed_command(cmd));
-                watched(&self.shared, sent, blocking, call).await
+                watched(&*self.pool, sent, blocking, call).await
             };
             let result = match replied {
                 // An error reply, as the error it is (redis-rs's query_async would make it one
@@ -960,7 +944,7 @@ impl GuardConnection {
             let sent = Instant::now();
             let result = {
                 let call = std::pin::pin!(self.inner.send_packed_commands(pipeline, offset, count));
-                watched(&self.shared, sent, blocking, call).await
+                watched(&*self.pool, sent, blocking, call).await
             };
             self.in_flight = false;
             self.note_outcome(&result);

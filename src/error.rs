@@ -6,9 +6,9 @@ use std::time::Duration;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
-use crate::connection::{is_infrastructure_failure, is_refused_by_role};
 use crate::content_type;
 use crate::not_sent::NotSent;
+use crate::redis_error::{is_infrastructure_failure, is_refused_by_role};
 use crate::reply_limit::ReplyTooLarge;
 use crate::throttle::Throttle;
 

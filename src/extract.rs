@@ -56,7 +56,7 @@ impl DerefMut for Redis {
     }
 }
 
-crate::connection::delegate_connection_like!(impl<> Redis, 0);
+crate::delegate::delegate_connection_like!(impl<> Redis, 0);
 
 /// Why [`Redis`] or [`RedisGuard`] could not be extracted.
 ///
@@ -245,7 +245,7 @@ impl<P> DerefMut for RedisFrom<P> {
     }
 }
 
-crate::connection::delegate_connection_like!(impl<P> RedisFrom<P>, conn);
+crate::delegate::delegate_connection_like!(impl<P> RedisFrom<P>, conn);
 
 impl<S, P> FromRequestParts<S> for RedisFrom<P>
 where

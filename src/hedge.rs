@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use redis::RedisResult;
 
 use crate::connection::{Call, Reply};
-use crate::inner::{Bb8Connection, PoolInner};
+use crate::inner::PoolInner;
+use crate::manager::Bb8Connection;
 
 /// Which copy of a hedged read answered first.
 pub(crate) enum Raced {

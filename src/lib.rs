@@ -73,42 +73,56 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations)]
 
+// The layers, lowest first: a module uses its own layer and those before it (see
+// ARCHITECTURE.md; tests/layering.rs keeps it so).
+
+// base: values and rules that know no socket.
 mod breaker;
 mod cause;
 mod clock;
 mod command;
 pub mod config;
-mod connection;
 mod content_type;
+mod delegate;
 mod error;
-mod extract;
-mod health;
-mod hedge;
-mod inner;
-mod layer;
-mod manager;
 pub mod metrics;
-mod multiplexed;
 mod names;
 mod not_sent;
-mod pool;
-mod probe;
-#[cfg(feature = "prometheus")]
-pub mod prometheus;
-pub mod pubsub;
+mod redis_error;
 mod refusals;
 mod reply_limit;
 mod reply_times;
 mod sanitize;
-mod sentinel;
 mod session;
-mod shared;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 mod throttle;
 #[cfg(feature = "tls")]
 mod tls;
+
+// net, topology, conn: one socket, where Redis is, one connection.
+mod connection;
+mod sentinel;
 mod transport;
+
+// pool: the connect gate, checkout, shared mode, the prober, the pool's state.
+mod hedge;
+mod inner;
+mod manager;
+mod multiplexed;
+mod pool;
+mod probe;
+pub mod pubsub;
+mod shared;
+mod validate;
+
+// http: Tower and axum.
+mod extract;
+mod health;
+mod layer;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use breaker::{BreakerPolicy, BreakerState};
 #[doc(inline)]

@@ -18,12 +18,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::instrument::WithSubscriber;
 
 use crate::clock::Backoff;
+use crate::config::SetUpConnection;
 use crate::connection::{GuardConnection, Peer, Server};
 use crate::metrics::ConnectErrorKind;
+use crate::redis_error::connect_error_kind;
 use crate::sanitize::server_text;
 use crate::sentinel::Placement;
 use crate::shared::Shared;
 use crate::transport::{self, BoxedStream, LinkHealth, LinkState, PeerProbe, TrackedStream};
+
+/// A connection checked out of bb8: goes back to it when dropped.
+pub(crate) type Bb8Connection = bb8::PooledConnection<'static, GuardManager>;
 
 /// The `bb8::ManageConnection` behind a [`RedisGuard`](crate::RedisGuard).
 ///
@@ -311,12 +316,15 @@ impl GuardManager {
         if let Some(hook) = &config.on_connect {
             // A panic in the user's hook must not unwind through bb8, which would lose the
             // pool slot; it is a failed connect like any other.
-            CatchUnwind(hook(&mut conn)).await.unwrap_or_else(|_| {
-                Err(RedisError::from((
-                    ErrorKind::Client,
-                    "the on_connect hook panicked",
-                )))
-            })?;
+            let id = conn.connection_id();
+            CatchUnwind(hook(&mut SetUpConnection::new(&mut conn, id)))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(RedisError::from((
+                        ErrorKind::Client,
+                        "the on_connect hook panicked",
+                    )))
+                })?;
         }
         if conn.on_demoted_primary() {
             return Err(ConnectFailure::Moved(
@@ -393,7 +401,7 @@ impl GuardManager {
         let (host, port, placement) = match (self.shared.sentinel(), config.connection.addr()) {
             (Some(watch), _) => {
                 let placement = watch
-                    .primary(&self.shared)
+                    .primary(&*self.shared)
                     .await
                     .map_err(|failure| ConnectFailure::Sentinel(failure.kind, failure.message))?;
                 let (host, port) = (placement.addr.host.clone(), placement.addr.port);
@@ -717,7 +725,7 @@ impl ConnectFailure {
             ConnectFailure::Redis(e) if is_max_clients(&e.to_string()) => {
                 ConnectErrorKind::MaxClients
             }
-            ConnectFailure::Redis(e) => classify_connect_error(e),
+            ConnectFailure::Redis(e) => connect_error_kind(e),
         }
     }
 
@@ -743,19 +751,5 @@ impl ConnectFailure {
             ConnectFailure::Moved(_) => false,
             ConnectFailure::Redis(e) => e.is_connection_refusal() || !e.is_connection_dropped(),
         }
-    }
-}
-
-pub(crate) fn classify_connect_error(e: &RedisError) -> ConnectErrorKind {
-    if e.kind() == ErrorKind::AuthenticationFailed
-        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
-    {
-        ConnectErrorKind::Auth
-    } else if e.is_timeout() {
-        ConnectErrorKind::Timeout
-    } else if e.is_connection_refusal() || e.is_connection_dropped() {
-        ConnectErrorKind::Refused
-    } else {
-        ConnectErrorKind::Other
     }
 }

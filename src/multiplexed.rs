@@ -44,12 +44,13 @@ use crate::connection::{
     Call, Outcome, Reply, SharedParts, call_span, closed_link_eviction, unless_never_written,
     watched,
 };
-use crate::inner::{Bb8Connection, Validated};
+use crate::manager::Bb8Connection;
 use crate::metrics::EvictionReason;
 use crate::not_sent::NotSent;
 use crate::reply_limit::ReplyTooLarge;
 use crate::shared::Shared;
 use crate::transport::PeerState;
+use crate::validate::Validated;
 
 /// Which of a shared-mode pool's lanes a connection serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,7 +382,7 @@ impl SharedConnection {
             self.retire_locked(&mut conn, EvictionReason::Broken);
             return Validated::Dead;
         }
-        let validated = crate::inner::validate(&mut conn, shared, Some(deadline)).await;
+        let validated = crate::validate::validate(&mut conn, shared, Some(deadline)).await;
         match validated {
             // Exact: the validation is what lifts the suspicion.
             Validated::Alive => self.last_success.set(Instant::now()),

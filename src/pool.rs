@@ -15,15 +15,17 @@ use tracing::instrument::WithSubscriber;
 
 use crate::breaker::BreakerState;
 use crate::config::Config;
-use crate::connection::{Call, Reply, is_infrastructure_failure, is_refused_by_role};
+use crate::connection::{Call, Reply};
 use crate::error::{Error, PoolState};
 use crate::hedge::Raced;
-use crate::inner::{Bb8Connection, CheckedOut, PoolInner, WhenClosing};
+use crate::inner::{CheckedOut, PoolInner, WhenClosing};
+use crate::manager::Bb8Connection;
 use crate::metrics::EvictionReason;
 use crate::multiplexed::{Lane, SharedConnection};
 use crate::names::NameClaim;
 use crate::not_sent::NotSent;
 use crate::probe;
+use crate::redis_error::{is_infrastructure_failure, is_refused_by_role};
 use crate::reply_limit::ReplyTooLarge;
 
 /// A health-checked pool of Redis connections: cheap to clone, one per Redis instance.
@@ -295,7 +297,7 @@ impl DerefMut for PooledConnection {
     }
 }
 
-crate::connection::delegate_connection_like!(impl<> PooledConnection, checkout);
+crate::delegate::delegate_connection_like!(impl<> PooledConnection, checkout);
 
 /// What a [`PooledConnection`] holds, and where its calls go: a connection of its own, or in
 /// shared mode the pool's shared connections until a command needs one of its own.

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use crate::breaker::BreakerState;
 use crate::connection::{GuardConnection, Verdict};
-use crate::inner::{Bb8Connection, PoolInner};
+use crate::inner::PoolInner;
+use crate::manager::Bb8Connection;
 use crate::manager::{Attempt, CatchUnwind, Skip};
 use crate::metrics::EvictionReason;
 use crate::sanitize::server_text;

@@ -28,10 +28,10 @@ use tracing::instrument::WithSubscriber;
 
 use crate::breaker::BreakerState;
 use crate::config::StartupMode;
-use crate::connection::is_infrastructure_failure;
 use crate::error::{Error, UnavailableReason};
 use crate::inner::PoolInner;
 use crate::manager::{Attempt, GuardManager, SubscriptionLink};
+use crate::redis_error::is_infrastructure_failure;
 use crate::sanitize::server_text;
 use crate::shared::Shared;
 use crate::throttle::Throttle;

@@ -39,6 +39,7 @@ use crate::refusals::{Refusal, Refusals};
 use crate::reply_times::{HedgeSlot, ReplyTimes};
 use crate::sanitize::server_text;
 use crate::sentinel::{PrimaryAddr, SentinelWatch};
+use crate::transport::LinkHealth;
 
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -435,9 +436,9 @@ impl Shared {
 
     /// The health record of a new socket, for a connection being opened. Once established
     /// it counts as working until it closes.
-    pub(crate) fn link_opened(self: &Arc<Self>) -> crate::transport::LinkHealth {
+    pub(crate) fn link_opened(self: &Arc<Self>) -> LinkHealth {
         let shared = Arc::downgrade(self);
-        crate::transport::LinkHealth::new(Box::new(move |state| {
+        LinkHealth::new(Box::new(move |state| {
             if let Some(shared) = shared.upgrade() {
                 shared.link_closed(state);
             }
@@ -455,7 +456,7 @@ impl Shared {
     }
 
     /// A connect succeeded on this socket: it works until it closes.
-    pub(crate) fn link_established(&self, link: &crate::transport::LinkHealth) {
+    pub(crate) fn link_established(&self, link: &LinkHealth) {
         if link.establish() {
             self.working_links.fetch_add(1, Ordering::AcqRel);
         }
@@ -781,5 +782,76 @@ pub(crate) struct WaitingGuard<'a>(&'a AtomicUsize);
 impl Drop for WaitingGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a connection sees of its pool: every report lands in the methods above.
+impl crate::connection::Owner for Shared {
+    fn name(&self) -> &str {
+        Shared::name(self)
+    }
+    fn config(&self) -> &Config {
+        Shared::config(self)
+    }
+    fn sentinel(&self) -> Option<&SentinelWatch> {
+        Shared::sentinel(self)
+    }
+    fn validation_timeout(&self) -> Duration {
+        Shared::validation_timeout(self)
+    }
+    fn is_suspect(&self, last_success: Instant) -> bool {
+        Shared::is_suspect(self, last_success)
+    }
+    fn is_role_suspect(&self, role_checked: Instant) -> bool {
+        Shared::is_role_suspect(self, role_checked)
+    }
+    fn round_trip(&self, took: Duration) {
+        Shared::round_trip(self, took);
+    }
+    fn answered(&self, at: Instant) {
+        Shared::answered(self, at);
+    }
+    fn link_established(&self, link: &LinkHealth) {
+        Shared::link_established(self, link);
+    }
+    fn evicted(&self, reason: EvictionReason, connection_id: u64) {
+        Shared::evicted(self, reason, connection_id);
+    }
+    fn reply_overdue(&self, sent: Instant) {
+        Shared::reply_overdue(self, sent);
+    }
+    fn call_timed_out(&self, sent: Instant) {
+        Shared::call_timed_out(self, sent);
+    }
+}
+
+/// What the Sentinel watch sees of its pool.
+impl crate::sentinel::WatchedPool for Shared {
+    fn name(&self) -> &str {
+        Shared::name(self)
+    }
+    fn config(&self) -> &Config {
+        Shared::config(self)
+    }
+    fn sentinel(&self) -> Option<&SentinelWatch> {
+        Shared::sentinel(self)
+    }
+    fn validation_timeout(&self) -> Duration {
+        Shared::validation_timeout(self)
+    }
+    fn is_closing(&self) -> bool {
+        Shared::is_closing(self)
+    }
+    async fn closed(&self) {
+        Shared::closed(self).await;
+    }
+    fn primary_moved(&self, old: &PrimaryAddr, new: &PrimaryAddr) {
+        Shared::primary_moved(self, old, new);
+    }
+    fn hold_writes(&self) {
+        Shared::hold_writes(self);
+    }
+    fn release_writes(&self, why: &str) {
+        Shared::release_writes(self, why);
     }
 }

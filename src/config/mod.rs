@@ -27,13 +27,14 @@ use std::time::Duration;
 use redis::{ConnectionInfo, RedisFuture};
 
 use crate::breaker::BreakerPolicy;
-use crate::connection::GuardConnection;
 
 pub mod defaults;
 mod env;
+mod hook;
 mod sentinel;
 mod url;
 
+pub use hook::{ConnectHook, SetUpConnection};
 pub(crate) use sentinel::is_host;
 pub use sentinel::{DEFAULT_SENTINEL_PORT, Sentinel};
 pub use url::redact_url;
@@ -41,10 +42,7 @@ pub use url::redact_url;
 #[cfg(feature = "tls")]
 pub use crate::tls::TlsSettings;
 
-/// The longest duration any timeout or interval may be: longer ones are surely a mistake (or a
-/// "forever" that should be `None`), and keeping every duration this small keeps deadline
-/// arithmetic far from overflow.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+pub use crate::clock::MAX_DURATION;
 /// The most connections a pool may hold: Redis's default `maxclients`.
 pub const MAX_POOL_SIZE: u32 = 10_000;
 /// The smallest `max_reply_size`: the pool's own largest reply (`COMMAND`, read once to learn
@@ -53,10 +51,6 @@ pub const MIN_REPLY_SIZE: u64 = 1024 * 1024;
 /// The largest `max_reply_size`: a client that may buffer more per connection has no bound
 /// worth the name.
 pub const MAX_REPLY_SIZE: u64 = 4 * 1024 * 1024 * 1024;
-
-/// A set-up hook: see [`ConfigBuilder::on_connect`].
-pub type ConnectHook =
-    Arc<dyn for<'c> Fn(&'c mut GuardConnection) -> RedisFuture<'c, ()> + Send + Sync>;
 
 /// How [`RedisGuard::connect`](crate::RedisGuard::connect) behaves when Redis cannot be
 /// reached at start-up.
@@ -452,7 +446,7 @@ impl ConfigBuilder {
     /// ```
     pub fn on_connect<F>(mut self, hook: F) -> Self
     where
-        F: for<'c> Fn(&'c mut GuardConnection) -> RedisFuture<'c, ()> + Send + Sync + 'static,
+        F: for<'c> Fn(&'c mut SetUpConnection<'c>) -> RedisFuture<'c, ()> + Send + Sync + 'static,
     {
         self.on_connect = Some(Arc::new(hook));
         self

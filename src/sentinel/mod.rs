@@ -38,6 +38,7 @@
 
 mod events;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -49,7 +50,6 @@ use tokio::sync::Notify;
 use crate::config::{Config, Sentinel};
 use crate::metrics::ConnectErrorKind;
 use crate::sanitize::server_text;
-use crate::shared::Shared;
 use crate::transport::{self, BoxedStream, PeerProbe};
 use events::{Event, text};
 
@@ -204,16 +204,19 @@ impl SentinelWatch {
     }
 
     /// The primary for a new connection: asked of the sentinels (see the module docs).
-    pub(crate) async fn primary(&self, shared: &Shared) -> Result<Placement, SentinelFailure> {
-        let (addr, generation) = self.ask_for_primary(shared).await?;
+    pub(crate) async fn primary(
+        &self,
+        pool: &impl WatchedPool,
+    ) -> Result<Placement, SentinelFailure> {
+        let (addr, generation) = self.ask_for_primary(pool).await?;
         Ok(Placement { addr, generation })
     }
 
     async fn ask_for_primary(
         &self,
-        shared: &Shared,
+        pool: &impl WatchedPool,
     ) -> Result<(PrimaryAddr, u64), SentinelFailure> {
-        let config = shared.config();
+        let config = pool.config();
         let count = self.sentinel.sentinels.len();
         // The subscriptions' connections first, all at once: open and proven by their polls,
         // so an answer takes a round trip. A frozen sentinel must not hold up the connect,
@@ -226,7 +229,7 @@ impl SentinelWatch {
             .filter_map(|(i, link)| Some((i, link.clone()?)))
             .collect();
         if !links.is_empty() {
-            let budget = shared.validation_timeout();
+            let budget = pool.validation_timeout();
             let questions = links
                 .into_iter()
                 .map(|(i, mut link)| {
@@ -241,7 +244,7 @@ impl SentinelWatch {
                 })
                 .collect();
             match first_answer(questions).await {
-                Ok((addr, epoch)) => return self.learn_allowed(addr, epoch, shared),
+                Ok((addr, epoch)) => return self.learn_allowed(addr, epoch, pool),
                 Err(failures) => {
                     let mut links = self.lock_links();
                     for (i, _) in &failures {
@@ -254,7 +257,7 @@ impl SentinelWatch {
         }
         // The primary may well be up while the sentinels restart or stop answering.
         if let Some(known) = self.lock_known().as_ref() {
-            tracing::debug!(pool = %shared.name(), primary = %known.addr, "no sentinel answered; using the last known primary");
+            tracing::debug!(pool = %pool.name(), primary = %known.addr, "no sentinel answered; using the last known primary");
             return Ok((known.addr.clone(), self.generation()));
         }
         // Nothing known yet (start-up): every sentinel on a connection of its own, at once,
@@ -286,7 +289,7 @@ impl SentinelWatch {
             })
             .collect();
         match first_answer(questions).await {
-            Ok((addr, epoch)) => self.learn_allowed(addr, epoch, shared),
+            Ok((addr, epoch)) => self.learn_allowed(addr, epoch, pool),
             // The first sentinel's failure: the one an operator would look at first.
             Err(failures) => Err(failures
                 .into_iter()
@@ -313,7 +316,7 @@ impl SentinelWatch {
             None => "cannot be reached",
         };
         SentinelFailure {
-            kind: crate::manager::classify_connect_error(e),
+            kind: crate::redis_error::connect_error_kind(e),
             message: format!("sentinel {} {what}: {}", self.name_of(i), server_text(e)),
         }
     }
@@ -324,10 +327,10 @@ impl SentinelWatch {
         &self,
         addr: PrimaryAddr,
         epoch: u64,
-        shared: &Shared,
+        pool: &impl WatchedPool,
     ) -> Result<(PrimaryAddr, u64), SentinelFailure> {
-        if self.admits(&addr, shared) {
-            return Ok(self.learn(addr, epoch, shared));
+        if self.admits(&addr, pool) {
+            return Ok(self.learn(addr, epoch, pool));
         }
         match self.lock_known().as_ref() {
             Some(known) => Ok((known.addr.clone(), self.generation())),
@@ -342,16 +345,16 @@ impl SentinelWatch {
 
     /// Whether the pool may connect to `addr` (see [`Sentinel::allow_primaries`]). A refusal
     /// is logged at WARN once per address in a row: the sentinels repeat it at every poll.
-    fn admits(&self, addr: &PrimaryAddr, shared: &Shared) -> bool {
+    fn admits(&self, addr: &PrimaryAddr, pool: &impl WatchedPool) -> bool {
         if self.sentinel.allows(&addr.host, addr.port) {
             return true;
         }
         let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         if refused.as_ref() != Some(addr) {
-            tracing::warn!(pool = %shared.name(), named = %addr, "a sentinel names a primary outside allow_primaries; not connecting to it");
+            tracing::warn!(pool = %pool.name(), named = %addr, "a sentinel names a primary outside allow_primaries; not connecting to it");
             *refused = Some(addr.clone());
         } else {
-            tracing::debug!(pool = %shared.name(), named = %addr, "a sentinel names a primary outside allow_primaries again");
+            tracing::debug!(pool = %pool.name(), named = %addr, "a sentinel names a primary outside allow_primaries again");
         }
         false
     }
@@ -360,8 +363,8 @@ impl SentinelWatch {
     /// epoch), and returns the primary the pool now believes in. Another address than the
     /// known one wins only with a newer epoch: an equal or older one comes from a sentinel
     /// that has not heard of the last failover. A move raises the generation and tells
-    /// `shared`, which retires the connections to the old primary.
-    fn learn(&self, addr: PrimaryAddr, epoch: u64, shared: &Shared) -> (PrimaryAddr, u64) {
+    /// `pool`, which retires the connections to the old primary.
+    fn learn(&self, addr: PrimaryAddr, epoch: u64, pool: &impl WatchedPool) -> (PrimaryAddr, u64) {
         let mut known = self.lock_known();
         match known.as_mut() {
             Some(k) if k.addr == addr => {
@@ -369,12 +372,12 @@ impl SentinelWatch {
                 (addr, self.generation())
             }
             Some(k) if epoch <= k.epoch && !k.refuted => {
-                tracing::debug!(pool = %shared.name(), named = %addr, epoch, primary = %k.addr, known_epoch = k.epoch, "a sentinel names another primary under an epoch not newer than the known one; kept");
+                tracing::debug!(pool = %pool.name(), named = %addr, epoch, primary = %k.addr, known_epoch = k.epoch, "a sentinel names another primary under an epoch not newer than the known one; kept");
                 (k.addr.clone(), self.generation())
             }
             _ => {
                 drop(known);
-                self.move_to(addr, epoch, shared)
+                self.move_to(addr, epoch, pool)
             }
         }
     }
@@ -384,7 +387,7 @@ impl SentinelWatch {
     /// keeps the old epoch until a `SENTINEL MASTER` gives the new one (asked right after):
     /// an answer for the old address then carries the old epoch, which no longer wins, and a
     /// later failover's carries a newer one, which does.
-    fn announced(&self, addr: PrimaryAddr, shared: &Shared) {
+    fn announced(&self, addr: PrimaryAddr, pool: &impl WatchedPool) {
         let epoch = {
             let known = self.lock_known();
             match known.as_ref() {
@@ -393,24 +396,29 @@ impl SentinelWatch {
                 None => 0,
             }
         };
-        self.move_to(addr, epoch, shared);
+        self.move_to(addr, epoch, pool);
     }
 
     /// A connection opened to `addr` found a replica there. If the pool still takes `addr`
     /// for the primary, the sentinels' next answer wins whatever its epoch, and they are asked
     /// now: a pool must not stay on a demoted node because of an epoch it misread or that the
     /// sentinels lost (a restart without their config files resets it).
-    pub(crate) fn refuted(&self, addr: &PrimaryAddr, shared: &Shared) {
+    pub(crate) fn refuted(&self, addr: &PrimaryAddr, pool: &str) {
         let mut known = self.lock_known();
         if let Some(k) = known.as_mut().filter(|k| k.addr == *addr && !k.refuted) {
             k.refuted = true;
             drop(known);
-            tracing::info!(pool = %shared.name(), primary = %addr, "the known primary serves as a replica; the sentinels' next answer wins");
+            tracing::info!(pool, primary = %addr, "the known primary serves as a replica; the sentinels' next answer wins");
             self.recheck.notify_waiters();
         }
     }
 
-    fn move_to(&self, addr: PrimaryAddr, epoch: u64, shared: &Shared) -> (PrimaryAddr, u64) {
+    fn move_to(
+        &self,
+        addr: PrimaryAddr,
+        epoch: u64,
+        pool: &impl WatchedPool,
+    ) -> (PrimaryAddr, u64) {
         let mut known = self.lock_known();
         let old = known.replace(Known {
             addr: addr.clone(),
@@ -424,12 +432,12 @@ impl SentinelWatch {
         drop(known);
         match old {
             Some(old) => {
-                shared.primary_moved(&old.addr, &addr);
+                pool.primary_moved(&old.addr, &addr);
                 let cut = self.cut_connections_to(&old.addr);
-                tracing::debug!(pool = %shared.name(), cut, "connections to the demoted primary shut");
+                tracing::debug!(pool = %pool.name(), cut, "connections to the demoted primary shut");
             }
             None => {
-                tracing::info!(pool = %shared.name(), primary = %addr, epoch, "primary found through Sentinel");
+                tracing::info!(pool = %pool.name(), primary = %addr, epoch, "primary found through Sentinel");
             }
         }
         (addr, generation)
@@ -519,24 +527,47 @@ impl SentinelWatch {
     }
 }
 
+/// The pool a Sentinel watch serves, as the watch sees it: its settings and lifecycle, and
+/// what the watch reports (the primary moved, a failover began or was aborted). The pool's
+/// state implements it and decides what a move means for its connections and its breaker.
+pub(crate) trait WatchedPool: Send + Sync {
+    /// The pool's name, for logs.
+    fn name(&self) -> &str;
+    fn config(&self) -> &Config;
+    /// The watch itself, which the pool owns.
+    fn sentinel(&self) -> Option<&SentinelWatch>;
+    /// How long a sentinel may take to answer.
+    fn validation_timeout(&self) -> Duration;
+    fn is_closing(&self) -> bool;
+    /// Completes when the pool closes.
+    fn closed(&self) -> impl Future<Output = ()> + Send;
+    /// The primary moved from `old` to `new`.
+    fn primary_moved(&self, old: &PrimaryAddr, new: &PrimaryAddr);
+    /// A failover of the primary began: writes wait for its end, for [`WRITE_HOLD_CAP`] at
+    /// most.
+    fn hold_writes(&self);
+    /// The failover ended without a move, or writes may go on for another reason.
+    fn release_writes(&self, why: &str);
+}
+
 /// Keeps a subscription to `+switch-master` on every sentinel until the pool closes: the
 /// sentinel that led the failover announces it first, the others only once they hear of it
 /// (up to seconds later), and any of them may be down.
-pub(crate) async fn follow(shared: Arc<Shared>) {
-    let Some(watch) = shared.sentinel() else {
+pub(crate) async fn follow(pool: Arc<impl WatchedPool>) {
+    let Some(watch) = pool.sentinel() else {
         return;
     };
     let count = watch.sentinel.sentinels.len();
     let followers = (0..count).map(|i| {
-        let shared = &shared;
+        let pool = &*pool;
         async move {
-            let interval = shared.config().probe_interval();
-            while !shared.is_closing() {
-                subscribe_and_listen(shared, watch, i).await;
+            let interval = pool.config().probe_interval();
+            while !pool.is_closing() {
+                subscribe_and_listen(pool, watch, i).await;
                 // Subscribed again after a pause: a sentinel that is down is not hammered.
                 tokio::select! {
                     () = tokio::time::sleep(interval) => {}
-                    () = shared.closed() => return,
+                    () = pool.closed() => return,
                 }
             }
         }
@@ -604,8 +635,8 @@ async fn join_all<F: std::future::Future<Output = ()>>(futures: Vec<F>) {
 
 /// Subscribes on sentinel `i` and follows its announcements, polling every `probe_interval`,
 /// until the connection fails or stops answering.
-async fn subscribe_and_listen(shared: &Shared, watch: &SentinelWatch, i: usize) {
-    let config = shared.config();
+async fn subscribe_and_listen(pool: &impl WatchedPool, watch: &SentinelWatch, i: usize) {
+    let config = pool.config();
     let (pushes, mut announcements) = tokio::sync::mpsc::unbounded_channel();
     let subscribed = async {
         let mut conn = watch.open(i, config, Some(pushes)).await?;
@@ -615,22 +646,22 @@ async fn subscribe_and_listen(shared: &Shared, watch: &SentinelWatch, i: usize) 
     let mut conn = match tokio::time::timeout(config.connect_timeout(), subscribed).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            tracing::debug!(pool = %shared.name(), sentinel = %watch.name_of(i), error = %server_text(&e), "cannot subscribe to the sentinel");
+            tracing::debug!(pool = %pool.name(), sentinel = %watch.name_of(i), error = %server_text(&e), "cannot subscribe to the sentinel");
             return;
         }
         Err(_) => return,
     };
-    tracing::debug!(pool = %shared.name(), sentinel = %watch.name_of(i), "following the sentinel's announcements");
+    tracing::debug!(pool = %pool.name(), sentinel = %watch.name_of(i), "following the sentinel's announcements");
     watch.lock_links()[i] = Some(conn.clone());
     let interval = config.probe_interval();
     // A failover announced while nobody listened is caught by this first poll.
     let mut poll_now = true;
     loop {
         if poll_now {
-            match tokio::time::timeout(shared.validation_timeout(), watch.ask(&mut conn)).await {
+            match tokio::time::timeout(pool.validation_timeout(), watch.ask(&mut conn)).await {
                 Ok(Ok(Some((addr, epoch)))) => {
-                    if watch.admits(&addr, shared) {
-                        watch.learn(addr, epoch, shared);
+                    if watch.admits(&addr, pool) {
+                        watch.learn(addr, epoch, pool);
                     }
                 }
                 Ok(Ok(None)) => {}
@@ -642,18 +673,18 @@ async fn subscribe_and_listen(shared: &Shared, watch: &SentinelWatch, i: usize) 
                 Some(push) if push.kind == PushKind::Disconnection => break,
                 Some(push) => match events::event_for(&push, &watch.sentinel.master_name) {
                     Some(Event::Switched(addr)) => {
-                        if watch.admits(&addr, shared) {
-                            watch.announced(addr, shared);
+                        if watch.admits(&addr, pool) {
+                            watch.announced(addr, pool);
                         }
                         // Learn the new epoch from the same sentinel.
                         true
                     }
                     Some(Event::FailoverBegins) => {
-                        shared.hold_writes();
+                        pool.hold_writes();
                         false
                     }
                     Some(Event::FailoverAborted) => {
-                        shared.release_writes("the failover was aborted");
+                        pool.release_writes("the failover was aborted");
                         false
                     }
                     None => false,
@@ -662,7 +693,7 @@ async fn subscribe_and_listen(shared: &Shared, watch: &SentinelWatch, i: usize) 
             },
             () = tokio::time::sleep(interval) => true,
             () = watch.recheck.notified() => true,
-            () = shared.closed() => break,
+            () = pool.closed() => break,
         };
     }
     watch.lock_links()[i] = None;
@@ -729,6 +760,7 @@ fn master_in(reply: Value) -> Result<Option<Answer>, RedisError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared::Shared;
 
     fn addr(port: u16) -> PrimaryAddr {
         PrimaryAddr {
@@ -838,14 +870,14 @@ mod tests {
             1,
             "an older epoch alone does not move the pool"
         );
-        watch.refuted(&addr(3), &shared);
+        watch.refuted(&addr(3), shared.name());
         watch.learn(addr(2), 1, &shared);
         assert_eq!(
             primary(&watch).0,
             1,
             "only the known primary can be refuted"
         );
-        watch.refuted(&addr(1), &shared);
+        watch.refuted(&addr(1), shared.name());
         watch.learn(addr(2), 1, &shared);
         assert_eq!(primary(&watch), (2, 1));
         assert_eq!(watch.generation(), 1);
