@@ -21,14 +21,13 @@
 //! Fields are private: callers report what happened and never touch the breaker or the
 //! metrics themselves.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
 
 use crate::breaker::{Admission, Breaker, BreakerState, Transition};
-use crate::clock::AtomicInstant;
 use crate::command::ReadOnlyCommands;
 use crate::config::Config;
 use crate::error::{Error, PoolState, UnavailableReason};
@@ -40,16 +39,20 @@ use crate::reply_times::{HedgeSlot, ReplyTimes};
 use crate::sanitize::server_text;
 use crate::sentinel::{PrimaryAddr, SentinelWatch};
 use crate::transport::LinkHealth;
+use connects::Connects;
+use evidence::Evidence;
+use series::Series;
+use write_hold::WriteHold;
+
+mod connects;
+mod evidence;
+mod series;
+mod write_hold;
 
 #[derive(Debug)]
 pub(crate) struct Shared {
     config: Config,
-    /// The series, registered when the pool was created.
-    metrics: PoolMetrics,
-    /// The series registered again once a recorder arrived, for a pool created before it
-    /// (which got the facade's no-op handles).
-    late_metrics: OnceLock<PoolMetrics>,
-    awaiting_recorder: AtomicBool,
+    series: Series,
     breaker: Breaker,
     /// Set by the first successful connect: before it the pool is not ready, yet requests are
     /// not refused (they wait for that connect).
@@ -58,54 +61,16 @@ pub(crate) struct Shared {
     connect_failed: Notify,
     /// Wakes the prober: an existing connection failed, verify Redis with a fresh connect.
     verify_requested: Notify,
-    /// Set while a Sentinel failover of the primary is under way: writes wait (see
-    /// [`Shared::hold_writes`]). Read on every call, so an atomic beside the watch.
-    writes_held: AtomicBool,
-    /// When the hold ends at the latest, while writes are held.
-    write_hold: tokio::sync::watch::Sender<Option<Instant>>,
-    /// Bumped each time the primary moves. Work begun under an older value (a connect in
-    /// flight, its failure, a backoff) says nothing about the new primary: it is dropped or
-    /// ignored, never counted. A watch rather than a `Notify`, so a move between reading the
-    /// backoff and waiting on it is not missed.
-    topology: tokio::sync::watch::Sender<u64>,
-    /// When the next connect attempt may start, after a failed one: for `Retry-After`.
-    next_connect_at: AtomicInstant,
-    /// When an existing connection last failed. Idle connections not proven alive since are
-    /// suspected of failing the same way, and validated off the caller's path.
-    suspect_before: AtomicInstant,
-    /// When a connection was last refused for its role (`READONLY`, ...): connections whose
-    /// role was seen before must show `ROLE master` again before reuse.
-    role_suspect_before: AtomicInstant,
-    /// When Redis last answered anything: the prober stays quiet while traffic proves it alive.
-    last_answer: AtomicInstant,
-    /// When the last connect attempt that timed out with nothing answering since it began
-    /// began.
-    silent_connect: AtomicInstant,
-    /// When the last call on an existing connection that timed out with nothing answering
-    /// since was sent.
-    silent_call: AtomicInstant,
-    /// A moving average of PING round trips, in nanoseconds: validation waits a few of them
-    /// at least, so a distant Redis is not taken for a dead one.
-    round_trip_nanos: AtomicU64,
-    /// The last connect failure, redacted, for errors and `/readyz`; cleared by a success.
-    last_connect_error: Mutex<Option<String>>,
-    /// Whether the last connect attempt failed.
-    connects_failing: AtomicBool,
-    /// Failed connect attempts since the pool was created, weighed: 2 for a decisive failure, 1
-    /// for a connection cut while it was set up. A waiting checkout compares it with the count
-    /// when it began.
-    failed_connects: AtomicU64,
-    /// Evictions not yet made good by a new connection: the next connects are reconnects.
-    replacement_debt: AtomicU64,
+    connects: Connects,
+    evidence: Evidence,
+    /// Writes held during a failover (see [`Shared::hold_writes`]) and the primary's moves.
+    write_hold: WriteHold,
     next_connection_id: AtomicU64,
     /// Callers inside a checkout, waiting for a connection or validating one.
     waiting: AtomicUsize,
     /// Sockets open and not given up: connections that may still work, in the pool or checked
     /// out. A checkout fails fast on a connect failure only when there are none.
     working_links: AtomicUsize,
-    /// When the last connect attempt ended: a failure counts toward the breaker only if nothing
-    /// answered since the attempt before it.
-    last_attempt_end: AtomicInstant,
     /// One permit per connection, taken before bb8 is asked: tokio's semaphore queues callers
     /// first come, first served, where bb8's wake-ups let newcomers barge past sleepers (at 128
     /// callers on 16 connections some waited out the whole budget).
@@ -126,38 +91,20 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(config: Config) -> Self {
-        let metrics = PoolMetrics::register(config.name());
-        metrics.breaker(BreakerState::Closed, false, false);
-        let awaiting_recorder = !crate::metrics::recorder_installed();
-        if awaiting_recorder {
-            tracing::debug!(pool = %config.name(), "no metrics recorder installed yet; the pool's series are registered once one is");
-        }
+        let series = Series::register(config.name());
+        series.get().breaker(BreakerState::Closed, false, false);
         Self {
-            metrics,
-            late_metrics: OnceLock::new(),
-            awaiting_recorder: AtomicBool::new(awaiting_recorder),
+            series,
             breaker: Breaker::new(config.breaker()),
             connected_once: AtomicBool::new(false),
             connect_failed: Notify::new(),
             verify_requested: Notify::new(),
-            topology: tokio::sync::watch::Sender::new(0),
-            writes_held: AtomicBool::new(false),
-            write_hold: tokio::sync::watch::Sender::new(None),
-            next_connect_at: AtomicInstant::default(),
-            suspect_before: AtomicInstant::default(),
-            role_suspect_before: AtomicInstant::default(),
-            last_answer: AtomicInstant::default(),
-            silent_connect: AtomicInstant::default(),
-            silent_call: AtomicInstant::default(),
-            round_trip_nanos: AtomicU64::new(0),
-            last_connect_error: Mutex::new(None),
-            connects_failing: AtomicBool::new(false),
-            failed_connects: AtomicU64::new(0),
-            replacement_debt: AtomicU64::new(0),
+            connects: Connects::default(),
+            evidence: Evidence::default(),
+            write_hold: WriteHold::default(),
             next_connection_id: AtomicU64::new(1),
             waiting: AtomicUsize::new(0),
             working_links: AtomicUsize::new(0),
-            last_attempt_end: AtomicInstant::default(),
             checkout_permits: Arc::new(Semaphore::new(config.max_size() as usize)),
             closing: AtomicBool::new(false),
             closed: Notify::new(),
@@ -173,24 +120,16 @@ impl Shared {
         &self.config
     }
 
-    /// The pool's series: those registered once a recorder arrived, if the pool was created
-    /// before it.
     fn metrics(&self) -> &PoolMetrics {
-        self.late_metrics.get().unwrap_or(&self.metrics)
+        self.series.get()
     }
 
     /// Registers the series with a recorder installed after the pool was created (checked with
     /// every gauge sample), and sets the gauges that only change on transitions.
     fn register_with_late_recorder(&self) {
-        if !self.awaiting_recorder.load(Ordering::Relaxed) || !crate::metrics::recorder_installed()
-        {
-            return;
+        if let Some(metrics) = self.series.register_late(self.name()) {
+            metrics.breaker(self.breaker.state(), false, self.is_ready());
         }
-        self.awaiting_recorder.store(false, Ordering::Relaxed);
-        let metrics = PoolMetrics::register(self.name());
-        metrics.breaker(self.breaker.state(), false, self.is_ready());
-        let _ = self.late_metrics.set(metrics);
-        tracing::info!(pool = %self.name(), "metrics recorder found; the pool's series are registered");
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -216,19 +155,9 @@ impl Shared {
     /// A new connection answered its first PING. One that `joins_the_pool` may make good a
     /// connection evicted from it (a reconnect); a subscription's does not.
     pub(crate) fn connected(&self, connection_id: u64, joins_the_pool: bool) {
-        let replaced = joins_the_pool
-            && self
-                .replacement_debt
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |debt| {
-                    debt.checked_sub(1)
-                })
-                .is_ok();
+        let (replaced, recovered) = self.connects.succeeded(joins_the_pool);
         self.metrics().connection_created(replaced);
-        self.last_attempt_end.set(Instant::now());
-        let recovered = self.connects_failing.swap(false, Ordering::AcqRel);
-        *self.lock_last_error() = None;
-        self.next_connect_at.clear();
-        self.last_answer.set(Instant::now());
+        self.evidence.answered_now();
         let first = !self.connected_once.swap(true, Ordering::AcqRel);
         if recovered {
             tracing::info!(pool = %self.name(), connection_id, "redis connect succeeded again");
@@ -273,51 +202,36 @@ impl Shared {
         // the log, into errors and into health details.
         let message = server_text(message);
         self.metrics().connect_error(kind);
-        let first = !self.connects_failing.swap(true, Ordering::AcqRel);
-        let changed = {
-            let mut last = self.lock_last_error();
-            let changed = last.as_deref() != Some(message.as_str());
-            *last = Some(message.clone());
-            changed
-        };
+        let now = Instant::now();
+        let failed = self.connects.failed(&message, now, retry_in, started);
         // One line per change of cause, not one per attempt: an outage lasting hours must not
         // flood the log at five lines a second.
-        if first || changed {
+        if failed.new_cause {
             tracing::warn!(pool = %self.name(), kind = kind.as_label(), error = %message, "redis connect failed");
         } else {
             tracing::debug!(pool = %self.name(), kind = kind.as_label(), error = %message, "redis connect failed again");
         }
-        let now = Instant::now();
-        self.next_connect_at.set(now + retry_in);
         // Redis answered on an existing connection since the previous attempt: it is up and
         // refusing new connections (maxclients, a connection limit), which is no outage.
-        let previous_end = self.last_attempt_end.get();
-        self.last_attempt_end.set(now);
         let answered_since = self
-            .last_answer
-            .get()
-            .is_some_and(|answer| previous_end.is_none_or(|end| answer > end));
-        let overlapped = previous_end.is_some_and(|end| started < end);
-        if counts && !answered_since && !overlapped {
+            .evidence
+            .last_answer()
+            .is_some_and(|answer| failed.previous_end.is_none_or(|end| answer > end));
+        if counts && !answered_since && !failed.overlapped {
             self.on_transition(self.breaker.record_failure(now));
         }
-        if kind == ConnectErrorKind::Timeout && !self.answered_since(started) {
-            self.silent_connect.advance(started);
-            self.trip_if_unresponsive();
+        if kind == ConnectErrorKind::Timeout && self.evidence.connect_timed_out(started) {
+            self.trip_as_unresponsive();
         }
-        // An undecisive failure counts half: a waiter fails on one decisive failure or two
-        // of any kind.
-        self.failed_connects
-            .fetch_add(if decisive { 2 } else { 1 }, Ordering::AcqRel);
+        self.connects.count_failure(decisive);
         self.connect_failed.notify_waiters();
     }
 
     /// A call on an existing connection sent at `sent` got no reply within its response
     /// timeout.
     pub(crate) fn call_timed_out(&self, sent: Instant) {
-        if !self.answered_since(sent) {
-            self.silent_call.advance(sent);
-            self.trip_if_unresponsive();
+        if self.evidence.call_timed_out(sent) {
+            self.trip_as_unresponsive();
         }
     }
 
@@ -325,34 +239,19 @@ impl Shared {
     /// answered since either, a fresh connect verifies Redis now rather than after the
     /// response timeout, so a frozen Redis is found within about one connect timeout.
     pub(crate) fn reply_overdue(&self, sent: Instant) {
-        if !self.answered_since(sent) {
+        if !self.evidence.answered_since(sent) {
             self.verify_requested.notify_one();
         }
     }
 
-    /// Opens the breaker at once when Redis is proven unresponsive: a connect timed out and
-    /// a call on an existing connection timed out too, with nothing answering since either
-    /// began. A frozen Redis (SIGSTOP, a hung host, a black-holing firewall) otherwise costs
-    /// each request its whole budget until five connects have timed out, one by one. Either
-    /// alone is not enough: zombie sockets time out while new connects succeed, and a busy
-    /// or distant Redis is slow to accept while it answers on the connections it has.
-    fn trip_if_unresponsive(&self) {
-        let (Some(connect), Some(call)) = (self.silent_connect.get(), self.silent_call.get())
-        else {
-            return;
-        };
-        if self.answered_since(connect.min(call)) {
-            return;
-        }
+    /// Opens the breaker at once: Redis is proven unresponsive (see `evidence.rs`). A frozen
+    /// Redis (SIGSTOP, a hung host, a black-holing firewall) otherwise costs each request its
+    /// whole budget until five connects have timed out, one by one.
+    fn trip_as_unresponsive(&self) {
         if let Some(transition) = self.breaker.trip() {
             tracing::warn!(pool = %self.name(), "redis is not answering: a connect and the calls in use timed out");
             self.on_transition(Some(transition));
         }
-    }
-
-    /// Whether Redis answered anything after `since`.
-    fn answered_since(&self, since: Instant) -> bool {
-        self.last_answer.get().is_some_and(|answer| answer > since)
     }
 
     /// A subscription was lost and made again.
@@ -371,9 +270,9 @@ impl Shared {
     pub(crate) fn primary_moved(&self, old: &PrimaryAddr, new: &PrimaryAddr) {
         tracing::warn!(pool = %self.name(), from = %old, to = %new, "the primary moved (Sentinel failover)");
         self.metrics().primary_moved();
-        self.next_connect_at.clear();
+        self.connects.allow_now();
         self.breaker.forget_failures();
-        self.topology.send_modify(|generation| *generation += 1);
+        self.write_hold.primary_moved();
         self.release_writes("the primary moved");
         self.verify_requested.notify_one();
     }
@@ -383,28 +282,26 @@ impl Shared {
     /// wait, unsent, until the switch (then they go to the new primary), an abort, or
     /// [`WRITE_HOLD_CAP`](crate::sentinel::WRITE_HOLD_CAP), whichever comes first. Reads go on.
     pub(crate) fn hold_writes(&self) {
-        let until = Instant::now() + crate::sentinel::WRITE_HOLD_CAP;
-        self.write_hold.send_replace(Some(until));
-        self.writes_held.store(true, Ordering::Release);
+        self.write_hold
+            .hold(Instant::now() + crate::sentinel::WRITE_HOLD_CAP);
         tracing::info!(pool = %self.name(), "a failover of the primary began: holding writes until the switch");
     }
 
     /// Lets held writes go.
     pub(crate) fn release_writes(&self, why: &str) {
-        if self.writes_held.swap(false, Ordering::AcqRel) {
-            self.write_hold.send_replace(None);
+        if self.write_hold.release() {
             tracing::info!(pool = %self.name(), why, "writes released");
         }
     }
 
     /// Whether writes are held now (the hot path reads only this).
     pub(crate) fn holds_writes(&self) -> bool {
-        self.writes_held.load(Ordering::Acquire)
+        self.write_hold.is_held()
     }
 
     /// Resolves when held writes may go: released, past the cap, or the pool closing.
     pub(crate) async fn writes_released(&self) {
-        let mut hold = self.write_hold.subscribe();
+        let mut hold = self.write_hold.until();
         loop {
             let Some(until) = *hold.borrow_and_update() else {
                 return;
@@ -424,13 +321,13 @@ impl Shared {
     /// Follows the primary's moves: subscribe before reading any state a move resets, so
     /// the move that comes after is seen.
     pub(crate) fn topology(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.topology.subscribe()
+        self.write_hold.topology()
     }
 
     /// Redis answered a command on an existing connection (an error reply counts: it travelled
     /// a working socket).
     pub(crate) fn answered(&self, at: Instant) {
-        self.last_answer.advance(at);
+        self.evidence.answered(at);
         self.on_transition(self.breaker.record_success(at));
     }
 
@@ -450,7 +347,7 @@ impl Shared {
     fn link_closed(&self, state: crate::transport::LinkState) {
         self.working_links.fetch_sub(1, Ordering::AcqRel);
         if state.is_failure() && !self.is_closing() {
-            self.suspect_before.set(Instant::now());
+            self.evidence.suspect_now();
             self.verify_requested.notify_one();
         }
     }
@@ -474,10 +371,10 @@ impl Shared {
         }
         tracing::debug!(pool = %self.name(), connection_id, reason = reason.as_label(), "evicting redis connection");
         self.metrics().eviction(reason);
-        self.replacement_debt.fetch_add(1, Ordering::AcqRel);
+        self.connects.owe_replacement();
         if reason == EvictionReason::RoleChange {
             // A failover: the other connections may lead to the demoted node too.
-            self.role_suspect_before.set(Instant::now());
+            self.evidence.suspect_roles_now();
         }
         if matches!(
             reason,
@@ -488,7 +385,7 @@ impl Shared {
         ) {
             // One socket failing says little about Redis: suspect its idle peers and let one
             // fresh connect decide.
-            self.suspect_before.set(Instant::now());
+            self.evidence.suspect_now();
             self.verify_requested.notify_one();
         }
     }
@@ -515,7 +412,7 @@ impl Shared {
         let limit = (self.config.max_size() as usize / 2).max(1);
         let slot = self.reply_times.start_hedge(limit)?;
         if suspect {
-            self.suspect_before.advance(sent);
+            self.evidence.suspect_until(sent);
         }
         Some(slot)
     }
@@ -533,25 +430,16 @@ impl Shared {
         self.metrics().retry(ok);
     }
 
-    /// A PING took `took`: folded into the round-trip average (one eighth per sample).
+    /// A PING took `took`.
     pub(crate) fn round_trip(&self, took: Duration) {
-        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        let _ =
-            self.round_trip_nanos
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |average| {
-                    Some(if average == 0 {
-                        sample
-                    } else {
-                        average - average / 8 + sample / 8
-                    })
-                });
+        self.evidence.round_trip(took);
     }
 
     /// How long a validation PING may take: `validation_timeout`, or four average round trips
     /// when Redis is that far away, but never more than half the checkout budget (a few slow
     /// replies must not make frozen sockets expensive to find).
     pub(crate) fn validation_timeout(&self) -> Duration {
-        let round_trip = Duration::from_nanos(self.round_trip_nanos.load(Ordering::Acquire));
+        let round_trip = self.evidence.average_round_trip();
         let configured = self.config.validation_timeout();
         configured.max(
             round_trip
@@ -677,47 +565,36 @@ impl Shared {
     /// Whether a connection last proven alive at `last_success` is suspected of having failed
     /// like a peer did since.
     pub(crate) fn is_suspect(&self, last_success: Instant) -> bool {
-        self.suspect_before
-            .get()
-            .is_some_and(|before| last_success < before)
+        self.evidence.is_suspect(last_success)
     }
 
     /// Whether a connection whose role was last seen at `role_checked` must show it again.
     pub(crate) fn is_role_suspect(&self, role_checked: Instant) -> bool {
-        self.role_suspect_before
-            .get()
-            .is_some_and(|before| role_checked < before)
+        self.evidence.is_role_suspect(role_checked)
     }
 
     /// When Redis last answered anything, on any connection.
     pub(crate) fn last_answer(&self) -> Option<Instant> {
-        self.last_answer.get()
+        self.evidence.last_answer()
     }
 
     /// Whether the last connect attempt failed.
     pub(crate) fn connects_failing(&self) -> bool {
-        self.connects_failing.load(Ordering::Acquire)
+        self.connects.failing()
     }
 
     /// Failed connect attempts so far.
     pub(crate) fn failed_connects(&self) -> u64 {
-        self.failed_connects.load(Ordering::Acquire)
+        self.connects.failures()
     }
 
     /// When the next connect attempt may start, if the last one failed.
     pub(crate) fn next_connect_at(&self) -> Option<Instant> {
-        self.next_connect_at.get()
+        self.connects.next_at()
     }
 
     pub(crate) fn last_connect_error(&self) -> Option<String> {
-        self.lock_last_error().clone()
-    }
-
-    fn lock_last_error(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        // A panic while holding this lock cannot leave the Option half-written.
-        self.last_connect_error
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.connects.last_error()
     }
 
     // --- Waiting ---------------------------------------------------------------------------
