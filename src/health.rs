@@ -33,10 +33,13 @@
 
 use std::fmt::Write as _;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
@@ -149,7 +152,7 @@ async fn run_custom(check: Weak<CustomCheck>) {
         };
         let every = strong.every;
         // A panicking check is a failing one, and runs again: the task must outlive it.
-        let run = crate::manager::CatchUnwind((strong.run)());
+        let run = AssertUnwindSafe((strong.run)()).catch_unwind();
         let result = match tokio::time::timeout(every, run).await {
             Ok(Ok(result)) => result,
             Ok(Err(_panic)) => Err("the check panicked".to_owned()),

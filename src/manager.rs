@@ -9,9 +9,11 @@
 //! at most one connect per backoff pause from this pool, and a waiter sleeps until an outcome
 //! rather than spinning.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use redis::aio::{MultiplexedConnection, PubSub};
 use redis::{AsyncConnectionConfig, ConnectionAddr, ErrorKind, RedisError};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -317,7 +319,8 @@ impl GuardManager {
             // A panic in the user's hook must not unwind through bb8, which would lose the
             // pool slot; it is a failed connect like any other.
             let id = conn.connection_id();
-            CatchUnwind(hook(&mut SetUpConnection::new(&mut conn, id)))
+            AssertUnwindSafe(hook(&mut SetUpConnection::new(&mut conn, id)))
+                .catch_unwind()
                 .await
                 .unwrap_or_else(|_| {
                     Err(RedisError::from((
@@ -593,27 +596,6 @@ pub(crate) fn until_next_attempt(shared: &Shared) -> Duration {
     shared.next_connect_at().map_or(Duration::ZERO, |at| {
         at.saturating_duration_since(Instant::now())
     })
-}
-
-/// Polls a future, turning a panic into an error (`futures`' `catch_unwind`, without the crate).
-pub(crate) struct CatchUnwind<F>(pub(crate) F);
-
-impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
-    type Output = std::thread::Result<F::Output>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let inner = &mut self.0;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            std::pin::Pin::new(&mut *inner).poll(cx)
-        })) {
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
-            Err(panic) => std::task::Poll::Ready(Err(panic)),
-        }
-    }
 }
 
 /// The TLS failure `error` carries, in words, if any.

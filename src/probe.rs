@@ -20,14 +20,17 @@
 //! is read from state this task keeps fresh, so a `/readyz` hit costs no Redis traffic.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
 
 use crate::breaker::BreakerState;
 use crate::connection::{GuardConnection, Verdict};
 use crate::inner::PoolInner;
 use crate::manager::Bb8Connection;
-use crate::manager::{Attempt, CatchUnwind, Skip};
+use crate::manager::{Attempt, Skip};
 use crate::metrics::EvictionReason;
 use crate::sanitize::server_text;
 use crate::shared::Shared;
@@ -50,7 +53,7 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
-        match CatchUnwind(Box::pin(task())).await {
+        match AssertUnwindSafe(task()).catch_unwind().await {
             Ok(()) => return,
             Err(_) => {
                 tracing::error!(pool, "redis-guard prober panicked; restarting it");

@@ -1,4 +1,4 @@
-//! What the sentinels announce, read for one master.
+//! What the sentinels say of one master: the primary they name, and what they announce.
 //!
 //! The sentinel leading a failover publishes each step on a channel named after it. Between
 //! the promotion of the replica (`REPLICAOF NO ONE`, a few hundred milliseconds into a forced
@@ -9,7 +9,9 @@
 
 use redis::{PushInfo, PushKind, Value};
 
-use super::PrimaryAddr;
+use redis::RedisError;
+
+use super::{Answer, NO_EPOCH, PrimaryAddr};
 
 /// The new primary: `<name> <old ip> <old port> <new ip> <new port>`.
 pub(super) const SWITCH_MASTER: &str = "+switch-master";
@@ -75,6 +77,64 @@ pub(super) fn text(value: &Value) -> Option<String> {
         Value::SimpleString(s) => Some(s.clone()),
         Value::Int(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// The primary's address and epoch in a `SENTINEL MASTER` reply; `None` for "No such
+/// master".
+pub(super) fn master_in(reply: Value) -> Result<Option<Answer>, RedisError> {
+    let fields: Vec<(String, String)> = match reply {
+        Value::ServerError(e) if e.details().is_some_and(|d| d.contains("No such master")) => {
+            return Ok(None);
+        }
+        Value::ServerError(e) => return Err(e.into()),
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .filter_map(|(k, v)| Some((text(&k)?, text(&v)?)))
+            .collect(),
+        Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|pair| Some((text(pair.first()?)?, text(pair.get(1)?)?)))
+            .collect(),
+        other => {
+            return Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "unexpected SENTINEL MASTER reply",
+                format!("{other:?}"),
+            )));
+        }
+    };
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    };
+    let host = field("ip");
+    let port = field("port");
+    // While this sentinel leads a failover, its epoch is already the one of the
+    // configuration it is about to publish, but the address is still the old one: taken
+    // together they would make the old primary look newer than the announcement to come.
+    let failing_over = field("flags")
+        .is_some_and(|flags| flags.split(',').any(|flag| flag == "failover_in_progress"));
+    let epoch = match failing_over {
+        true => NO_EPOCH,
+        false => field("config-epoch")
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(NO_EPOCH),
+    };
+    match (host, port) {
+        (Some(host), Some(port)) => match PrimaryAddr::announced(host, port) {
+            Some(addr) => Ok(Some((addr, epoch))),
+            None => Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "SENTINEL MASTER reply with an invalid ip or port",
+            ))),
+        },
+        _ => Err(RedisError::from((
+            redis::ErrorKind::Client,
+            "SENTINEL MASTER reply without ip and port",
+        ))),
     }
 }
 

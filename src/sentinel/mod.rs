@@ -37,21 +37,25 @@
 //! pool's writes (not its reads) until the switch, an abort, or [`WRITE_HOLD_CAP`].
 
 mod events;
+mod follow;
 
-use std::future::Future;
+pub(crate) use follow::{WatchedPool, follow};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, RedisError, Value};
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, RedisError};
 use tokio::sync::Notify;
 
 use crate::config::{Config, Sentinel};
 use crate::metrics::ConnectErrorKind;
 use crate::sanitize::server_text;
 use crate::transport::{self, BoxedStream, PeerProbe};
-use events::{Event, text};
+use events::master_in;
 
 /// The channel on which sentinels announce a new primary.
 /// How long writes are held at most once a failover began: a forced failover announces the
@@ -527,54 +531,6 @@ impl SentinelWatch {
     }
 }
 
-/// The pool a Sentinel watch serves, as the watch sees it: its settings and lifecycle, and
-/// what the watch reports (the primary moved, a failover began or was aborted). The pool's
-/// state implements it and decides what a move means for its connections and its breaker.
-pub(crate) trait WatchedPool: Send + Sync {
-    /// The pool's name, for logs.
-    fn name(&self) -> &str;
-    fn config(&self) -> &Config;
-    /// The watch itself, which the pool owns.
-    fn sentinel(&self) -> Option<&SentinelWatch>;
-    /// How long a sentinel may take to answer.
-    fn validation_timeout(&self) -> Duration;
-    fn is_closing(&self) -> bool;
-    /// Completes when the pool closes.
-    fn closed(&self) -> impl Future<Output = ()> + Send;
-    /// The primary moved from `old` to `new`.
-    fn primary_moved(&self, old: &PrimaryAddr, new: &PrimaryAddr);
-    /// A failover of the primary began: writes wait for its end, for [`WRITE_HOLD_CAP`] at
-    /// most.
-    fn hold_writes(&self);
-    /// The failover ended without a move, or writes may go on for another reason.
-    fn release_writes(&self, why: &str);
-}
-
-/// Keeps a subscription to `+switch-master` on every sentinel until the pool closes: the
-/// sentinel that led the failover announces it first, the others only once they hear of it
-/// (up to seconds later), and any of them may be down.
-pub(crate) async fn follow(pool: Arc<impl WatchedPool>) {
-    let Some(watch) = pool.sentinel() else {
-        return;
-    };
-    let count = watch.sentinel.sentinels.len();
-    let followers = (0..count).map(|i| {
-        let pool = &*pool;
-        async move {
-            let interval = pool.config().probe_interval();
-            while !pool.is_closing() {
-                subscribe_and_listen(pool, watch, i).await;
-                // Subscribed again after a pause: a sentinel that is down is not hammered.
-                tokio::select! {
-                    () = tokio::time::sleep(interval) => {}
-                    () = pool.closed() => return,
-                }
-            }
-        }
-    });
-    join_all(followers.collect()).await;
-}
-
 /// A sentinel's answer: the primary and its epoch.
 type Answer = (PrimaryAddr, u64);
 /// Why a sentinel gave none: its index, and the failure (`None`: no answer in time).
@@ -583,305 +539,19 @@ type NoAnswer = (usize, Option<SentinelFailure>);
 type Question<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Answer, NoAnswer>> + Send + 'a>>;
 
-/// Polls every question at once; the first answer wins (the others are dropped), else every
+/// Asks every question at once; the first answer wins (the others are dropped), else every
 /// failure.
 async fn first_answer(questions: Vec<Question<'_>>) -> Result<Answer, Vec<NoAnswer>> {
-    let mut pending: Vec<_> = questions.into_iter().map(Some).collect();
+    let mut pending: FuturesUnordered<_> = questions.into_iter().collect();
     let mut failures = Vec::new();
-    std::future::poll_fn(|cx| {
-        for slot in &mut pending {
-            if let Some(question) = slot
-                && let std::task::Poll::Ready(outcome) = question.as_mut().poll(cx)
-            {
-                *slot = None;
-                match outcome {
-                    Ok(answer) => return std::task::Poll::Ready(Some(answer)),
-                    Err(failure) => failures.push(failure),
-                }
-            }
+    while let Some(outcome) = pending.next().await {
+        match outcome {
+            Ok(answer) => return Ok(answer),
+            Err(failure) => failures.push(failure),
         }
-        if pending.iter().all(Option::is_none) {
-            std::task::Poll::Ready(None)
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await
-    .ok_or(failures)
-}
-
-/// Polls every future to its end (`futures`' `join_all`, without the crate).
-async fn join_all<F: std::future::Future<Output = ()>>(futures: Vec<F>) {
-    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).map(Some).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for slot in &mut futures {
-            if let Some(future) = slot {
-                if future.as_mut().poll(cx).is_ready() {
-                    *slot = None;
-                } else {
-                    pending = true;
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-}
-
-/// Subscribes on sentinel `i` and follows its announcements, polling every `probe_interval`,
-/// until the connection fails or stops answering.
-async fn subscribe_and_listen(pool: &impl WatchedPool, watch: &SentinelWatch, i: usize) {
-    let config = pool.config();
-    let (pushes, mut announcements) = tokio::sync::mpsc::unbounded_channel();
-    let subscribed = async {
-        let mut conn = watch.open(i, config, Some(pushes)).await?;
-        conn.subscribe(events::channels()).await?;
-        Ok::<_, RedisError>(conn)
-    };
-    let mut conn = match tokio::time::timeout(config.connect_timeout(), subscribed).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            tracing::debug!(pool = %pool.name(), sentinel = %watch.name_of(i), error = %server_text(&e), "cannot subscribe to the sentinel");
-            return;
-        }
-        Err(_) => return,
-    };
-    tracing::debug!(pool = %pool.name(), sentinel = %watch.name_of(i), "following the sentinel's announcements");
-    watch.lock_links()[i] = Some(conn.clone());
-    let interval = config.probe_interval();
-    // A failover announced while nobody listened is caught by this first poll.
-    let mut poll_now = true;
-    loop {
-        if poll_now {
-            match tokio::time::timeout(pool.validation_timeout(), watch.ask(&mut conn)).await {
-                Ok(Ok(Some((addr, epoch)))) => {
-                    if watch.admits(&addr, pool) {
-                        watch.learn(addr, epoch, pool);
-                    }
-                }
-                Ok(Ok(None)) => {}
-                _ => break,
-            }
-        }
-        poll_now = tokio::select! {
-            push = announcements.recv() => match push {
-                Some(push) if push.kind == PushKind::Disconnection => break,
-                Some(push) => match events::event_for(&push, &watch.sentinel.master_name) {
-                    Some(Event::Switched(addr)) => {
-                        if watch.admits(&addr, pool) {
-                            watch.announced(addr, pool);
-                        }
-                        // Learn the new epoch from the same sentinel.
-                        true
-                    }
-                    Some(Event::FailoverBegins) => {
-                        pool.hold_writes();
-                        false
-                    }
-                    Some(Event::FailoverAborted) => {
-                        pool.release_writes("the failover was aborted");
-                        false
-                    }
-                    None => false,
-                },
-                None => break,
-            },
-            () = tokio::time::sleep(interval) => true,
-            () = watch.recheck.notified() => true,
-            () = pool.closed() => break,
-        };
     }
-    watch.lock_links()[i] = None;
-}
-
-/// The primary's address and epoch in a `SENTINEL MASTER` reply; `None` for "No such
-/// master".
-fn master_in(reply: Value) -> Result<Option<Answer>, RedisError> {
-    let fields: Vec<(String, String)> = match reply {
-        Value::ServerError(e) if e.details().is_some_and(|d| d.contains("No such master")) => {
-            return Ok(None);
-        }
-        Value::ServerError(e) => return Err(e.into()),
-        Value::Map(pairs) => pairs
-            .into_iter()
-            .filter_map(|(k, v)| Some((text(&k)?, text(&v)?)))
-            .collect(),
-        Value::Array(items) => items
-            .chunks(2)
-            .filter_map(|pair| Some((text(pair.first()?)?, text(pair.get(1)?)?)))
-            .collect(),
-        other => {
-            return Err(RedisError::from((
-                redis::ErrorKind::Client,
-                "unexpected SENTINEL MASTER reply",
-                format!("{other:?}"),
-            )));
-        }
-    };
-    let field = |name: &str| {
-        fields
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-    };
-    let host = field("ip");
-    let port = field("port");
-    // While this sentinel leads a failover, its epoch is already the one of the
-    // configuration it is about to publish, but the address is still the old one: taken
-    // together they would make the old primary look newer than the announcement to come.
-    let failing_over = field("flags")
-        .is_some_and(|flags| flags.split(',').any(|flag| flag == "failover_in_progress"));
-    let epoch = match failing_over {
-        true => NO_EPOCH,
-        false => field("config-epoch")
-            .and_then(|e| e.parse().ok())
-            .unwrap_or(NO_EPOCH),
-    };
-    match (host, port) {
-        (Some(host), Some(port)) => match PrimaryAddr::announced(host, port) {
-            Some(addr) => Ok(Some((addr, epoch))),
-            None => Err(RedisError::from((
-                redis::ErrorKind::Client,
-                "SENTINEL MASTER reply with an invalid ip or port",
-            ))),
-        },
-        _ => Err(RedisError::from((
-            redis::ErrorKind::Client,
-            "SENTINEL MASTER reply without ip and port",
-        ))),
-    }
+    Err(failures)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::shared::Shared;
-
-    fn addr(port: u16) -> PrimaryAddr {
-        PrimaryAddr {
-            host: "10.0.0.1".into(),
-            port,
-        }
-    }
-
-    fn watch_and_shared() -> (SentinelWatch, Shared) {
-        let config = crate::Config::builder("redis+sentinel://s1,s2,s3/mymaster")
-            .build()
-            .unwrap();
-        let watch = SentinelWatch::new(config.sentinel.clone().unwrap());
-        (watch, Shared::new(config))
-    }
-
-    fn primary(watch: &SentinelWatch) -> (u16, u64) {
-        let known = watch.lock_known();
-        let known = known.as_ref().unwrap();
-        (known.addr.port, known.epoch)
-    }
-
-    /// Every sentinel announces the same failover: the epoch must not grow with each, or a
-    /// later failover announced only through polls (its true epoch one above) is ignored.
-    #[test]
-    fn a_failover_missed_after_one_announced_is_still_followed() {
-        let (watch, shared) = watch_and_shared();
-        watch.learn(addr(1), 0, &shared);
-        for _ in 0..3 {
-            watch.announced(addr(2), &shared);
-        }
-        assert_eq!(watch.generation(), 1);
-        // The poll right after the announcement gives the true epoch.
-        watch.learn(addr(2), 1, &shared);
-        // A sentinel that has not heard of it yet is ignored.
-        watch.learn(addr(1), 0, &shared);
-        assert_eq!(primary(&watch), (2, 1));
-        // The next failover, seen only by a poll.
-        watch.learn(addr(1), 2, &shared);
-        assert_eq!(primary(&watch), (1, 2));
-        assert_eq!(watch.generation(), 2);
-    }
-
-    /// Right after an announcement, before the true epoch is known, a lagging sentinel's
-    /// answer for the old primary does not move the pool back.
-    #[test]
-    fn a_lagging_sentinel_does_not_undo_an_announcement() {
-        let (watch, shared) = watch_and_shared();
-        watch.learn(addr(1), 5, &shared);
-        watch.announced(addr(2), &shared);
-        watch.learn(addr(1), 5, &shared);
-        assert_eq!(primary(&watch).0, 2);
-        assert_eq!(watch.generation(), 1);
-    }
-
-    /// `SENTINEL MASTER` as a sentinel answers it, with the given flags.
-    fn master_reply(port: u16, epoch: u64, flags: &str) -> Value {
-        let fields = [
-            ("name", "mymaster".to_owned()),
-            ("ip", "10.0.0.1".to_owned()),
-            ("port", port.to_string()),
-            ("flags", flags.to_owned()),
-            ("config-epoch", epoch.to_string()),
-        ];
-        Value::Array(
-            fields
-                .into_iter()
-                .flat_map(|(k, v)| [Value::BulkString(k.into()), Value::BulkString(v.into())])
-                .collect(),
-        )
-    }
-
-    #[test]
-    fn a_sentinel_answer_gives_the_address_and_its_epoch() {
-        let answer = master_in(master_reply(6380, 7, "master")).unwrap();
-        assert_eq!(answer, Some((addr(6380), 7)));
-    }
-
-    /// The leader of a failover reports the old address under the new epoch between the
-    /// promotion and the announcement. Taking that epoch for the old address would make the
-    /// announced primary (same epoch) lose to it, and the pool would stay on the old one.
-    #[test]
-    fn the_epoch_of_a_sentinel_in_the_middle_of_a_failover_is_not_taken() {
-        let (watch, shared) = watch_and_shared();
-        watch.learn(addr(1), 1, &shared);
-        let midway = master_in(master_reply(1, 2, "master,failover_in_progress"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(midway, (addr(1), NO_EPOCH));
-        watch.learn(midway.0, midway.1, &shared);
-        assert_eq!(primary(&watch), (1, 1));
-        watch.learn(addr(2), 2, &shared);
-        assert_eq!(primary(&watch), (2, 2));
-    }
-
-    /// However the epochs went wrong (here the sentinels lost theirs in a restart), once the
-    /// known primary is found serving as a replica the sentinels' answer wins, and only the
-    /// answer for the address that was refuted: a lagging one for another address does not
-    /// undo the move.
-    #[test]
-    fn a_primary_found_to_be_a_replica_gives_way_to_the_sentinels_answer() {
-        let (watch, shared) = watch_and_shared();
-        watch.learn(addr(1), 9, &shared);
-        watch.learn(addr(2), 1, &shared);
-        assert_eq!(
-            primary(&watch).0,
-            1,
-            "an older epoch alone does not move the pool"
-        );
-        watch.refuted(&addr(3), shared.name());
-        watch.learn(addr(2), 1, &shared);
-        assert_eq!(
-            primary(&watch).0,
-            1,
-            "only the known primary can be refuted"
-        );
-        watch.refuted(&addr(1), shared.name());
-        watch.learn(addr(2), 1, &shared);
-        assert_eq!(primary(&watch), (2, 1));
-        assert_eq!(watch.generation(), 1);
-        watch.learn(addr(1), 1, &shared);
-        assert_eq!(primary(&watch).0, 2, "the move is protected again");
-    }
-}
+mod tests;

@@ -35,9 +35,9 @@ use crate::metrics::{
     CheckoutResult, ConnectErrorKind, EvictionReason, PoolMetrics, ValidationResult,
 };
 use crate::refusals::{Refusal, Refusals};
-use crate::reply_times::{HedgeSlot, ReplyTimes};
+use crate::reply_times::ReplyTimes;
 use crate::sanitize::server_text;
-use crate::sentinel::{PrimaryAddr, SentinelWatch};
+use crate::sentinel::SentinelWatch;
 use crate::transport::LinkHealth;
 use connects::Connects;
 use evidence::Evidence;
@@ -46,6 +46,8 @@ use write_hold::WriteHold;
 
 mod connects;
 mod evidence;
+mod hedging;
+mod reports;
 mod series;
 mod write_hold;
 
@@ -264,66 +266,6 @@ impl Shared {
         self.metrics().held(held.as_secs_f64());
     }
 
-    /// Sentinel moved the primary from `old` to `new`: connections to `old` are retired as
-    /// they are next touched (see `connection.rs`); the next connect may start at once, and
-    /// the prober makes one now, so an open breaker gets its proof from the new primary.
-    pub(crate) fn primary_moved(&self, old: &PrimaryAddr, new: &PrimaryAddr) {
-        tracing::warn!(pool = %self.name(), from = %old, to = %new, "the primary moved (Sentinel failover)");
-        self.metrics().primary_moved();
-        self.connects.allow_now();
-        self.breaker.forget_failures();
-        self.write_hold.primary_moved();
-        self.release_writes("the primary moved");
-        self.verify_requested.notify_one();
-    }
-
-    /// A Sentinel failover of the primary began: from the replica's promotion on, the old
-    /// primary acknowledges writes that are lost when it is turned into a replica. Writes
-    /// wait, unsent, until the switch (then they go to the new primary), an abort, or
-    /// [`WRITE_HOLD_CAP`](crate::sentinel::WRITE_HOLD_CAP), whichever comes first. Reads go on.
-    pub(crate) fn hold_writes(&self) {
-        self.write_hold
-            .hold(Instant::now() + crate::sentinel::WRITE_HOLD_CAP);
-        tracing::info!(pool = %self.name(), "a failover of the primary began: holding writes until the switch");
-    }
-
-    /// Lets held writes go.
-    pub(crate) fn release_writes(&self, why: &str) {
-        if self.write_hold.release() {
-            tracing::info!(pool = %self.name(), why, "writes released");
-        }
-    }
-
-    /// Whether writes are held now (the hot path reads only this).
-    pub(crate) fn holds_writes(&self) -> bool {
-        self.write_hold.is_held()
-    }
-
-    /// Resolves when held writes may go: released, past the cap, or the pool closing.
-    pub(crate) async fn writes_released(&self) {
-        let mut hold = self.write_hold.until();
-        loop {
-            let Some(until) = *hold.borrow_and_update() else {
-                return;
-            };
-            if Instant::now() >= until {
-                self.release_writes("the hold reached its cap");
-                return;
-            }
-            tokio::select! {
-                () = tokio::time::sleep_until(until.into()) => {}
-                Ok(()) = hold.changed() => {}
-                () = self.closed() => return,
-            }
-        }
-    }
-
-    /// Follows the primary's moves: subscribe before reading any state a move resets, so
-    /// the move that comes after is seen.
-    pub(crate) fn topology(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.write_hold.topology()
-    }
-
     /// Redis answered a command on an existing connection (an error reply counts: it travelled
     /// a working socket).
     pub(crate) fn answered(&self, at: Instant) {
@@ -387,41 +329,6 @@ impl Shared {
             // fresh connect decide.
             self.evidence.suspect_now();
             self.verify_requested.notify_one();
-        }
-    }
-
-    /// How long a read waits before it is hedged, if reads may be and enough were measured.
-    pub(crate) fn hedge_delay(&self) -> Option<Duration> {
-        if !self.config.hedge_reads() {
-            return None;
-        }
-        self.reply_times.hedge_delay(self.validation_timeout())
-    }
-
-    /// A read was answered after `took`.
-    pub(crate) fn read_replied(&self, took: Duration) {
-        self.reply_times.sample(took);
-    }
-
-    /// A late read, sent at `sent`, is about to be hedged, if the budget allows and fewer
-    /// than half the pool's connections are hedging already. With `suspect`, the connections
-    /// not proven alive since it was sent are suspected, so the copy goes to one that
-    /// answers. (A late shared connection is not: every new checkout would PING it behind the
-    /// late reads; the hedge's win retires it instead.)
-    pub(crate) fn start_hedge(&self, sent: Instant, suspect: bool) -> Option<HedgeSlot<'_>> {
-        let limit = (self.config.max_size() as usize / 2).max(1);
-        let slot = self.reply_times.start_hedge(limit)?;
-        if suspect {
-            self.evidence.suspect_until(sent);
-        }
-        Some(slot)
-    }
-
-    /// A hedge ended: `won` if the copy answered first.
-    pub(crate) fn hedged(&self, won: bool) {
-        self.metrics().hedge(won);
-        if won {
-            self.reply_times.refund();
         }
     }
 
@@ -659,76 +566,5 @@ pub(crate) struct WaitingGuard<'a>(&'a AtomicUsize);
 impl Drop for WaitingGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// What a connection sees of its pool: every report lands in the methods above.
-impl crate::connection::Owner for Shared {
-    fn name(&self) -> &str {
-        Shared::name(self)
-    }
-    fn config(&self) -> &Config {
-        Shared::config(self)
-    }
-    fn sentinel(&self) -> Option<&SentinelWatch> {
-        Shared::sentinel(self)
-    }
-    fn validation_timeout(&self) -> Duration {
-        Shared::validation_timeout(self)
-    }
-    fn is_suspect(&self, last_success: Instant) -> bool {
-        Shared::is_suspect(self, last_success)
-    }
-    fn is_role_suspect(&self, role_checked: Instant) -> bool {
-        Shared::is_role_suspect(self, role_checked)
-    }
-    fn round_trip(&self, took: Duration) {
-        Shared::round_trip(self, took);
-    }
-    fn answered(&self, at: Instant) {
-        Shared::answered(self, at);
-    }
-    fn link_established(&self, link: &LinkHealth) {
-        Shared::link_established(self, link);
-    }
-    fn evicted(&self, reason: EvictionReason, connection_id: u64) {
-        Shared::evicted(self, reason, connection_id);
-    }
-    fn reply_overdue(&self, sent: Instant) {
-        Shared::reply_overdue(self, sent);
-    }
-    fn call_timed_out(&self, sent: Instant) {
-        Shared::call_timed_out(self, sent);
-    }
-}
-
-/// What the Sentinel watch sees of its pool.
-impl crate::sentinel::WatchedPool for Shared {
-    fn name(&self) -> &str {
-        Shared::name(self)
-    }
-    fn config(&self) -> &Config {
-        Shared::config(self)
-    }
-    fn sentinel(&self) -> Option<&SentinelWatch> {
-        Shared::sentinel(self)
-    }
-    fn validation_timeout(&self) -> Duration {
-        Shared::validation_timeout(self)
-    }
-    fn is_closing(&self) -> bool {
-        Shared::is_closing(self)
-    }
-    async fn closed(&self) {
-        Shared::closed(self).await;
-    }
-    fn primary_moved(&self, old: &PrimaryAddr, new: &PrimaryAddr) {
-        Shared::primary_moved(self, old, new);
-    }
-    fn hold_writes(&self) {
-        Shared::hold_writes(self);
-    }
-    fn release_writes(&self, why: &str) {
-        Shared::release_writes(self, why);
     }
 }

@@ -1,9 +1,13 @@
-//! Writes held during a Sentinel failover, and the count of the primary's moves.
+//! Writes held during a Sentinel failover, and the count of the primary's moves: what the
+//! pool does when the Sentinel watch reports a failover.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tokio::sync::watch;
+
+use super::Shared;
+use crate::sentinel::PrimaryAddr;
 
 #[derive(Debug)]
 pub(super) struct WriteHold {
@@ -59,5 +63,67 @@ impl WriteHold {
 
     pub(super) fn topology(&self) -> watch::Receiver<u64> {
         self.topology.subscribe()
+    }
+}
+
+impl Shared {
+    /// Sentinel moved the primary from `old` to `new`: connections to `old` are retired as
+    /// they are next touched (see `connection.rs`); the next connect may start at once, and
+    /// the prober makes one now, so an open breaker gets its proof from the new primary.
+    pub(crate) fn primary_moved(&self, old: &PrimaryAddr, new: &PrimaryAddr) {
+        tracing::warn!(pool = %self.name(), from = %old, to = %new, "the primary moved (Sentinel failover)");
+        self.metrics().primary_moved();
+        self.connects.allow_now();
+        self.breaker.forget_failures();
+        self.write_hold.primary_moved();
+        self.release_writes("the primary moved");
+        self.verify_requested.notify_one();
+    }
+
+    /// A Sentinel failover of the primary began: from the replica's promotion on, the old
+    /// primary acknowledges writes that are lost when it is turned into a replica. Writes
+    /// wait, unsent, until the switch (then they go to the new primary), an abort, or
+    /// [`WRITE_HOLD_CAP`](crate::sentinel::WRITE_HOLD_CAP), whichever comes first. Reads go on.
+    pub(crate) fn hold_writes(&self) {
+        self.write_hold
+            .hold(Instant::now() + crate::sentinel::WRITE_HOLD_CAP);
+        tracing::info!(pool = %self.name(), "a failover of the primary began: holding writes until the switch");
+    }
+
+    /// Lets held writes go.
+    pub(crate) fn release_writes(&self, why: &str) {
+        if self.write_hold.release() {
+            tracing::info!(pool = %self.name(), why, "writes released");
+        }
+    }
+
+    /// Whether writes are held now (the hot path reads only this).
+    pub(crate) fn holds_writes(&self) -> bool {
+        self.write_hold.is_held()
+    }
+
+    /// Resolves when held writes may go: released, past the cap, or the pool closing.
+    pub(crate) async fn writes_released(&self) {
+        let mut hold = self.write_hold.until();
+        loop {
+            let Some(until) = *hold.borrow_and_update() else {
+                return;
+            };
+            if Instant::now() >= until {
+                self.release_writes("the hold reached its cap");
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(until.into()) => {}
+                Ok(()) = hold.changed() => {}
+                () = self.closed() => return,
+            }
+        }
+    }
+
+    /// Follows the primary's moves: subscribe before reading any state a move resets, so
+    /// the move that comes after is seen.
+    pub(crate) fn topology(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.write_hold.topology()
     }
 }

@@ -1,0 +1,81 @@
+//! The pool's state as its lower layers see it: the traits a connection and the Sentinel
+//! watch report through, answered by the methods of [`Shared`].
+
+use std::time::{Duration, Instant};
+
+use super::Shared;
+use crate::config::Config;
+use crate::metrics::EvictionReason;
+use crate::sentinel::{PrimaryAddr, SentinelWatch};
+use crate::transport::LinkHealth;
+
+/// What a connection sees of its pool: every report lands in a method of `Shared`.
+impl crate::connection::Owner for Shared {
+    fn name(&self) -> &str {
+        Shared::name(self)
+    }
+    fn config(&self) -> &Config {
+        Shared::config(self)
+    }
+    fn sentinel(&self) -> Option<&SentinelWatch> {
+        Shared::sentinel(self)
+    }
+    fn validation_timeout(&self) -> Duration {
+        Shared::validation_timeout(self)
+    }
+    fn is_suspect(&self, last_success: Instant) -> bool {
+        Shared::is_suspect(self, last_success)
+    }
+    fn is_role_suspect(&self, role_checked: Instant) -> bool {
+        Shared::is_role_suspect(self, role_checked)
+    }
+    fn round_trip(&self, took: Duration) {
+        Shared::round_trip(self, took);
+    }
+    fn answered(&self, at: Instant) {
+        Shared::answered(self, at);
+    }
+    fn link_established(&self, link: &LinkHealth) {
+        Shared::link_established(self, link);
+    }
+    fn evicted(&self, reason: EvictionReason, connection_id: u64) {
+        Shared::evicted(self, reason, connection_id);
+    }
+    fn reply_overdue(&self, sent: Instant) {
+        Shared::reply_overdue(self, sent);
+    }
+    fn call_timed_out(&self, sent: Instant) {
+        Shared::call_timed_out(self, sent);
+    }
+}
+
+/// What the Sentinel watch sees of its pool.
+impl crate::sentinel::WatchedPool for Shared {
+    fn name(&self) -> &str {
+        Shared::name(self)
+    }
+    fn config(&self) -> &Config {
+        Shared::config(self)
+    }
+    fn sentinel(&self) -> Option<&SentinelWatch> {
+        Shared::sentinel(self)
+    }
+    fn validation_timeout(&self) -> Duration {
+        Shared::validation_timeout(self)
+    }
+    fn is_closing(&self) -> bool {
+        Shared::is_closing(self)
+    }
+    async fn closed(&self) {
+        Shared::closed(self).await;
+    }
+    fn primary_moved(&self, old: &PrimaryAddr, new: &PrimaryAddr) {
+        Shared::primary_moved(self, old, new);
+    }
+    fn hold_writes(&self) {
+        Shared::hold_writes(self);
+    }
+    fn release_writes(&self, why: &str) {
+        Shared::release_writes(self, why);
+    }
+}
