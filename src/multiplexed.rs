@@ -41,8 +41,7 @@ use tracing::Instrument;
 
 use crate::clock::AtomicInstant;
 use crate::connection::{
-    Call, Outcome, Reply, SharedParts, call_span, closed_link_eviction, unless_never_written,
-    watched,
+    Call, Known, Outcome, Reply, SharedParts, Verdict, call_span, unless_never_written, watched,
 };
 use crate::manager::Bb8Connection;
 use crate::metrics::EvictionReason;
@@ -166,12 +165,12 @@ impl SharedConnections {
                 empty.push(index);
                 continue;
             };
-            match connection.condition(shared, now, proven_since) {
-                Condition::Ready => return Pick::Ready(connection),
-                Condition::Check => {
+            match connection.verdict(shared, now, proven_since) {
+                Verdict::Fresh => return Pick::Ready(connection),
+                Verdict::Validate | Verdict::Suspect => {
                     check.get_or_insert(connection);
                 }
-                Condition::Dead(reason) => {
+                Verdict::Evict(reason) => {
                     connection.retire(reason);
                     self.remove(index, &connection);
                     empty.push(index);
@@ -246,14 +245,6 @@ impl SharedConnections {
     }
 }
 
-/// What a shared connection is fit for right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Condition {
-    Ready,
-    Check,
-    Dead(EvictionReason),
-}
-
 /// One connection shared by every checkout of the pool.
 pub(crate) struct SharedConnection {
     /// The pool connection behind it. Locked only to validate it (one PING at a time) or to
@@ -325,35 +316,31 @@ impl SharedConnection {
     }
 
     fn on_demoted_primary(&self, shared: &Shared) -> bool {
-        match (&self.parts.placement, shared.sentinel()) {
-            (Some(placement), Some(watch)) => !placement.is_current(watch),
-            _ => false,
-        }
+        crate::connection::on_demoted_primary(self.parts.placement.as_ref(), shared)
     }
 
-    /// The checks of a checkout's verdict (`connection.rs`), for a connection others may be
-    /// using. The peek is made by each call instead (see [`call`](Self::call)).
-    fn condition(&self, shared: &Shared, now: Instant, proven_since: Option<Instant>) -> Condition {
-        if !self.is_open() {
-            return Condition::Dead(closed_link_eviction(&self.parts.link));
-        }
-        if self.on_demoted_primary(shared) {
-            return Condition::Dead(EvictionReason::RoleChange);
-        }
-        if self.parts.expires_at.is_some_and(|at| now >= at) {
-            return Condition::Dead(EvictionReason::MaxLifetime);
+    /// The checkout's judgement (`connection/judgement.rs`), for a connection others may be
+    /// using: no peek (each call makes its own, see [`call`](Self::call)), and a connection
+    /// not answered on since `proven_since` is checked.
+    fn verdict(&self, shared: &Shared, now: Instant, proven_since: Option<Instant>) -> Verdict {
+        if self.retired.load(Ordering::Acquire) {
+            // Counted when it was retired; retiring it again does nothing.
+            return Verdict::Evict(EvictionReason::Broken);
         }
         let last_success = self.last_success();
-        let config = shared.config();
-        let role_suspect = config.expect_primary() && shared.is_role_suspect(last_success);
-        if role_suspect
-            || proven_since.is_some_and(|since| last_success < since)
-            || shared.is_suspect(last_success)
-            || now.saturating_duration_since(last_success) >= config.validation_bypass()
-        {
-            Condition::Check
-        } else {
-            Condition::Ready
+        let known = Known {
+            link: &self.parts.link,
+            placement: self.parts.placement.as_ref(),
+            peer: None,
+            expires_at: self.parts.expires_at,
+            last_success,
+            role_checked: last_success,
+        };
+        match known.verdict(shared, now) {
+            Verdict::Fresh if proven_since.is_some_and(|since| last_success < since) => {
+                Verdict::Validate
+            }
+            verdict => verdict,
         }
     }
 
@@ -366,13 +353,13 @@ impl SharedConnection {
         proven_since: Option<Instant>,
     ) -> Validated {
         let mut conn = self.conn.lock().await;
-        match self.condition(shared, Instant::now(), proven_since) {
-            Condition::Ready => return Validated::Alive,
-            Condition::Dead(reason) => {
+        match self.verdict(shared, Instant::now(), proven_since) {
+            Verdict::Fresh => return Validated::Alive,
+            Verdict::Evict(reason) => {
                 self.retire_locked(&mut conn, reason);
                 return Validated::Dead;
             }
-            Condition::Check => {}
+            Verdict::Validate | Verdict::Suspect => {}
         }
         // As a checkout's verdict does: a close already in the kernel needs no PING to be
         // known. Peeked only when no call is in flight, since replies on their way are bytes.

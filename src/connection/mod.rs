@@ -31,10 +31,12 @@ use crate::session::Session;
 use crate::transport::{LinkHealth, LinkState, PeerProbe, PeerState};
 
 mod call;
+mod judgement;
 mod outcome;
 mod owner;
 
 pub(crate) use call::{Call, Reply, call_span, watched};
+pub(crate) use judgement::{Known, Verdict, on_demoted_primary};
 pub(crate) use outcome::{Outcome, closed_link_eviction, unless_never_written};
 use outcome::{proves_the_connection, server_error};
 pub(crate) use owner::Owner;
@@ -135,20 +137,6 @@ impl fmt::Display for ValidationFailure {
     }
 }
 
-/// What a checkout must do with an idle connection before handing it out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    /// Evict it and try another.
-    Evict(EvictionReason),
-    /// It completed a command within the bypass window: hand it out as is.
-    Fresh,
-    /// Prove it alive with a PING first.
-    Validate,
-    /// A peer failed since this one last answered: it may have failed the same way (a
-    /// middlebox forgets every flow at once). Validate it off the caller's path.
-    Suspect,
-}
-
 impl GuardConnection {
     pub(crate) fn new(
         inner: MultiplexedConnection,
@@ -205,53 +193,22 @@ impl GuardConnection {
         self.link.is_open() && self.eviction.is_none()
     }
 
+    /// What a checkout must do with it before handing it out (see `judgement.rs`).
     pub(crate) fn verdict(&self, now: Instant) -> Verdict {
-        // First: its socket was shut because of it.
-        if self.on_demoted_primary() {
-            return Verdict::Evict(EvictionReason::RoleChange);
-        }
-        if !self.link.is_open() {
-            return Verdict::Evict(closed_link_eviction(&self.link));
-        }
-        // An idle connection has nothing to receive. Bytes waiting anyway may be a TLS
-        // `close_notify` ahead of the close (a CLIENT KILL over TLS): prove it with a PING
-        // rather than hand it out inside the bypass window.
-        let unread = match self.probe.peer_state() {
-            PeerState::Closed => return Verdict::Evict(EvictionReason::Broken),
-            PeerState::Unread => true,
-            PeerState::Quiet => false,
+        let known = Known {
+            link: &self.link,
+            placement: self.placement.as_ref(),
+            peer: Some(self.probe.peer_state()),
+            expires_at: self.expires_at,
+            last_success: self.last_success,
+            role_checked: self.role_checked,
         };
-        if self.expires_at.is_some_and(|at| now >= at) {
-            return Verdict::Evict(EvictionReason::MaxLifetime);
-        }
-        if self.on_demoted_primary() {
-            return Verdict::Evict(EvictionReason::RoleChange);
-        }
-        // Before the bypass: a socket frozen right after its last reply looks fresh, and a
-        // connection to a node demoted in a failover answers PING like any other.
-        let role_suspect =
-            self.pool.config().expect_primary() && self.pool.is_role_suspect(self.role_checked);
-        if role_suspect || self.pool.is_suspect(self.last_success) {
-            return Verdict::Suspect;
-        }
-        if !unread
-            && now.saturating_duration_since(self.last_success)
-                < self.pool.config().validation_bypass()
-        {
-            Verdict::Fresh
-        } else {
-            Verdict::Validate
-        }
+        known.verdict(&*self.pool, now)
     }
 
-    /// Under Sentinel: whether the primary moved away from this connection's server. The old
-    /// primary may accept writes for seconds after the announcement, and loses them all when
-    /// it resyncs: nothing more may be sent to it.
+    /// Under Sentinel: whether the primary moved away from this connection's server.
     pub(crate) fn on_demoted_primary(&self) -> bool {
-        match (&self.placement, self.pool.sentinel()) {
-            (Some(placement), Some(watch)) => !placement.is_current(watch),
-            _ => false,
-        }
+        judgement::on_demoted_primary(self.placement.as_ref(), &*self.pool)
     }
 
     /// Refuses a call before it is sent to a demoted primary: it has not reached Redis, so it
