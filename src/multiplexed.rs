@@ -15,9 +15,9 @@
 //!   call goes to it, the calls in flight on it end by their own timeouts, and it closes when
 //!   the last one has; the eviction counts as any other, so its peers become suspect and one
 //!   verifying connect decides what the breaker makes of it. The checkout then sends reads
-//!   (and calls it was told are idempotent) once more on another connection (`pool.rs`);
+//!   (and calls it was told are idempotent) once more on another connection (`pool/checkout.rs`);
 //! - a call to a primary demoted by Sentinel is refused before it is sent;
-//! - a command that needs a connection of its own never comes here: `pool.rs` moves the
+//! - a command that needs a connection of its own never comes here: `pool/checkout.rs` moves the
 //!   checkout onto an exclusive connection first.
 //!
 //! A cancelled call leaves nothing behind: the multiplexed driver reads its reply and drops it.

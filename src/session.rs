@@ -10,7 +10,7 @@
 //! protocol and name.
 //!
 //! Only completed calls are applied: a call cancelled before its reply evicts the connection
-//! anyway (see `connection.rs`), and a call that failed on the wire poisons it.
+//! anyway (see `connection/`), and a call that failed on the wire poisons it.
 
 use redis::{Cmd, Pipeline, RedisError, Value};
 

@@ -1,6 +1,6 @@
 //! Validation: a connection is proven alive (a PING, and `ROLE` where its role is in doubt)
 //! before a checkout hands it out, in both modes; one that fails is evicted. What is validated
-//! and when is the checkout's decision (`inner.rs`, `multiplexed.rs`).
+//! and when is the checkout's decision (`inner/`, `multiplexed.rs`).
 
 use std::sync::Arc;
 use std::time::Instant;

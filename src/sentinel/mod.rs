@@ -22,7 +22,7 @@
 //!
 //! When the primary moves, the generation number goes up: each connection remembers the
 //! address it was opened to, and one whose address is no longer the primary's is retired
-//! before it sends anything more (`connection.rs`); the sockets of those in use are shut at
+//! before it sends anything more (`connection/judgement.rs`); the sockets of those in use are shut at
 //! once. The old primary may still accept writes for seconds after the announcement
 //! (Sentinel reconfigures it as a replica only later), and every write it acknowledges then
 //! is lost when it resyncs.

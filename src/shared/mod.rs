@@ -187,7 +187,7 @@ impl Shared {
 
     /// A connect attempt failed. `message` must already be free of secrets: it reaches logs,
     /// errors and `/readyz?verbose`. `decisive`: the failure says Redis cannot be had (see
-    /// `manager.rs`), so a waiting checkout need not wait for another attempt. `counts`: the
+    /// `manager/failure.rs`), so a waiting checkout need not wait for another attempt. `counts`: the
     /// failure says Redis is unreachable (a replica answering instead of the primary does
     /// not). `started`: when the attempt began; attempts that ran alongside one whose
     /// outcome is already known count once between them.

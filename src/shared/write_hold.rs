@@ -68,7 +68,7 @@ impl WriteHold {
 
 impl Shared {
     /// Sentinel moved the primary from `old` to `new`: connections to `old` are retired as
-    /// they are next touched (see `connection.rs`); the next connect may start at once, and
+    /// they are next touched (see `connection/judgement.rs`); the next connect may start at once, and
     /// the prober makes one now, so an open breaker gets its proof from the new primary.
     pub(crate) fn primary_moved(&self, old: &PrimaryAddr, new: &PrimaryAddr) {
         tracing::warn!(pool = %self.name(), from = %old, to = %new, "the primary moved (Sentinel failover)");

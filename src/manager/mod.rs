@@ -22,12 +22,15 @@ use tracing::instrument::WithSubscriber;
 use crate::clock::Backoff;
 use crate::config::SetUpConnection;
 use crate::connection::{GuardConnection, Peer, Server};
-use crate::metrics::ConnectErrorKind;
-use crate::redis_error::connect_error_kind;
 use crate::sanitize::server_text;
 use crate::sentinel::Placement;
 use crate::shared::Shared;
 use crate::transport::{self, BoxedStream, LinkHealth, LinkState, PeerProbe, TrackedStream};
+use failure::{ConnectFailure, tls_failure};
+use gate::Gate;
+
+mod failure;
+mod gate;
 
 /// A connection checked out of bb8: goes back to it when dropped.
 pub(crate) type Bb8Connection = bb8::PooledConnection<'static, GuardManager>;
@@ -46,26 +49,6 @@ pub(crate) struct GuardManager {
     /// The subscriber current where the pool was created: bb8 runs connects in tasks of its
     /// own, whose lines would otherwise go to the global subscriber, not the service's.
     log_to: tracing::Dispatch,
-}
-
-/// Connects in flight at once while the last one succeeded.
-const CONNECTS_AT_ONCE: u32 = 4;
-
-#[derive(Debug)]
-struct Gate {
-    /// An attempt holds one turn while connects succeed, all of them once one failed (FIFO:
-    /// tokio's semaphore serves a large request before later small ones).
-    turns: tokio::sync::Semaphore,
-    pace: std::sync::Mutex<Pace>,
-}
-
-/// The backoff that paces attempts after a failure, and when the last attempt ended.
-#[derive(Debug)]
-struct Pace {
-    backoff: Backoff,
-    last_outcome_at: Option<Instant>,
-    /// Failed attempts in a row.
-    failures: u32,
 }
 
 /// How many times one attempt starts over because the primary moved under it: moves come
@@ -105,54 +88,6 @@ pub(crate) enum Attempt<C = Box<GuardConnection>> {
     Skipped,
 }
 
-impl Gate {
-    /// Waits for this attempt's turn: one of the turns while connects succeed, all of them
-    /// once one failed, also for an attempt that queued before that failure.
-    async fn turn(&self) -> tokio::sync::SemaphorePermit<'_> {
-        let failing = || self.pace().failures > 0;
-        let wanted = if failing() { CONNECTS_AT_ONCE } else { 1 };
-        let turn = self.turns.acquire_many(wanted).await;
-        let turn = turn.expect("the gate is never closed");
-        if turn.num_permits() == CONNECTS_AT_ONCE as usize || !failing() {
-            return turn;
-        }
-        // Let go before asking for all: two holders of one turn each waiting for the rest
-        // would wait on each other.
-        drop(turn);
-        let turn = self.turns.acquire_many(CONNECTS_AT_ONCE).await;
-        turn.expect("the gate is never closed")
-    }
-
-    fn pace(&self) -> std::sync::MutexGuard<'_, Pace> {
-        // Plain fields: a panic elsewhere cannot leave them half-written.
-        self.pace
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl Pace {
-    fn succeeded(&mut self) {
-        self.last_outcome_at = Some(Instant::now());
-        self.backoff.reset();
-        self.failures = 0;
-    }
-
-    /// How long the next attempt waits.
-    fn failed(&mut self) -> Duration {
-        self.last_outcome_at = Some(Instant::now());
-        // The first failure after a success is tried again at once: a restart or a
-        // connection killed while it was set up is often over by then, and waiting would
-        // hold up the requests of a Redis that is back. The pace starts with the second.
-        self.failures = self.failures.saturating_add(1);
-        if self.failures == 1 {
-            Duration::ZERO
-        } else {
-            self.backoff.pause()
-        }
-    }
-}
-
 impl GuardManager {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         let config = shared.config();
@@ -162,14 +97,7 @@ impl GuardManager {
         );
         Self {
             shared,
-            gate: Arc::new(Gate {
-                turns: tokio::sync::Semaphore::new(CONNECTS_AT_ONCE as usize),
-                pace: std::sync::Mutex::new(Pace {
-                    backoff,
-                    last_outcome_at: None,
-                    failures: 0,
-                }),
-            }),
+            gate: Arc::new(Gate::new(backoff)),
             log_to: tracing::dispatcher::get_default(tracing::Dispatch::clone),
         }
     }
@@ -596,142 +524,4 @@ pub(crate) fn until_next_attempt(shared: &Shared) -> Duration {
     shared.next_connect_at().map_or(Duration::ZERO, |at| {
         at.saturating_duration_since(Instant::now())
     })
-}
-
-/// The TLS failure `error` carries, in words, if any.
-fn tls_failure(error: &std::io::Error) -> Option<String> {
-    #[cfg(feature = "tls")]
-    return crate::tls::tls_failure(error);
-    #[cfg(not(feature = "tls"))]
-    {
-        let _ = error;
-        None
-    }
-}
-
-/// Why a connect failed: TLS has no place in redis-rs's errors, so it is kept apart until the
-/// failure is counted.
-#[derive(Debug)]
-enum ConnectFailure {
-    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
-    Tls(String),
-    /// Redis answered, as a replica: the endpoint does not (yet) lead to the primary.
-    Replica(String),
-    /// Sentinel moved the primary while this connection was opened to the old one.
-    Moved(String),
-    /// No sentinel said where the primary is.
-    Sentinel(ConnectErrorKind, String),
-    /// Redis turned the connection away with this error line before any command (at
-    /// `maxclients`, in protected mode).
-    TurnedAway(String),
-    Redis(RedisError),
-}
-
-impl From<RedisError> for ConnectFailure {
-    fn from(e: RedisError) -> Self {
-        ConnectFailure::Redis(e)
-    }
-}
-
-impl From<ConnectFailure> for RedisError {
-    fn from(failure: ConnectFailure) -> Self {
-        match failure {
-            ConnectFailure::Redis(e) => e,
-            ConnectFailure::Tls(cause) => RedisError::from(std::io::Error::other(cause)),
-            ConnectFailure::Replica(cause) => RedisError::from((
-                ErrorKind::Client,
-                "connected to a replica, not the primary",
-                cause,
-            )),
-            ConnectFailure::Moved(cause) | ConnectFailure::Sentinel(_, cause) => {
-                RedisError::from((ErrorKind::Client, "cannot find the primary", cause))
-            }
-            failure @ ConnectFailure::TurnedAway(_) => RedisError::from((
-                ErrorKind::Io,
-                "redis refused the connection",
-                failure.to_string(),
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for ConnectFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnectFailure::Tls(cause)
-            | ConnectFailure::Replica(cause)
-            | ConnectFailure::Moved(cause)
-            | ConnectFailure::Sentinel(_, cause) => f.write_str(cause),
-            ConnectFailure::TurnedAway(line) if is_max_clients(line) => write!(
-                f,
-                "redis turned the connection away: {line} (raise maxclients on the server, or \
-                 find the clients holding its connections)"
-            ),
-            ConnectFailure::TurnedAway(line) => {
-                write!(f, "redis turned the connection away: {line}")
-            }
-            ConnectFailure::Redis(e) => e.fmt(f),
-        }
-    }
-}
-
-/// Whether Redis's accept-time error line says it is at `maxclients`.
-fn is_max_clients(line: &str) -> bool {
-    line.contains("max number of clients")
-}
-
-impl ConnectFailure {
-    /// A TLS failure inside redis-rs's error, as a failure of its own (an alert its
-    /// connection driver read is recorded by the link instead, where `open` finds it).
-    fn unwrap_tls(self) -> Self {
-        #[cfg(feature = "tls")]
-        if let ConnectFailure::Redis(e) = &self
-            && let Some(cause) = crate::tls::tls_failure(e)
-        {
-            return ConnectFailure::Tls(cause);
-        }
-        self
-    }
-
-    fn kind(&self) -> ConnectErrorKind {
-        match self {
-            ConnectFailure::Tls(_) => ConnectErrorKind::Tls,
-            ConnectFailure::Replica(_) => ConnectErrorKind::Replica,
-            ConnectFailure::Moved(_) => ConnectErrorKind::Other,
-            ConnectFailure::Sentinel(kind, _) => *kind,
-            ConnectFailure::TurnedAway(line) if is_max_clients(line) => {
-                ConnectErrorKind::MaxClients
-            }
-            ConnectFailure::TurnedAway(_) => ConnectErrorKind::Other,
-            // The line came back as the reply to the first set-up command (`AUTH`).
-            ConnectFailure::Redis(e) if is_max_clients(&e.to_string()) => {
-                ConnectErrorKind::MaxClients
-            }
-            ConnectFailure::Redis(e) => connect_error_kind(e),
-        }
-    }
-
-    /// Whether the failure says Redis cannot be reached, for the breaker. A replica answering
-    /// where the primary was (a DNS name that has not moved yet in a failover) is Redis
-    /// reachable: opening the breaker then would fail reads too and take every pod out of
-    /// the load balancer at once.
-    fn counts_against_redis(&self) -> bool {
-        !matches!(self, ConnectFailure::Replica(_) | ConnectFailure::Moved(_))
-    }
-
-    /// Whether the failure says Redis cannot be had (refused, no answer, credentials or
-    /// certificates refused), rather than that this one connection was cut while it was set
-    /// up (a reset, an EOF: a `CLIENT KILL`, a middlebox), which the next attempt may not
-    /// meet.
-    fn is_decisive(&self) -> bool {
-        match self {
-            ConnectFailure::Tls(_)
-            | ConnectFailure::Replica(_)
-            | ConnectFailure::Sentinel(..)
-            | ConnectFailure::TurnedAway(_) => true,
-            // The next attempt goes to the new primary.
-            ConnectFailure::Moved(_) => false,
-            ConnectFailure::Redis(e) => e.is_connection_refusal() || !e.is_connection_dropped(),
-        }
-    }
 }
