@@ -38,7 +38,9 @@ pub(crate) struct Known<'a> {
 }
 
 impl Known<'_> {
-    pub(crate) fn verdict(&self, pool: &dyn Owner, now: Instant) -> Verdict {
+    /// Generic, so that shared mode, which holds the pool's state itself, calls it directly;
+    /// a connection calls it through its `dyn Owner`.
+    pub(crate) fn verdict<P: Owner + ?Sized>(&self, pool: &P, now: Instant) -> Verdict {
         // First: its socket was shut because of it.
         if on_demoted_primary(self.placement, pool) {
             return Verdict::Evict(EvictionReason::RoleChange);
@@ -76,7 +78,11 @@ impl Known<'_> {
 /// Under Sentinel: whether the primary moved away from the server a connection opened to
 /// `placement` leads to. The old primary may accept writes for seconds after the
 /// announcement, and loses them all when it resyncs: nothing more may be sent to it.
-pub(crate) fn on_demoted_primary(placement: Option<&Placement>, pool: &dyn Owner) -> bool {
+#[inline]
+pub(crate) fn on_demoted_primary<P: Owner + ?Sized>(
+    placement: Option<&Placement>,
+    pool: &P,
+) -> bool {
     match (placement, pool.sentinel()) {
         (Some(placement), Some(watch)) => !placement.is_current(watch),
         _ => false,

@@ -118,6 +118,7 @@ pub(crate) struct Placement {
 impl Placement {
     /// Whether the connection still leads to the primary: yes while no failover happened
     /// since it was opened (one atomic load), else if its address is the new primary's.
+    #[inline]
     pub(crate) fn is_current(&self, watch: &SentinelWatch) -> bool {
         self.generation == watch.generation() || watch.is_primary(&self.addr)
     }
@@ -174,6 +175,7 @@ impl SentinelWatch {
     }
 
     /// The current generation: it changes whenever the primary moves.
+    #[inline]
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }

@@ -30,6 +30,7 @@ pub(super) struct Evidence {
 
 impl Evidence {
     /// Redis answered at `at`.
+    #[inline]
     pub(super) fn answered(&self, at: Instant) {
         self.last_answer.advance(at);
     }
@@ -44,6 +45,7 @@ impl Evidence {
     }
 
     /// Whether Redis answered anything after `since`.
+    #[inline]
     pub(super) fn answered_since(&self, since: Instant) -> bool {
         self.last_answer.get().is_some_and(|answer| answer > since)
     }
@@ -63,12 +65,14 @@ impl Evidence {
         self.role_suspect_before.set(Instant::now());
     }
 
+    #[inline]
     pub(super) fn is_suspect(&self, last_success: Instant) -> bool {
         self.suspect_before
             .get()
             .is_some_and(|before| last_success < before)
     }
 
+    #[inline]
     pub(super) fn is_role_suspect(&self, role_checked: Instant) -> bool {
         self.role_suspect_before
             .get()
@@ -121,6 +125,7 @@ impl Evidence {
     }
 
     /// The average PING round trip, zero before the first.
+    #[inline]
     pub(super) fn average_round_trip(&self) -> Duration {
         Duration::from_nanos(self.round_trip_nanos.load(Ordering::Acquire))
     }

@@ -118,10 +118,12 @@ impl Shared {
         }
     }
 
+    #[inline]
     pub(crate) fn config(&self) -> &Config {
         &self.config
     }
 
+    #[inline]
     fn metrics(&self) -> &PoolMetrics {
         self.series.get()
     }
@@ -134,11 +136,13 @@ impl Shared {
         }
     }
 
+    #[inline]
     pub(crate) fn name(&self) -> &str {
         self.config.name()
     }
 
     /// What the pool knows of the primary, under Sentinel.
+    #[inline]
     pub(crate) fn sentinel(&self) -> Option<&SentinelWatch> {
         self.sentinel.as_ref()
     }
@@ -268,6 +272,7 @@ impl Shared {
 
     /// Redis answered a command on an existing connection (an error reply counts: it travelled
     /// a working socket).
+    #[inline]
     pub(crate) fn answered(&self, at: Instant) {
         self.evidence.answered(at);
         self.on_transition(self.breaker.record_success(at));
@@ -345,6 +350,7 @@ impl Shared {
     /// How long a validation PING may take: `validation_timeout`, or four average round trips
     /// when Redis is that far away, but never more than half the checkout budget (a few slow
     /// replies must not make frozen sockets expensive to find).
+    #[inline]
     pub(crate) fn validation_timeout(&self) -> Duration {
         let round_trip = self.evidence.average_round_trip();
         let configured = self.config.validation_timeout();
@@ -450,10 +456,12 @@ impl Shared {
 
     // --- What the outcomes add up to -----------------------------------------------------
 
+    #[inline]
     pub(crate) fn admit(&self) -> Option<Admission<'_>> {
         self.breaker.admit()
     }
 
+    #[inline]
     pub(crate) fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
     }
@@ -471,11 +479,13 @@ impl Shared {
 
     /// Whether a connection last proven alive at `last_success` is suspected of having failed
     /// like a peer did since.
+    #[inline]
     pub(crate) fn is_suspect(&self, last_success: Instant) -> bool {
         self.evidence.is_suspect(last_success)
     }
 
     /// Whether a connection whose role was last seen at `role_checked` must show it again.
+    #[inline]
     pub(crate) fn is_role_suspect(&self, role_checked: Instant) -> bool {
         self.evidence.is_role_suspect(role_checked)
     }
@@ -522,6 +532,7 @@ impl Shared {
     }
 
     /// Counts the caller as waiting until the returned guard drops (also on cancellation).
+    #[inline]
     pub(crate) fn wait(&self) -> WaitingGuard<'_> {
         self.waiting.fetch_add(1, Ordering::AcqRel);
         WaitingGuard(&self.waiting)
@@ -546,6 +557,7 @@ impl Shared {
         self.metrics().withdraw();
     }
 
+    #[inline]
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
     }

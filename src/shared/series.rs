@@ -32,6 +32,7 @@ impl Series {
     }
 
     /// The series in use: those registered once a recorder arrived, if it came late.
+    #[inline]
     pub(super) fn get(&self) -> &PoolMetrics {
         self.late.get().unwrap_or(&self.first)
     }

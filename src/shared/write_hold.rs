@@ -48,6 +48,7 @@ impl WriteHold {
         held
     }
 
+    #[inline]
     pub(super) fn is_held(&self) -> bool {
         self.held.load(Ordering::Acquire)
     }
@@ -98,6 +99,7 @@ impl Shared {
     }
 
     /// Whether writes are held now (the hot path reads only this).
+    #[inline]
     pub(crate) fn holds_writes(&self) -> bool {
         self.write_hold.is_held()
     }

@@ -170,10 +170,12 @@ impl LinkHealth {
 
     /// How many bytes the driver has written so far: a call that fails on a link that failed
     /// before this moved was never sent.
+    #[inline]
     pub(crate) fn written(&self) -> u64 {
         self.written.load(Ordering::Acquire)
     }
 
+    #[inline]
     pub(crate) fn state(&self) -> LinkState {
         match self.state.load(Ordering::Acquire) {
             0 => LinkState::Open,
@@ -225,6 +227,7 @@ impl LinkHealth {
     }
 
     /// Whether the socket is still usable as far as is known (also while connecting).
+    #[inline]
     pub(crate) fn is_open(&self) -> bool {
         matches!(self.state(), LinkState::Open | LinkState::Connecting)
     }
