@@ -104,12 +104,20 @@ async fn commands_that_need_their_own_connection_take_one_and_leave_the_shared_o
             "tracking after {words:?}"
         );
     }
-    assert_eq!(
+    // Six sessions changed (the BLPOP's is clean). QUIT's connection is both tainted and
+    // closed by the server: it is counted as dirty, or as broken if the server's close was
+    // read before it came back. Either way it is not reused.
+    let (dirty, broken) = (
         evictions(guard.name(), "dirty"),
-        6.0,
-        "each exclusive connection left with a changed session was closed (the BLPOP's is \
-         clean, and QUIT's was closed by the server)"
+        evictions(guard.name(), "broken"),
     );
+    assert_eq!(
+        dirty + broken,
+        7.0,
+        "each exclusive connection left with a changed session was closed: {dirty} dirty, \
+         {broken} broken"
+    );
+    assert!(dirty >= 6.0, "{dirty} dirty, {broken} broken");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
