@@ -3,23 +3,15 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
 use crate::metrics::EvictionReason;
-use crate::sentinel::SentinelWatch;
+use crate::sentinel::PoolSettings;
 use crate::transport::LinkHealth;
 
 /// The pool a connection belongs to, as the connection sees it: what it asks (settings,
 /// suspicions, where the primary is) and what it reports (answers, evictions, overdue and
 /// timed-out calls). The pool's state implements it and alone decides what a report means
 /// for the breaker, the metrics and the prober; a connection never decides that.
-pub(crate) trait Owner: Send + Sync + fmt::Debug {
-    /// The pool's name, for logs and spans.
-    fn name(&self) -> &str;
-    fn config(&self) -> &Config;
-    /// What the pool knows of the primary, under Sentinel.
-    fn sentinel(&self) -> Option<&SentinelWatch>;
-    /// How long a validation PING may take: the setting, or a few round trips if longer.
-    fn validation_timeout(&self) -> Duration;
+pub(crate) trait Owner: PoolSettings + fmt::Debug {
     /// Whether a connection last proven alive at `last_success` may have failed with its
     /// peer since (another connection failed after that).
     fn is_suspect(&self, last_success: Instant) -> bool;

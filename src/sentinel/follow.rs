@@ -3,27 +3,18 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::{PushKind, RedisError};
 
 use super::events::{self, Event};
-use super::{PrimaryAddr, SentinelWatch};
-use crate::config::Config;
+use super::{PoolSettings, PrimaryAddr, SentinelWatch};
 use crate::sanitize::server_text;
 
 /// The pool a Sentinel watch serves, as the watch sees it: its settings and lifecycle, and
 /// what the watch reports (the primary moved, a failover began or was aborted). The pool's
 /// state implements it and decides what a move means for its connections and its breaker.
-pub(crate) trait WatchedPool: Send + Sync {
-    /// The pool's name, for logs.
-    fn name(&self) -> &str;
-    fn config(&self) -> &Config;
-    /// The watch itself, which the pool owns.
-    fn sentinel(&self) -> Option<&SentinelWatch>;
-    /// How long a sentinel may take to answer.
-    fn validation_timeout(&self) -> Duration;
+pub(crate) trait WatchedPool: PoolSettings {
     fn is_closing(&self) -> bool;
     /// Completes when the pool closes.
     fn closed(&self) -> impl Future<Output = ()> + Send;

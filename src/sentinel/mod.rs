@@ -41,6 +41,20 @@ mod follow;
 
 pub(crate) use follow::{WatchedPool, follow};
 
+/// What the layers below the pool read of it: its name, settings, Sentinel watch and
+/// validation budget. The pool's state implements it; [`WatchedPool`] and
+/// `connection::Owner` build on it.
+pub(crate) trait PoolSettings: Send + Sync {
+    /// The pool's name, for logs and spans.
+    fn name(&self) -> &str;
+    fn config(&self) -> &Config;
+    /// What the pool knows of the primary, under Sentinel (the watch, which the pool owns).
+    fn sentinel(&self) -> Option<&SentinelWatch>;
+    /// How long a validation PING, or a sentinel's answer, may take: the setting, or a few
+    /// round trips if longer.
+    fn validation_timeout(&self) -> Duration;
+}
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use super::Shared;
 use crate::config::Config;
 use crate::metrics::EvictionReason;
-use crate::sentinel::{PrimaryAddr, SentinelWatch};
+use crate::sentinel::{PoolSettings, PrimaryAddr, SentinelWatch};
 use crate::transport::LinkHealth;
 
-/// What a connection sees of its pool: every report lands in a method of `Shared`.
-impl crate::connection::Owner for Shared {
+/// What every lower layer reads of its pool.
+impl PoolSettings for Shared {
     #[inline]
     fn name(&self) -> &str {
         Shared::name(self)
@@ -27,6 +27,10 @@ impl crate::connection::Owner for Shared {
     fn validation_timeout(&self) -> Duration {
         Shared::validation_timeout(self)
     }
+}
+
+/// What a connection sees of its pool: every report lands in a method of `Shared`.
+impl crate::connection::Owner for Shared {
     #[inline]
     fn is_suspect(&self, last_success: Instant) -> bool {
         Shared::is_suspect(self, last_success)
@@ -63,22 +67,6 @@ impl crate::connection::Owner for Shared {
 
 /// What the Sentinel watch sees of its pool.
 impl crate::sentinel::WatchedPool for Shared {
-    #[inline]
-    fn name(&self) -> &str {
-        Shared::name(self)
-    }
-    #[inline]
-    fn config(&self) -> &Config {
-        Shared::config(self)
-    }
-    #[inline]
-    fn sentinel(&self) -> Option<&SentinelWatch> {
-        Shared::sentinel(self)
-    }
-    #[inline]
-    fn validation_timeout(&self) -> Duration {
-        Shared::validation_timeout(self)
-    }
     #[inline]
     fn is_closing(&self) -> bool {
         Shared::is_closing(self)
