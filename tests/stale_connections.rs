@@ -130,7 +130,9 @@ in_both_modes! {
 /// busy. Every other time the driver has read the close before the next command; otherwise
 /// the runtime could not poll for I/O (one thread, blocked in the kill) and the close is only
 /// in the kernel. Asserts: each `INCR` (a write) succeeds on a fresh connection and is applied
-/// once, since none of it was written to the dead one.
+/// once, since none of it was written to the dead one. Many rounds, since a kill sometimes
+/// also cuts the handshakes of connects under way (the pool refilling), which must not fail
+/// the checkout waiting on them: cuts that ran alongside each other are one fault.
 #[tokio::test(flavor = "current_thread")]
 async fn f2_a_write_on_a_held_connection_killed_before_it_is_sent_once_elsewhere(mode: PoolMode) {
     let server = RedisServer::start().unwrap();
@@ -140,7 +142,7 @@ async fn f2_a_write_on_a_held_connection_killed_before_it_is_sent_once_elsewhere
     kill_every_connection(&server);
     assert!(eventually(Duration::from_secs(2), || !conn.is_open()).await);
     let _: () = conn.set("writes", 0).await.unwrap();
-    for call in 1..=40 {
+    for call in 1..=400 {
         kill_every_connection(&server);
         if call % 2 == 0 {
             let read = eventually(Duration::from_secs(2), || !conn.is_open()).await;

@@ -429,7 +429,8 @@ impl PoolInner {
             let failure = shared.connect_failure();
             tokio::pin!(failure);
             failure.as_mut().enable();
-            // One decisive failure, or two cut connects, while this caller waited.
+            // One decisive failure, or two cut connects one after the other, while this caller
+            // waited.
             let failed_since = shared.failed_connects() >= failures_seen + 2;
             let too_late = shared.connects_failing()
                 && shared.next_connect_at().is_some_and(|at| at >= deadline);

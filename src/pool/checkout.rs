@@ -243,8 +243,8 @@ impl Checkout {
         let clean = conn.session_is_clean();
         let served = conn.has_served();
         let result = call.send(conn).await;
-        let why = match result.as_ref().err().and_then(NotSent::of) {
-            Some(not_sent) if conn.session_is_clean() => Some(not_sent.reason()),
+        let why = match unsent(&result) {
+            Some(why) if conn.session_is_clean() => Some(why),
             _ => self.retry_reason(call, &result, clean, served, writes_too),
         };
         match why {
@@ -311,12 +311,8 @@ impl Checkout {
         let served = connection.has_served();
         let result = connection.call(shared, call, self.response_timeout).await;
         self.pool.let_go_if_retired(&connection);
-        let why = result
-            .as_ref()
-            .err()
-            .and_then(NotSent::of)
-            .map(NotSent::reason)
-            .or_else(|| self.retry_reason(call, &result, true, served, writes_too));
+        let why =
+            unsent(&result).or_else(|| self.retry_reason(call, &result, true, served, writes_too));
         let Some(why) = why else {
             return result;
         };
@@ -394,6 +390,16 @@ impl Checkout {
         shared.retried(retried.is_ok());
         retried
     }
+}
+
+/// Why `result` may be sent again whatever its commands do: its connection failed before
+/// any of it was written.
+fn unsent(result: &RedisResult<Reply>) -> Option<&'static str> {
+    result
+        .as_ref()
+        .err()
+        .and_then(NotSent::of)
+        .map(NotSent::reason)
 }
 
 /// The error a call gets when no connection could be had for it: the checkout's error

@@ -16,8 +16,10 @@ pub(super) struct Connects {
     /// Whether the last connect attempt failed.
     failing: AtomicBool,
     /// Failed connect attempts since the pool was created, weighed: 2 for a decisive failure, 1
-    /// for a connection cut while it was set up. A waiting checkout compares it with the count
-    /// when it began.
+    /// for a connection cut while it was set up, 0 for one cut alongside the attempt that
+    /// failed before it (one fault, a `CLIENT KILL` or a reset, cuts every handshake under
+    /// way at its moment: only an attempt begun after a cut says the cut persists). A
+    /// waiting checkout compares it with the count when it began.
     failed: AtomicU64,
     /// Evictions not yet made good by a new connection: the next connects are reconnects.
     replacement_debt: AtomicU64,
@@ -81,10 +83,14 @@ impl Connects {
     }
 
     /// Counts a failed attempt for the checkouts waiting on one: a decisive failure counts
-    /// twice, so a waiter fails on one decisive failure or two of any kind.
-    pub(super) fn count_failure(&self, decisive: bool) {
-        self.failed
-            .fetch_add(if decisive { 2 } else { 1 }, Ordering::AcqRel);
+    /// twice, so a waiter fails on one decisive failure or two in a row of any kind.
+    pub(super) fn count_failure(&self, decisive: bool, failed: &Failed) {
+        let weight = match (decisive, failed.overlapped) {
+            (true, _) => 2,
+            (false, false) => 1,
+            (false, true) => 0,
+        };
+        self.failed.fetch_add(weight, Ordering::AcqRel);
     }
 
     /// A connection was evicted: the next connect replaces it.
@@ -118,5 +124,42 @@ impl Connects {
         self.last_error
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RETRY_IN: Duration = Duration::from_millis(10);
+
+    #[test]
+    fn cuts_that_ran_alongside_each_other_count_once_for_waiters() {
+        let connects = Connects::default();
+        let t0 = Instant::now();
+        let first = connects.failed("cut", t0 + Duration::from_millis(5), RETRY_IN, t0);
+        connects.count_failure(false, &first);
+        // Begun before the first one ended: the same fault cut both.
+        let second = connects.failed("cut", t0 + Duration::from_millis(6), RETRY_IN, t0);
+        assert!(second.overlapped);
+        connects.count_failure(false, &second);
+        assert_eq!(connects.failures(), 1);
+        // Begun after the last cut: the cut persists.
+        let third_start = t0 + Duration::from_millis(7);
+        let third = connects.failed("cut", t0 + Duration::from_millis(9), RETRY_IN, third_start);
+        assert!(!third.overlapped);
+        connects.count_failure(false, &third);
+        assert_eq!(connects.failures(), 2);
+    }
+
+    #[test]
+    fn a_decisive_failure_counts_twice_even_alongside_another() {
+        let connects = Connects::default();
+        let t0 = Instant::now();
+        let first = connects.failed("refused", t0 + Duration::from_millis(5), RETRY_IN, t0);
+        connects.count_failure(true, &first);
+        let second = connects.failed("refused", t0 + Duration::from_millis(6), RETRY_IN, t0);
+        connects.count_failure(true, &second);
+        assert_eq!(connects.failures(), 4);
     }
 }

@@ -229,7 +229,7 @@ impl Shared {
         if kind == ConnectErrorKind::Timeout && self.evidence.connect_timed_out(started) {
             self.trip_as_unresponsive();
         }
-        self.connects.count_failure(decisive);
+        self.connects.count_failure(decisive, &failed);
         self.connect_failed.notify_waiters();
     }
 
