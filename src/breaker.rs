@@ -10,7 +10,7 @@
 //!     └───────────────────────────────────────────── HalfOpen
 //! ```
 //!
-//! The breaker only tallies; what counts as a failure is decided in one place, `shared/mod.rs`:
+//! The breaker only tallies; what counts as a failure is decided in one place, `pool_core/mod.rs`:
 //! a new connection that fails, once per attempt. Busy pools, error replies, slow replies and
 //! a single failing socket never count. Open moves to half-open when a connect succeeds (the
 //! prober keeps trying, so a service with no traffic recovers too); while half-open, a few
@@ -302,7 +302,7 @@ impl Breaker {
         }
     }
 
-    /// Redis is proven unresponsive at once (see `Shared::call_timed_out`): open now,
+    /// Redis is proven unresponsive at once (see `PoolCore::call_timed_out`): open now,
     /// whatever the counts.
     pub(crate) fn trip(&self) -> Transition {
         let mut counts = self.lock();

@@ -226,15 +226,15 @@ impl Check {
                 };
             }
         };
-        let shared = guard.shared();
+        let core = guard.core();
         let state = match guard.breaker_state() {
-            BreakerState::Closed if shared.has_connected() => return "ok".into(),
-            BreakerState::Closed if shared.connects_failing() => "unreachable: cannot connect",
+            BreakerState::Closed if core.has_connected() => return "ok".into(),
+            BreakerState::Closed if core.connects_failing() => "unreachable: cannot connect",
             BreakerState::Closed => "connecting",
             BreakerState::HalfOpen => "recovering: circuit breaker half-open",
             BreakerState::Open => "unreachable: circuit breaker open",
         };
-        match shared.last_connect_error() {
+        match core.last_connect_error() {
             Some(cause) => format!("{state}; last connect error: {cause}"),
             None => state.into(),
         }

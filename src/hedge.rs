@@ -44,11 +44,11 @@ pub(crate) async fn race(
     delay: Option<Duration>,
     shared_connection: bool,
 ) -> Raced {
-    let shared = &pool.shared;
+    let core = &pool.core;
     let Some(delay) = delay else {
         let result = original.await;
         if result.is_ok() {
-            shared.read_replied(sent.elapsed());
+            core.read_replied(sent.elapsed());
         }
         return Raced::Original(result);
     };
@@ -56,16 +56,16 @@ pub(crate) async fn race(
         biased;
         result = &mut original => {
             if result.is_ok() {
-                shared.read_replied(sent.elapsed());
+                core.read_replied(sent.elapsed());
             }
             return Raced::Original(result);
         }
         () = tokio::time::sleep(delay) => {}
     }
-    let Some(_slot) = shared.start_hedge(sent, !shared_connection) else {
+    let Some(_slot) = core.start_hedge(sent, !shared_connection) else {
         return Raced::Original(original.await);
     };
-    tracing::debug!(pool = %shared.name(), ?delay, "a read is late: sending it again on another connection");
+    tracing::debug!(pool = %core.name(), ?delay, "a read is late: sending it again on another connection");
     // The copy runs in a task of its own, owning its connection: if the original wins, the
     // copy still completes and its connection goes back to the pool clean.
     let (answered, answer) = tokio::sync::oneshot::channel();
@@ -81,15 +81,15 @@ pub(crate) async fn race(
     tokio::select! {
         biased;
         result = &mut original => {
-            shared.hedged(false);
+            core.hedged(false);
             if result.is_ok() {
-                shared.read_replied(sent.elapsed());
+                core.read_replied(sent.elapsed());
             }
             Raced::Original(result)
         }
         Ok((Ok(reply), conn)) = answer => {
-            shared.hedged(true);
-            shared.read_replied(sent.elapsed());
+            core.hedged(true);
+            core.read_replied(sent.elapsed());
             Raced::Hedge(reply, conn)
         }
     }

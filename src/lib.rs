@@ -109,9 +109,9 @@ mod inner;
 mod manager;
 mod multiplexed;
 mod pool;
-mod probe;
+mod pool_core;
+mod prober;
 pub mod pubsub;
-mod shared;
 mod validate;
 
 // http: Tower and axum.

@@ -46,8 +46,8 @@ use crate::connection::{
 use crate::manager::Bb8Connection;
 use crate::metrics::EvictionReason;
 use crate::not_sent::NotSent;
+use crate::pool_core::PoolCore;
 use crate::reply_limit::ReplyTooLarge;
-use crate::shared::Shared;
 use crate::transport::PeerState;
 use crate::validate::Validated;
 
@@ -147,7 +147,7 @@ impl SharedConnections {
     /// `proven_since`: a connection Redis has not answered on since then is to be checked.
     pub(crate) fn pick(
         &self,
-        shared: &Shared,
+        core: &PoolCore,
         now: Instant,
         proven_since: Option<Instant>,
         empty: &mut Vec<usize>,
@@ -165,8 +165,8 @@ impl SharedConnections {
                 empty.push(index);
                 continue;
             };
-            match connection.verdict(shared, now, proven_since) {
-                Verdict::Fresh => return Pick::Ready(connection),
+            match connection.verdict(core, now, proven_since) {
+                Verdict::Recent => return Pick::Ready(connection),
                 Verdict::Validate | Verdict::Suspect => {
                     check.get_or_insert(connection);
                 }
@@ -315,14 +315,14 @@ impl SharedConnection {
         self.last_success() > at
     }
 
-    fn on_demoted_primary(&self, shared: &Shared) -> bool {
-        crate::connection::on_demoted_primary(self.parts.placement.as_ref(), shared)
+    fn on_demoted_primary(&self, core: &PoolCore) -> bool {
+        crate::connection::on_demoted_primary(self.parts.placement.as_ref(), core)
     }
 
     /// The checkout's judgement (`connection/judgement.rs`), for a connection others may be
     /// using: no peek (each call makes its own, see [`call`](Self::call)), and a connection
     /// not answered on since `proven_since` is checked.
-    fn verdict(&self, shared: &Shared, now: Instant, proven_since: Option<Instant>) -> Verdict {
+    fn verdict(&self, core: &PoolCore, now: Instant, proven_since: Option<Instant>) -> Verdict {
         if self.retired.load(Ordering::Acquire) {
             // Counted when it was retired; retiring it again does nothing.
             return Verdict::Evict(EvictionReason::Broken);
@@ -336,8 +336,8 @@ impl SharedConnection {
             last_success,
             role_checked: last_success,
         };
-        match known.verdict(shared, now) {
-            Verdict::Fresh if proven_since.is_some_and(|since| last_success < since) => {
+        match known.verdict(core, now) {
+            Verdict::Recent if proven_since.is_some_and(|since| last_success < since) => {
                 Verdict::Validate
             }
             verdict => verdict,
@@ -348,13 +348,13 @@ impl SharedConnection {
     /// meanwhile (after `proven_since`, if given). One that fails is retired.
     pub(crate) async fn check(
         &self,
-        shared: &Shared,
+        core: &PoolCore,
         deadline: Instant,
         proven_since: Option<Instant>,
     ) -> Validated {
         let mut conn = self.conn.lock().await;
-        match self.verdict(shared, Instant::now(), proven_since) {
-            Verdict::Fresh => return Validated::Alive,
+        match self.verdict(core, Instant::now(), proven_since) {
+            Verdict::Recent => return Validated::Alive,
             Verdict::Evict(reason) => {
                 self.retire_locked(&mut conn, reason);
                 return Validated::Dead;
@@ -369,7 +369,7 @@ impl SharedConnection {
             self.retire_locked(&mut conn, EvictionReason::Broken);
             return Validated::Dead;
         }
-        let validated = crate::validate::validate(&mut conn, shared, Some(deadline)).await;
+        let validated = crate::validate::validate(&mut conn, core, Some(deadline)).await;
         match validated {
             // Exact: the validation is what lifts the suspicion.
             Validated::Alive => self.last_success.set(Instant::now()),
@@ -406,13 +406,13 @@ impl SharedConnection {
     /// and notes what the outcome says about the connection.
     pub(crate) async fn call(
         self: &Arc<Self>,
-        shared: &Shared,
+        core: &PoolCore,
         call: Call<'_>,
         response_timeout: Duration,
     ) -> RedisResult<Reply> {
         let (operation, batch) = call.operation();
         let span = call_span(
-            shared,
+            core,
             &self.parts.server,
             self.id(),
             self.db(),
@@ -420,7 +420,7 @@ impl SharedConnection {
             batch,
         );
         async move {
-            if self.on_demoted_primary(shared) {
+            if self.on_demoted_primary(core) {
                 self.retire(EvictionReason::RoleChange);
                 return Err(NotSent::PrimaryMoved.error("Sentinel failover"));
             }
@@ -441,30 +441,21 @@ impl SharedConnection {
                 let in_flight = InFlight::enter(&self.in_flight, &self.calls_started);
                 let sent = Instant::now();
                 let call = std::pin::pin!(call.send_multiplexed(&mut handle));
-                let result = watched(shared, sent, false, call).await;
+                let result = watched(core, sent, false, call).await;
                 (result, in_flight.was_alone())
             };
-            match Outcome::judge(&result, &self.parts.link) {
-                Outcome::ConnectionFailed if self.on_demoted_primary(shared) => {
-                    self.retire(EvictionReason::RoleChange)
-                }
-                Outcome::ConnectionFailed => self.retire(EvictionReason::IoError),
-                Outcome::ReplyTooLarge => self.retire(EvictionReason::ReplyTooLarge),
-                Outcome::RefusedByRole => {
-                    shared.answered(Instant::now());
-                    self.retire(EvictionReason::RoleChange);
-                }
-                Outcome::Answered => {
-                    let now = Instant::now();
-                    self.last_success.advance(now);
-                    if !self.served.load(Ordering::Relaxed) {
-                        self.served.store(true, Ordering::Release);
-                    }
-                    shared.answered(now);
-                    if matches!(&result, Ok(reply) if reply.refused_by_role()) {
-                        self.retire(EvictionReason::RoleChange);
-                    }
-                }
+            let consequence = Outcome::judge(&result, &self.parts.link, Reply::refused_by_role)
+                .consequence(|| self.on_demoted_primary(core));
+            if consequence.answered {
+                let now = Instant::now();
+                self.last_success.advance(now);
+                core.answered(now);
+            }
+            if consequence.served && !self.served.load(Ordering::Relaxed) {
+                self.served.store(true, Ordering::Release);
+            }
+            if let Some(reason) = consequence.evict {
+                self.retire(reason);
             }
             unless_never_written(
                 &self.parts.link,

@@ -31,9 +31,9 @@ use crate::config::StartupMode;
 use crate::error::{Error, UnavailableReason};
 use crate::inner::PoolInner;
 use crate::manager::{Attempt, GuardManager, SubscriptionLink};
+use crate::pool_core::PoolCore;
 use crate::redis_error::is_infrastructure_failure;
 use crate::sanitize::server_text;
-use crate::shared::Shared;
 use crate::throttle::Throttle;
 
 /// How often an idle subscription is PINGed.
@@ -187,28 +187,28 @@ pub(crate) async fn subscribe(
     inner: &Arc<PoolInner>,
     subscription: Subscription,
 ) -> Result<Subscriber, Error> {
-    let shared = inner.shared.clone();
-    if shared.is_closing() {
+    let core = inner.core.clone();
+    if core.is_closing() {
         return Err(inner.unavailable(UnavailableReason::Closed));
     }
     let Ok(slot) = inner.subscription_slots.clone().try_acquire_owned() else {
-        let max_subscriptions = shared.config().max_subscriptions();
+        let max_subscriptions = core.config().max_subscriptions();
         // A handler that subscribes per request meets this at the request rate.
         static REFUSED: Throttle = Throttle::new(Duration::from_secs(10));
         if let Some(held_back) = REFUSED.admit() {
-            tracing::warn!(pool = %shared.name(), max_subscriptions, similar_lines_held_back = held_back, "subscription refused: every subscription slot is taken");
+            tracing::warn!(pool = %core.name(), max_subscriptions, similar_lines_held_back = held_back, "subscription refused: every subscription slot is taken");
         }
         return Err(inner.unavailable(UnavailableReason::SubscriptionLimit { max_subscriptions }));
     };
     let manager = &inner.manager;
-    let connect_timeout = shared.config().connect_timeout();
-    let first = match shared.config().startup() {
+    let connect_timeout = core.config().connect_timeout();
+    let first = match core.config().startup() {
         // Subscribed before returning while Redis answers, so a message published after
         // `subscribe` returned is received; in the background once Redis is known to be
         // unreachable, without holding up the caller.
         StartupMode::Lazy => {
             let answering =
-                !shared.connects_failing() && shared.breaker_state() == BreakerState::Closed;
+                !core.connects_failing() && core.breaker_state() == BreakerState::Closed;
             if answering {
                 match open(
                     manager,
@@ -220,7 +220,7 @@ pub(crate) async fn subscribe(
                     Ok(pubsub) => Some(pubsub),
                     Err(NotSubscribed::Refused(e)) => return Err(e.into()),
                     Err(NotSubscribed::NoConnection(cause) | NotSubscribed::Lost(cause)) => {
-                        tracing::debug!(pool = %shared.name(), %cause, "cannot subscribe yet; subscribing in the background");
+                        tracing::debug!(pool = %core.name(), %cause, "cannot subscribe yet; subscribing in the background");
                         None
                     }
                 }
@@ -229,7 +229,7 @@ pub(crate) async fn subscribe(
             }
         }
         StartupMode::FailFast => {
-            if shared.admit().is_none() {
+            if core.admit().is_none() {
                 return Err(inner.rejected());
             }
             let deadline = Instant::now() + connect_timeout;
@@ -242,7 +242,7 @@ pub(crate) async fn subscribe(
         }
     };
     let (sender, events) = mpsc::channel(QUEUE_CAPACITY);
-    let keeping = keep(manager.clone(), shared, subscription, first, sender, slot);
+    let keeping = keep(manager.clone(), core, subscription, first, sender, slot);
     let task = tokio::spawn(keeping.with_current_subscriber());
     Ok(Subscriber {
         events,
@@ -265,7 +265,7 @@ async fn subscribed_by(
             Err(NotSubscribed::Refused(e)) => return Err(e.into()),
             Err(NotSubscribed::NoConnection(_)) if retry && before_deadline() => continue,
             Err(NotSubscribed::Lost(_)) if retry && before_deadline() => {
-                let pause = inner.shared.config().reconnect_backoff_min();
+                let pause = inner.core.config().reconnect_backoff_min();
                 let until = deadline.map_or(pause, |d| pause.min(d - Instant::now()));
                 tokio::time::sleep(until).await;
                 continue;
@@ -301,13 +301,13 @@ async fn open(
         Attempt::Failed(e) => return Err(NotSubscribed::NoConnection(e.to_string())),
         Attempt::Skipped => {
             let cause = manager
-                .shared()
+                .core()
                 .last_connect_error()
                 .unwrap_or_else(|| "no connect attempt could start before the deadline".to_owned());
             return Err(NotSubscribed::NoConnection(cause));
         }
     };
-    let timeout = manager.shared().config().response_timeout();
+    let timeout = manager.core().config().response_timeout();
     let subscribing = async {
         if !subscription.channels.is_empty() {
             pubsub.subscribe(&subscription.channels).await?;
@@ -338,7 +338,7 @@ const REFUSED_RETRY: Duration = Duration::from_secs(5);
 /// subscription's `_slot` to the end.
 async fn keep(
     manager: GuardManager,
-    shared: Arc<Shared>,
+    core: Arc<PoolCore>,
     subscription: Subscription,
     first: Option<SubscriptionLink>,
     events: mpsc::Sender<PubSubEvent>,
@@ -346,21 +346,21 @@ async fn keep(
 ) {
     let mut pubsub = match first {
         Some(pubsub) => pubsub,
-        None => match subscribe_again(&manager, &shared, &subscription, &events).await {
+        None => match subscribe_again(&manager, &core, &subscription, &events).await {
             Some(pubsub) => {
-                tracing::info!(pool = %shared.name(), "subscribed");
+                tracing::info!(pool = %core.name(), "subscribed");
                 pubsub
             }
             None => return,
         },
     };
     loop {
-        let (cause, alive_at) = match forward(&shared, &mut pubsub, &events).await {
+        let (cause, alive_at) = match forward(&core, &mut pubsub, &events).await {
             Lost::Consumer => return,
             Lost::Connection { cause, alive_at } => (cause, alive_at),
         };
         drop(pubsub);
-        tracing::info!(pool = %shared.name(), cause = %server_text(&cause), "subscription lost; subscribing again");
+        tracing::info!(pool = %core.name(), cause = %server_text(&cause), "subscription lost; subscribing again");
         // Room in the queue first: a consumer that fell behind catches up before new messages
         // come, and the gap is reported in that room.
         let room = tokio::select! {
@@ -368,15 +368,15 @@ async fn keep(
                 Ok(room) => room,
                 Err(_) => return,
             },
-            () = shared.closed() => return,
+            () = core.closed() => return,
         };
-        pubsub = match subscribe_again(&manager, &shared, &subscription, &events).await {
+        pubsub = match subscribe_again(&manager, &core, &subscription, &events).await {
             Some(pubsub) => pubsub,
             None => return,
         };
         let lasted = alive_at.elapsed();
-        shared.resubscribed();
-        tracing::info!(pool = %shared.name(), ?lasted, "subscribed again");
+        core.resubscribed();
+        tracing::info!(pool = %core.name(), ?lasted, "subscribed again");
         room.send(PubSubEvent::Gap(Gap { cause, lasted }));
     }
 }
@@ -386,7 +386,7 @@ async fn keep(
 /// many subscribers wait.
 async fn subscribe_again(
     manager: &GuardManager,
-    shared: &Shared,
+    core: &PoolCore,
     subscription: &Subscription,
     events: &mpsc::Sender<PubSubEvent>,
 ) -> Option<SubscriptionLink> {
@@ -395,22 +395,22 @@ async fn subscribe_again(
         let attempt = tokio::select! {
             attempt = open(manager, subscription, None) => attempt,
             () = events.closed() => return None,
-            () = shared.closed() => return None,
+            () = core.closed() => return None,
         };
         let pause = match attempt {
             Ok(pubsub) => return Some(pubsub),
             Err(NotSubscribed::NoConnection(cause)) => {
-                tracing::debug!(pool = %shared.name(), %cause, "subscribing again failed");
+                tracing::debug!(pool = %core.name(), %cause, "subscribing again failed");
                 continue;
             }
             Err(NotSubscribed::Lost(cause)) => {
-                tracing::debug!(pool = %shared.name(), %cause, "subscribing again failed");
-                shared.config().reconnect_backoff_min()
+                tracing::debug!(pool = %core.name(), %cause, "subscribing again failed");
+                core.config().reconnect_backoff_min()
             }
             Err(NotSubscribed::Refused(e)) => {
                 let error = e.to_string();
                 if refusal.as_ref() != Some(&error) {
-                    tracing::warn!(pool = %shared.name(), %error, "redis refused the subscription; asking again every {REFUSED_RETRY:?}");
+                    tracing::warn!(pool = %core.name(), %error, "redis refused the subscription; asking again every {REFUSED_RETRY:?}");
                 }
                 refusal = Some(error);
                 REFUSED_RETRY
@@ -419,7 +419,7 @@ async fn subscribe_again(
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = events.closed() => return None,
-            () = shared.closed() => return None,
+            () = core.closed() => return None,
         }
     }
 }
@@ -436,7 +436,7 @@ enum Lost {
 /// full: the connection is dropped rather than let redis-rs buffer without bound), nobody
 /// listens or the pool closes.
 async fn forward(
-    shared: &Shared,
+    core: &PoolCore,
     subscribed: &mut SubscriptionLink,
     events: &mpsc::Sender<PubSubEvent>,
 ) -> Lost {
@@ -446,7 +446,7 @@ async fn forward(
     loop {
         let next = tokio::select! {
             next = tokio::time::timeout(HEALTH_PING_INTERVAL, next_message(pubsub)) => next,
-            () = shared.closed() => return Lost::Consumer,
+            () = core.closed() => return Lost::Consumer,
         };
         match next {
             Ok(Some(message)) => {
@@ -474,7 +474,7 @@ async fn forward(
                 if alive_at.elapsed() < HEALTH_PING_INTERVAL {
                     continue;
                 }
-                let timeout = shared.validation_timeout();
+                let timeout = core.validation_timeout();
                 match tokio::time::timeout(timeout, pubsub.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => alive_at = Instant::now(),
                     Ok(Err(e)) => return lost(e.to_string(), alive_at),

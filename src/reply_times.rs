@@ -1,5 +1,5 @@
 //! How long a pool's reads take, and how many may be hedged: the measure and the budget
-//! behind hedged reads (`hedge.rs`), kept per pool in `Shared`.
+//! behind hedged reads (`hedge.rs`), kept per pool in `PoolCore`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;

@@ -10,8 +10,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::connection::ValidationFailure;
 use crate::manager::Bb8Connection;
 use crate::metrics::{EvictionReason, ValidationResult};
+use crate::pool_core::PoolCore;
 use crate::sanitize::server_text;
-use crate::shared::Shared;
 
 /// What a validation found out about a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,17 +31,17 @@ pub(crate) enum Validated {
 /// evicted.
 pub(crate) async fn validate(
     conn: &mut Bb8Connection,
-    shared: &Shared,
+    core: &PoolCore,
     deadline: Option<Instant>,
 ) -> Validated {
-    let timeout = shared.validation_timeout();
+    let timeout = core.validation_timeout();
     let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
     let cut_short = left.is_some_and(|left| left < timeout);
     // Boxed: the PING and its role check would otherwise take room in every checkout's
     // future, and a hot checkout, which needs neither, would copy it around.
     match Box::pin(conn.validate(left.map_or(timeout, |left| left.min(timeout)))).await {
         Ok(()) => {
-            shared.validated(ValidationResult::Passed);
+            core.validated(ValidationResult::Passed);
             Validated::Alive
         }
         Err(ValidationFailure::TimedOut(after)) if cut_short => {
@@ -53,7 +53,7 @@ pub(crate) async fn validate(
             Validated::Unknown
         }
         Err(failure) => {
-            shared.validated(ValidationResult::Failed);
+            core.validated(ValidationResult::Failed);
             tracing::debug!(connection_id = conn.connection_id(), failure = %server_text(&failure), "validation failed");
             conn.evict(eviction_reason(&failure));
             Validated::Dead
@@ -67,9 +67,9 @@ pub(crate) async fn validate(
 pub(crate) async fn validate_in_background(
     mut conn: Bb8Connection,
     _permit: OwnedSemaphorePermit,
-    shared: Arc<Shared>,
+    core: Arc<PoolCore>,
 ) {
-    validate(&mut conn, &shared, None).await;
+    validate(&mut conn, &core, None).await;
 }
 
 /// What a failed validation evicts a connection as.

@@ -41,13 +41,13 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "pool",
         &[
-            "shared",
+            "pool_core",
             "manager",
             "validate",
             "multiplexed",
             "inner",
             "hedge",
-            "probe",
+            "prober",
             "pubsub",
             "pool",
         ],

@@ -12,7 +12,6 @@ use tracing::Instrument;
 
 use super::{GuardConnection, Owner, Server, unless_never_written};
 use crate::command;
-use crate::metrics::EvictionReason;
 use crate::redis_error::{is_infrastructure_failure, is_role_refusal};
 
 /// One call as redis-rs hands it over: a command, or a pipeline's slice of replies.
@@ -119,7 +118,7 @@ impl GuardConnection {
     /// blocking commands may wait on the server. Returns whether any blocks.
     fn set_reply_wait<'c>(&mut self, cmds: impl Iterator<Item = &'c Cmd>) -> bool {
         let server_wait: Duration = cmds.filter_map(command::server_wait).sum();
-        self.inner
+        self.handle
             .set_response_timeout(self.response_timeout.saturating_add(server_wait));
         !server_wait.is_zero()
     }
@@ -165,7 +164,7 @@ impl GuardConnection {
             &*self.pool,
             &self.server,
             self.id,
-            self.inner.get_db(),
+            self.handle.get_db(),
             operation,
             batch,
         )
@@ -220,7 +219,7 @@ impl GuardConnection {
             let written = self.link.written();
             let sent = Instant::now();
             let replied = {
-                let call = std::pin::pin!(self.inner.send_packed_command(cmd));
+                let call = std::pin::pin!(self.handle.send_packed_command(cmd));
                 watched(&*self.pool, sent, blocking, call).await
             };
             let result = match replied {
@@ -230,7 +229,8 @@ impl GuardConnection {
                 other => other,
             };
             self.in_flight = false;
-            self.note_outcome(&result);
+            // An error reply is an `Err` here: a refusal is never inside a value.
+            self.note_outcome(&result, |_| false);
             match &result {
                 Ok(reply) => self.session.apply(cmd, reply),
                 Err(e) if !is_infrastructure_failure(e) => self.session.apply_failed(cmd),
@@ -259,16 +259,12 @@ impl GuardConnection {
             let written = self.link.written();
             let sent = Instant::now();
             let result = {
-                let call = std::pin::pin!(self.inner.send_packed_commands(pipeline, offset, count));
+                let call =
+                    std::pin::pin!(self.handle.send_packed_commands(pipeline, offset, count));
                 watched(&*self.pool, sent, blocking, call).await
             };
             self.in_flight = false;
-            self.note_outcome(&result);
-            if let Ok(values) = &result
-                && values.iter().any(is_role_refusal)
-            {
-                self.evict(EvictionReason::RoleChange);
-            }
+            self.note_outcome(&result, |values| values.iter().any(is_role_refusal));
             match &result {
                 Ok(replies) => self.session.apply_pipeline(pipeline, replies),
                 Err(e) if !is_infrastructure_failure(e) => {
@@ -298,6 +294,6 @@ impl ConnectionLike for GuardConnection {
     }
 
     fn get_db(&self) -> i64 {
-        self.inner.get_db()
+        self.handle.get_db()
     }
 }

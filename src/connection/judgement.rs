@@ -14,7 +14,7 @@ pub(crate) enum Verdict {
     /// Evict it and try another.
     Evict(EvictionReason),
     /// It completed a command within the bypass window: hand it out as is.
-    Fresh,
+    Recent,
     /// Prove it alive with a PING first.
     Validate,
     /// A peer failed since this one last answered: it may have failed the same way (a
@@ -68,7 +68,7 @@ impl Known<'_> {
         }
         if !unread && now.saturating_duration_since(self.last_success) < config.validation_bypass()
         {
-            Verdict::Fresh
+            Verdict::Recent
         } else {
             Verdict::Validate
         }

@@ -56,7 +56,7 @@ pub(crate) use owner::Owner;
 /// # Ok(()) }
 /// ```
 pub struct GuardConnection {
-    inner: MultiplexedConnection,
+    handle: MultiplexedConnection,
     link: Arc<LinkHealth>,
     /// Shared with the Sentinel watch, which shuts the socket when its server is demoted.
     probe: Arc<PeerProbe>,
@@ -139,7 +139,7 @@ impl fmt::Display for ValidationFailure {
 
 impl GuardConnection {
     pub(crate) fn new(
-        inner: MultiplexedConnection,
+        handle: MultiplexedConnection,
         link: Arc<LinkHealth>,
         probe: Arc<PeerProbe>,
         pool: Arc<dyn Owner>,
@@ -160,7 +160,7 @@ impl GuardConnection {
         }
         let response_timeout = config.response_timeout();
         Self {
-            inner,
+            handle,
             link,
             probe,
             pool,
@@ -260,13 +260,13 @@ impl GuardConnection {
             .collect();
         let setname = redis::cmd("CLIENT").arg("SETNAME").arg(name).to_owned();
         let ping = redis::cmd("PING").to_owned();
-        let mut naming = self.inner.clone();
-        let mut asking_role = self.inner.clone();
+        let mut naming = self.handle.clone();
+        let mut asking_role = self.handle.clone();
         let wants_primary = self.pool.config().expect_primary();
         let sent = Instant::now();
         let (named, pinged, role) = tokio::join!(
             naming.send_packed_command(&setname),
-            self.inner.send_packed_command(&ping),
+            self.handle.send_packed_command(&ping),
             async {
                 match wants_primary {
                     true => Some(asking_role.send_packed_command(&redis::cmd("ROLE")).await),
@@ -335,7 +335,7 @@ impl GuardConnection {
     /// seen, asks `ROLE` too, in the same round trip.
     pub(crate) async fn validate(&mut self, timeout: Duration) -> Result<(), ValidationFailure> {
         if self.pool.config().expect_primary() && self.pool.is_role_suspect(self.role_checked) {
-            let mut asking = self.inner.clone();
+            let mut asking = self.handle.clone();
             let role = redis::cmd("ROLE").to_owned();
             let (pinged, role) = tokio::join!(
                 self.ping(timeout),
@@ -356,7 +356,7 @@ impl GuardConnection {
         let nonce = format!("redis-guard:{}:{}", self.id, self.validations);
         let ping = redis::cmd("PING").arg(&nonce).to_owned();
         let sent = Instant::now();
-        match tokio::time::timeout(timeout, self.inner.send_packed_command(&ping)).await {
+        match tokio::time::timeout(timeout, self.handle.send_packed_command(&ping)).await {
             Ok(Ok(Value::BulkString(reply))) if reply == nonce.as_bytes() => {
                 self.last_success = Instant::now();
                 self.pool.round_trip(self.last_success - sent);
@@ -430,7 +430,7 @@ impl GuardConnection {
         // The connect budget gave the handshake and the hook their time; from here each
         // command has the response timeout.
         self.response_timeout = self.pool.config().response_timeout();
-        self.inner.set_response_timeout(self.response_timeout);
+        self.handle.set_response_timeout(self.response_timeout);
         self.pool.link_established(&self.link);
         Ok(())
     }
@@ -454,7 +454,7 @@ impl GuardConnection {
     /// A handle on the same connection for the pool's own background query, which must not
     /// hold the connection up.
     pub(crate) fn background_handle(&self) -> MultiplexedConnection {
-        self.inner.clone()
+        self.handle.clone()
     }
 
     /// Called by the pool when the connection comes back: decides whether it may be reused.
@@ -483,31 +483,25 @@ impl GuardConnection {
         self.eviction.is_none()
     }
 
-    fn note_outcome<T>(&mut self, result: &RedisResult<T>) {
-        match Outcome::judge(result, &self.link) {
-            // Its socket was shut because the primary moved away from it.
-            Outcome::ConnectionFailed if self.on_demoted_primary() => {
-                self.evict(EvictionReason::RoleChange)
-            }
-            Outcome::ConnectionFailed => self.evict(EvictionReason::IoError),
-            Outcome::ReplyTooLarge => self.evict(EvictionReason::ReplyTooLarge),
-            Outcome::RefusedByRole => {
-                self.last_success = Instant::now();
-                self.pool.answered(self.last_success);
-                self.evict(EvictionReason::RoleChange);
-            }
-            Outcome::Answered => {
-                self.last_success = Instant::now();
-                self.served = true;
-                self.pool.answered(self.last_success);
-            }
+    /// Applies what a call's outcome does to this connection ([`Outcome::consequence`], the
+    /// rule shared connections apply too).
+    fn note_outcome<T>(&mut self, result: &RedisResult<T>, refused_in: impl FnOnce(&T) -> bool) {
+        let consequence = Outcome::judge(result, &self.link, refused_in)
+            .consequence(|| self.on_demoted_primary());
+        if consequence.answered {
+            self.last_success = Instant::now();
+            self.pool.answered(self.last_success);
+        }
+        self.served |= consequence.served;
+        if let Some(reason) = consequence.evict {
+            self.evict(reason);
         }
     }
 
     /// What a shared connection needs to serve calls without borrowing this one.
     pub(crate) fn parts(&self) -> SharedParts {
         SharedParts {
-            handle: self.inner.clone(),
+            handle: self.handle.clone(),
             link: self.link.clone(),
             probe: self.probe.clone(),
             id: self.id,

@@ -17,22 +17,67 @@ pub(crate) enum Outcome {
     ReplyTooLarge,
     /// The server cannot take commands as the primary (`READONLY`, ...), over a working socket.
     RefusedByRole,
+    /// A pipeline's replies, one of them a refusal for the server's role: the connection
+    /// served, on a server that is no longer the primary.
+    PartlyRefusedByRole,
     /// A reply, or an error reply (`WRONGTYPE`, `NOSCRIPT`, ...): it travelled a working socket.
     Answered,
 }
 
+/// What an [`Outcome`] does to its connection: the one rule both modes apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Consequence {
+    /// Redis answered on it: proof of life for the connection and the pool.
+    pub(crate) answered: bool,
+    /// It served a call, so a later failure on it is a socket that died in use.
+    pub(crate) served: bool,
+    /// It is given up, and why.
+    pub(crate) evict: Option<EvictionReason>,
+}
+
 impl Outcome {
-    /// What `result`, of a call on the connection whose socket is `link`, says about it. Every
-    /// call that fails because a reply on its connection was too large (the one whose reply
-    /// it was, and the others in flight on a shared connection) is judged alike.
-    pub(crate) fn judge<T>(result: &RedisResult<T>, link: &LinkHealth) -> Outcome {
+    /// What `result`, of a call on the connection whose socket is `link`, says about it;
+    /// `refused_in` finds a refusal for the server's role among a reply's values. Every call
+    /// that fails because a reply on its connection was too large (the one whose reply it
+    /// was, and the others in flight on a shared connection) is judged alike.
+    pub(crate) fn judge<T>(
+        result: &RedisResult<T>,
+        link: &LinkHealth,
+        refused_in: impl FnOnce(&T) -> bool,
+    ) -> Outcome {
         match result {
             Err(e) if is_infrastructure_failure(e) && link.state() == LinkState::ReplyTooLarge => {
                 Outcome::ReplyTooLarge
             }
             Err(e) if is_infrastructure_failure(e) => Outcome::ConnectionFailed,
             Err(e) if is_refused_by_role(e) => Outcome::RefusedByRole,
+            Ok(reply) if refused_in(reply) => Outcome::PartlyRefusedByRole,
             _ => Outcome::Answered,
+        }
+    }
+
+    /// What this outcome does to its connection. `demoted`: whether the primary moved away
+    /// from it, asked only when its socket failed (the move shut it, so the eviction is a
+    /// role change, not an I/O error).
+    pub(crate) fn consequence(self, demoted: impl FnOnce() -> bool) -> Consequence {
+        let (answered, served, evict) = match self {
+            Outcome::ConnectionFailed if demoted() => (false, false, EvictionReason::RoleChange),
+            Outcome::ConnectionFailed => (false, false, EvictionReason::IoError),
+            Outcome::ReplyTooLarge => (false, false, EvictionReason::ReplyTooLarge),
+            Outcome::RefusedByRole => (true, false, EvictionReason::RoleChange),
+            Outcome::PartlyRefusedByRole => (true, true, EvictionReason::RoleChange),
+            Outcome::Answered => {
+                return Consequence {
+                    answered: true,
+                    served: true,
+                    evict: None,
+                };
+            }
+        };
+        Consequence {
+            answered,
+            served,
+            evict: Some(evict),
         }
     }
 }

@@ -16,7 +16,7 @@
 //!    takes another. A PING cut short by what is left of the budget proves nothing: the
 //!    connection stays, and the checkout times out.
 //!
-//! Outcomes go to [`Shared`], which alone decides what the breaker and the metrics make of
+//! Outcomes go to [`PoolCore`], which alone decides what the breaker and the metrics make of
 //! them. The prober uses this module, never the public handle.
 
 use std::future::Future;
@@ -36,7 +36,7 @@ use crate::manager::{self, Attempt, Bb8Connection, GuardManager, Skip};
 use crate::metrics::ValidationResult;
 use crate::multiplexed::Lanes;
 use crate::names::NameClaim;
-use crate::shared::Shared;
+use crate::pool_core::PoolCore;
 use crate::validate::{Validated, validate, validate_in_background};
 
 mod shared_mode;
@@ -75,11 +75,11 @@ struct Budget {
 }
 
 impl Budget {
-    fn new(shared: &Shared, started: Instant, when_closing: WhenClosing) -> Self {
+    fn new(core: &PoolCore, started: Instant, when_closing: WhenClosing) -> Self {
         Budget {
             started,
-            deadline: started + shared.config().checkout_timeout(),
-            failures_seen: shared.failed_connects(),
+            deadline: started + core.config().checkout_timeout(),
+            failures_seen: core.failed_connects(),
             when_closing,
             proven_since: None,
         }
@@ -106,7 +106,7 @@ pub(crate) struct PoolInner {
     /// once the connections checked out then have come back.
     idle: ArcSwapOption<bb8::Pool<GuardManager>>,
     pub(crate) manager: GuardManager,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) core: Arc<PoolCore>,
     /// In shared mode, the connections every checkout's plain commands go over.
     pub(crate) multiplexed: Option<Lanes>,
     /// One permit per subscription, held by its task for as long as it may hold a socket:
@@ -120,7 +120,7 @@ pub(crate) struct PoolInner {
 
 impl Drop for PoolInner {
     fn drop(&mut self) {
-        self.shared.close();
+        self.core.close();
         let tasks = self.tasks.get_mut().unwrap_or_else(|e| e.into_inner());
         for task in tasks.drain(..) {
             task.abort();
@@ -132,9 +132,9 @@ impl PoolInner {
     /// Builds the pool around bb8, which stores idle connections and asks the manager for new
     /// ones; every connect passes the manager's gate.
     pub(crate) fn new(config: Config, name_claim: NameClaim) -> Arc<PoolInner> {
-        let shared = Arc::new(Shared::new(config));
-        let manager = GuardManager::new(shared.clone());
-        let config = shared.config();
+        let core = Arc::new(PoolCore::new(config));
+        let manager = GuardManager::new(core.clone());
+        let config = core.config();
         let reaper_rate = config
             .idle_timeout()
             .map_or(MAX_REAPER_RATE, |idle| (idle / 2).min(MAX_REAPER_RATE))
@@ -172,7 +172,7 @@ impl PoolInner {
             PoolInner {
                 idle: ArcSwapOption::from_pointee(pool),
                 manager,
-                shared,
+                core,
                 multiplexed,
                 subscription_slots,
                 tasks: Mutex::new(vec![sampler]),
@@ -184,8 +184,8 @@ impl PoolInner {
     /// Closes the pool: see [`RedisGuard::close`](crate::RedisGuard::close). Returns how many
     /// connections were still in use when `grace` ran out.
     pub(crate) async fn close(&self, grace: Duration) -> u32 {
-        let shared = &self.shared;
-        shared.close();
+        let core = &self.core;
+        core.close();
         for task in self.lock_tasks().drain(..) {
             task.abort();
         }
@@ -193,9 +193,9 @@ impl PoolInner {
         if let Some(multiplexed) = &self.multiplexed {
             multiplexed.clear();
         }
-        let max = shared.config().max_size() as usize;
+        let max = core.config().max_size() as usize;
         let deadline = Instant::now() + grace;
-        while shared.checkout_permits().available_permits() < max && Instant::now() < deadline {
+        while core.checkout_permits().available_permits() < max && Instant::now() < deadline {
             tokio::time::sleep(CLOSE_POLL.min(deadline.saturating_duration_since(Instant::now())))
                 .await;
         }
@@ -208,7 +208,7 @@ impl PoolInner {
                 }
             }
         }
-        let in_use = max.saturating_sub(shared.checkout_permits().available_permits());
+        let in_use = max.saturating_sub(core.checkout_permits().available_permits());
         self.name_claim.release();
         tracing::info!(pool = %self.name(), in_use, "redis pool closed");
         in_use as u32
@@ -224,7 +224,7 @@ impl PoolInner {
     }
 
     pub(crate) fn name(&self) -> &str {
-        self.shared.name()
+        self.core.name()
     }
 
     /// What start-up does before the pool is handed out: nothing for `Lazy`, one attempt for
@@ -241,13 +241,13 @@ impl PoolInner {
                 Attempt::Connected(conn) => {
                     self.add(conn);
                     // Proven at start-up: serve at once, whatever the attempts before said.
-                    self.shared.proven_at_startup();
+                    self.core.proven_at_startup();
                     return Ok(());
                 }
                 Attempt::Failed(_)
                     if deadline.is_some_and(|d| d.is_none_or(|d| Instant::now() < d)) => {}
                 _ => {
-                    let cause = self.shared.last_connect_error().unwrap_or_default();
+                    let cause = self.core.last_connect_error().unwrap_or_default();
                     return Err(self.unavailable(UnavailableReason::Startup { cause }));
                 }
             }
@@ -266,7 +266,7 @@ impl PoolInner {
         when_closing: WhenClosing,
     ) -> Result<(CheckedOut, Instant), Error> {
         self.admitted(when_closing, |started| {
-            self.checkout_within_budget(Budget::new(&self.shared, started, when_closing))
+            self.checkout_within_budget(Budget::new(&self.core, started, when_closing))
         })
         .await
     }
@@ -279,32 +279,32 @@ impl PoolInner {
         when_closing: WhenClosing,
         step: impl FnOnce(Instant) -> F,
     ) -> Result<(T, Instant), Error> {
-        let shared = &self.shared;
-        if when_closing == WhenClosing::Fail && shared.is_closing() {
+        let core = &self.core;
+        if when_closing == WhenClosing::Fail && core.is_closing() {
             return Err(self.unavailable(UnavailableReason::Closed));
         }
-        let Some(_admission) = shared.admit() else {
-            shared.checkout_rejected();
+        let Some(_admission) = core.admit() else {
+            core.checkout_rejected();
             return Err(self.rejected());
         };
         let started = Instant::now();
         let mut result = step(started).await;
-        if result.is_err() && shared.is_closing() {
+        if result.is_err() && core.is_closing() {
             // Whatever it met on the way, it failed because the pool closed under it.
             result = Err(self.unavailable(UnavailableReason::Closed));
         }
         let ended = Instant::now();
         match &result {
-            Ok(_) => shared.checkout_succeeded(ended.saturating_duration_since(started)),
-            Err(error) => shared.checkout_failed(error),
+            Ok(_) => core.checkout_succeeded(ended.saturating_duration_since(started)),
+            Err(error) => core.checkout_failed(error),
         }
         result.map(|handed_out| (handed_out, ended))
     }
 
     async fn checkout_within_budget(&self, budget: Budget) -> Result<CheckedOut, Error> {
-        let shared = &self.shared;
-        let _waiting = shared.wait();
-        let permits = shared.checkout_permits().clone();
+        let core = &self.core;
+        let _waiting = core.wait();
+        let permits = core.checkout_permits().clone();
         let permit = self
             .wait_for(|| permits.clone().acquire_owned(), Restart::No, budget)
             .await?
@@ -327,16 +327,16 @@ impl PoolInner {
         &self,
         since: Option<Instant>,
     ) -> Result<Bb8Connection, Error> {
-        let shared = &self.shared;
-        let _waiting = shared.wait();
-        let mut budget = Budget::new(shared, Instant::now(), WhenClosing::CarryOn);
+        let core = &self.core;
+        let _waiting = core.wait();
+        let mut budget = Budget::new(core, Instant::now(), WhenClosing::CarryOn);
         budget.proven_since = since;
         self.validated_connection(budget).await
     }
 
     /// Steps 3 to 7 of the checkout: the next connection from bb8 that is alive.
     async fn validated_connection(&self, budget: Budget) -> Result<Bb8Connection, Error> {
-        let shared = &self.shared;
+        let core = &self.core;
         let pool = self
             .bb8()
             .ok_or_else(|| self.unavailable(UnavailableReason::Closed))?;
@@ -347,7 +347,7 @@ impl PoolInner {
                 // bb8 only ever times out: its connects report to the gate, not to us.
                 .map_err(|_| self.timed_out(budget.started))?;
             let mut verdict = conn.verdict(Instant::now());
-            if matches!(verdict, Verdict::Fresh | Verdict::Validate)
+            if matches!(verdict, Verdict::Recent | Verdict::Validate)
                 && budget
                     .proven_since
                     .is_some_and(|since| conn.last_success() < since)
@@ -356,8 +356,8 @@ impl PoolInner {
             }
             match verdict {
                 Verdict::Evict(reason) => conn.evict(reason),
-                Verdict::Fresh => {
-                    shared.validated(ValidationResult::Skipped);
+                Verdict::Recent => {
+                    core.validated(ValidationResult::Skipped);
                     return Ok(conn);
                 }
                 // A suspect one is validated off the caller's path, holding a permit of its own
@@ -366,14 +366,14 @@ impl PoolInner {
                 verdict @ (Verdict::Suspect | Verdict::Validate) => {
                     let background = match verdict {
                         Verdict::Suspect => {
-                            shared.checkout_permits().clone().try_acquire_owned().ok()
+                            core.checkout_permits().clone().try_acquire_owned().ok()
                         }
                         _ => None,
                     };
                     if let Some(permit) = background {
-                        tokio::spawn(validate_in_background(conn, permit, shared.clone()));
+                        tokio::spawn(validate_in_background(conn, permit, core.clone()));
                     } else {
-                        match validate(&mut conn, shared, Some(budget.deadline)).await {
+                        match validate(&mut conn, core, Some(budget.deadline)).await {
                             Validated::Alive => return Ok(conn),
                             Validated::Unknown => return Err(self.timed_out(budget.started)),
                             Validated::Dead => {}
@@ -407,7 +407,7 @@ impl PoolInner {
             when_closing,
             ..
         } = budget;
-        let shared = &self.shared;
+        let core = &self.core;
         let step = make();
         tokio::pin!(step);
         // The hot path (a permit free, a connection idle) is done in one poll, without the
@@ -426,15 +426,15 @@ impl PoolInner {
         let mut ask_again_at: Option<Instant> = None;
         loop {
             // Registered before the checks below, so a failure between them is not missed.
-            let failure = shared.connect_failure();
+            let failure = core.connect_failure();
             tokio::pin!(failure);
             failure.as_mut().enable();
             // One decisive failure, or two cut connects one after the other, while this caller
             // waited.
-            let failed_since = shared.failed_connects() >= failures_seen + 2;
-            let too_late = shared.connects_failing()
-                && shared.next_connect_at().is_some_and(|at| at >= deadline);
-            if (failed_since || too_late) && shared.working_links() == 0 {
+            let failed_since = core.failed_connects() >= failures_seen + 2;
+            let too_late =
+                core.connects_failing() && core.next_connect_at().is_some_and(|at| at >= deadline);
+            if (failed_since || too_late) && core.working_links() == 0 {
                 return Err(self.cannot_connect());
             }
             let ask_again = tokio::time::sleep_until(ask_again_at.unwrap_or(deadline).into());
@@ -445,14 +445,14 @@ impl PoolInner {
                 // Woken once per failed attempt: look again, and ask again at the next turn.
                 () = &mut failure => {
                     if restart == Restart::Yes {
-                        ask_again_at = Some(shared.next_connect_at().unwrap_or_else(Instant::now));
+                        ask_again_at = Some(core.next_connect_at().unwrap_or_else(Instant::now));
                     }
                 }
                 () = ask_again, if ask_again_at.is_some() => {
                     ask_again_at = None;
                     step.set(make());
                 }
-                () = shared.closed(), if when_closing == WhenClosing::Fail => {
+                () = core.closed(), if when_closing == WhenClosing::Fail => {
                     return Err(self.unavailable(UnavailableReason::Closed));
                 }
             }
@@ -464,19 +464,19 @@ impl PoolInner {
             pool: self.name().to_owned(),
             waited: started.elapsed(),
             state: self.state(),
-            last_connect_error: self.shared.last_connect_error(),
+            last_connect_error: self.core.last_connect_error(),
         }
     }
 
     fn cannot_connect(&self) -> Error {
-        let cause = self.shared.last_connect_error().unwrap_or_default();
+        let cause = self.core.last_connect_error().unwrap_or_default();
         self.unavailable(UnavailableReason::CannotConnect { cause })
     }
 
     pub(crate) fn rejected(&self) -> Error {
-        let shared = &self.shared;
-        let last_connect_error = shared.last_connect_error();
-        self.unavailable(match shared.breaker_state() {
+        let core = &self.core;
+        let last_connect_error = core.last_connect_error();
+        self.unavailable(match core.breaker_state() {
             crate::BreakerState::HalfOpen => {
                 UnavailableReason::BreakerHalfOpen { last_connect_error }
             }
@@ -494,7 +494,7 @@ impl PoolInner {
 
     /// When a refused caller should try again: the next connect attempt, at least 1 s.
     pub(crate) fn retry_after(&self) -> Duration {
-        manager::until_next_attempt(&self.shared).max(Duration::from_secs(1))
+        manager::until_next_attempt(&self.core).max(Duration::from_secs(1))
     }
 
     /// bb8's pool, until the pool closed.
@@ -526,16 +526,16 @@ impl PoolInner {
             idle,
             in_use: in_use.saturating_sub(shared_connections),
             shared: shared_connections.min(in_use),
-            max_size: self.shared.config().max_size(),
-            waiting: self.shared.waiting(),
+            max_size: self.core.config().max_size(),
+            waiting: self.core.waiting(),
             subscriptions: self.subscriptions(),
-            max_subscriptions: self.shared.config().max_subscriptions(),
+            max_subscriptions: self.core.config().max_subscriptions(),
         }
     }
 
     /// Subscriptions held now.
     pub(crate) fn subscriptions(&self) -> u32 {
-        let max = self.shared.config().max_subscriptions() as usize;
+        let max = self.core.config().max_subscriptions() as usize;
         let free = self.subscription_slots.available_permits();
         u32::try_from(max.saturating_sub(free)).unwrap_or(u32::MAX)
     }
@@ -548,7 +548,7 @@ async fn sample_gauges(pool: std::sync::Weak<PoolInner>) {
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        pool.shared.sample_pool_state(&pool.state());
-        pool.shared.report_refusals();
+        pool.core.sample_pool_state(&pool.state());
+        pool.core.report_refusals();
     }
 }

@@ -32,7 +32,7 @@ impl PoolInner {
         lane: Lane,
         proven_since: Option<Instant>,
     ) -> Result<Arc<SharedConnection>, Error> {
-        let _waiting = self.shared.wait();
+        let _waiting = self.core.wait();
         self.shared_connection_within(lane, Instant::now(), proven_since)
             .await
     }
@@ -46,7 +46,7 @@ impl PoolInner {
     ) -> Option<Arc<SharedConnection>> {
         let multiplexed = self.multiplexed.as_ref()?.lane(lane);
         let mut empty = Vec::new();
-        let pick = multiplexed.pick(&self.shared, Instant::now(), proven_since, &mut empty);
+        let pick = multiplexed.pick(&self.core, Instant::now(), proven_since, &mut empty);
         for index in empty {
             self.refill_in_background(lane, index);
         }
@@ -75,23 +75,23 @@ impl PoolInner {
         started: Instant,
         proven_since: Option<Instant>,
     ) -> Result<Arc<SharedConnection>, Error> {
-        let shared = &self.shared;
+        let core = &self.core;
         let multiplexed = self
             .multiplexed
             .as_ref()
             .expect("shared connections in shared mode")
             .lane(lane);
-        let deadline = started + shared.config().checkout_timeout();
+        let deadline = started + core.config().checkout_timeout();
         let mut empty = Vec::new();
         let mut now = started;
         // Each turn retires a dead connection, proves one, or fills a slot: bounded by the
         // deadline, and by the slots when nothing waits.
         loop {
-            if shared.is_closing() {
+            if core.is_closing() {
                 return Err(self.unavailable(UnavailableReason::Closed));
             }
             empty.clear();
-            let pick = multiplexed.pick(shared, now, proven_since, &mut empty);
+            let pick = multiplexed.pick(core, now, proven_since, &mut empty);
             // The slot this caller fills itself is not filled in the background too: it would
             // wait on that attempt instead of failing fast with its own.
             for &index in &empty {
@@ -107,7 +107,7 @@ impl PoolInner {
             match pick {
                 Pick::Ready(connection) => return Ok(connection),
                 Pick::Check(connection) => {
-                    match Box::pin(connection.check(shared, deadline, proven_since)).await {
+                    match Box::pin(connection.check(core, deadline, proven_since)).await {
                         Validated::Alive => return Ok(connection),
                         Validated::Unknown => return Err(self.timed_out(started)),
                         Validated::Dead => multiplexed.forget(&connection),
@@ -166,7 +166,7 @@ impl PoolInner {
         if multiplexed.is_filled(index) {
             return Ok(None);
         }
-        let budget = Budget::new(&self.shared, started, WhenClosing::Fail);
+        let budget = Budget::new(&self.core, started, WhenClosing::Fail);
         let CheckedOut { conn, permit } = self.checkout_within_budget(budget).await?;
         let connection = SharedConnection::new(conn, permit, lane);
         tracing::debug!(pool = %self.name(), connection_id = connection.id(), ?lane, "shared connection in use");
@@ -197,7 +197,7 @@ impl PoolInner {
             return;
         };
         let multiplexed = multiplexed.lane(lane);
-        if self.shared.is_closing() {
+        if self.core.is_closing() {
             return;
         }
         let Some(refilling) = multiplexed.try_refilling(index) else {

@@ -22,9 +22,9 @@ use tracing::instrument::WithSubscriber;
 use crate::clock::Backoff;
 use crate::config::SetUpConnection;
 use crate::connection::{GuardConnection, Peer, Server};
+use crate::pool_core::PoolCore;
 use crate::sanitize::server_text;
 use crate::sentinel::Placement;
-use crate::shared::Shared;
 use crate::transport::{self, BoxedStream, LinkHealth, LinkState, PeerProbe, TrackedStream};
 use failure::{ConnectFailure, tls_failure};
 use gate::Gate;
@@ -44,7 +44,7 @@ pub(crate) type Bb8Connection = bb8::PooledConnection<'static, GuardManager>;
 /// not bb8, validates at checkout, so that a recently used connection skips the PING.
 #[derive(Debug, Clone)]
 pub(crate) struct GuardManager {
-    shared: Arc<Shared>,
+    core: Arc<PoolCore>,
     gate: Arc<Gate>,
     /// The subscriber current where the pool was created: bb8 runs connects in tasks of its
     /// own, whose lines would otherwise go to the global subscriber, not the service's.
@@ -89,22 +89,22 @@ pub(crate) enum Attempt<C = Box<GuardConnection>> {
 }
 
 impl GuardManager {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        let config = shared.config();
+    pub(crate) fn new(core: Arc<PoolCore>) -> Self {
+        let config = core.config();
         let backoff = Backoff::new(
             config.reconnect_backoff_min(),
             config.reconnect_backoff_max(),
         );
         Self {
-            shared,
+            core,
             gate: Arc::new(Gate::new(backoff)),
             log_to: tracing::dispatcher::get_default(tracing::Dispatch::clone),
         }
     }
 
     /// The pool's shared state.
-    pub(crate) fn shared(&self) -> &Shared {
-        &self.shared
+    pub(crate) fn core(&self) -> &PoolCore {
+        &self.core
     }
 
     /// One connect attempt for the pool through the gate, finished by `deadline` if given,
@@ -135,7 +135,7 @@ impl GuardManager {
         deadline: Option<Instant>,
         skip: Skip,
     ) -> Attempt<O::Opened> {
-        let shared = &self.shared;
+        let core = &self.core;
         if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
             return Attempt::Skipped;
         }
@@ -147,12 +147,12 @@ impl GuardManager {
         };
         let _turn = tokio::select! {
             turn = self.gate.turn() => turn,
-            () = shared.closed() => return Attempt::Skipped,
+            () = core.closed() => return Attempt::Skipped,
             () = no_turn_after => return Attempt::Skipped,
         };
         // Subscribed before the backoff is read: a move from here on ends the wait.
-        let mut topology = shared.topology();
-        if let Some(at) = shared.next_connect_at()
+        let mut topology = core.topology();
+        if let Some(at) = core.next_connect_at()
             && at > Instant::now()
         {
             if deadline.is_some_and(|deadline| at >= deadline) {
@@ -161,7 +161,7 @@ impl GuardManager {
             tokio::select! {
                 () = tokio::time::sleep_until(at.into()) => {}
                 Ok(()) = topology.changed() => {}
-                () = shared.closed() => return Attempt::Skipped,
+                () = core.closed() => return Attempt::Skipped,
             }
         }
         let unwanted = match skip {
@@ -171,17 +171,17 @@ impl GuardManager {
                 .pace()
                 .last_outcome_at
                 .is_some_and(|last| last > since),
-            Skip::IfNobodyWaits => shared.waiting() == 0,
+            Skip::IfNobodyWaits => core.waiting() == 0,
         };
-        if unwanted || shared.is_closing() {
+        if unwanted || core.is_closing() {
             return Attempt::Skipped;
         }
         let mut restarts = 0;
         let (failure, started) = loop {
             let generation = *topology.borrow_and_update();
             let started = Instant::now();
-            let id = shared.next_connection_id();
-            let mut budget = shared.config().connect_timeout();
+            let id = core.next_connection_id();
+            let mut budget = core.config().connect_timeout();
             if let Some(deadline) = deadline {
                 budget = budget.min(deadline.saturating_duration_since(Instant::now()));
             }
@@ -191,15 +191,15 @@ impl GuardManager {
                 connected = connecting => connected,
                 Ok(()) = topology.changed(), if restarts < MAX_RESTARTS => {
                     restarts += 1;
-                    tracing::debug!(pool = %shared.name(), "the primary moved during a connect: connecting to the new one");
+                    tracing::debug!(pool = %core.name(), "the primary moved during a connect: connecting to the new one");
                     continue;
                 }
-                () = shared.closed() => return Attempt::Skipped,
+                () = core.closed() => return Attempt::Skipped,
             };
             let failure = match connected {
                 Ok(Ok(conn)) => {
                     self.gate.pace().succeeded();
-                    shared.connected(id, O::JOINS_THE_POOL);
+                    core.connected(id, O::JOINS_THE_POOL);
                     return Attempt::Connected(conn);
                 }
                 Ok(Err(failure)) => failure.unwrap_tls(),
@@ -210,17 +210,17 @@ impl GuardManager {
             };
             let superseded =
                 matches!(failure, ConnectFailure::Moved(_)) || *topology.borrow() != generation;
-            if !superseded || restarts >= MAX_RESTARTS || shared.is_closing() {
+            if !superseded || restarts >= MAX_RESTARTS || core.is_closing() {
                 break (failure, started);
             }
             restarts += 1;
-            tracing::debug!(pool = %shared.name(), error = %server_text(&failure), "a connect to the old primary failed after it moved: connecting to the new one");
+            tracing::debug!(pool = %core.name(), error = %server_text(&failure), "a connect to the old primary failed after it moved: connecting to the new one");
         };
         let pause = self.gate.pace().failed();
         // Errors from our own sockets and handshakes never contain the URL or password.
         let (kind, decisive) = (failure.kind(), failure.is_decisive());
         let counts = failure.counts_against_redis();
-        shared.connect_failed(kind, failure.to_string(), pause, decisive, counts, started);
+        core.connect_failed(kind, failure.to_string(), pause, decisive, counts, started);
         Attempt::Failed(failure.into())
     }
 
@@ -233,7 +233,7 @@ impl GuardManager {
         deadline: Instant,
     ) -> Result<GuardConnection, ConnectFailure> {
         let mut conn = self.open(id, deadline).await?;
-        let config = self.shared.config();
+        let config = self.core.config();
         if let Err(e) = conn.introduce(config.name()).await {
             return Err(match conn.is_on_replica() {
                 true => ConnectFailure::Replica(server_text(&e)),
@@ -263,7 +263,7 @@ impl GuardManager {
             ));
         }
         conn.established()?;
-        if self.shared.read_only().start_learning() {
+        if self.core.read_only().start_learning() {
             tokio::spawn(self.clone().learn_commands());
         }
         Ok(conn)
@@ -272,17 +272,16 @@ impl GuardManager {
     /// Learns which commands only read, on a connection of its own that never joins the pool:
     /// the `COMMAND` reply is large, and must hold up no caller.
     pub(crate) async fn learn_commands(self) {
-        let shared = &self.shared;
-        let budget = shared.config().connect_timeout();
+        let core = &self.core;
+        let budget = core.config().connect_timeout();
         match tokio::time::timeout(budget, self.open(0, Instant::now() + budget)).await {
             Ok(Ok(conn)) => {
-                let timeout = shared.config().response_timeout();
-                shared
-                    .read_only()
+                let timeout = core.config().response_timeout();
+                core.read_only()
                     .learn(conn.background_handle(), timeout)
                     .await;
             }
-            _ => shared.read_only().learning_failed(),
+            _ => core.read_only().learning_failed(),
         }
     }
 
@@ -293,8 +292,8 @@ impl GuardManager {
             server,
             placement,
         } = self.open_stream(Some(deadline)).await?;
-        let link = Arc::new(self.shared.link_opened());
-        let max_reply_size = self.shared.config().max_reply_size();
+        let link = Arc::new(self.core.link_opened());
+        let max_reply_size = self.core.config().max_reply_size();
         let stream = TrackedStream::new(stream, link.clone(), max_reply_size);
         let probe = Arc::new(probe);
         let peer = Peer { server, placement };
@@ -309,8 +308,7 @@ impl GuardManager {
             }
             // A TLS port resets a plain client at its first bytes without a word: say what
             // that usually means, at once.
-            if !self.shared.config().uses_tls() && e.is_connection_dropped() && link.heard_nothing()
-            {
+            if !self.core.config().uses_tls() && e.is_connection_dropped() && link.heard_nothing() {
                 return ConnectFailure::Redis(RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::ConnectionReset,
                     format!(
@@ -328,11 +326,11 @@ impl GuardManager {
     /// the primary the sentinels name. Shared by pooled connections and subscriptions.
     /// `deadline`: the end of the connect budget, by which a silent TLS handshake is named.
     async fn open_stream(&self, deadline: Option<Instant>) -> Result<Opened, ConnectFailure> {
-        let config = self.shared.config();
-        let (host, port, placement) = match (self.shared.sentinel(), config.connection.addr()) {
+        let config = self.core.config();
+        let (host, port, placement) = match (self.core.sentinel(), config.connection.addr()) {
             (Some(watch), _) => {
                 let placement = watch
-                    .primary(&*self.shared)
+                    .primary(&*self.core)
                     .await
                     .map_err(|failure| ConnectFailure::Sentinel(failure.kind, failure.message))?;
                 let (host, port) = (placement.addr.host.clone(), placement.addr.port);
@@ -387,9 +385,9 @@ impl GuardManager {
         let opened = self.open_stream(None).await?;
         // Its replies are bounded as a pooled connection's are; its health is its own, not
         // one of the pool's working links.
-        let max_reply_size = self.shared.config().max_reply_size();
+        let max_reply_size = self.core.config().max_reply_size();
         let (stream, link) = TrackedStream::standalone(opened.stream, max_reply_size);
-        let settings = self.shared.config().connection.redis_settings();
+        let settings = self.core.config().connection.redis_settings();
         let mut pubsub = PubSub::new(settings, stream).await?;
         pubsub.ping::<redis::Value>().await?;
         link.establish();
@@ -411,10 +409,10 @@ impl GuardManager {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let config = self.shared.config();
+        let config = self.core.config();
         let remaining = deadline.saturating_duration_since(Instant::now());
         let settings = AsyncConnectionConfig::new().set_response_timeout(Some(remaining));
-        let (inner, driver) = MultiplexedConnection::new_with_config(
+        let (handle, driver) = MultiplexedConnection::new_with_config(
             config.connection.redis_settings(),
             stream,
             settings,
@@ -427,7 +425,7 @@ impl GuardManager {
         })
         .abort_handle();
         let mut conn =
-            GuardConnection::new(inner, link, probe, self.shared.clone(), driver, id, peer);
+            GuardConnection::new(handle, link, probe, self.core.clone(), driver, id, peer);
         conn.set_response_timeout(remaining);
         Ok(conn)
     }
@@ -506,7 +504,7 @@ impl bb8::ManageConnection for GuardManager {
     /// test off), but bb8's checkout future reserves room for it: boxed, it does not make
     /// every checkout copy a validation's worth of bytes.
     async fn is_valid(&self, conn: &mut Box<GuardConnection>) -> Result<(), RedisError> {
-        Box::pin(conn.validate(self.shared.config().validation_timeout()))
+        Box::pin(conn.validate(self.core.config().validation_timeout()))
             .await
             .map_err(|reason| {
                 RedisError::from((ErrorKind::Io, "validation failed", reason.to_string()))
@@ -515,13 +513,13 @@ impl bb8::ManageConnection for GuardManager {
 
     fn has_broken(&self, conn: &mut Box<GuardConnection>) -> bool {
         // A closed pool keeps nothing.
-        !conn.on_return() || self.shared.is_closing()
+        !conn.on_return() || self.core.is_closing()
     }
 }
 
 /// How long a caller would wait for the next connect attempt to start.
-pub(crate) fn until_next_attempt(shared: &Shared) -> Duration {
-    shared.next_connect_at().map_or(Duration::ZERO, |at| {
+pub(crate) fn until_next_attempt(core: &PoolCore) -> Duration {
+    core.next_connect_at().map_or(Duration::ZERO, |at| {
         at.saturating_duration_since(Instant::now())
     })
 }

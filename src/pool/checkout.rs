@@ -156,13 +156,13 @@ impl Checkout {
     }
 
     pub(super) async fn send(&mut self, call: Call<'_>, writes_too: bool) -> RedisResult<Reply> {
-        let shared = &self.pool.shared;
+        let core = &self.pool.core;
         // A failover under way (Sentinel): a write would be acknowledged by the old primary
         // and lost. It waits, unsent; once the primary moved it finds its connection retired
         // and goes to the new one.
-        let reads_only = shared.read_only().known(call.cmds()) == Some(true);
-        if shared.holds_writes() && !reads_only {
-            Box::pin(shared.writes_released()).await;
+        let reads_only = core.read_only().known(call.cmds()) == Some(true);
+        if core.holds_writes() && !reads_only {
+            Box::pin(core.writes_released()).await;
         }
         if reads_only && self.may_hedge(call) {
             return Box::pin(self.send_hedged(call, writes_too)).await;
@@ -177,14 +177,14 @@ impl Checkout {
             Held::Own { conn, .. } => conn.session_is_clean(),
             Held::Shared(_) => !call.cmds().any(crate::session::needs_own_connection),
         };
-        clean && !call.blocks() && self.pool.shared.config().hedge_reads()
+        clean && !call.blocks() && self.pool.core.config().hedge_reads()
     }
 
     /// Sends a read, and a copy on another connection once it is late; the first answer
     /// wins. A copy that wins on a connection of its own takes the late one's place.
     async fn send_hedged(&mut self, call: Call<'_>, writes_too: bool) -> RedisResult<Reply> {
         let pool = self.pool.clone();
-        let delay = pool.shared.hedge_delay();
+        let delay = pool.core.hedge_delay();
         let sent = Instant::now();
         let on_shared = matches!(self.held, Held::Shared(_));
         let raced = {
@@ -222,7 +222,7 @@ impl Checkout {
         if let Held::Shared(connection) = &self.held {
             if !call.cmds().any(crate::session::needs_own_connection) {
                 let mut connection = connection.clone();
-                let reads_only = self.pool.shared.read_only().known(call.cmds()) == Some(true);
+                let reads_only = self.pool.core.read_only().known(call.cmds()) == Some(true);
                 // The first call that may write moves the checkout to the lane that carries
                 // writes, for the rest of it; while that lane has no connection yet (it is
                 // opened in the background), the call goes where it is rather than wait for a
@@ -279,7 +279,7 @@ impl Checkout {
         let may_retry = clean && (served || closed_under_it);
         if !may_retry
             || !(refused || connection_failed)
-            || self.pool.shared.breaker_state() != BreakerState::Closed
+            || self.pool.core.breaker_state() != BreakerState::Closed
         {
             return None;
         }
@@ -288,7 +288,7 @@ impl Checkout {
         // would cost more than the failure).
         if refused {
             Some("refused for the server's role")
-        } else if writes_too || self.pool.shared.read_only().known(call.cmds()) == Some(true) {
+        } else if writes_too || self.pool.core.read_only().known(call.cmds()) == Some(true) {
             Some("its connection failed")
         } else {
             None
@@ -307,9 +307,9 @@ impl Checkout {
         if !connection.is_open() {
             connection = Box::pin(self.another_shared_connection(connection.lane(), None)).await?;
         }
-        let shared = &self.pool.shared;
+        let core = &self.pool.core;
         let served = connection.has_served();
-        let result = connection.call(shared, call, self.response_timeout).await;
+        let result = connection.call(core, call, self.response_timeout).await;
         self.pool.let_go_if_retired(&connection);
         let why =
             unsent(&result).or_else(|| self.retry_reason(call, &result, true, served, writes_too));
@@ -321,15 +321,15 @@ impl Checkout {
             .await
             .map_err(drop);
         let Ok(fresh) = fresh else {
-            self.pool.shared.retried(false);
+            self.pool.core.retried(false);
             return result;
         };
         tracing::debug!(pool = %self.pool.name(), why, "retrying a call on another shared connection");
         let retried = fresh
-            .call(&self.pool.shared, call, self.response_timeout)
+            .call(&self.pool.core, call, self.response_timeout)
             .await;
         self.pool.let_go_if_retired(&fresh);
-        self.pool.shared.retried(retried.is_ok());
+        self.pool.core.retried(retried.is_ok());
         retried
     }
 
@@ -373,10 +373,10 @@ impl Checkout {
         result: RedisResult<Reply>,
         why: &'static str,
     ) -> RedisResult<Reply> {
-        let shared = &self.pool.shared;
+        let core = &self.pool.core;
         // The failed connection is already marked for eviction; swapping it out closes it.
         let Ok(fresh) = self.pool.replacement().await else {
-            shared.retried(false);
+            core.retried(false);
             return result;
         };
         let Held::Own { conn, .. } = &mut self.held else {
@@ -385,9 +385,9 @@ impl Checkout {
         let response_timeout = conn.response_timeout();
         drop(std::mem::replace(conn, fresh));
         conn.set_response_timeout(response_timeout);
-        tracing::debug!(pool = %shared.name(), why, "retrying a call on a fresh connection");
+        tracing::debug!(pool = %core.name(), why, "retrying a call on a fresh connection");
         let retried = call.send(conn).await;
-        shared.retried(retried.is_ok());
+        core.retried(retried.is_ok());
         retried
     }
 }

@@ -1,7 +1,7 @@
 //! The public handle: [`RedisGuard`] and the [`PooledConnection`] it hands out.
 //!
 //! The machinery (bb8, the connect gate, the checkout loop) is in `inner/`; the prober in
-//! `probe.rs`. This module only creates them and answers for them.
+//! `prober.rs`. This module only creates them and answers for them.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::error::{Error, PoolState};
 use crate::inner::PoolInner;
 use crate::names::NameClaim;
-use crate::probe;
+use crate::prober;
 
 mod checkout;
 
@@ -69,8 +69,8 @@ impl RedisGuard {
         let startup = config.startup();
         let name_claim = NameClaim::take(config.name())?;
         let inner = PoolInner::new(config, name_claim);
-        tracing::info!(pool = %inner.name(), url = %inner.shared.config().redacted_url(), ?startup, "redis pool created");
-        if inner.shared.config().verifies_no_certificate() {
+        tracing::info!(pool = %inner.name(), url = %inner.core.config().redacted_url(), ?startup, "redis pool created");
+        if inner.core.config().verifies_no_certificate() {
             tracing::warn!(
                 pool = %inner.name(),
                 "TLS certificate verification is off (insecure): the traffic is encrypted, but \
@@ -78,15 +78,15 @@ impl RedisGuard {
                  server's CA (ca_file) instead"
             );
         }
-        if inner.shared.sentinel().is_some() {
-            let following = crate::sentinel::follow(inner.shared.clone());
+        if inner.core.sentinel().is_some() {
+            let following = crate::sentinel::follow(inner.core.clone());
             let follower = tokio::spawn(following.with_current_subscriber());
             inner.own_task(follower.abort_handle());
         }
         inner.connect_at_startup(startup).await?;
         // Started after the start-up connect, so that is the only connect attempt until then;
         // it stops when it can no longer upgrade its weak reference to the pool.
-        let probing = probe::supervise(Arc::downgrade(&inner), inner.shared.clone());
+        let probing = prober::supervise(Arc::downgrade(&inner), inner.core.clone());
         let prober = tokio::spawn(probing.with_current_subscriber());
         inner.own_task(prober.abort_handle());
         Ok(RedisGuard { inner })
@@ -210,20 +210,20 @@ impl RedisGuard {
 
     /// The circuit breaker's state.
     pub fn breaker_state(&self) -> BreakerState {
-        self.inner.shared.breaker_state()
+        self.inner.core.breaker_state()
     }
 
     /// Whether the pool is ready to serve: it has connected to Redis and the breaker is
     /// closed. Kept fresh by the prober; reading it costs no Redis traffic.
     pub fn is_ready(&self) -> bool {
-        self.inner.shared.is_ready()
+        self.inner.core.is_ready()
     }
 
     /// The error a dependent request gets right now, if the breaker is open: what
     /// [`RequireRedisLayer`](crate::RequireRedisLayer) answers with.
     pub fn refusal(&self) -> Option<Error> {
         (self.breaker_state() == BreakerState::Open).then(|| {
-            self.inner.shared.checkout_rejected();
+            self.inner.core.checkout_rejected();
             self.inner.rejected()
         })
     }
@@ -233,8 +233,8 @@ impl RedisGuard {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 
-    pub(crate) fn shared(&self) -> &crate::shared::Shared {
-        &self.inner.shared
+    pub(crate) fn core(&self) -> &crate::pool_core::PoolCore {
+        &self.inner.core
     }
 
     /// The pool's name (its `pool` metric label).
@@ -244,7 +244,7 @@ impl RedisGuard {
 
     /// The configuration the pool was built with.
     pub fn config(&self) -> &Config {
-        self.inner.shared.config()
+        self.inner.core.config()
     }
 
     /// A consistent snapshot of the pool.
@@ -268,7 +268,7 @@ impl Drop for PooledConnection {
     fn drop(&mut self) {
         self.checkout
             .pool
-            .shared
+            .core
             .returned(self.checked_out_at.elapsed());
     }
 }

@@ -1,7 +1,7 @@
 use redis::Value;
 
 use super::*;
-use crate::shared::Shared;
+use crate::pool_core::PoolCore;
 
 fn addr(port: u16) -> PrimaryAddr {
     PrimaryAddr {
@@ -10,12 +10,12 @@ fn addr(port: u16) -> PrimaryAddr {
     }
 }
 
-fn watch_and_shared() -> (SentinelWatch, Shared) {
+fn watch_and_shared() -> (SentinelWatch, PoolCore) {
     let config = crate::Config::builder("redis+sentinel://s1,s2,s3/mymaster")
         .build()
         .unwrap();
     let watch = SentinelWatch::new(config.sentinel.clone().unwrap());
-    (watch, Shared::new(config))
+    (watch, PoolCore::new(config))
 }
 
 fn primary(watch: &SentinelWatch) -> (u16, u64) {
@@ -28,19 +28,19 @@ fn primary(watch: &SentinelWatch) -> (u16, u64) {
 /// later failover announced only through polls (its true epoch one above) is ignored.
 #[test]
 fn a_failover_missed_after_one_announced_is_still_followed() {
-    let (watch, shared) = watch_and_shared();
-    watch.learn(addr(1), 0, &shared);
+    let (watch, core) = watch_and_shared();
+    watch.learn(addr(1), 0, &core);
     for _ in 0..3 {
-        watch.announced(addr(2), &shared);
+        watch.announced(addr(2), &core);
     }
     assert_eq!(watch.generation(), 1);
     // The poll right after the announcement gives the true epoch.
-    watch.learn(addr(2), 1, &shared);
+    watch.learn(addr(2), 1, &core);
     // A sentinel that has not heard of it yet is ignored.
-    watch.learn(addr(1), 0, &shared);
+    watch.learn(addr(1), 0, &core);
     assert_eq!(primary(&watch), (2, 1));
     // The next failover, seen only by a poll.
-    watch.learn(addr(1), 2, &shared);
+    watch.learn(addr(1), 2, &core);
     assert_eq!(primary(&watch), (1, 2));
     assert_eq!(watch.generation(), 2);
 }
@@ -49,10 +49,10 @@ fn a_failover_missed_after_one_announced_is_still_followed() {
 /// answer for the old primary does not move the pool back.
 #[test]
 fn a_lagging_sentinel_does_not_undo_an_announcement() {
-    let (watch, shared) = watch_and_shared();
-    watch.learn(addr(1), 5, &shared);
-    watch.announced(addr(2), &shared);
-    watch.learn(addr(1), 5, &shared);
+    let (watch, core) = watch_and_shared();
+    watch.learn(addr(1), 5, &core);
+    watch.announced(addr(2), &core);
+    watch.learn(addr(1), 5, &core);
     assert_eq!(primary(&watch).0, 2);
     assert_eq!(watch.generation(), 1);
 }
@@ -85,15 +85,15 @@ fn a_sentinel_answer_gives_the_address_and_its_epoch() {
 /// announced primary (same epoch) lose to it, and the pool would stay on the old one.
 #[test]
 fn the_epoch_of_a_sentinel_in_the_middle_of_a_failover_is_not_taken() {
-    let (watch, shared) = watch_and_shared();
-    watch.learn(addr(1), 1, &shared);
+    let (watch, core) = watch_and_shared();
+    watch.learn(addr(1), 1, &core);
     let midway = master_in(master_reply(1, 2, "master,failover_in_progress"))
         .unwrap()
         .unwrap();
     assert_eq!(midway, (addr(1), NO_EPOCH));
-    watch.learn(midway.0, midway.1, &shared);
+    watch.learn(midway.0, midway.1, &core);
     assert_eq!(primary(&watch), (1, 1));
-    watch.learn(addr(2), 2, &shared);
+    watch.learn(addr(2), 2, &core);
     assert_eq!(primary(&watch), (2, 2));
 }
 
@@ -103,25 +103,25 @@ fn the_epoch_of_a_sentinel_in_the_middle_of_a_failover_is_not_taken() {
 /// undo the move.
 #[test]
 fn a_primary_found_to_be_a_replica_gives_way_to_the_sentinels_answer() {
-    let (watch, shared) = watch_and_shared();
-    watch.learn(addr(1), 9, &shared);
-    watch.learn(addr(2), 1, &shared);
+    let (watch, core) = watch_and_shared();
+    watch.learn(addr(1), 9, &core);
+    watch.learn(addr(2), 1, &core);
     assert_eq!(
         primary(&watch).0,
         1,
         "an older epoch alone does not move the pool"
     );
-    watch.refuted(&addr(3), shared.name());
-    watch.learn(addr(2), 1, &shared);
+    watch.refuted(&addr(3), core.name());
+    watch.learn(addr(2), 1, &core);
     assert_eq!(
         primary(&watch).0,
         1,
         "only the known primary can be refuted"
     );
-    watch.refuted(&addr(1), shared.name());
-    watch.learn(addr(2), 1, &shared);
+    watch.refuted(&addr(1), core.name());
+    watch.learn(addr(2), 1, &core);
     assert_eq!(primary(&watch), (2, 1));
     assert_eq!(watch.generation(), 1);
-    watch.learn(addr(1), 1, &shared);
+    watch.learn(addr(1), 1, &core);
     assert_eq!(primary(&watch).0, 2, "the move is protected again");
 }

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::Shared;
+use super::PoolCore;
 use crate::reply_times::HedgeSlot;
 
-impl Shared {
+impl PoolCore {
     /// How long a read waits before it is hedged, if reads may be and enough were measured.
     pub(crate) fn hedge_delay(&self) -> Option<Duration> {
         if !self.config.hedge_reads() {

@@ -1,5 +1,6 @@
-//! State shared by a pool's handle, its connector, its connections and its prober: the one
-//! place where outcomes are classified, counted, logged and turned into breaker transitions.
+//! The pool's core: the state its handle, its connector, its connections and its prober all
+//! report to, and the one place where outcomes are classified, counted, logged and turned
+//! into breaker transitions.
 //!
 //! # What the breaker counts
 //!
@@ -8,14 +9,14 @@
 //!
 //! | outcome | method | counts toward opening | what else happens |
 //! |---|---|---|---|
-//! | a new connection fails (TCP, handshake, AUTH, its first PING) | [`Shared::connect_failed`] | yes, once per attempt | last connect error kept; waiting checkouts on an empty pool fail fast |
-//! | a new connection succeeds | [`Shared::connected`] | success | open breaker moves to half-open; the pool becomes ready |
-//! | a new connection lands on a replica while the pool wants the primary | [`Shared::connect_failed`] | no (Redis answered) | not used; a waiting checkout fails with the cause |
-//! | I/O error or response timeout on an existing connection, a failed validation, a socket found closed | [`Shared::evicted`] | no | the connections idle since are suspect; one verifying connect, whose outcome counts |
-//! | a call with no reply for `validation_timeout`, nothing else answering | [`Shared::reply_overdue`] | no | one verifying connect, at once |
-//! | a connect timed out and a call in use timed out, nothing answering since either began | [`Shared::call_timed_out`], [`Shared::connect_failed`] | opens it at once | Redis is unresponsive (frozen, hung host): waiting for five connect timeouts would cost every request its budget for seconds |
-//! | a reply (also an error reply: `WRONGTYPE`, `OOM`, `NOSCRIPT`, ...) | [`Shared::answered`] | success | proves Redis alive to the prober |
-//! | a checkout that waited because every connection was busy (a request or the prober) | [`Shared::checkout_failed`] | no | counted as a timeout |
+//! | a new connection fails (TCP, handshake, AUTH, its first PING) | [`PoolCore::connect_failed`] | yes, once per attempt | last connect error kept; waiting checkouts on an empty pool fail fast |
+//! | a new connection succeeds | [`PoolCore::connected`] | success | open breaker moves to half-open; the pool becomes ready |
+//! | a new connection lands on a replica while the pool wants the primary | [`PoolCore::connect_failed`] | no (Redis answered) | not used; a waiting checkout fails with the cause |
+//! | I/O error or response timeout on an existing connection, a failed validation, a socket found closed | [`PoolCore::evicted`] | no | the connections idle since are suspect; one verifying connect, whose outcome counts |
+//! | a call with no reply for `validation_timeout`, nothing else answering | [`PoolCore::reply_overdue`] | no | one verifying connect, at once |
+//! | a connect timed out and a call in use timed out, nothing answering since either began | [`PoolCore::call_timed_out`], [`PoolCore::connect_failed`] | opens it at once | Redis is unresponsive (frozen, hung host): waiting for five connect timeouts would cost every request its budget for seconds |
+//! | a reply (also an error reply: `WRONGTYPE`, `OOM`, `NOSCRIPT`, ...) | [`PoolCore::answered`] | success | proves Redis alive to the prober |
+//! | a checkout that waited because every connection was busy (a request or the prober) | [`PoolCore::checkout_failed`] | no | counted as a timeout |
 //! | a reply slower than `validation_timeout` but within `response_timeout` | (a reply) | success | |
 //!
 //! Fields are private: callers report what happened and never touch the breaker or the
@@ -51,8 +52,10 @@ mod reports;
 mod series;
 mod write_hold;
 
+/// The pool's core (see the module doc); one per pool, behind an `Arc`, named `core` wherever
+/// it is held.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct PoolCore {
     config: Config,
     series: Series,
     breaker: Breaker,
@@ -65,7 +68,7 @@ pub(crate) struct Shared {
     verify_requested: Notify,
     connects: Connects,
     evidence: Evidence,
-    /// Writes held during a failover (see [`Shared::hold_writes`]) and the primary's moves.
+    /// Writes held during a failover (see [`PoolCore::hold_writes`]) and the primary's moves.
     write_hold: WriteHold,
     next_connection_id: AtomicU64,
     /// Callers inside a checkout, waiting for a connection or validating one.
@@ -91,7 +94,7 @@ pub(crate) struct Shared {
     sentinel: Option<SentinelWatch>,
 }
 
-impl Shared {
+impl PoolCore {
     pub(crate) fn new(config: Config) -> Self {
         let series = Series::register(config.name());
         series.get().breaker(BreakerState::Closed, false, false);
@@ -281,10 +284,10 @@ impl Shared {
     /// The health record of a new socket, for a connection being opened. Once established
     /// it counts as working until it closes.
     pub(crate) fn link_opened(self: &Arc<Self>) -> LinkHealth {
-        let shared = Arc::downgrade(self);
+        let core = Arc::downgrade(self);
         LinkHealth::new(Box::new(move |state| {
-            if let Some(shared) = shared.upgrade() {
-                shared.link_closed(state);
+            if let Some(core) = core.upgrade() {
+                core.link_closed(state);
             }
         }))
     }

@@ -32,17 +32,17 @@ use crate::inner::PoolInner;
 use crate::manager::Bb8Connection;
 use crate::manager::{Attempt, Skip};
 use crate::metrics::EvictionReason;
+use crate::pool_core::PoolCore;
 use crate::sanitize::server_text;
-use crate::shared::Shared;
 
 /// How long a restarted prober waits after a panic, so a bug cannot become a busy loop.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
 
 /// Runs the prober, restarting it if it panics: a dead prober would leave an open breaker
 /// open for good.
-pub(crate) async fn supervise(pool: Weak<PoolInner>, shared: Arc<Shared>) {
-    let name = shared.name().to_owned();
-    restart_on_panic(name, RESTART_PAUSE, || run(pool.clone(), shared.clone())).await
+pub(crate) async fn supervise(pool: Weak<PoolInner>, core: Arc<PoolCore>) {
+    let name = core.name().to_owned();
+    restart_on_panic(name, RESTART_PAUSE, || run(pool.clone(), core.clone())).await
 }
 
 /// Runs `task` again, `pause` after each panic, until it returns. In the caller's task, not
@@ -65,15 +65,15 @@ where
 
 /// Runs until the pool closes or drops. Holds only a weak reference between rounds, so it
 /// never keeps the pool alive.
-async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
-    let interval = shared.config().probe_interval();
+async fn run(pool: Weak<PoolInner>, core: Arc<PoolCore>) {
+    let interval = core.config().probe_interval();
     loop {
         // Registered before the round, so a failure during it is not missed.
-        let verify = shared.verification_requested();
+        let verify = core.verification_requested();
         tokio::pin!(verify);
         verify.as_mut().enable();
         let Some(inner) = pool.upgrade() else { return };
-        if shared.is_closing() {
+        if core.is_closing() {
             return;
         }
         let asked = Instant::now();
@@ -82,14 +82,14 @@ async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
         // maxclients with connections that work, the pool leaves Redis alone. Half-open with
         // no connection in the pool (a subscriber's connect moved the breaker there), the
         // trial PINGs need one: bb8 connects only for callers that wait.
-        let breaker = shared.breaker_state();
-        let must_connect = !shared.has_connected()
+        let breaker = core.breaker_state();
+        let must_connect = !core.has_connected()
             || breaker == BreakerState::Open
             || (breaker == BreakerState::HalfOpen && inner.counts().0 == 0)
-            || (shared.connects_failing() && shared.working_links() == 0 && shared.waiting() == 0);
+            || (core.connects_failing() && core.working_links() == 0 && core.waiting() == 0);
         let pause = if must_connect {
             connect(&inner, asked).await;
-            if shared.connects_failing() {
+            if core.connects_failing() {
                 // An idle connection that still answers shows Redis up, only refusing new
                 // connections (maxclients): the failed connects then do not count.
                 ping(&inner, Waiting::IdleOnly).await;
@@ -101,7 +101,7 @@ async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
             Duration::from_millis(10)
         } else {
             keep_min_idle(&inner).await;
-            let quiet_for = shared.last_answer().map_or(interval, |at| at.elapsed());
+            let quiet_for = core.last_answer().map_or(interval, |at| at.elapsed());
             if quiet_for >= interval {
                 ping(&inner, Waiting::UpToResponseTimeout).await;
                 interval
@@ -112,7 +112,7 @@ async fn run(pool: Weak<PoolInner>, shared: Arc<Shared>) {
         drop(inner);
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
-            () = shared.closed() => return,
+            () = core.closed() => return,
             () = &mut verify => {
                 let Some(inner) = pool.upgrade() else { return };
                 connect(&inner, Instant::now()).await;
@@ -131,8 +131,8 @@ async fn connect(inner: &PoolInner, asked: Instant) -> bool {
     // Callers that wait have bb8 connecting for them; a connection added beside theirs could
     // take the spare slot bb8 keeps for retries. Otherwise, a full pool drops it: the point
     // was to learn whether Redis accepts connections.
-    let shared = &inner.shared;
-    if shared.waiting() == 0 && inner.counts().0 < shared.config().max_size() {
+    let core = &inner.core;
+    if core.waiting() == 0 && inner.counts().0 < core.config().max_size() {
         inner.add(conn);
     }
     true
@@ -141,13 +141,13 @@ async fn connect(inner: &PoolInner, asked: Instant) -> bool {
 /// Opens connections until `min_idle` are idle, within `max_size`. Holds a permit meanwhile,
 /// like any checkout, so it never competes with callers for the last slots.
 async fn keep_min_idle(inner: &PoolInner) {
-    let config = inner.shared.config();
+    let config = inner.core.config();
     for _ in 0..config.min_idle() {
         let (connections, idle) = inner.counts();
         if idle >= config.min_idle() || connections >= config.max_size() {
             return;
         }
-        let Ok(_permit) = inner.shared.checkout_permits().clone().try_acquire_owned() else {
+        let Ok(_permit) = inner.core.checkout_permits().clone().try_acquire_owned() else {
             return;
         };
         if !connect(inner, Instant::now()).await {
@@ -168,12 +168,12 @@ enum Waiting {
 /// A connection for a probe, or none: when every connection is busy that is load, not an
 /// outage, and a connect that fails reports itself.
 async fn idle_connection(inner: &PoolInner, waiting: Waiting) -> Option<ProbeConnection> {
-    let shared = &inner.shared;
+    let core = &inner.core;
     if waiting == Waiting::IdleOnly && inner.counts().1 == 0 {
         return None;
     }
-    let permit = shared.checkout_permits().clone().try_acquire_owned().ok()?;
-    let timeout = shared.config().response_timeout();
+    let permit = core.checkout_permits().clone().try_acquire_owned().ok()?;
+    let timeout = core.config().response_timeout();
     let pool = inner.bb8()?;
     let mut conn = tokio::time::timeout(timeout, pool.get_owned())
         .await
@@ -209,18 +209,18 @@ impl std::ops::DerefMut for ProbeConnection {
 
 /// One PING under `response_timeout`, so a slow but answering Redis counts as up.
 async fn ping(inner: &PoolInner, waiting: Waiting) {
-    let shared = &inner.shared;
+    let core = &inner.core;
     let Some(mut conn) = idle_connection(inner, waiting).await else {
         return;
     };
     // The first connect learns which commands only read; if that failed, try again.
-    if shared.read_only().start_learning() {
+    if core.read_only().start_learning() {
         tokio::spawn(inner.manager.clone().learn_commands());
     }
-    match conn.validate(shared.config().response_timeout()).await {
-        Ok(()) => shared.answered(Instant::now()),
+    match conn.validate(core.config().response_timeout()).await {
+        Ok(()) => core.answered(Instant::now()),
         Err(failure) => {
-            tracing::debug!(pool = %shared.name(), failure = %server_text(&failure), "probe failed");
+            tracing::debug!(pool = %core.name(), failure = %server_text(&failure), "probe failed");
             conn.evict(EvictionReason::ValidationFailed);
         }
     }

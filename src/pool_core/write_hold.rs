@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use super::Shared;
+use super::PoolCore;
 use crate::sentinel::PrimaryAddr;
 
 #[derive(Debug)]
@@ -67,7 +67,7 @@ impl WriteHold {
     }
 }
 
-impl Shared {
+impl PoolCore {
     /// Sentinel moved the primary from `old` to `new`: connections to `old` are retired as
     /// they are next touched (see `connection/judgement.rs`); the next connect may start at once, and
     /// the prober makes one now, so an open breaker gets its proof from the new primary.
