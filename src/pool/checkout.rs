@@ -52,17 +52,20 @@ use crate::reply_limit::ReplyTooLarge;
 /// # Ok(()) }
 /// ```
 pub struct Checkout {
-    pub(super) held: Held,
+    pub(super) reservation: Reservation,
     /// For a replacement connection when a call fails with its connection.
     pub(super) pool: Arc<PoolInner>,
     /// The reply wait for calls over a shared connection, in this checkout.
     pub(super) response_timeout: Duration,
 }
 
-/// What a checkout holds.
-pub(super) enum Held {
+/// What a checkout holds of the one pool (hyper-util's shape): a connection of its own, or
+/// a share of one that stays in the pool for every checkout. A shared connection is an
+/// ordinary bb8 connection the pool keeps checked out, with its permit, in shared mode's
+/// lanes (`multiplexed.rs`).
+pub(super) enum Reservation {
     /// A connection of its own, with the permit that keeps its place in the pool.
-    Own {
+    Unique {
         conn: Bb8Connection,
         /// Released after the connection went back to bb8 (fields drop in order), so the
         /// next caller in line finds it there.
@@ -72,9 +75,9 @@ pub(super) enum Held {
     Shared(Arc<SharedConnection>),
 }
 
-impl From<CheckedOut> for Held {
+impl From<CheckedOut> for Reservation {
     fn from(CheckedOut { conn, permit }: CheckedOut) -> Self {
-        Held::Own {
+        Reservation::Unique {
             conn,
             _permit: permit,
         }
@@ -83,9 +86,9 @@ impl From<CheckedOut> for Held {
 
 impl fmt::Debug for Checkout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.held {
-            Held::Own { conn, .. } => fmt::Debug::fmt(&**conn, f),
-            Held::Shared(connection) => f
+        match &self.reservation {
+            Reservation::Unique { conn, .. } => fmt::Debug::fmt(&**conn, f),
+            Reservation::Shared(connection) => f
                 .debug_struct("Checkout")
                 .field("shared_connection_id", &connection.id())
                 .finish_non_exhaustive(),
@@ -97,25 +100,25 @@ impl Checkout {
     /// The id of the connection the next call goes over (in shared mode, a shared one until
     /// a command needs a connection of its own): unique within the pool, for logs and tests.
     pub fn connection_id(&self) -> u64 {
-        match &self.held {
-            Held::Own { conn, .. } => conn.connection_id(),
-            Held::Shared(connection) => connection.id(),
+        match &self.reservation {
+            Reservation::Unique { conn, .. } => conn.connection_id(),
+            Reservation::Shared(connection) => connection.id(),
         }
     }
 
     /// Whether that connection's socket is still open as far as can be known without a round
     /// trip.
     pub fn is_open(&self) -> bool {
-        match &self.held {
-            Held::Own { conn, .. } => conn.is_open(),
-            Held::Shared(connection) => connection.is_open(),
+        match &self.reservation {
+            Reservation::Unique { conn, .. } => conn.is_open(),
+            Reservation::Shared(connection) => connection.is_open(),
         }
     }
 
     /// Whether calls go over a shared connection (shared mode, until a command needed a
     /// connection of its own).
     pub fn is_shared(&self) -> bool {
-        matches!(self.held, Held::Shared(_))
+        matches!(self.reservation, Reservation::Shared(_))
     }
 
     /// Sets how long ordinary commands wait for their reply for the rest of this checkout
@@ -132,7 +135,7 @@ impl Checkout {
     /// ```
     pub fn set_response_timeout(&mut self, timeout: Duration) {
         self.response_timeout = timeout;
-        if let Held::Own { conn, .. } = &mut self.held {
+        if let Reservation::Unique { conn, .. } = &mut self.reservation {
             conn.set_response_timeout(timeout);
         }
     }
@@ -173,9 +176,9 @@ impl Checkout {
     /// Whether a read-only `call` may be hedged (see `hedge.rs`): it does not block on the
     /// server, and its session is clean, so another connection gives the same answer.
     fn may_hedge(&self, call: Call<'_>) -> bool {
-        let clean = match &self.held {
-            Held::Own { conn, .. } => conn.session_is_clean(),
-            Held::Shared(_) => !call.cmds().any(crate::session::needs_own_connection),
+        let clean = match &self.reservation {
+            Reservation::Unique { conn, .. } => conn.session_is_clean(),
+            Reservation::Shared(_) => !call.cmds().any(crate::session::needs_own_connection),
         };
         clean && !call.blocks() && self.pool.core.config().hedge_reads()
     }
@@ -186,7 +189,7 @@ impl Checkout {
         let pool = self.pool.clone();
         let delay = pool.core.hedge_delay();
         let sent = Instant::now();
-        let on_shared = matches!(self.held, Held::Shared(_));
+        let on_shared = matches!(self.reservation, Reservation::Shared(_));
         let raced = {
             let original = std::pin::pin!(self.send_unhedged(call, writes_too));
             crate::hedge::race(&pool, call, original, sent, delay, on_shared).await
@@ -197,14 +200,14 @@ impl Checkout {
             // frozen, or stuck behind a slow reply. Either way no new call goes to it, and
             // its idle peers are suspected (the eviction says so).
             Raced::Hedge(reply, fresh) => {
-                match &mut self.held {
-                    Held::Own { conn, .. } => {
+                match &mut self.reservation {
+                    Reservation::Unique { conn, .. } => {
                         conn.evict(EvictionReason::ValidationFailed);
                         let response_timeout = conn.response_timeout();
                         drop(std::mem::replace(conn, fresh));
                         conn.set_response_timeout(response_timeout);
                     }
-                    Held::Shared(connection) => {
+                    Reservation::Shared(connection) => {
                         if !connection.answered_since(sent) {
                             connection.retire(EvictionReason::ValidationFailed);
                             self.pool.let_go_if_retired(connection);
@@ -219,7 +222,7 @@ impl Checkout {
     /// Sends `call` on the checkout's connection, and once more on another if it failed
     /// with its connection and may be sent twice.
     async fn send_unhedged(&mut self, call: Call<'_>, writes_too: bool) -> RedisResult<Reply> {
-        if let Held::Shared(connection) = &self.held {
+        if let Reservation::Shared(connection) = &self.reservation {
             if !call.cmds().any(crate::session::needs_own_connection) {
                 let mut connection = connection.clone();
                 let reads_only = self.pool.core.read_only().known(call.cmds()) == Some(true);
@@ -235,7 +238,7 @@ impl Checkout {
             }
             Box::pin(self.take_own_connection()).await?;
         }
-        let Held::Own { conn, .. } = &mut self.held else {
+        let Reservation::Unique { conn, .. } = &mut self.reservation else {
             unreachable!("a connection of its own was just taken");
         };
         // Judged before the call: a transaction or watch cannot be carried over to another
@@ -344,7 +347,7 @@ impl Checkout {
             .another_shared_connection(lane, proven_since)
             .await
             .map_err(no_connection)?;
-        self.held = Held::Shared(connection.clone());
+        self.reservation = Reservation::Shared(connection.clone());
         Ok(connection)
     }
 
@@ -358,8 +361,8 @@ impl Checkout {
             .instrument(span)
             .await
             .map_err(no_connection)?;
-        self.held = checked_out.into();
-        if let Held::Own { conn, .. } = &mut self.held {
+        self.reservation = checked_out.into();
+        if let Reservation::Unique { conn, .. } = &mut self.reservation {
             conn.set_response_timeout(self.response_timeout);
         }
         Ok(())
@@ -379,7 +382,7 @@ impl Checkout {
             core.retried(false);
             return result;
         };
-        let Held::Own { conn, .. } = &mut self.held else {
+        let Reservation::Unique { conn, .. } = &mut self.reservation else {
             unreachable!("only a connection of its own is replaced");
         };
         let response_timeout = conn.response_timeout();
@@ -446,9 +449,9 @@ macro_rules! retrying_connection_like {
 
             fn get_db(&self) -> i64 {
                 let $conn = self;
-                match &$pooled.held {
-                    Held::Own { conn, .. } => conn.get_db(),
-                    Held::Shared(connection) => connection.db(),
+                match &$pooled.reservation {
+                    Reservation::Unique { conn, .. } => conn.get_db(),
+                    Reservation::Shared(connection) => connection.db(),
                 }
             }
         }

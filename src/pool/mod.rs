@@ -20,7 +20,7 @@ use crate::prober;
 
 mod checkout;
 
-use checkout::Held;
+use checkout::Reservation;
 pub use checkout::{Checkout, Idempotent};
 
 /// A health-checked pool of Redis connections: cheap to clone, one per Redis instance.
@@ -125,7 +125,7 @@ impl RedisGuard {
     /// exclusive one through steps 2 to 7.
     pub async fn get(&self) -> Result<PooledConnection, Error> {
         let span = tracing::debug_span!("redis_guard.checkout", pool = %self.name());
-        let (held, checked_out_at) = match &self.inner.multiplexed {
+        let (reservation, checked_out_at) = match &self.inner.multiplexed {
             None => {
                 let (checked_out, at) = self.inner.checkout().instrument(span).await?;
                 (checked_out.into(), at)
@@ -133,12 +133,12 @@ impl RedisGuard {
             Some(lanes) => {
                 let checkout = self.inner.checkout_shared(lanes.first());
                 let (connection, at) = checkout.instrument(span).await?;
-                (Held::Shared(connection), at)
+                (Reservation::Shared(connection), at)
             }
         };
         Ok(PooledConnection {
             checkout: Checkout {
-                held,
+                reservation,
                 pool: self.inner.clone(),
                 response_timeout: self.config().response_timeout(),
             },
