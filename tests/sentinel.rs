@@ -608,8 +608,11 @@ async fn a_failover_whose_announcement_was_missed_is_found_by_polling() {
     })
     .await;
     assert!(
-        followed && announcements.first().is_some(),
-        "the first failover is followed"
+        followed,
+        "the first failover is followed: {} switches, announced {:?}, the sentinels name port {:?}",
+        metric("redis_guard_primary_switches_total", pool, &[]),
+        announcements.first(),
+        deployment.primary_port(),
     );
     deployment.wait_until_ready().unwrap();
 

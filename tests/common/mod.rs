@@ -304,8 +304,21 @@ pub async fn capture_logs<F: std::future::Future>(future: F) -> String {
         .with_ansi(false)
         .with_writer(move || LogSink(sink.clone()))
         .finish();
-    future.with_subscriber(subscriber).await;
+    future.with_subscriber(scoped_dispatch(subscriber)).await;
     String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
+}
+
+/// `subscriber` as a dispatcher for one future that sees every callsite, whichever test
+/// reached it first. tracing caches each callsite's interest for the whole process, and
+/// while one dispatcher is registered it asks only the current thread's (a test running
+/// without one, on another thread, caches "never" and the span is gone for everyone). A
+/// second dispatcher, alive for the whole binary, makes every registration ask them all.
+pub fn scoped_dispatch(
+    subscriber: impl tracing::Subscriber + Send + Sync + 'static,
+) -> tracing::Dispatch {
+    static BYSTANDER: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    BYSTANDER.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+    tracing::Dispatch::new(subscriber)
 }
 
 struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
