@@ -8,7 +8,7 @@ use http::{HeaderValue, StatusCode, header};
 
 use crate::content_type;
 use crate::not_sent::NotSent;
-use crate::redis_error::{is_infrastructure_failure, is_refused_by_role};
+use crate::redis_error::{is_busy, is_infrastructure_failure, is_refused_by_role};
 use crate::reply_limit::ReplyTooLarge;
 use crate::throttle::Throttle;
 
@@ -274,13 +274,14 @@ impl Error {
         match self {
             Error::Unavailable { .. } | Error::Timeout { .. } => true,
             Error::Redis(e) if is_type_error(e) || ReplyTooLarge::is_cause_of(e) => false,
-            Error::Redis(e) => is_infrastructure_failure(e) || is_refused_by_role(e),
+            Error::Redis(e) => is_infrastructure_failure(e) || is_refused_by_role(e) || is_busy(e),
             Error::Config(_) => false,
         }
     }
 
-    /// The HTTP status this error answers with: `503` when Redis is unreachable, slow or the
-    /// connection failed, `500` for a command's error reply.
+    /// The HTTP status this error answers with: `503` when Redis is unreachable, slow, busy
+    /// with a script (`BUSY`), refused the command for its role, or the connection failed;
+    /// `500` for a command's error reply.
     ///
     /// ```
     /// let reply = redis::RedisError::from((redis::ErrorKind::Client, "WRONGTYPE"));
@@ -308,6 +309,7 @@ impl Error {
             {
                 (StatusCode::SERVICE_UNAVAILABLE, "Redis primary unavailable")
             }
+            Error::Redis(e) if is_busy(e) => (StatusCode::SERVICE_UNAVAILABLE, "Redis busy"),
             Error::Redis(_) if self.is_infrastructure() => {
                 (StatusCode::SERVICE_UNAVAILABLE, "Redis connection failed")
             }

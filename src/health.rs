@@ -228,6 +228,9 @@ impl Check {
         };
         let core = guard.core();
         let state = match guard.breaker_state() {
+            BreakerState::Closed if core.is_busy() => {
+                return "busy: Redis is running a script and refuses commands (BUSY)".into();
+            }
             BreakerState::Closed if core.has_connected() => return "ok".into(),
             BreakerState::Closed if core.connects_failing() => "unreachable: cannot connect",
             BreakerState::Closed => "connecting",

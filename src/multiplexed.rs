@@ -449,7 +449,10 @@ impl SharedConnection {
             if consequence.answered {
                 let now = Instant::now();
                 self.last_success.advance(now);
-                core.answered(now);
+                match consequence.busy {
+                    true => core.answered_busy(now),
+                    false => core.answered(now),
+                }
             }
             if consequence.served && !self.served.load(Ordering::Relaxed) {
                 self.served.store(true, Ordering::Release);

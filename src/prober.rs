@@ -218,6 +218,8 @@ async fn ping(inner: &PoolInner, waiting: Waiting) {
         tokio::spawn(inner.manager.clone().learn_commands());
     }
     match conn.validate(core.config().response_timeout()).await {
+        // Reported by the PING itself: Redis is alive, and serves nothing until it ends.
+        Ok(()) if conn.pinged_busy() => {}
         Ok(()) => core.answered(Instant::now()),
         Err(failure) => {
             tracing::debug!(pool = %core.name(), failure = %server_text(&failure), "probe failed");

@@ -26,6 +26,15 @@ pub(crate) fn is_refused_by_role(e: &RedisError) -> bool {
     e.code().is_some_and(is_role_code)
 }
 
+/// Whether an error reply says Redis is running a script or function past
+/// `busy-reply-threshold`: it refuses every command (but `SCRIPT KILL`, `FUNCTION KILL`,
+/// `SHUTDOWN NOSAVE`) until the script ends. The command did not run, and the connection
+/// works: Redis is unavailable for now, which is neither the command's error nor a failure
+/// of the socket.
+pub(crate) fn is_busy(e: &RedisError) -> bool {
+    e.code() == Some("BUSY")
+}
+
 /// Whether a reply in a pipeline is such a refusal (see [`is_refused_by_role`]).
 pub(crate) fn is_role_refusal(value: &Value) -> bool {
     matches!(value, Value::ServerError(e) if is_role_code(e.code()))

@@ -635,36 +635,65 @@ async fn a_reset_connection_is_not_reused(mode: PoolMode) {
 
 in_both_modes! {
 /// Fault: a Lua script runs longer than `busy-reply-threshold` (Redis answers `BUSY` to every
-/// other command meanwhile). Load: a `GET` every 50 ms while it runs. Asserts: the breaker
-/// stays closed and the pool ready: `BUSY` is a reply from a working Redis, not an outage.
+/// other command meanwhile). Load: a `GET` every 50 ms while it runs. Asserts: each refused
+/// `GET` answers `503` with `Retry-After` (Redis is unavailable for now; the application did
+/// nothing wrong), the pool is not ready while the script holds Redis, but nothing counts as
+/// an outage: the breaker stays closed and no connection is given up. Once the script ends the
+/// pool is ready again and serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_busy_script_is_not_an_outage(mode: PoolMode) {
+async fn a_busy_script_is_unavailability_not_an_outage(mode: PoolMode) {
     let server = RedisServer::start_with_args(&["--busy-reply-threshold", "100"]).unwrap();
+    let pool = pool_name(mode, "busy_script");
     let guard = guard(config_in(mode, &server.url(), "busy_script").validation_bypass(Duration::ZERO)).await;
+    let evicted_before = metric("redis_guard_stale_evictions_total", &pool, &[]);
+    // Run by another client, as a batch job's script would be.
+    let mut other_client = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5))),
+        )
+        .await
+        .unwrap();
     let script = {
-        let guard = guard.clone();
         tokio::spawn(async move {
-            let mut conn = guard.get().await.unwrap();
-            conn.set_response_timeout(Duration::from_secs(5));
             let spin = "local t = redis.call('TIME') \
                         while true do local n = redis.call('TIME') \
                         if (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > 1200000 then break end end";
             redis::cmd("EVAL_RO")
                 .arg(spin)
                 .arg(0)
-                .query_async::<()>(&mut conn)
+                .query_async::<()>(&mut other_client)
                 .await
         })
     };
+    let (mut refused, mut unready) = (0, false);
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if let Ok(mut conn) = guard.get().await {
-            let _ = conn.get::<_, Option<String>>("k").await;
+        if let Ok(mut conn) = guard.get().await
+            && let Err(error) = conn.get::<_, Option<String>>("k").await
+        {
+            let response = axum::response::IntoResponse::into_response(redis_guard::Error::Redis(error));
+            assert_eq!(response.status(), 503, "BUSY is unavailability, not the application's error");
+            assert!(response.headers().get("retry-after").is_some());
+            refused += 1;
         }
         assert_eq!(guard.breaker_state(), BreakerState::Closed);
-        assert!(guard.is_ready());
+        unready |= !guard.is_ready();
     }
     script.await.unwrap().expect("the script ran to its end");
+    assert!(refused > 0, "no GET met the script: it ran too early or too late");
+    assert!(unready, "the pool said it was ready while Redis refused every command");
+    assert!(
+        eventually(Duration::from_secs(3), || guard.is_ready()).await,
+        "ready again once the script ended"
+    );
+    let mut conn = guard.get().await.unwrap();
+    let _: Option<String> = conn.get("k").await.expect("served after the script");
+    assert_eq!(
+        metric("redis_guard_stale_evictions_total", &pool, &[]),
+        evicted_before,
+        "a BUSY reply gives up no connection"
+    );
 }
 }
 

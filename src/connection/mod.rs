@@ -77,6 +77,8 @@ pub struct GuardConnection {
     validations: u64,
     /// Redis answered a command or validation on it, beyond the connect's own PING.
     served: bool,
+    /// Its last PING was answered `BUSY` (a script holds Redis), reported to the pool.
+    pinged_busy: bool,
     /// When the server was last seen to be the primary (at connect, or by `ROLE`).
     role_checked: Instant,
     /// `ROLE` said replica while the pool wants the primary.
@@ -175,6 +177,7 @@ impl GuardConnection {
             eviction: None,
             validations: 0,
             served: false,
+            pinged_busy: false,
             role_checked: now,
             on_replica: false,
             first_call: true,
@@ -241,6 +244,23 @@ impl GuardConnection {
         self.served
     }
 
+    /// Whether its last PING was answered `BUSY`: the PING proved the socket, not that Redis
+    /// serves commands (already reported to the pool).
+    pub(crate) fn pinged_busy(&self) -> bool {
+        self.pinged_busy
+    }
+
+    /// A PING refused over this socket (see `proves_the_connection`): the connection works.
+    /// A `BUSY` is reported, since Redis serves no command while it lasts.
+    fn refused_ping(&mut self, code: &str) {
+        self.last_success = Instant::now();
+        self.served = true;
+        self.pinged_busy = code == "BUSY";
+        if self.pinged_busy {
+            self.pool.answered_busy(self.last_success);
+        }
+    }
+
     /// Whether the session is at its baseline (no transaction, watch or changed state).
     pub(crate) fn session_is_clean(&self) -> bool {
         !self.session.is_dirty()
@@ -286,8 +306,15 @@ impl GuardConnection {
                     code = e.code(),
                     "PING refused; the refusal proves the connection"
                 );
+                if e.code() == "BUSY" {
+                    self.pool.answered_busy(Instant::now());
+                }
             }
-            Err(e) if e.code().is_some_and(proves_the_connection) => {}
+            Err(e) if e.code().is_some_and(proves_the_connection) => {
+                if e.code() == Some("BUSY") {
+                    self.pool.answered_busy(Instant::now());
+                }
+            }
             Ok(Value::ServerError(e)) => return Err(e.into()),
             Err(e) => return Err(e),
             Ok(other) => {
@@ -358,6 +385,7 @@ impl GuardConnection {
         let sent = Instant::now();
         match tokio::time::timeout(timeout, self.handle.send_packed_command(&ping)).await {
             Ok(Ok(Value::BulkString(reply))) if reply == nonce.as_bytes() => {
+                self.pinged_busy = false;
                 self.last_success = Instant::now();
                 self.pool.round_trip(self.last_success - sent);
                 self.served = true;
@@ -366,13 +394,11 @@ impl GuardConnection {
             // PING forbidden by the ACL, or Redis busy with a script: the refusal came back over
             // this socket, in order.
             Ok(Ok(Value::ServerError(e))) if proves_the_connection(e.code()) => {
-                self.last_success = Instant::now();
-                self.served = true;
+                self.refused_ping(e.code());
                 Ok(())
             }
             Ok(Err(e)) if e.code().is_some_and(proves_the_connection) => {
-                self.last_success = Instant::now();
-                self.served = true;
+                self.refused_ping(e.code().unwrap_or_default());
                 Ok(())
             }
             Ok(Ok(other)) => Err(ValidationFailure::Failed(format!(
@@ -490,7 +516,10 @@ impl GuardConnection {
             .consequence(|| self.on_demoted_primary());
         if consequence.answered {
             self.last_success = Instant::now();
-            self.pool.answered(self.last_success);
+            match consequence.busy {
+                true => self.pool.answered_busy(self.last_success),
+                false => self.pool.answered(self.last_success),
+            }
         }
         self.served |= consequence.served;
         if let Some(reason) = consequence.evict {

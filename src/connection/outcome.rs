@@ -4,7 +4,7 @@ use redis::{RedisResult, Value};
 
 use crate::metrics::EvictionReason;
 use crate::not_sent::NotSent;
-use crate::redis_error::{is_infrastructure_failure, is_refused_by_role};
+use crate::redis_error::{is_busy, is_infrastructure_failure, is_refused_by_role};
 use crate::transport::{LinkHealth, LinkState};
 
 /// What a call's result says about its connection.
@@ -20,6 +20,9 @@ pub(crate) enum Outcome {
     /// A pipeline's replies, one of them a refusal for the server's role: the connection
     /// served, on a server that is no longer the primary.
     PartlyRefusedByRole,
+    /// `BUSY`: Redis is running a script and refuses commands until it ends, over a working
+    /// socket.
+    Busy,
     /// A reply, or an error reply (`WRONGTYPE`, `NOSCRIPT`, ...): it travelled a working socket.
     Answered,
 }
@@ -31,6 +34,8 @@ pub(crate) struct Consequence {
     pub(crate) answered: bool,
     /// It served a call, so a later failure on it is a socket that died in use.
     pub(crate) served: bool,
+    /// What answered was a refusal for a script running (`BUSY`).
+    pub(crate) busy: bool,
     /// It is given up, and why.
     pub(crate) evict: Option<EvictionReason>,
 }
@@ -51,6 +56,7 @@ impl Outcome {
             }
             Err(e) if is_infrastructure_failure(e) => Outcome::ConnectionFailed,
             Err(e) if is_refused_by_role(e) => Outcome::RefusedByRole,
+            Err(e) if is_busy(e) => Outcome::Busy,
             Ok(reply) if refused_in(reply) => Outcome::PartlyRefusedByRole,
             _ => Outcome::Answered,
         }
@@ -60,24 +66,26 @@ impl Outcome {
     /// from it, asked only when its socket failed (the move shut it, so the eviction is a
     /// role change, not an I/O error).
     pub(crate) fn consequence(self, demoted: impl FnOnce() -> bool) -> Consequence {
-        let (answered, served, evict) = match self {
-            Outcome::ConnectionFailed if demoted() => (false, false, EvictionReason::RoleChange),
-            Outcome::ConnectionFailed => (false, false, EvictionReason::IoError),
-            Outcome::ReplyTooLarge => (false, false, EvictionReason::ReplyTooLarge),
-            Outcome::RefusedByRole => (true, false, EvictionReason::RoleChange),
-            Outcome::PartlyRefusedByRole => (true, true, EvictionReason::RoleChange),
-            Outcome::Answered => {
-                return Consequence {
-                    answered: true,
-                    served: true,
-                    evict: None,
-                };
-            }
+        let given_up = |reason| Consequence {
+            answered: false,
+            served: false,
+            busy: false,
+            evict: Some(reason),
         };
-        Consequence {
-            answered,
+        let answered = |served, busy, evict| Consequence {
+            answered: true,
             served,
-            evict: Some(evict),
+            busy,
+            evict,
+        };
+        match self {
+            Outcome::ConnectionFailed if demoted() => given_up(EvictionReason::RoleChange),
+            Outcome::ConnectionFailed => given_up(EvictionReason::IoError),
+            Outcome::ReplyTooLarge => given_up(EvictionReason::ReplyTooLarge),
+            Outcome::RefusedByRole => answered(false, false, Some(EvictionReason::RoleChange)),
+            Outcome::PartlyRefusedByRole => answered(true, false, Some(EvictionReason::RoleChange)),
+            Outcome::Busy => answered(true, true, None),
+            Outcome::Answered => answered(true, false, None),
         }
     }
 }

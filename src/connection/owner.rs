@@ -21,6 +21,8 @@ pub(crate) trait Owner: PoolSettings + fmt::Debug {
     fn round_trip(&self, took: Duration);
     /// Redis answered (a reply, also an error reply) at `at`.
     fn answered(&self, at: Instant);
+    /// Redis answered `BUSY` at `at`: a script holds it, and it refuses every command.
+    fn answered_busy(&self, at: Instant);
     /// The connection's socket is set up and may work: it counts as a working link.
     fn link_established(&self, link: &LinkHealth);
     /// The connection is given up for `reason`.

@@ -16,6 +16,7 @@
 //! | a call with no reply for `validation_timeout`, nothing else answering | [`PoolCore::reply_overdue`] | no | one verifying connect, at once |
 //! | a connect timed out and a call in use timed out, nothing answering since either began | [`PoolCore::call_timed_out`], [`PoolCore::connect_failed`] | opens it at once | Redis is unresponsive (frozen, hung host): waiting for five connect timeouts would cost every request its budget for seconds |
 //! | a reply (also an error reply: `WRONGTYPE`, `OOM`, `NOSCRIPT`, ...) | [`PoolCore::answered`] | success | proves Redis alive to the prober |
+//! | a `BUSY` reply (a script holds Redis), to a command or a PING | [`PoolCore::answered_busy`] | success | not ready until Redis answers anything else; the command answers `503` |
 //! | a checkout that waited because every connection was busy (a request or the prober) | [`PoolCore::checkout_failed`] | no | counted as a timeout |
 //! | a reply slower than `validation_timeout` but within `response_timeout` | (a reply) | success | |
 //!
@@ -62,6 +63,8 @@ pub(crate) struct PoolCore {
     /// Set by the first successful connect: before it the pool is not ready, yet requests are
     /// not refused (they wait for that connect).
     connected_once: AtomicBool,
+    /// Redis's last answer was `BUSY` (a script running): not ready until another answer.
+    busy: AtomicBool,
     /// Wakes checkouts waiting on an empty pool when a connect fails: none is coming.
     connect_failed: Notify,
     /// Wakes the prober: an existing connection failed, verify Redis with a fresh connect.
@@ -102,6 +105,7 @@ impl PoolCore {
             series,
             breaker: Breaker::new(config.breaker()),
             connected_once: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
             connect_failed: Notify::new(),
             verify_requested: Notify::new(),
             connects: Connects::default(),
@@ -279,6 +283,30 @@ impl PoolCore {
     pub(crate) fn answered(&self, at: Instant) {
         self.evidence.answered(at);
         self.on_transition(self.breaker.record_success(at));
+        // Read first: the common case writes nothing every core would have to read back.
+        if self.busy.load(Ordering::Relaxed) && self.busy.swap(false, Ordering::AcqRel) {
+            tracing::info!(pool = %self.name(), "redis serves commands again after a busy script");
+            self.metrics()
+                .breaker(self.breaker.state(), false, self.is_ready());
+        }
+    }
+
+    /// Redis answered `BUSY` at `at`: it is alive, and refuses every command until a script
+    /// ends. Not a failure (the breaker would open and close with each script), but the pool
+    /// is not ready while it lasts, and the commands answer `503`.
+    pub(crate) fn answered_busy(&self, at: Instant) {
+        self.evidence.answered(at);
+        self.on_transition(self.breaker.record_success(at));
+        if !self.busy.swap(true, Ordering::AcqRel) {
+            tracing::warn!(pool = %self.name(), "redis is busy running a script: every command is refused (BUSY) until it ends");
+            self.metrics()
+                .breaker(self.breaker.state(), false, self.is_ready());
+        }
+    }
+
+    /// Whether Redis last answered `BUSY`: a script holds it.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
     }
 
     /// The health record of a new socket, for a connection being opened. Once established
@@ -473,6 +501,7 @@ impl PoolCore {
     pub(crate) fn is_ready(&self) -> bool {
         self.connected_once.load(Ordering::Acquire)
             && self.breaker.state() == BreakerState::Closed
+            && !self.is_busy()
             && !self.is_closing()
     }
 

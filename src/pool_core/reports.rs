@@ -47,6 +47,9 @@ impl crate::connection::Owner for PoolCore {
     fn answered(&self, at: Instant) {
         PoolCore::answered(self, at);
     }
+    fn answered_busy(&self, at: Instant) {
+        PoolCore::answered_busy(self, at);
+    }
     #[inline]
     fn link_established(&self, link: &LinkHealth) {
         PoolCore::link_established(self, link);
