@@ -35,8 +35,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             config
         }
     };
-    let guard = RedisGuard::connect(config).await?;
+    // Before the pool: what a pool counts while no recorder is installed is lost.
     let metrics = PrometheusMetrics::install()?;
+    let guard = RedisGuard::connect(config).await?;
 
     // What the public reaches: the application's routes, nothing about the inside.
     let public: Router = Router::new()

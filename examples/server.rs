@@ -46,12 +46,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             config
         }
     };
-    let guard = RedisGuard::connect(config).await?;
-
-    // The application's own recorder, with redis-guard's histogram buckets. Installed after
-    // the pool, which registers its series once the recorder is there.
+    // The application's own recorder, with redis-guard's histogram buckets. Installed before
+    // the pool: what a pool counts while no recorder is installed is lost.
     let handle = PrometheusMetrics::configure(PrometheusBuilder::new())?.install_recorder()?;
     let metrics = PrometheusMetrics::from_handle(handle);
+    let guard = RedisGuard::connect(config).await?;
 
     let app = demo::app(guard.clone(), &metrics);
 
