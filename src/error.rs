@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
 use crate::content_type;
-use crate::not_sent::NotSent;
+use crate::not_sent::{NoConnection, NotSent};
 use crate::redis_error::{is_busy, is_infrastructure_failure, is_refused_by_role};
 use crate::reply_limit::ReplyTooLarge;
 use crate::throttle::Throttle;
@@ -276,6 +276,31 @@ impl Error {
             Error::Redis(e) if is_type_error(e) || ReplyTooLarge::is_cause_of(e) => false,
             Error::Redis(e) => is_infrastructure_failure(e) || is_refused_by_role(e) || is_busy(e),
             Error::Config(_) => false,
+        }
+    }
+
+    /// Whether the command may have run although the call failed: its connection failed
+    /// after the call was written (a reset, no reply within the response timeout), so Redis
+    /// may have applied it and only the reply was lost. Such a write answers `503` like any
+    /// connection failure, yet must not be sent again blindly unless it is idempotent: look
+    /// at its effect first, or answer the client that the outcome is unknown. `false` when
+    /// nothing ran: refused before sending (breaker, checkout timeout, a connection found
+    /// closed, a failover), refused by Redis (`READONLY`, `BUSY`), or Redis's own error reply.
+    ///
+    /// ```
+    /// let reset = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+    /// assert!(redis_guard::Error::Redis(reset).may_have_been_applied());
+    /// let reply = redis::RedisError::from((redis::ErrorKind::Client, "WRONGTYPE"));
+    /// assert!(!redis_guard::Error::Redis(reply).may_have_been_applied());
+    /// ```
+    pub fn may_have_been_applied(&self) -> bool {
+        match self {
+            Error::Redis(e) => {
+                is_infrastructure_failure(e)
+                    && NotSent::of(e).is_none()
+                    && !NoConnection::is_cause_of(e)
+            }
+            Error::Unavailable { .. } | Error::Timeout { .. } | Error::Config(_) => false,
         }
     }
 

@@ -65,6 +65,31 @@ impl fmt::Display for NotSentError {
 
 impl std::error::Error for NotSentError {}
 
+/// The cause a call's error carries when no connection could be had for it (the checkout's
+/// error: unavailable, timed out). Nothing was sent, and it is not sent elsewhere either:
+/// the pool has no connection to give.
+#[derive(Debug)]
+pub(crate) struct NoConnection(String);
+
+impl NoConnection {
+    /// An I/O error (a `503`, like a connection failure), carrying the checkout's error.
+    pub(crate) fn error(checkout_error: impl fmt::Display) -> RedisError {
+        RedisError::from(io::Error::other(NoConnection(checkout_error.to_string())))
+    }
+
+    pub(crate) fn is_cause_of(error: &RedisError) -> bool {
+        crate::cause::io_cause::<NoConnection>(error).is_some()
+    }
+}
+
+impl fmt::Display for NoConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoConnection {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +116,26 @@ mod tests {
         let error = crate::Error::Redis(NotSent::PrimaryMoved.error("Sentinel failover"));
         assert_eq!(error.status(), 503);
         assert!(error.is_infrastructure());
+    }
+
+    #[test]
+    fn a_call_without_a_connection_was_not_applied() {
+        let error = crate::Error::Redis(NoConnection::error("checkout timed out"));
+        assert_eq!(error.to_string(), "checkout timed out");
+        assert!(!error.may_have_been_applied());
+        assert_eq!(
+            NotSent::of(match &error {
+                crate::Error::Redis(e) => e,
+                _ => unreachable!(),
+            }),
+            None,
+            "not sent again either"
+        );
+        let unsent = crate::Error::Redis(NotSent::ConnectionFailed.error("reset"));
+        assert!(!unsent.may_have_been_applied());
+        let timed_out = crate::Error::Redis(redis::RedisError::from(io::Error::from(
+            io::ErrorKind::TimedOut,
+        )));
+        assert!(timed_out.may_have_been_applied(), "written, then no reply");
     }
 }

@@ -17,7 +17,7 @@ use crate::inner::{CheckedOut, PoolInner, WhenClosing};
 use crate::manager::Bb8Connection;
 use crate::metrics::EvictionReason;
 use crate::multiplexed::{Lane, SharedConnection};
-use crate::not_sent::NotSent;
+use crate::not_sent::{NoConnection, NotSent};
 use crate::redis_error::{is_infrastructure_failure, is_refused_by_role};
 use crate::reply_limit::ReplyTooLarge;
 
@@ -409,7 +409,7 @@ fn unsent(result: &RedisResult<Reply>) -> Option<&'static str> {
 /// (unavailable, timed out) as an I/O error, so it answers 503 like a connection failure and
 /// is never retried.
 fn no_connection(error: Error) -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::other(error.to_string()))
+    NoConnection::error(error)
 }
 
 /// A [`Checkout`] whose calls may be retried even when they write: see
