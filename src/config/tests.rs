@@ -196,6 +196,14 @@ fn bad_urls_are_rejected_naming_the_part_without_repeating_it() {
             format!("redis://:{SECRET}/x@host:6379"),
             "percent-encode them as %23 %2F %3F %40",
         ),
+        (
+            format!("redis://:{SECRET}%ZZ@host:6379"),
+            "the password has a % not followed by two hex digits: write a literal % as %25",
+        ),
+        (
+            format!("redis://{SECRET}%4@host:6379"),
+            "the user name has a % not followed by two hex digits",
+        ),
         (format!("not a url {SECRET}"), "expected redis://"),
         ("redis://host:99999".to_owned(), "invalid port number"),
         (
@@ -317,6 +325,7 @@ fn every_credential_form_is_redacted_everywhere() {
     let urls = [
         format!("redis://user:{SECRET}@10.0.0.1:6380/2"),
         format!("redis://:{SECRET}@10.0.0.1"),
+        format!("redis://:{SECRET}%25%41@10.0.0.1"),
         format!("redis+unix:///run/redis.sock?db=1&user=app&pass={SECRET}"),
         format!("unix:///run/redis.sock?pass={SECRET}"),
         format!("redis+sentinel://:{SECRET}@s1,s2/mymaster"),

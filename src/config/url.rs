@@ -179,6 +179,20 @@ fn unknown_parameter(_key: &str, supported: &str) -> ConfigError {
 }
 
 fn decoded(part: &str, what: &str) -> Result<(), ConfigError> {
+    // redis-rs would keep such an escape as it is and send it: the AUTH fails at run time,
+    // and a pool that starts lazily serves 503 for what is a mistake in the URL.
+    let bytes = part.as_bytes();
+    let stray_percent = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if stray_percent {
+        return Err(invalid(format!(
+            "{what} has a % not followed by two hex digits: write a literal % as %25"
+        )));
+    }
     percent_decode(part)
         .map(drop)
         .ok_or_else(|| invalid(format!("{what} is not valid UTF-8 once percent-decoded")))
