@@ -212,10 +212,14 @@ impl Settings {
             ("probe_interval", self.probe_interval),
             ("reconnect_backoff_min", self.reconnect_backoff_min),
         ] {
-            if value.is_zero() || value > MAX_DURATION {
+            if value.is_zero() {
+                // Not "0ns": the unit is the variable's or the caller's, and zero has none.
+                return Err(invalid(setting, "0 must be greater than zero".to_owned()));
+            }
+            if value > MAX_DURATION {
                 return Err(invalid(
                     setting,
-                    format!("{value:?} must be greater than zero and at most a year"),
+                    format!("{value:?} must be at most a year"),
                 ));
             }
         }

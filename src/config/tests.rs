@@ -51,7 +51,7 @@ fn every_bad_setting_says_what_to_fix() {
         ),
         (
             Config::builder(url).checkout_timeout(Duration::ZERO),
-            "invalid setting checkout_timeout: 0ns must be greater than zero",
+            "invalid setting checkout_timeout: 0 must be greater than zero",
         ),
         (
             Config::builder(url).connect_timeout(Duration::ZERO),
