@@ -371,9 +371,16 @@ impl IntoResponse for Error {
         // Checkout failures are logged by the pool, and refusals come by the thousand during
         // an outage (the breaker's transitions say why). Command failures are logged here, one
         // line per interval at most: an incident must not flood the log at the request rate.
+        // One allowance per kind of failure, so an outage's lines never hide the application's
+        // own errors (a 500 right after a 503 was logged), nor the other way round.
         if let Error::Redis(e) = &self {
-            static COMMAND_FAILURES: Throttle = Throttle::new(Duration::from_secs(10));
-            match COMMAND_FAILURES.admit() {
+            static UNAVAILABLE: Throttle = Throttle::new(Duration::from_secs(10));
+            static FAILED: Throttle = Throttle::new(Duration::from_secs(10));
+            let throttle = match status {
+                StatusCode::SERVICE_UNAVAILABLE => &UNAVAILABLE,
+                _ => &FAILED,
+            };
+            match throttle.admit() {
                 Some(held_back) => tracing::warn!(
                     error = %described(e),
                     status = status.as_u16(),
@@ -522,6 +529,49 @@ mod serde_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_application_error_is_logged_right_after_an_outage_line() {
+        use std::sync::{Arc, Mutex};
+        let lines = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..3 {
+                let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+                drop(Error::Redis(redis::RedisError::from(reset)).into_response());
+            }
+            let bug = redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "ERR",
+                "unknown command".into(),
+            ));
+            drop(Error::Redis(bug).into_response());
+        });
+        let text = String::from_utf8_lossy(&lines.lock().unwrap()).into_owned();
+        assert_eq!(text.matches("redis command failed").count(), 2, "{text}");
+        assert!(
+            text.contains("status=503") && text.contains("status=500"),
+            "{text}"
+        );
+    }
+
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 
     #[test]
     fn a_full_subscription_table_is_not_called_an_outage() {
