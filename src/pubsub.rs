@@ -360,7 +360,17 @@ async fn keep(
             Lost::Connection { cause, alive_at } => (cause, alive_at),
         };
         drop(pubsub);
-        tracing::info!(pool = %core.name(), cause = %server_text(&cause), "subscription lost; subscribing again");
+        // A restart loses every subscription at once: one line per interval, however many
+        // subscribers the application holds.
+        static LOST: Throttle = Throttle::new(Duration::from_secs(10));
+        match LOST.admit() {
+            Some(held_back) => {
+                tracing::info!(pool = %core.name(), cause = %server_text(&cause), similar_lines_held_back = held_back, "subscription lost; subscribing again")
+            }
+            None => {
+                tracing::debug!(pool = %core.name(), cause = %server_text(&cause), "subscription lost; subscribing again")
+            }
+        }
         // Room in the queue first: a consumer that fell behind catches up before new messages
         // come, and the gap is reported in that room.
         let room = tokio::select! {
@@ -376,7 +386,13 @@ async fn keep(
         };
         let lasted = alive_at.elapsed();
         core.resubscribed();
-        tracing::info!(pool = %core.name(), ?lasted, "subscribed again");
+        static RESUBSCRIBED: Throttle = Throttle::new(Duration::from_secs(10));
+        match RESUBSCRIBED.admit() {
+            Some(held_back) => {
+                tracing::info!(pool = %core.name(), ?lasted, similar_lines_held_back = held_back, "subscribed again")
+            }
+            None => tracing::debug!(pool = %core.name(), ?lasted, "subscribed again"),
+        }
         room.send(PubSubEvent::Gap(Gap { cause, lasted }));
     }
 }
