@@ -429,9 +429,9 @@ impl PoolInner {
             let failure = core.connect_failure();
             tokio::pin!(failure);
             failure.as_mut().enable();
-            // One decisive failure, or two cut connects one after the other, while this caller
-            // waited.
-            let failed_since = core.failed_connects() >= failures_seen + 2;
+            // One decisive failure, or two cut connects one after the other with no success
+            // between them, while this caller waited.
+            let failed_since = core.connects_failed_since(failures_seen);
             let too_late =
                 core.connects_failing() && core.next_connect_at().is_some_and(|at| at >= deadline);
             if (failed_since || too_late) && core.working_links() == 0 {

@@ -307,8 +307,13 @@ impl GuardManager {
                 return ConnectFailure::Tls(cause.to_owned());
             }
             // A TLS port resets a plain client at its first bytes without a word: say what
-            // that usually means, at once.
-            if !self.core.config().uses_tls() && e.is_connection_dropped() && link.heard_nothing() {
+            // that usually means, at once. Not once plain Redis has answered there: then a
+            // cut handshake is a kill or a restart.
+            if !self.core.config().uses_tls()
+                && !self.core.has_connected()
+                && e.is_connection_dropped()
+                && link.heard_nothing()
+            {
                 return ConnectFailure::Redis(RedisError::from(std::io::Error::new(
                     std::io::ErrorKind::ConnectionReset,
                     format!(

@@ -21,6 +21,9 @@ pub(super) struct Connects {
     /// way at its moment: only an attempt begun after a cut says the cut persists). A
     /// waiting checkout compares it with the count when it began.
     failed: AtomicU64,
+    /// The same weight, since the last success: a connect that worked in between says the
+    /// failures before it are not one condition.
+    failed_in_a_row: AtomicU64,
     /// Evictions not yet made good by a new connection: the next connects are reconnects.
     replacement_debt: AtomicU64,
     /// When the last connect attempt ended: a failure counts toward the breaker only if nothing
@@ -50,6 +53,7 @@ impl Connects {
                 })
                 .is_ok();
         self.last_attempt_end.set(Instant::now());
+        self.failed_in_a_row.store(0, Ordering::Release);
         let recovered = self.failing.swap(false, Ordering::AcqRel);
         *self.lock_last_error() = None;
         self.next_at.clear();
@@ -91,6 +95,16 @@ impl Connects {
             (false, true) => 0,
         };
         self.failed.fetch_add(weight, Ordering::AcqRel);
+        self.failed_in_a_row.fetch_add(weight, Ordering::AcqRel);
+    }
+
+    /// Whether a checkout that began when [`failures`](Self::failures) was `seen` has seen
+    /// enough to stop waiting for a connect: one decisive failure, or two cuts, since it began
+    /// and with no success between them.
+    pub(super) fn give_up_since(&self, seen: u64) -> bool {
+        let since_arrival = self.failures().saturating_sub(seen);
+        let in_a_row = self.failed_in_a_row.load(Ordering::Acquire);
+        since_arrival.min(in_a_row) >= 2
     }
 
     /// A connection was evicted: the next connect replaces it.
@@ -150,6 +164,30 @@ mod tests {
         assert!(!third.overlapped);
         connects.count_failure(false, &third);
         assert_eq!(connects.failures(), 2);
+    }
+
+    #[test]
+    fn a_success_between_two_cuts_keeps_a_waiter_waiting() {
+        let connects = Connects::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let seen = connects.failures();
+        let first = connects.failed("cut", t0 + ms(5), RETRY_IN, t0 + ms(1));
+        connects.count_failure(false, &first);
+        connects.succeeded(true);
+        let second = connects.failed("cut", t0 + ms(900), RETRY_IN, t0 + ms(800));
+        connects.count_failure(false, &second);
+        assert!(
+            !connects.give_up_since(seen),
+            "a connect worked between the two cuts"
+        );
+        let third = connects.failed("cut", t0 + ms(950), RETRY_IN, t0 + ms(920));
+        connects.count_failure(false, &third);
+        assert!(connects.give_up_since(seen), "two cuts in a row");
+        assert!(
+            !connects.give_up_since(connects.failures()),
+            "none since a new arrival"
+        );
     }
 
     #[test]

@@ -532,9 +532,16 @@ impl PoolCore {
         self.connects.failing()
     }
 
-    /// Failed connect attempts so far.
+    /// Failed connect attempts so far, weighed (see `connects.rs`): what a checkout notes
+    /// when it begins.
     pub(crate) fn failed_connects(&self) -> u64 {
         self.connects.failures()
+    }
+
+    /// Whether a checkout that noted `seen` failures when it began need not wait for another
+    /// connect attempt: one decisive failure, or two cuts in a row, since then.
+    pub(crate) fn connects_failed_since(&self, seen: u64) -> bool {
+        self.connects.give_up_since(seen)
     }
 
     /// When the next connect attempt may start, if the last one failed.
