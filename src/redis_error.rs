@@ -32,7 +32,12 @@ pub(crate) fn is_refused_by_role(e: &RedisError) -> bool {
 /// works: Redis is unavailable for now, which is neither the command's error nor a failure
 /// of the socket.
 pub(crate) fn is_busy(e: &RedisError) -> bool {
-    e.code() == Some("BUSY")
+    e.code().is_some_and(is_busy_code)
+}
+
+/// Whether an error code is that refusal (see [`is_busy`]).
+pub(crate) fn is_busy_code(code: &str) -> bool {
+    code == "BUSY"
 }
 
 /// Whether a reply in a pipeline is such a refusal (see [`is_refused_by_role`]).

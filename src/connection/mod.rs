@@ -25,6 +25,7 @@ use tokio::task::AbortHandle;
 
 use crate::metrics::EvictionReason;
 use crate::not_sent::NotSent;
+use crate::redis_error::is_busy_code;
 use crate::sanitize::server_text;
 use crate::sentinel::Placement;
 use crate::session::Session;
@@ -255,10 +256,17 @@ impl GuardConnection {
     fn refused_ping(&mut self, code: &str) {
         self.last_success = Instant::now();
         self.served = true;
-        self.pinged_busy = code == "BUSY";
-        if self.pinged_busy {
-            self.pool.answered_busy(self.last_success);
+        self.pinged_busy = self.report_if_busy(code);
+    }
+
+    /// Reports a PING refused with `code` to the pool if it is `BUSY`: Redis serves no command
+    /// while it lasts. Returns whether it was.
+    fn report_if_busy(&self, code: &str) -> bool {
+        let busy = is_busy_code(code);
+        if busy {
+            self.pool.answered_busy(Instant::now());
         }
+        busy
     }
 
     /// Whether the session is at its baseline (no transaction, watch or changed state).
@@ -306,14 +314,10 @@ impl GuardConnection {
                     code = e.code(),
                     "PING refused; the refusal proves the connection"
                 );
-                if e.code() == "BUSY" {
-                    self.pool.answered_busy(Instant::now());
-                }
+                self.report_if_busy(e.code());
             }
             Err(e) if e.code().is_some_and(proves_the_connection) => {
-                if e.code() == Some("BUSY") {
-                    self.pool.answered_busy(Instant::now());
-                }
+                self.report_if_busy(e.code().unwrap_or_default());
             }
             Ok(Value::ServerError(e)) => return Err(e.into()),
             Err(e) => return Err(e),

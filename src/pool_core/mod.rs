@@ -286,8 +286,7 @@ impl PoolCore {
         // Read first: the common case writes nothing every core would have to read back.
         if self.busy.load(Ordering::Relaxed) && self.busy.swap(false, Ordering::AcqRel) {
             tracing::info!(pool = %self.name(), "redis serves commands again after a busy script");
-            self.metrics()
-                .breaker(self.breaker.state(), false, self.is_ready());
+            self.readiness_changed();
         }
     }
 
@@ -299,9 +298,14 @@ impl PoolCore {
         self.on_transition(self.breaker.record_success(at));
         if !self.busy.swap(true, Ordering::AcqRel) {
             tracing::warn!(pool = %self.name(), "redis is busy running a script: every command is refused (BUSY) until it ends");
-            self.metrics()
-                .breaker(self.breaker.state(), false, self.is_ready());
+            self.readiness_changed();
         }
+    }
+
+    /// Readiness changed without a breaker transition: the gauges follow.
+    fn readiness_changed(&self) {
+        self.metrics()
+            .breaker(self.breaker.state(), false, self.is_ready());
     }
 
     /// Whether Redis last answered `BUSY`: a script holds it.
